@@ -1,0 +1,70 @@
+"""Shared helpers of the op layer: output allocation, argument checks, backend modules."""
+from __future__ import annotations
+
+import importlib
+import math
+import os
+
+import torch
+
+# Tests set this (or DQK_POISON_OUTPUTS=1) so that outputs start as NaN and an element a
+# kernel forgets to write cannot pass for a correct one.
+poison_outputs = os.environ.get("DQK_POISON_OUTPUTS", "0") == "1"
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def new_output(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    if poison_outputs:
+        return torch.full(shape, math.nan, dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype kernels compute in (and return losses in) for inputs of ``dtype``."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def kernels(backend: str, family: str):
+    """The module ``dqkernels.kernels.<backend>_<family>``."""
+    return importlib.import_module(f"dqkernels.kernels.{backend}_{family}")
+
+
+def _dt(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def check_tensor(op: str, name: str, t, ndim: int | None = None, layout: str = "") -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor; got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: {name} must be a floating tensor (float16, bfloat16, float32 "
+                        f"or float64); got dtype {_dt(t.dtype)}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{op}: {name} must have {ndim} dimensions {layout}; got shape "
+                         f"{tuple(t.shape)}")
+
+
+def check_same(op: str, name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
+    if a.dtype != b.dtype:
+        raise TypeError(f"{op}: {name_a} and {name_b} must have the same dtype; got "
+                        f"{name_a} {_dt(a.dtype)} and {name_b} {_dt(b.dtype)}")
+    if a.device != b.device:
+        raise ValueError(f"{op}: {name_a} and {name_b} must be on the same device; got "
+                         f"{name_a} on {a.device} and {name_b} on {b.device}")
+
+
+def check_int(op: str, name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{op}: {name} must be an int; got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{op}: {name} must be >= {minimum}; got {value}")
+    return value
+
+
+def check_finite_float(op: str, name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{op}: {name} must be a float; got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{op}: {name} must be finite; got {value}")
+    return float(value)

@@ -1,0 +1,154 @@
+// pybind11 bindings exposing the csrc kernels as dqkernels._C. Tensors cross as raw
+// addresses, sizes and element strides (the package's kernels/ modules build them from
+// torch tensors), so neither this file nor csrc needs torch at build time.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "../csrc/dmol/dmol.h"
+
+namespace py = pybind11;
+
+namespace {
+
+using Strides = std::vector<int64_t>;
+
+template <size_t N>
+void copy_strides(const char* name, const Strides& from, int64_t (&to)[N], size_t expected) {
+  if (from.size() != expected) {
+    throw std::invalid_argument(std::string(name) + ": expected " + std::to_string(expected) +
+                                " strides, got " + std::to_string(from.size()));
+  }
+  for (size_t i = 0; i < expected; ++i) to[i] = from[i];
+}
+
+const void* cptr(uintptr_t p) { return reinterpret_cast<const void*>(p); }
+void* mptr(uintptr_t p) { return reinterpret_cast<void*>(p); }
+
+// sizes = (B, C, H, W, M, L)
+dqk::dmol::Args make_args(int dtype, const Strides& sizes, double min_log_scale) {
+  if (dtype < 0 || dtype > 3) throw std::invalid_argument("dtype code must be 0..3");
+  if (sizes.size() != 6) throw std::invalid_argument("sizes must be (B, C, H, W, M, L)");
+  dqk::dmol::Args a;
+  a.dtype = static_cast<dqk::DType>(dtype);
+  a.B = sizes[0]; a.C = sizes[1]; a.H = sizes[2]; a.W = sizes[3]; a.M = sizes[4]; a.L = sizes[5];
+  if (a.C != 1 && a.C != 3) throw std::invalid_argument("C must be 1 or 3");
+  if (a.M < 1 || a.L < 2) throw std::invalid_argument("need M >= 1 and L >= 2");
+  a.min_log_scale = min_log_scale;
+  return a;
+}
+
+dqk::dmol::Args forward_args(int dtype, const Strides& sizes, double mls, uintptr_t x,
+                             const Strides& xs, uintptr_t p, const Strides& ps, uintptr_t out,
+                             const Strides& os) {
+  auto a = make_args(dtype, sizes, mls);
+  a.x = cptr(x); copy_strides("x", xs, a.x_stride, 4);
+  a.params = cptr(p); copy_strides("params", ps, a.p_stride, 4);
+  a.out = mptr(out); copy_strides("out", os, a.out_stride, 3);
+  return a;
+}
+
+dqk::dmol::Args backward_args(int dtype, const Strides& sizes, double mls, uintptr_t x,
+                              const Strides& xs, uintptr_t p, const Strides& ps, uintptr_t go,
+                              const Strides& gs, uintptr_t gp, const Strides& gps) {
+  auto a = make_args(dtype, sizes, mls);
+  a.x = cptr(x); copy_strides("x", xs, a.x_stride, 4);
+  a.params = cptr(p); copy_strides("params", ps, a.p_stride, 4);
+  a.grad_out = cptr(go); copy_strides("grad_out", gs, a.g_stride, 3);
+  a.grad_params = mptr(gp); copy_strides("grad_params", gps, a.gp_stride, 4);
+  return a;
+}
+
+dqk::dmol::Args sample_args(int dtype, const Strides& sizes, double mls, uintptr_t p,
+                            const Strides& ps, uintptr_t u, const Strides& us, uintptr_t out,
+                            const Strides& os) {
+  auto a = make_args(dtype, sizes, mls);
+  a.params = cptr(p); copy_strides("params", ps, a.p_stride, 4);
+  a.u = cptr(u); copy_strides("u", us, a.u_stride, 4);
+  a.out = mptr(out); copy_strides("out", os, a.out_stride, 4);
+  return a;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "dqkernels compiled kernels (C++/OpenMP on CPU, CUDA on NVIDIA GPUs)";
+
+  m.def("built_with_cuda", []() {
+#ifdef DQK_WITH_CUDA
+    return true;
+#else
+    return false;
+#endif
+  });
+  m.def("build_info", []() {
+    py::dict d;
+#ifdef DQK_WITH_CUDA
+    d["cuda"] = true;
+    d["cuda_archs"] = std::string(DQK_CUDA_ARCHS);
+    d["cuda_version"] = std::string(DQK_CUDA_VERSION);
+#else
+    d["cuda"] = false;
+#endif
+#ifdef _OPENMP
+    d["openmp"] = true;
+#else
+    d["openmp"] = false;
+#endif
+    d["compiler"] = std::string(DQK_CXX_COMPILER);
+    return d;
+  });
+
+  auto gil = py::call_guard<py::gil_scoped_release>();
+  const char* fwd_sig = "(dtype, sizes=(B,C,H,W,M,L), min_log_scale, x, x_strides, params, "
+                        "params_strides, out, out_strides[, num_threads | stream])";
+
+  m.def("dmol_nll_forward_cpu",
+        [](int dt, const Strides& sz, double mls, uintptr_t x, const Strides& xs, uintptr_t p,
+           const Strides& ps, uintptr_t out, const Strides& os, int nt) {
+          dqk::dmol::nll_forward_cpu(forward_args(dt, sz, mls, x, xs, p, ps, out, os), nt);
+        },
+        fwd_sig, gil);
+  m.def("dmol_nll_backward_cpu",
+        [](int dt, const Strides& sz, double mls, uintptr_t x, const Strides& xs, uintptr_t p,
+           const Strides& ps, uintptr_t go, const Strides& gs, uintptr_t gp, const Strides& gps,
+           int nt) {
+          dqk::dmol::nll_backward_cpu(backward_args(dt, sz, mls, x, xs, p, ps, go, gs, gp, gps),
+                                      nt);
+        },
+        gil);
+  m.def("dmol_sample_cpu",
+        [](int dt, const Strides& sz, double mls, uintptr_t p, const Strides& ps, uintptr_t u,
+           const Strides& us, uintptr_t out, const Strides& os, int nt) {
+          dqk::dmol::sample_cpu(sample_args(dt, sz, mls, p, ps, u, us, out, os), nt);
+        },
+        gil);
+#ifdef DQK_WITH_CUDA
+  m.def("dmol_nll_forward_cuda",
+        [](int dt, const Strides& sz, double mls, uintptr_t x, const Strides& xs, uintptr_t p,
+           const Strides& ps, uintptr_t out, const Strides& os, uintptr_t stream) {
+          dqk::dmol::nll_forward_cuda(forward_args(dt, sz, mls, x, xs, p, ps, out, os),
+                                      reinterpret_cast<void*>(stream));
+        },
+        fwd_sig, gil);
+  m.def("dmol_nll_backward_cuda",
+        [](int dt, const Strides& sz, double mls, uintptr_t x, const Strides& xs, uintptr_t p,
+           const Strides& ps, uintptr_t go, const Strides& gs, uintptr_t gp, const Strides& gps,
+           uintptr_t stream) {
+          dqk::dmol::nll_backward_cuda(
+              backward_args(dt, sz, mls, x, xs, p, ps, go, gs, gp, gps),
+              reinterpret_cast<void*>(stream));
+        },
+        gil);
+  m.def("dmol_sample_cuda",
+        [](int dt, const Strides& sz, double mls, uintptr_t p, const Strides& ps, uintptr_t u,
+           const Strides& us, uintptr_t out, const Strides& os, uintptr_t stream) {
+          dqk::dmol::sample_cuda(sample_args(dt, sz, mls, p, ps, u, us, out, os),
+                                 reinterpret_cast<void*>(stream));
+        },
+        gil);
+#endif
+}
