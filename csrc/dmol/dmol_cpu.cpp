@@ -63,7 +63,7 @@ void backward(const Args& a, int nt) {
     auto X = [&](int64_t c) { return Acc(Scalar<S>::load(xp + c * a.x_stride[1])); };
     auto G = [&](int64_t i, Acc v) { Scalar<S>::store(gpp + i * a.gp_stride[1], v); };
     const Acc gout = go[px.b * a.g_stride[0] + px.h * a.g_stride[1] + px.w * a.g_stride[2]];
-    pixel_nll_backward<Acc>(g, P, X, gout, mls, G);
+    pixel_nll_backward<Acc, true>(g, P, X, gout, mls, G);
   }
 }
 

@@ -69,7 +69,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const Args a) {
     auto X = [&](int64_t c) { return Acc(DScalar<S>::load(xp + c * a.x_stride[1])); };
     auto G = [&](int64_t i, Acc v) { DScalar<S>::store(gpp + i * a.gp_stride[1], v); };
     const Acc gout = go[px.b * a.g_stride[0] + px.h * a.g_stride[1] + px.w * a.g_stride[2]];
-    pixel_nll_backward<Acc>(g, P, X, gout, mls, G);
+    pixel_nll_backward<Acc, false>(g, P, X, gout, mls, G);
   }
 }
 

@@ -71,8 +71,8 @@ DQK_HD Bin<Acc> bin(int64_t k, int64_t L, Acc xs, Acc mean, Acc log_s) {
     r.lp = -softplus(b);
     if (kGrad) { Acc sb = sigmoid(b); r.dmean = sb * inv_s; r.dlogs = b * sb; }
   } else {
-    const Acc log_delta = m_log(Acc(2) * d) - log_s;
-    const Acc delta = m_exp(log_delta);
+    const Acc delta = Acc(2) * d * inv_s;  // a - b
+    const Acc log_delta = m_log(Acc(2) * d) - log_s;  // used only where delta underflows
     r.lp = -softplus(-a) - softplus(b) + log1mexp(delta, log_delta);
     if (kGrad) {
       Acc sa = sigmoid(-a), sb = sigmoid(b);
@@ -144,13 +144,12 @@ DQK_HD Component<Acc, kGrad> component(const Geometry& g, const PixelState<Acc>&
   return out;
 }
 
-// log sum_m exp((logit_m - lmax) + lp_m), by an online logsumexp.
-template <typename Acc, typename PLoad>
-DQK_HD Acc log_joint(const Geometry& g, const PixelState<Acc>& s, PLoad P, Acc min_log_scale) {
-  Acc vmax = -Acc(INFINITY), vsum = Acc(0);
-  for (int64_t m = 0; m < g.M; ++m) {
-    const Acc v = (P(m) - s.lmax) + component<Acc, false>(g, s, P, m, min_log_scale).lp;
-    if (v == -Acc(INFINITY)) continue;  // a component with -inf logit adds nothing
+// Online logsumexp of v_m = (logit_m - lmax) + lp_m: the sum is vmax + log(vsum).
+template <typename Acc>
+struct Lse {
+  Acc vmax, vsum;
+  DQK_HD void add(Acc v) {
+    if (v == -Acc(INFINITY)) return;  // a component with -inf logit adds nothing
     if (v > vmax) {
       vsum = vsum * m_exp(vmax - v) + Acc(1);
       vmax = v;
@@ -158,42 +157,74 @@ DQK_HD Acc log_joint(const Geometry& g, const PixelState<Acc>& s, PLoad P, Acc m
       vsum += m_exp(v - vmax);  // NaN propagates through here
     }
   }
-  return vmax + m_log(vsum);
+  DQK_HD Acc value() const { return vmax + m_log(vsum); }
+  // exp(v - logsumexp) computed as exp(v - vmax) / vsum: exact for the dominant
+  // component even when |v| is in the thousands (a far-off mean at a tiny scale)
+  DQK_HD Acc weight(Acc v) const { return m_exp(v - vmax) / vsum; }
+};
+
+template <typename Acc, typename PLoad>
+DQK_HD Lse<Acc> log_joint(const Geometry& g, const PixelState<Acc>& s, PLoad P, Acc min_log_scale) {
+  Lse<Acc> lse{-Acc(INFINITY), Acc(0)};
+  for (int64_t m = 0; m < g.M; ++m)
+    lse.add((P(m) - s.lmax) + component<Acc, false>(g, s, P, m, min_log_scale).lp);
+  return lse;
 }
 
 // NLL of one pixel in nats.
 template <typename Acc, typename PLoad, typename XLoad>
 DQK_HD Acc pixel_nll(const Geometry& g, PLoad P, XLoad X, Acc min_log_scale) {
   PixelState<Acc> s = pixel_state<Acc>(g, P, X);
-  return s.log_z_pi - log_joint<Acc>(g, s, P, min_log_scale);
+  return s.log_z_pi - log_joint<Acc>(g, s, P, min_log_scale).value();
 }
 
 // Gradient of grad_out * NLL with respect to every params channel of one pixel, written
-// through `G(i, value)`.
-template <typename Acc, typename PLoad, typename XLoad, typename GStore>
+// through `G(i, value)`. With kCache (and M <= kMaxCached) the per-component values of the
+// logsumexp pass are kept in a local array instead of being computed twice: the CPU
+// kernels use it; on GPUs the recomputation from cache is cheaper than local memory.
+constexpr int64_t kMaxCached = 64;
+
+template <typename Acc, typename GStore>
+DQK_HD void write_component_grad(const Geometry& g, const PixelState<Acc>& s,
+                                 const Component<Acc, true>& q, Acc l, int64_t m,
+                                 const Lse<Acc>& lse, Acc grad_out, GStore& G) {
+  const Acc pi = m_exp(l - s.log_z_pi);
+  const Acc w = lse.weight(l + q.lp);  // posterior of component m
+  G(m, grad_out * (pi - w));
+  const Acc coef = -grad_out * w;
+  Acc gmean[3];
+  for (int64_t c = 0; c < g.C; ++c) {
+    gmean[c] = coef * q.dmean[c];
+    G(mean_ch(g, c, m), gmean[c]);
+    G(logs_ch(g, c, m), q.logs_pass[c] ? coef * q.dlogs[c] : Acc(0));
+  }
+  if (g.C == 3) {
+    const Acc t0 = q.tanh_r[0], t1 = q.tanh_r[1], t2 = q.tanh_r[2];
+    G(coef_ch(g, 0, m), gmean[1] * (Acc(1) - t0 * t0) * s.xs[0]);
+    G(coef_ch(g, 1, m), gmean[2] * (Acc(1) - t1 * t1) * s.xs[0]);
+    G(coef_ch(g, 2, m), gmean[2] * (Acc(1) - t2 * t2) * s.xs[1]);
+  }
+}
+
+template <typename Acc, bool kCache, typename PLoad, typename XLoad, typename GStore>
 DQK_HD void pixel_nll_backward(const Geometry& g, PLoad P, XLoad X, Acc grad_out,
                                Acc min_log_scale, GStore G) {
   PixelState<Acc> s = pixel_state<Acc>(g, P, X);
-  const Acc lse = log_joint<Acc>(g, s, P, min_log_scale);
+  if (kCache && g.M <= kMaxCached) {
+    Component<Acc, true> cache[kMaxCached];
+    Lse<Acc> lse{-Acc(INFINITY), Acc(0)};
+    for (int64_t m = 0; m < g.M; ++m) {
+      cache[m] = component<Acc, true>(g, s, P, m, min_log_scale);
+      lse.add((P(m) - s.lmax) + cache[m].lp);
+    }
+    for (int64_t m = 0; m < g.M; ++m)
+      write_component_grad<Acc>(g, s, cache[m], P(m) - s.lmax, m, lse, grad_out, G);
+    return;
+  }
+  const Lse<Acc> lse = log_joint<Acc>(g, s, P, min_log_scale);
   for (int64_t m = 0; m < g.M; ++m) {
-    const Acc l = P(m) - s.lmax;
-    Component<Acc, true> q = component<Acc, true>(g, s, P, m, min_log_scale);
-    const Acc pi = m_exp(l - s.log_z_pi);
-    const Acc w = m_exp(l + q.lp - lse);  // posterior of component m
-    G(m, grad_out * (pi - w));
-    const Acc coef = -grad_out * w;
-    Acc gmean[3];
-    for (int64_t c = 0; c < g.C; ++c) {
-      gmean[c] = coef * q.dmean[c];
-      G(mean_ch(g, c, m), gmean[c]);
-      G(logs_ch(g, c, m), q.logs_pass[c] ? coef * q.dlogs[c] : Acc(0));
-    }
-    if (g.C == 3) {
-      const Acc t0 = q.tanh_r[0], t1 = q.tanh_r[1], t2 = q.tanh_r[2];
-      G(coef_ch(g, 0, m), gmean[1] * (Acc(1) - t0 * t0) * s.xs[0]);
-      G(coef_ch(g, 1, m), gmean[2] * (Acc(1) - t1 * t1) * s.xs[0]);
-      G(coef_ch(g, 2, m), gmean[2] * (Acc(1) - t2 * t2) * s.xs[1]);
-    }
+    write_component_grad<Acc>(g, s, component<Acc, true>(g, s, P, m, min_log_scale),
+                              P(m) - s.lmax, m, lse, grad_out, G);
   }
 }
 

@@ -1,0 +1,84 @@
+"""Shared test setup.
+
+- Without a CUDA GPU, Triton kernels run under the interpreter (TRITON_INTERPRET=1 must be
+  set before triton compiles anything, hence here).
+- Every op output starts as NaN (poisoned), so an element a kernel fails to write fails.
+- `BACKEND_DEVICES` lists (backend, device) pairs; pairs that cannot run here are skipped
+  with the registry's reason, and CUDA ones carry the `gpu` marker.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from dqkernels import backends  # noqa: E402
+from dqkernels.ops import _common  # noqa: E402
+
+HAS_GPU = torch.cuda.is_available()
+
+TOL = {  # relative norm error allowed against the float64 reference, by input dtype
+    torch.float64: 1e-8,  # conditioning: sigmoid differences at scales e^-7
+    torch.float32: 2e-5,
+    torch.float16: 2e-3,   # outputs stored in fp16
+    torch.bfloat16: 1.6e-2,  # outputs stored in bf16 (8 significant bits)
+}
+
+
+@pytest.fixture(autouse=True)
+def _poison_outputs():
+    old = _common.poison_outputs
+    _common.poison_outputs = True
+    yield
+    _common.poison_outputs = old
+
+
+def backend_param(backend: str, device: str):
+    marks = [pytest.mark.gpu] if device == "cuda" else []
+    return pytest.param(backend, device, marks=marks, id=f"{backend}-{device}")
+
+
+BACKEND_DEVICES = [
+    backend_param("torch", "cpu"),
+    backend_param("cpp", "cpu"),
+    backend_param("triton", "cpu"),
+    backend_param("torch", "cuda"),
+    backend_param("cuda", "cuda"),
+    backend_param("triton", "cuda"),
+]
+
+
+def require(backend: str, device: str, dtype: torch.dtype = torch.float32) -> None:
+    """Skip (with the registry's reason) unless `backend` runs on `device` and `dtype`."""
+    if device == "cuda" and not HAS_GPU:
+        pytest.skip("no CUDA GPU")
+    why = backends.why_unavailable(backend, device, dtype)
+    if why is not None:
+        pytest.skip(f"{backend} on {device} {dtype}: {why}")
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """Relative norm error; NaN anywhere in `actual` gives inf (NaN never passes)."""
+    a = actual.detach().double().cpu()
+    e = expected.detach().double().cpu()
+    assert a.shape == e.shape, (a.shape, e.shape)
+    if torch.isnan(a).any() or torch.isinf(a).any() != torch.isinf(e).any():
+        return float("inf")
+    if e.numel() == 0:
+        return 0.0
+    finite = torch.isfinite(e)
+    if not torch.equal(a[~finite], e[~finite]):
+        return float("inf")
+    num = (a[finite] - e[finite]).norm().item()
+    den = e[finite].norm().item()
+    return num / den if den > 0 else num
+
+
+def fresh_seed() -> int:
+    """A new seed per run (printed in failure messages), so inputs differ run to run."""
+    return int.from_bytes(os.urandom(4), "little")
