@@ -96,6 +96,16 @@ def test_several_blocks(backend, device):
 
 
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+def test_many_mixtures(backend, device):
+    """More components than the CPU tile path caches (64): the fallback path."""
+    require(backend, device)
+    seed = fresh_seed()
+    for C in (1, 3):
+        x, p = make_inputs(2, C, 3, 3, 70, 256, seed=seed, dtype=torch.float32, device=device)
+        check_against_reference(x, p, 256, backend, seed=seed)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
 def test_any_strides(backend, device):
     """Non-contiguous params (a slice of a wider tensor, transposed spatial dims,
     channels-last) and an x expanded along the batch with stride 0."""
