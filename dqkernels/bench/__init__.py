@@ -1,0 +1,128 @@
+"""``dqk bench``: sweep ops over shapes, dtypes and backends against the eager and
+``torch.compile`` references, with the device's measured copy bandwidth and matmul rate
+as ceilings. Results: ``<out>/<device-slug>/<op>.{json,md,png}``.
+
+Also reachable as ``python benchmarks/run.py`` (same arguments). Heavy imports (the
+harness, matplotlib, tqdm, triton) happen inside :func:`run`, so building the ``dqk``
+parser stays cheap.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["add_arguments", "run", "main"]
+
+DEFAULT_OUT = "benchmarks/results"
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ops", default=None,
+                        help="comma-separated ops to benchmark (default: all; known: dmol)")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny shapes and few repeats (smoke tests, CI)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                        help="device to benchmark (default: cuda if available, else cpu)")
+    parser.add_argument("--dtypes", default="fp32,bf16",
+                        help="comma-separated dtypes: fp32, bf16, fp16 (default: fp32,bf16)")
+    parser.add_argument("--out", default=DEFAULT_OUT,
+                        help=f"output folder; files go to OUT/<device-slug>/ (default: {DEFAULT_OUT})")
+    parser.add_argument("--no-compile", dest="compile", action="store_false",
+                        help="skip the torch.compile baseline")
+    parser.add_argument("--cold-compile", action="store_true",
+                        help="compile without Inductor's on-disk caches, so the reported "
+                             "compile time is a cold one (slower sweep)")
+    parser.add_argument("--backends", default=None,
+                        help="comma-separated dqkernels backends to time (default: every "
+                             "available one; triton is never timed on CPU)")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="CPU seconds of timed repeats per fwd+bwd measurement, half that "
+                             "for fwd (default 0.5, quick 0.02)")
+    parser.add_argument("--no-check", dest="check", action="store_false",
+                        help="skip the float64 gradient check of each implementation")
+    parser.add_argument("--no-memory", dest="memory", action="store_false",
+                        help="skip the peak-memory measurement")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads for CPU runs (default: torch's default)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from dqkernels.bench import harness as H
+
+    device_type = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device_type == "cuda" and not torch.cuda.is_available():
+        print("dqk bench: --device cuda but torch.cuda.is_available() is False "
+              f"(torch {torch.__version__}, built with CUDA {torch.version.cuda})",
+              file=sys.stderr)
+        return 2
+    device = torch.device(device_type)
+
+    ops = _csv(args.ops) if args.ops else H.op_names()
+    try:
+        dtypes = [H.DTYPES[d.lower()] for d in _csv(args.dtypes)]
+    except KeyError as exc:
+        print(f"dqk bench: unknown dtype {exc.args[0]!r}; use fp32, bf16, fp16",
+              file=sys.stderr)
+        return 2
+    for name in ops:
+        if name not in H.OP_MODULES:
+            print(f"dqk bench: unknown op {name!r}; known: {', '.join(H.OP_MODULES)}",
+                  file=sys.stderr)
+            return 2
+
+    timing = H.TimingConfig()
+    if args.quick:
+        timing = H.TimingConfig(cpu_budget_s=0.02, cpu_min_reps=3, cpu_max_reps=20,
+                                cuda_rep_ms=10, cuda_warmup_ms=5)
+    if args.budget is not None:
+        timing.cpu_budget_s = args.budget
+    cfg = H.SweepConfig(device=device, dtypes=dtypes, quick=args.quick, compile=args.compile,
+                        backends=_csv(args.backends) if args.backends else None,
+                        timing=timing, check=args.check, memory=args.memory, seed=args.seed,
+                        progress=args.progress, cold_compile=args.cold_compile)
+
+    if args.threads is not None:
+        if args.threads < 1:
+            print("dqk bench: --threads must be >= 1", file=sys.stderr)
+            return 2
+        torch.set_num_threads(args.threads)
+    env = H.environment(device)
+    load, ncpu = env.get("loadavg_1m_at_start"), env.get("cpu_count")
+    if device_type == "cpu" and load is not None and ncpu and load > 0.5 * ncpu:
+        print(f"dqk bench: warning: the machine is busy (1-minute load {load} on {ncpu} "
+              "CPUs); CPU timings will be noisy, multi-threaded ones most (try --threads 1)",
+              file=sys.stderr)
+    print(f"dqk bench: {env['device_name']} ({env['device_slug']}), torch {env['torch']}; "
+          "measuring ceilings...", file=sys.stderr)
+    ceilings = H.measure_ceilings(device, quick=args.quick)
+    failed = 0
+    for name in ops:
+        result = H.finalize(H.run_benchmark(name, cfg, ceilings=ceilings, env=env))
+        paths = H.write_outputs(result, args.out)
+        print(H.markdown_table(result))
+        print("wrote " + ", ".join(p for p in paths.values() if p), file=sys.stderr)
+        bad = [r for r in result["records"] if r["status"] == "error"]
+        for r in bad:
+            print(f"dqk bench: FAILED {r['op']} {r['case']} {r['dtype']} {r['impl']}: "
+                  f"{r['error']}", file=sys.stderr)
+        failed += len(bad)
+    if failed:
+        print(f"dqk bench: {failed} implementation(s) failed; see the error fields in the "
+              "JSON", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dqk bench", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return int(run(parser.parse_args(argv)) or 0)

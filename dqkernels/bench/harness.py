@@ -1,0 +1,926 @@
+"""Benchmark machinery shared by every op: timing, device ceilings, result records,
+the sweep driver and the writers (JSON, markdown, PNG).
+
+An op plugs in through :class:`BenchOp` (see :mod:`dqkernels.bench.dmol`): it lists its
+shape cases, builds inputs, and gives a scalar loss for the eager reference and for each
+dqkernels backend. The harness derives every implementation from those: ``eager`` (the
+reference as written), ``compile`` (``torch.compile`` of the reference loss, compiled once
+per case) and one row per backend. Each is timed forward+backward (``autograd.grad`` of
+the loss with respect to the op's differentiable inputs) and forward only (grad enabled,
+as in a training step), checked against a float64 evaluation of the reference, and its
+peak extra memory is measured in a separate, untimed call.
+
+Nothing here runs at import time beyond importing torch; matplotlib, tqdm and triton are
+imported where they are used.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import gc
+import importlib
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch
+
+SCHEMA_VERSION = 1
+
+# name -> module exposing ``OP`` (a BenchOp). New ops add a line here.
+OP_MODULES: dict[str, str] = {
+    "dmol": "dqkernels.bench.dmol",
+}
+
+
+def op_names() -> list[str]:
+    return list(OP_MODULES)
+
+
+def get_op(name: str) -> "BenchOp":
+    if name not in OP_MODULES:
+        raise ValueError(f"unknown op {name!r}; known: {', '.join(OP_MODULES)}")
+    return importlib.import_module(OP_MODULES[name]).OP
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16",
+            torch.float64: "fp64"}.get(dtype, str(dtype).replace("torch.", ""))
+
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+          "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+          "fp64": torch.float64, "float64": torch.float64}
+
+
+# ----------------------------------------------------------------------------- op interface
+
+
+@dataclass
+class Shape:
+    """One shape case of an op: a short name and its dimensions."""
+    name: str
+    dims: dict[str, int]
+    label: str = ""           # human-readable, e.g. "B=64 C=3 32x32 M=10"
+
+    def __post_init__(self):
+        if not self.label:
+            self.label = " ".join(f"{k}={v}" for k, v in self.dims.items())
+
+
+class BenchOp:
+    """What an op supplies to the harness. Subclass and register in ``OP_MODULES``."""
+
+    name: str = ""
+    #: one line for the report header: what is timed and what "loss" means
+    description: str = ""
+    #: notes copied into the JSON and markdown (how baselines are run, what bytes count)
+    notes: tuple[str, ...] = ()
+
+    def shapes(self, device_type: str, quick: bool) -> list[Shape]:
+        raise NotImplementedError
+
+    def make_inputs(self, shape: Shape, dtype: torch.dtype, device: torch.device,
+                    seed: int) -> dict[str, torch.Tensor]:
+        """Fresh inputs; the differentiable ones have ``requires_grad`` set."""
+        raise NotImplementedError
+
+    def grad_inputs(self) -> tuple[str, ...]:
+        """Names of the inputs the backward differentiates with respect to."""
+        raise NotImplementedError
+
+    def reference_loss(self, **inputs) -> torch.Tensor:
+        """Scalar loss through the plain-PyTorch reference (what eager/compile time)."""
+        raise NotImplementedError
+
+    def backend_loss(self, backend: str, **inputs) -> torch.Tensor:
+        """Scalar loss through the dqkernels op on ``backend``."""
+        raise NotImplementedError
+
+    def min_bytes(self, inputs: dict[str, torch.Tensor], backward: bool) -> int:
+        """Bytes a perfect kernel must move (read inputs, write outputs/gradients)."""
+        raise NotImplementedError
+
+    def backends(self, device: torch.device, dtype: torch.dtype) -> list[str]:
+        """dqkernels backends worth timing here (by default all that are available,
+        except ``triton`` on CPU, which only runs in the interpreter)."""
+        from dqkernels import backends as B
+        names = B.available(device, dtype)
+        if device.type == "cpu":
+            names = [b for b in names if b != "triton"]
+        return names
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_cpu(fn: Callable[[], Any], budget_s: float = 1.0, min_reps: int = 3,
+             max_reps: int = 200, warmup: int = 1) -> tuple[float, int]:
+    """Median wall time of ``fn`` in ms (``time.perf_counter``), with ``warmup`` calls
+    first, then as many repeats as fit in ``budget_s`` (at least ``min_reps``)."""
+    est = math.inf
+    for _ in range(max(1, warmup)):
+        t0 = time.perf_counter()
+        fn()
+        est = min(est, time.perf_counter() - t0)
+    if est < 0.25 * budget_s:
+        # one more warm-up when it is cheap (first-touch allocations, caches)
+        t0 = time.perf_counter()
+        fn()
+        est = min(est, time.perf_counter() - t0)
+    n = int(budget_s / max(est, 1e-7))
+    n = max(min_reps, min(max_reps, n))
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3, n
+
+
+def time_cuda(fn: Callable[[], Any], rep_ms: int = 100, warmup_ms: int = 25) -> tuple[float, int]:
+    """Median GPU time of ``fn`` in ms: ``triton.testing.do_bench`` (L2 flushed between
+    runs) when triton is importable, otherwise CUDA events with the same protocol."""
+    try:
+        from triton.testing import do_bench
+    except Exception:  # noqa: BLE001 - triton missing or broken: use events
+        do_bench = None
+    if do_bench is not None:
+        try:
+            ms = do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median")
+        except TypeError:  # older triton without return_mode
+            ms = do_bench(fn, warmup=warmup_ms, rep=rep_ms, quantiles=[0.5])
+            ms = ms[0] if isinstance(ms, (list, tuple)) else ms
+        return float(ms), -1
+    return _time_cuda_events(fn, rep_ms, warmup_ms)
+
+
+def _time_cuda_events(fn, rep_ms: int, warmup_ms: int) -> tuple[float, int]:
+    flush = torch.empty(256 * 2**20 // 4, dtype=torch.int32, device="cuda")
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(5):
+        flush.zero_()
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    est = max(start.elapsed_time(end) / 5, 1e-4)
+    for _ in range(max(1, int(warmup_ms / est))):
+        fn()
+    n = max(5, min(10000, int(rep_ms / est)))
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+    for i in range(n):
+        flush.zero_()
+        starts[i].record()
+        fn()
+        ends[i].record()
+    torch.cuda.synchronize()
+    return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends)), n
+
+
+@dataclass
+class TimingConfig:
+    cpu_budget_s: float = 0.5        # per timed quantity on CPU (fwd gets half)
+    cpu_min_reps: int = 3
+    cpu_max_reps: int = 200
+    cuda_rep_ms: int = 100
+    cuda_warmup_ms: int = 25
+
+
+def time_fn(fn, device: torch.device, cfg: TimingConfig, budget_scale: float = 1.0):
+    if device.type == "cuda":
+        return time_cuda(fn, rep_ms=max(1, int(cfg.cuda_rep_ms * budget_scale)),
+                         warmup_ms=cfg.cuda_warmup_ms)
+    return time_cpu(fn, budget_s=cfg.cpu_budget_s * budget_scale, min_reps=cfg.cpu_min_reps,
+                    max_reps=cfg.cpu_max_reps)
+
+
+# ----------------------------------------------------------------------------- memory
+
+CPU_MEMORY_NOTE = ("CPU peak memory: high-water mark of the bytes allocated through "
+                   "PyTorch's CPU allocator during one untimed fwd+bwd, from the profiler's "
+                   "memory events (allocations made by OpenMP worker threads or outside "
+                   "torch's allocator are not seen)")
+CUDA_MEMORY_NOTE = ("CUDA peak memory: torch.cuda.max_memory_allocated() during one untimed "
+                    "fwd+bwd minus memory_allocated() before it: memory beyond the inputs, "
+                    "including the returned gradients")
+
+
+def call_measuring_memory(fn: Callable[[], Any], device: torch.device) -> tuple[Any, int | None]:
+    """Call ``fn`` once; return its output and the bytes it allocated at its high-water
+    mark beyond what was allocated before (None where that cannot be measured)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        out = fn()
+        torch.cuda.synchronize(device)
+        return out, int(torch.cuda.max_memory_allocated(device) - base)
+    if device.type == "cpu":
+        return _cpu_peak_memory(fn)
+    return fn(), None
+
+
+def peak_extra_memory(fn: Callable[[], Any], device: torch.device) -> int | None:
+    """Bytes allocated by ``fn`` at its high-water mark beyond what was allocated before."""
+    out, peak = call_measuring_memory(fn, device)
+    del out
+    return peak
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence file descriptor 2 (C++ logging) for the duration; Python exceptions
+    still propagate."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _cpu_peak_memory(fn) -> tuple[Any, int | None]:
+    from torch.profiler import ProfilerActivity, profile
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "trace.json")
+        with _quiet_stderr():   # kineto prints profiler_start/stop lines on fd 2
+            with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+                out = fn()
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            trace = json.load(f)
+    events = [e for e in trace.get("traceEvents", [])
+              if e.get("name") == "[memory]" and e.get("args", {}).get("Device Type", 0) == 0]
+    if not events:
+        return out, None
+    events.sort(key=lambda e: e.get("ts", 0))
+    cur = peak = 0
+    for e in events:
+        cur += int(e["args"].get("Bytes", 0))
+        peak = max(peak, cur)
+    return out, int(peak)
+
+
+# ----------------------------------------------------------------------------- ceilings
+
+
+def measure_ceilings(device: torch.device, quick: bool = False) -> dict:
+    """Copy bandwidth (GB/s, bytes = read + write) and matmul rates (TFLOP/s) measured now."""
+    out: dict[str, Any] = {}
+    cfg = TimingConfig(cpu_budget_s=0.05 if quick else 1.0, cuda_rep_ms=20 if quick else 200)
+    if device.type == "cuda":
+        copy_bytes = (64 if quick else 1024) * 2**20
+        mm = [("fp32", torch.float32, 1024 if quick else 8192),
+              ("bf16", torch.bfloat16, 1024 if quick else 8192)]
+    else:
+        copy_bytes = (16 if quick else 256) * 2**20
+        mm = [("fp32", torch.float32, 256 if quick else 2048)]
+    try:
+        src = torch.empty(copy_bytes // 4, dtype=torch.float32, device=device).uniform_()
+        dst = torch.empty_like(src)
+        ms, _ = time_fn(lambda: dst.copy_(src), device, cfg)
+        out["copy_buffer_bytes"] = copy_bytes
+        out["copy_gbps"] = 2 * copy_bytes / (ms * 1e-3) / 1e9
+        del src, dst
+    except Exception as exc:  # noqa: BLE001
+        out["copy_error"] = _short_error(exc)
+    prev = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")   # fp32 means IEEE fp32: TF32 off
+    try:
+        for name, dt, n in mm:
+            try:
+                a = torch.randn(n, n, device=device).to(dt)
+                b = torch.randn(n, n, device=device).to(dt)
+                ms, _ = time_fn(lambda: torch.mm(a, b), device, cfg)
+                out[f"matmul_{name}_n"] = n
+                out[f"matmul_{name}_tflops"] = 2 * n**3 / (ms * 1e-3) / 1e12
+                del a, b
+            except Exception as exc:  # noqa: BLE001
+                out[f"matmul_{name}_error"] = _short_error(exc)
+    finally:
+        torch.set_float32_matmul_precision(prev)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return out
+
+
+# ----------------------------------------------------------------------------- environment
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return name or platform.processor() or platform.machine() or "cpu"
+
+
+def slugify(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
+
+
+def device_slug(device: torch.device, name: str | None = None) -> str:
+    """``nvidia-h100-80gb-hbm3``, ``cpu-amd-epyc``, ``cpu-intel-xeon-platinum-8480``..."""
+    name = name or device_name(device)
+    if device.type == "cuda":
+        return slugify(name)
+    short = re.sub(r"\((r|tm)\)", " ", name, flags=re.I)
+    short = re.sub(r"@.*$", " ", short)
+    short = re.sub(r"\b(cpu|processor|\d+-core)\b", " ", short, flags=re.I)
+    slug = slugify(short)
+    return slug if slug.startswith("cpu") else f"cpu-{slug}"
+
+
+def _git_commit() -> dict:
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    info: dict[str, Any] = {"commit": None, "dirty": None}
+    try:
+        commit = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=10)
+        if commit.returncode == 0:
+            info["commit"] = commit.stdout.strip()
+            status = subprocess.run(["git", "-C", root, "status", "--porcelain",
+                                     "--untracked-files=no"], capture_output=True, text=True,
+                                    timeout=10)
+            if status.returncode == 0:
+                info["dirty"] = bool(status.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info
+
+
+def environment(device: torch.device) -> dict:
+    """Versions and device facts for the JSON (no hostname, no user names)."""
+    env: dict[str, Any] = {
+        "device_type": device.type,
+        "device_name": device_name(device),
+        "device_slug": device_slug(device),
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "python": platform.python_version(),
+        "platform": f"{platform.system()} {platform.release()} {platform.machine()}",
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cudnn": None,
+        "triton": None,
+        "dqkernels": None,
+        "torch_num_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        # other work on the machine makes CPU timings noisy: recorded to judge a run
+        "loadavg_1m_at_start": None,
+    }
+    try:
+        env["loadavg_1m_at_start"] = round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        pass
+    env.update({f"git_{k}": v for k, v in _git_commit().items()})
+    try:
+        env["cudnn"] = torch.backends.cudnn.version()
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        import triton
+        env["triton"] = triton.__version__
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        import dqkernels
+        from dqkernels import _ext, backends
+        env["dqkernels"] = dqkernels.__version__
+        env["dqkernels_build"] = {k: (v if isinstance(v, (int, float, str, bool, type(None)))
+                                      else str(v)) for k, v in _ext.build_info().items()}
+        env["backends"] = {}
+        for dt in (torch.float32, torch.bfloat16):
+            env["backends"][dtype_name(dt)] = {
+                b: backends.why_unavailable(b, device, dt) or "available"
+                for b in backends.BACKENDS}
+    except Exception as exc:  # noqa: BLE001
+        env["dqkernels_error"] = _short_error(exc)
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        env["gpu_memory_bytes"] = int(props.total_memory)
+        env["gpu_capability"] = f"{props.major}.{props.minor}"
+        env["gpu_sm_count"] = int(props.multi_processor_count)
+        try:
+            smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=20)
+            if smi.returncode == 0:
+                env["nvidia_driver"] = smi.stdout.strip().splitlines()[0]
+        except (OSError, subprocess.SubprocessError, IndexError):
+            pass
+    return env
+
+
+# ----------------------------------------------------------------------------- records
+
+
+@dataclass
+class Record:
+    """One row: one implementation of one op on one shape and dtype."""
+    op: str
+    case: str
+    shape: str
+    dims: dict
+    dtype: str
+    device: str
+    impl: str
+    status: str = "ok"                 # ok | error | skipped
+    error: str | None = None
+    ms: float | None = None            # fwd+bwd median
+    reps: int | None = None            # -1: chosen by triton's do_bench
+    fwd_ms: float | None = None        # forward only (grad enabled) median
+    fwd_reps: int | None = None
+    speedup_vs_eager: float | None = None
+    speedup_vs_compile: float | None = None
+    fwd_speedup_vs_eager: float | None = None
+    bytes_min: int | None = None       # fwd+bwd minimal bytes
+    gbps: float | None = None
+    frac_copy_bw: float | None = None
+    fwd_bytes_min: int | None = None
+    fwd_gbps: float | None = None
+    peak_mem_bytes: int | None = None  # extra memory of one fwd+bwd beyond the inputs
+    grad_rel_err: float | None = None  # ||g - g64|| / ||g64|| vs float64 reference
+    compile_s: float | None = None     # first call of the compiled function (compile)
+
+
+RECORD_KEYS = tuple(Record.__dataclass_fields__)
+
+
+def _short_error(exc: BaseException, limit: int = 300) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip().replace("\n", " | ")
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _rel_err(got: Iterable[torch.Tensor], gold: Iterable[torch.Tensor]) -> float:
+    num = den = 0.0
+    for g, r in zip(got, gold):
+        if g is None:
+            return math.inf
+        d = g.detach().to(torch.float64) - r
+        num += float(torch.sum(d * d))
+        den += float(torch.sum(r * r))
+    if not math.isfinite(num):
+        return math.inf
+    return math.sqrt(num / den) if den > 0 else math.sqrt(num)
+
+
+# ----------------------------------------------------------------------------- sweep
+
+
+@dataclass
+class SweepConfig:
+    device: torch.device
+    dtypes: list[torch.dtype]
+    quick: bool = False
+    compile: bool = True
+    backends: list[str] | None = None   # None: every available backend
+    timing: TimingConfig = field(default_factory=TimingConfig)
+    check: bool = True                  # float64 gradient check per case
+    memory: bool = True
+    seed: int = 0
+    progress: bool = True
+    cold_compile: bool = False          # disable Inductor's on-disk caches for compile_s
+
+
+def _progress(iterable, total: int, desc: str, enabled: bool):
+    if enabled:
+        try:
+            from tqdm.auto import tqdm
+            return tqdm(iterable, total=total, desc=desc, unit="case", dynamic_ncols=True,
+                        file=sys.stderr)
+        except Exception:  # noqa: BLE001 - tqdm missing: plain iteration
+            pass
+    return iterable
+
+
+def _implementations(op: BenchOp, cfg: SweepConfig, dtype: torch.dtype):
+    """(name, kind, loss function or None, skip reason) in report order."""
+    from dqkernels import backends as B
+    impls: list[tuple[str, str, Callable | None, str | None]] = [
+        ("eager", "reference", op.reference_loss, None)]
+    if cfg.compile:
+        impls.append(("compile", "compile", None, None))   # built per case
+    names = op.backends(cfg.device, dtype)
+    if cfg.backends is not None:
+        for b in cfg.backends:
+            if b in names:
+                continue
+            why = B.why_unavailable(b, cfg.device, dtype) if b in B.BACKENDS else "unknown backend"
+            if why is None and cfg.device.type == "cpu" and b == "triton":
+                why = "triton on CPU runs only in the interpreter; not benchmarked"
+            impls.append((b, "backend", None, why))
+        names = [b for b in names if b in cfg.backends]
+    for b in names:
+        impls.append((b, "backend", _bind(op.backend_loss, b), None))
+    # keep skipped rows after the runnable ones
+    return [i for i in impls if i[3] is None] + [i for i in impls if i[3] is not None]
+
+
+def _bind(f, backend):
+    def loss(**inputs):
+        return f(backend, **inputs)
+    return loss
+
+
+def run_op(op: BenchOp, cfg: SweepConfig, ceilings: dict) -> list[Record]:
+    device = cfg.device
+    shapes = op.shapes(device.type, cfg.quick)
+    cases = [(s, dt) for s in shapes for dt in cfg.dtypes]
+    records: list[Record] = []
+    bar = _progress(cases, len(cases), f"bench {op.name}", cfg.progress)
+    for shape, dtype in bar:
+        if hasattr(bar, "set_postfix_str"):
+            bar.set_postfix_str(f"{shape.name} {dtype_name(dtype)}")
+        records.extend(_run_case(op, cfg, shape, dtype, ceilings))
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    if hasattr(bar, "close"):
+        bar.close()
+    return records
+
+
+def _run_case(op: BenchOp, cfg: SweepConfig, shape: Shape, dtype: torch.dtype,
+              ceilings: dict) -> list[Record]:
+    device = cfg.device
+    base = dict(op=op.name, case=shape.name, shape=shape.label, dims=dict(shape.dims),
+                dtype=dtype_name(dtype), device=device.type)
+    inputs = op.make_inputs(shape, dtype, device, cfg.seed)
+    names = op.grad_inputs()
+    leaves = [inputs[n] for n in names]
+    bytes_bwd = op.min_bytes(inputs, backward=True)
+    bytes_fwd = op.min_bytes(inputs, backward=False)
+    copy_gbps = ceilings.get("copy_gbps")
+
+    gold = None
+    if cfg.check:
+        try:
+            gold = _gold_grads(op, inputs, names)
+        except Exception as exc:  # noqa: BLE001 - e.g. out of memory in float64
+            gold = None
+            _warn(f"{op.name} {shape.name} {dtype_name(dtype)}: float64 check skipped "
+                  f"({_short_error(exc)})")
+
+    records: list[Record] = []
+    for name, kind, loss_fn, skip in _implementations(op, cfg, dtype):
+        rec = Record(impl=name, bytes_min=bytes_bwd, fwd_bytes_min=bytes_fwd, **base)
+        records.append(rec)
+        if skip is not None:
+            rec.status, rec.error = "skipped", skip
+            continue
+        try:
+            if kind == "compile":
+                torch._dynamo.reset()   # compile once for this case, from scratch
+                loss_fn = torch.compile(op.reference_loss, dynamic=False)
+
+            def fwd(loss_fn=loss_fn):
+                return loss_fn(**inputs)
+
+            def step(loss_fn=loss_fn):
+                return torch.autograd.grad(loss_fn(**inputs), leaves)
+
+            if kind == "compile":
+                t0 = time.perf_counter()
+                with _inductor_caches(enabled=not cfg.cold_compile):
+                    step()
+                _sync(device)
+                rec.compile_s = time.perf_counter() - t0
+            # one untimed call gives the memory high-water mark and the gradient check
+            grads = None
+            if cfg.memory:
+                try:
+                    grads, rec.peak_mem_bytes = call_measuring_memory(step, device)
+                except Exception as exc:  # noqa: BLE001 - the profiler, not the op
+                    _warn(f"peak memory of {name} not measured: {_short_error(exc)}")
+            if grads is None:
+                grads = step()
+            if gold is not None:
+                rec.grad_rel_err = _rel_err(grads, gold)
+            del grads
+            rec.ms, rec.reps = time_fn(step, device, cfg.timing)
+            rec.fwd_ms, rec.fwd_reps = time_fn(fwd, device, cfg.timing, budget_scale=0.5)
+        except Exception as exc:  # noqa: BLE001 - one failing impl must not stop the sweep
+            rec.status, rec.error = "error", _short_error(exc)
+            if os.environ.get("DQK_BENCH_TRACEBACK"):
+                traceback.print_exc()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        finally:
+            if kind == "compile":
+                torch._dynamo.reset()
+    _fill_derived(records, copy_gbps)
+    return records
+
+
+@contextlib.contextmanager
+def _inductor_caches(enabled: bool):
+    """With ``enabled=False``, compile from scratch (Inductor's FX graph and AOTAutograd
+    on-disk caches off), so that compile_s is a cold compile."""
+    if enabled:
+        yield
+        return
+    import warnings
+
+    from torch._inductor import config as inductor_config
+    with inductor_config.patch(force_disable_caches=True), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*force_disable_caches.*")
+        yield
+
+
+def inductor_cache_settings() -> dict:
+    try:
+        from torch._functorch import config as functorch_config
+        from torch._inductor import config as inductor_config
+        return {"fx_graph_cache": bool(inductor_config.fx_graph_cache),
+                "autograd_cache": bool(getattr(functorch_config, "enable_autograd_cache",
+                                               False)),
+                "force_disable_caches": bool(inductor_config.force_disable_caches)}
+    except Exception:  # noqa: BLE001
+        return {}
+
+
+def _gold_grads(op: BenchOp, inputs: dict, names) -> list[torch.Tensor]:
+    gold_inputs = {}
+    for k, v in inputs.items():
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
+            v = v.detach().to(torch.float64).requires_grad_(k in names)
+        gold_inputs[k] = v
+    loss = op.reference_loss(**gold_inputs)
+    return [g.detach() for g in torch.autograd.grad(loss, [gold_inputs[n] for n in names])]
+
+
+def _fill_derived(records: list[Record], copy_gbps: float | None) -> None:
+    ok = {r.impl: r for r in records if r.status == "ok" and r.ms}
+    eager, comp = ok.get("eager"), ok.get("compile")
+    for r in records:
+        if r.status != "ok" or not r.ms:
+            continue
+        if eager is not None:
+            r.speedup_vs_eager = eager.ms / r.ms
+            if r.fwd_ms and eager.fwd_ms:
+                r.fwd_speedup_vs_eager = eager.fwd_ms / r.fwd_ms
+        if comp is not None:
+            r.speedup_vs_compile = comp.ms / r.ms
+        if r.bytes_min:
+            r.gbps = r.bytes_min / (r.ms * 1e-3) / 1e9
+            if copy_gbps:
+                r.frac_copy_bw = r.gbps / copy_gbps
+        if r.fwd_bytes_min and r.fwd_ms:
+            r.fwd_gbps = r.fwd_bytes_min / (r.fwd_ms * 1e-3) / 1e9
+
+
+def _warn(msg: str) -> None:
+    print(f"[dqk bench] {msg}", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def run_benchmark(op_name: str, cfg: SweepConfig, ceilings: dict | None = None,
+                  env: dict | None = None) -> dict:
+    """Run one op's sweep and return the result document (what the JSON holds)."""
+    op = get_op(op_name)
+    env = env if env is not None else environment(cfg.device)
+    ceilings = ceilings if ceilings is not None else measure_ceilings(cfg.device, cfg.quick)
+    t0 = time.perf_counter()
+    records = run_op(op, cfg, ceilings)
+    notes = list(op.notes) + [
+        CUDA_MEMORY_NOTE if cfg.device.type == "cuda" else CPU_MEMORY_NOTE,
+        "ms: median of fwd+bwd (loss, then torch.autograd.grad to the differentiable "
+        "inputs); fwd_ms: median of the forward alone with grad enabled, as in training",
+        "GB/s: bytes_min / ms; frac_copy_bw: that over the copy bandwidth measured in this "
+        "run (read + write of a large dst.copy_(src))",
+        "grad_rel_err: relative norm error of the gradient against autograd of the "
+        "reference in float64 on the same (already rounded) inputs",
+        "compile: torch.compile(reference loss, dynamic=False), compiled once per case "
+        "after torch._dynamo.reset(); compile_s is its first fwd+bwd call, excluded from "
+        "the timings" + (", compiled cold (Inductor caches disabled)" if cfg.cold_compile
+                         else "; it hits Inductor's on-disk caches when an earlier run "
+                         "compiled the same graph (--cold-compile disables them)"),
+    ]
+    if cfg.device.type == "cuda":
+        notes.append("timing: triton.testing.do_bench (L2 flushed before each run, median) "
+                     "or CUDA events with the same protocol when triton is missing")
+    else:
+        notes.append("timing: time.perf_counter, 1 warm-up call (2 when cheap), then repeats filling the "
+                     f"budget ({cfg.timing.cpu_budget_s:g} s fwd+bwd, half that fwd; at "
+                     f"least {cfg.timing.cpu_min_reps}), median")
+    return {
+        "schema": SCHEMA_VERSION,
+        "op": op.name,
+        "description": op.description,
+        "environment": env,
+        "ceilings": ceilings,
+        "settings": {"quick": cfg.quick, "compile": cfg.compile,
+                     "dtypes": [dtype_name(d) for d in cfg.dtypes],
+                     "backends": cfg.backends, "seed": cfg.seed,
+                     "timing": asdict(cfg.timing),
+                     "cold_compile": cfg.cold_compile,
+                     "inductor_caches": inductor_cache_settings(),
+                     "sweep_seconds": None},
+        "notes": notes,
+        "records": [asdict(r) for r in records],
+        "_elapsed": time.perf_counter() - t0,
+    }
+
+
+def finalize(result: dict) -> dict:
+    result["settings"]["sweep_seconds"] = round(result.pop("_elapsed", 0.0), 1)
+    return result
+
+
+def write_json(result: dict, path: str) -> None:
+    def clean(o):
+        if isinstance(o, float) and not math.isfinite(o):
+            return None if math.isnan(o) else ("inf" if o > 0 else "-inf")
+        if isinstance(o, dict):
+            return {k: clean(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [clean(v) for v in o]
+        return o
+    with open(path, "w") as f:
+        json.dump(clean(result), f, indent=1)
+        f.write("\n")
+
+
+def _speed(v) -> str:
+    return "–" if v is None else f"{v:.2f}x"
+
+
+def _num(v) -> str:
+    """3 significant digits without exponents for ordinary magnitudes."""
+    if v is None:
+        return "–"
+    a = abs(v)
+    if a >= 100:
+        return f"{v:.0f}"
+    if a >= 10:
+        return f"{v:.1f}"
+    if a >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3g}"
+
+
+def _fmt_err(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, str) or not math.isfinite(v):
+        return str(v)
+    return f"{v:.1e}"
+
+
+def markdown_table(result: dict) -> str:
+    """The records as a markdown table, with a header on device and ceilings."""
+    env, ceil = result["environment"], result.get("ceilings", {})
+    lines = [f"## {result['op']} on {env.get('device_name')}", ""]
+    vers = [f"torch {env.get('torch')}"]
+    if env.get("torch_cuda"):
+        vers.append(f"CUDA {env['torch_cuda']}")
+    if env.get("triton"):
+        vers.append(f"triton {env['triton']}")
+    vers.append(f"python {env.get('python')}")
+    if env.get("git_commit"):
+        vers.append(f"commit {env['git_commit'][:10]}{'+dirty' if env.get('git_dirty') else ''}")
+    lines.append(", ".join(vers) + f"; {env.get('date_utc')}")
+    lines.append("")
+    c = []
+    if "copy_gbps" in ceil:
+        c.append(f"copy {_num(ceil['copy_gbps'])} GB/s")
+    for k in ("fp32", "bf16"):
+        if f"matmul_{k}_tflops" in ceil:
+            c.append(f"matmul {k} {_num(ceil[f'matmul_{k}_tflops'])} TFLOP/s "
+                     f"(n={ceil[f'matmul_{k}_n']}{', TF32 off' if k == 'fp32' else ''})")
+    if c:
+        lines += ["Measured ceilings: " + "; ".join(c) + ".", ""]
+    if result.get("description"):
+        lines += [result["description"], ""]
+    head = ("| case | shape | dtype | impl | fwd+bwd ms | fwd ms | vs eager | vs compile "
+            "| GB/s | % copy BW | extra mem MiB | grad err |")
+    lines += [head, "|" + "---|" * 12]
+    for r in result["records"]:
+        if r["status"] != "ok":
+            lines.append(f"| {r['case']} | {r['shape']} | {r['dtype']} | {r['impl']} | "
+                         f"{r['status']}: {str(r['error'])[:120].replace('|', '/')} "
+                         "| | | | | | | |")
+            continue
+        mem = r.get("peak_mem_bytes")
+        lines.append(
+            f"| {r['case']} | {r['shape']} | {r['dtype']} | {r['impl']} "
+            f"| {_num(r['ms'])} | {_num(r['fwd_ms'])} "
+            f"| {_speed(r['speedup_vs_eager'])} | {_speed(r['speedup_vs_compile'])} "
+            f"| {_num(r['gbps'])} "
+            f"| {_num(None if r['frac_copy_bw'] is None else 100 * r['frac_copy_bw'])} "
+            f"| {_num(None if mem is None else mem / 2**20)} "
+            f"| {_fmt_err(r.get('grad_rel_err'))} |")
+    compiles = [r for r in result["records"] if r.get("compile_s") is not None]
+    if compiles:
+        lines += ["", "Compile time of torch.compile (first fwd+bwd, excluded): " + ", ".join(
+            f"{r['case']}/{r['dtype']} {r['compile_s']:.1f} s" for r in compiles) + "."]
+    if result.get("notes"):
+        lines += ["", "Notes:", ""] + [f"- {n}" for n in result["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot_results(result: dict, path: str) -> None:
+    """Grouped bar chart: speedup of the fwd+bwd over eager, per implementation, per case."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = [r for r in result["records"] if r["status"] == "ok" and r.get("speedup_vs_eager")]
+    cases: list[tuple[str, str]] = []
+    impls: list[str] = []
+    for r in result["records"]:
+        key = (r["case"], r["dtype"])
+        if key not in cases:
+            cases.append(key)
+        if r["impl"] not in impls and r["status"] == "ok":
+            impls.append(r["impl"])
+    labels = {}
+    for r in result["records"]:
+        labels[(r["case"], r["dtype"])] = f"{r['case']} {r['dtype']}\n{r['shape']}"
+    val = {(r["case"], r["dtype"], r["impl"]): r["speedup_vs_eager"] for r in recs}
+    fig_w = min(16.0, max(6.0, 0.32 * len(cases) * max(1, len(impls)) + 2))
+    fig, ax = plt.subplots(figsize=(fig_w, 4.8))
+    n = max(1, len(impls))
+    width = 0.8 / n
+    values = [v for v in val.values() if v and v > 0]
+    use_log = bool(values) and max(values) / min(values) > 20
+    for i, impl in enumerate(impls):
+        xs, ys = [], []
+        for j, case in enumerate(cases):
+            v = val.get((case[0], case[1], impl))
+            if v:
+                xs.append(j - 0.4 + width * (i + 0.5))
+                ys.append(v)
+        bars = ax.bar(xs, ys, width=width, label=impl)
+        for x, y in zip(xs, ys):
+            ax.annotate(f"{y:.2g}", (x, y), ha="center", va="bottom", fontsize=7,
+                        xytext=(0, 1), textcoords="offset points")
+        del bars
+    ax.axhline(1.0, color="black", lw=0.8)
+    if use_log:
+        ax.set_yscale("log")
+    ax.set_xticks(range(len(cases)))
+    ax.set_xticklabels([labels[c] for c in cases], fontsize=7)
+    ax.set_ylabel("speedup of fwd+bwd over eager (x)")
+    env = result["environment"]
+    ax.set_title(f"{result['op']}: {env.get('device_name')} (torch {env.get('torch')})",
+                 fontsize=10)
+    ax.legend(fontsize=8, ncol=min(n, 4))
+    ax.grid(axis="y", alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_outputs(result: dict, out_dir: str) -> dict[str, str | None]:
+    """Write ``<out>/<slug>/<op>.json``, ``.md`` and ``.png``; returns their paths (the
+    PNG's is None with a warning if matplotlib is missing or fails)."""
+    slug = result["environment"]["device_slug"]
+    folder = os.path.join(out_dir, slug)
+    os.makedirs(folder, exist_ok=True)
+    stem = os.path.join(folder, result["op"])
+    paths: dict[str, str | None] = {"json": stem + ".json", "md": stem + ".md",
+                                    "png": stem + ".png"}
+    write_json(result, paths["json"])
+    with open(paths["md"], "w") as f:
+        f.write(markdown_table(result))
+    try:
+        plot_results(result, paths["png"])
+    except Exception as exc:  # noqa: BLE001 - a missing matplotlib must not lose results
+        _warn(f"plot not written: {_short_error(exc)}")
+        paths["png"] = None
+    return paths
