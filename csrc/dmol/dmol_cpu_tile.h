@@ -61,10 +61,11 @@ struct Out {
 // partials of every component and channel.
 struct Work {
   std::vector<float> mem;
-  float *logit, *v, *dmean, *dlogs, *pass, *tanh_r;
-  explicit Work(int64_t M) : mem(size_t(M) * kLanes * 14) {
+  float *logit, *el, *v, *dmean, *dlogs, *pass, *tanh_r;
+  explicit Work(int64_t M) : mem(size_t(M) * kLanes * 15) {
     float* p = mem.data();
     logit = p; p += M * kLanes;
+    el = p; p += M * kLanes;
     v = p; p += M * kLanes;
     dmean = p; p += M * 3 * kLanes;
     dlogs = p; p += M * 3 * kLanes;
@@ -77,6 +78,7 @@ struct TileState {
   float xs[3][kLanes];
   float low[3][kLanes], high[3][kLanes];  // 1.0 where the level is the lowest / highest
   float lmax[kLanes], logz[kLanes];
+  float inv_z[kLanes];  // 1 / sum_m exp(logit_m - lmax)
 };
 
 template <typename S>
@@ -107,11 +109,18 @@ DQK_ALWAYS_INLINE void tile_state(const Geometry& g, const In<S>& P, const In<S>
   float z[kLanes] = {0};
   for (int64_t m = 0; m < g.M; ++m) {
     const float* l = w.logit + m * kLanes;
+    float* el = w.el + m * kLanes;  // exp(logit - lmax), kept for the mixture weights
 #pragma omp simd
-    for (int j = 0; j < kLanes; ++j) z[j] += vm::exp(l[j] - lmax[j]);
+    for (int j = 0; j < kLanes; ++j) {
+      el[j] = vm::exp(l[j] - lmax[j]);
+      z[j] += el[j];
+    }
   }
 #pragma omp simd
-  for (int j = 0; j < kLanes; ++j) st.logz[j] = vm::log(z[j]);
+  for (int j = 0; j < kLanes; ++j) {
+    st.logz[j] = vm::log(z[j]);
+    st.inv_z[j] = 1.0f / z[j];
+  }
 }
 
 // v[m] = (logit_m - lmax) + sum_c log P(x_c | m) for all lanes; with kGrad also the
@@ -187,8 +196,8 @@ DQK_ALWAYS_INLINE void tile_component(const Geometry& g, const In<S>& P, const T
   }
 }
 
-// max and sum of exp over the components' v, lane-wise
-DQK_ALWAYS_INLINE void tile_lse(const Geometry& g, const Work& w, float* vmax, float* vsum) {
+// max and sum of exp over the components' v, lane-wise; v is overwritten by exp(v - vmax)
+DQK_ALWAYS_INLINE void tile_lse(const Geometry& g, Work& w, float* vmax, float* vsum) {
   for (int j = 0; j < kLanes; ++j) { vmax[j] = -vm::kInf; vsum[j] = 0.0f; }
   for (int64_t m = 0; m < g.M; ++m) {
     const float* v = w.v + m * kLanes;
@@ -196,9 +205,12 @@ DQK_ALWAYS_INLINE void tile_lse(const Geometry& g, const Work& w, float* vmax, f
     for (int j = 0; j < kLanes; ++j) vmax[j] = vm::sel(v[j] > vmax[j], v[j], vmax[j]);
   }
   for (int64_t m = 0; m < g.M; ++m) {
-    const float* v = w.v + m * kLanes;
+    float* v = w.v + m * kLanes;
 #pragma omp simd
-    for (int j = 0; j < kLanes; ++j) vsum[j] += vm::exp(v[j] - vmax[j]);
+    for (int j = 0; j < kLanes; ++j) {
+      v[j] = vm::exp(v[j] - vmax[j]);
+      vsum[j] += v[j];
+    }
   }
 }
 
@@ -222,14 +234,15 @@ DQK_ALWAYS_INLINE void tile_backward(const Geometry& g, const In<S>& P, const In
   for (int64_t m = 0; m < g.M; ++m) tile_component<true>(g, P, st, mls, m, w);
   float vmax[kLanes], vsum[kLanes];
   tile_lse(g, w, vmax, vsum);
-  float out[kLanes], coef[kLanes], gmean[3][kLanes];
+  float out[kLanes], coef[kLanes], gmean[3][kLanes], inv_vsum[kLanes];
+  for (int j = 0; j < kLanes; ++j) inv_vsum[j] = 1.0f / vsum[j];
   for (int64_t m = 0; m < g.M; ++m) {
-    const float* l = w.logit + m * kLanes;
-    const float* v = w.v + m * kLanes;
+    const float* el = w.el + m * kLanes;
+    const float* ev = w.v + m * kLanes;  // exp(v - vmax) after tile_lse
 #pragma omp simd
     for (int j = 0; j < kLanes; ++j) {
-      const float pi = vm::exp(l[j] - st.lmax[j] - st.logz[j]);
-      const float wt = vm::exp(v[j] - vmax[j]) / vsum[j];  // posterior of component m
+      const float pi = el[j] * st.inv_z[j];
+      const float wt = ev[j] * inv_vsum[j];  // posterior of component m
       out[j] = gout[j] * (pi - wt);
       coef[j] = -gout[j] * wt;
     }
