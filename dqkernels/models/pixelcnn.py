@@ -1,0 +1,190 @@
+"""A small PixelCNN with the discretized logistic mixture likelihood (PixelCNN++'s).
+
+Architecture (plain PyTorch; masked convolutions are ``nn.Conv2d`` whose weight is
+multiplied by a fixed mask buffer)::
+
+    [x, 1]  --masked conv type A (7x7)-->  width
+            --num_blocks residual blocks: x + conv1x1(gate(masked conv type B (3x3)(elu(x))))
+            --elu, conv1x1, elu, conv1x1-->  dmol params [B, M*(1 + J*C), H, W]
+
+Masks are over pixels in raster order (rows top to bottom, left to right within a row):
+type A hides the centre pixel, type B shows it. The masks ignore channels: for C == 3 the
+dependence between the channels of one pixel is the dmol's own coupling of the means, as
+in PixelCNN++. A constant ones channel is appended to the input so the network can tell
+zero padding from mid-grey.
+
+Stacked 3x3 type-B masks leave PixelCNN's "blind spot" up and to the right; for the small
+images this model is for, that costs little (a gated PixelCNN with vertical and
+horizontal stacks removes it).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from dqkernels.ops import dmol_nll, dmol_sample
+from dqkernels.reference.dmol import params_per_mixture
+
+__all__ = ["MaskedConv2d", "ResidualBlock", "PixelCNN", "pixel_mask"]
+
+
+def pixel_mask(kernel_size: int, mask_type: str) -> torch.Tensor:
+    """``[k, k]`` float mask: taps in rows above the centre, and left of the centre in its
+    row, are 1; the centre is 1 for type ``"B"`` and 0 for type ``"A"``."""
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be odd and positive; got {kernel_size}")
+    if mask_type not in ("A", "B"):
+        raise ValueError(f"mask_type must be 'A' or 'B'; got {mask_type!r}")
+    k, c = kernel_size, kernel_size // 2
+    mask = torch.ones(k, k)
+    mask[c, c + (mask_type == "B"):] = 0
+    mask[c + 1:] = 0
+    return mask
+
+
+class MaskedConv2d(nn.Conv2d):
+    """``nn.Conv2d`` (odd square kernel, "same" padding, stride 1) with a PixelCNN mask."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, mask_type: str,
+                 bias: bool = True):
+        super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2,
+                         bias=bias)
+        self.mask_type = mask_type
+        self.register_buffer("mask", pixel_mask(kernel_size, mask_type)[None, None],
+                             persistent=False)
+        with torch.no_grad():
+            self.weight.mul_(self.mask)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", mask_type={self.mask_type!r}"
+
+
+class ResidualBlock(nn.Module):
+    """``x + conv1x1(act(masked_conv_B(elu(x))))``; ``act`` is the gated unit
+    ``tanh(a) * sigmoid(b)`` when ``gated`` (the conv then has twice the outputs), else ReLU."""
+
+    def __init__(self, width: int, kernel_size: int = 3, gated: bool = True,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.gated = gated
+        self.conv = MaskedConv2d(width, 2 * width if gated else width, kernel_size, "B")
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.out = nn.Conv2d(width, width, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(F.elu(x))
+        if self.gated:
+            a, b = h.chunk(2, dim=1)
+            h = torch.tanh(a) * torch.sigmoid(b)
+        else:
+            h = F.relu(h)
+        return x + self.out(self.dropout(h))
+
+
+class PixelCNN(nn.Module):
+    """A small PixelCNN that outputs discretized-logistic-mixture parameters.
+
+    Args:
+        in_channels: C, 1 (grey) or 3 (RGB).
+        num_levels: L, the number of levels per channel (17 for the digits, 2 for binary).
+        width: channels of the hidden layers.
+        num_blocks: residual blocks after the type-A input convolution.
+        num_mixtures: M, logistic components per pixel.
+        first_kernel: kernel size of the type-A input convolution (odd).
+        kernel_size: kernel size of the type-B convolutions (odd).
+        gated: gated (tanh * sigmoid) residual blocks, else ReLU.
+        dropout: dropout inside the residual blocks.
+        min_log_scale: lower clamp of the log-scales (passed to the ops).
+        backend: dqkernels backend for the dmol ops (None: the one in force).
+
+    Inputs ``x`` are ``[B, C, H, W]`` grid values ``2k/(L-1) - 1``
+    (see :func:`dqkernels.data.levels_to_grid`).
+    """
+
+    def __init__(self, in_channels: int = 1, num_levels: int = 256, width: int = 64,
+                 num_blocks: int = 5, num_mixtures: int = 5, first_kernel: int = 7,
+                 kernel_size: int = 3, gated: bool = True, dropout: float = 0.0,
+                 min_log_scale: float = -7.0, backend: str | None = None):
+        super().__init__()
+        if in_channels not in (1, 3):
+            raise ValueError(f"PixelCNN: in_channels must be 1 or 3; got {in_channels}")
+        if num_levels < 2:
+            raise ValueError(f"PixelCNN: num_levels must be >= 2; got {num_levels}")
+        if width < 1 or num_blocks < 0 or num_mixtures < 1:
+            raise ValueError(f"PixelCNN: need width >= 1, num_blocks >= 0, num_mixtures >= 1; "
+                             f"got {width}, {num_blocks}, {num_mixtures}")
+        self.config = dict(in_channels=in_channels, num_levels=num_levels, width=width,
+                           num_blocks=num_blocks, num_mixtures=num_mixtures,
+                           first_kernel=first_kernel, kernel_size=kernel_size, gated=gated,
+                           dropout=dropout, min_log_scale=min_log_scale)
+        self.in_channels = in_channels
+        self.num_levels = num_levels
+        self.num_mixtures = num_mixtures
+        self.min_log_scale = min_log_scale
+        self.backend = backend
+        self.num_params = num_mixtures * params_per_mixture(in_channels)
+
+        self.input = MaskedConv2d(in_channels + 1, width, first_kernel, "A")
+        self.blocks = nn.ModuleList(ResidualBlock(width, kernel_size, gated, dropout)
+                                    for _ in range(num_blocks))
+        self.head1 = nn.Conv2d(width, width, 1)
+        self.head2 = nn.Conv2d(width, self.num_params, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """dmol params ``[B, M*(1 + J*C), H, W]``; those at pixel (i, j) depend only on the
+        pixels of ``x`` before (i, j) in raster order."""
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"PixelCNN: x must be [B, {self.in_channels}, H, W]; got shape "
+                             f"{tuple(x.shape)}")
+        ones = x.new_ones(x.shape[0], 1, *x.shape[2:])
+        h = self.input(torch.cat([x, ones], dim=1))
+        for block in self.blocks:
+            h = block(h)
+        return self.head2(F.elu(self.head1(F.elu(h))))
+
+    def nll_per_pixel(self, x: torch.Tensor) -> torch.Tensor:
+        """NLL in nats per pixel (all channels of a pixel together), ``[B, H, W]``."""
+        params = self(x)
+        return dmol_nll(x.to(params.dtype), params, num_levels=self.num_levels,
+                        min_log_scale=self.min_log_scale, backend=self.backend)
+
+    def nll(self, x: torch.Tensor) -> torch.Tensor:
+        """NLL in nats of each image, ``[B]`` (summed over pixels and channels)."""
+        return self.nll_per_pixel(x).sum(dim=(1, 2))
+
+    def bits_per_dim(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean bits per dimension of the batch, ``NLL / (B*C*H*W * ln 2)``."""
+        return self.nll(x).sum() / (x[0].numel() * x.shape[0] * math.log(2.0))
+
+    @torch.no_grad()
+    def sample(self, n: int, image_size: tuple[int, int] | int = (8, 8),
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draw ``n`` images ``[n, C, H, W]`` of grid values, one pixel at a time in raster
+        order (``H*W`` forward passes); for C == 3 the dmol draws the channels of a pixel.
+
+        ``generator`` must live on the model's device (None: torch's default one).
+        """
+        if isinstance(image_size, int):
+            image_size = (image_size, image_size)
+        H, W = image_size
+        p = next(self.parameters())
+        was_training = self.training
+        self.eval()
+        try:
+            x = torch.zeros(n, self.in_channels, H, W, device=p.device, dtype=p.dtype)
+            for i in range(H):
+                for j in range(W):
+                    params = self(x)[:, :, i:i + 1, j:j + 1]
+                    x[:, :, i:i + 1, j:j + 1] = dmol_sample(
+                        params, self.in_channels, num_levels=self.num_levels,
+                        min_log_scale=self.min_log_scale, generator=generator,
+                        backend=self.backend)
+        finally:
+            self.train(was_training)
+        return x
