@@ -30,6 +30,12 @@ TOL = {  # relative norm error allowed against the float64 reference, by input d
 }
 
 
+def pytest_report_header(config):
+    """What this build holds (``dqk info``), at the top of every test run's log."""
+    from dqkernels.info import collect, format_report
+    return ["dqk info:"] + ["  " + line for line in format_report(collect()).splitlines()]
+
+
 @pytest.fixture(autouse=True)
 def _poison_outputs():
     old = _common.poison_outputs
