@@ -120,6 +120,16 @@ PYBIND11_MODULE(_C, m) {
                                       nt);
         },
         gil);
+  m.def("dmol_nll_forward_backward_cpu",
+        [](int dt, const Strides& sz, double mls, uintptr_t x, const Strides& xs, uintptr_t p,
+           const Strides& ps, uintptr_t out, const Strides& os, uintptr_t gp,
+           const Strides& gps, int nt) {
+          auto a = forward_args(dt, sz, mls, x, xs, p, ps, out, os);
+          a.grad_params = mptr(gp);
+          copy_strides("grad_params", gps, a.gp_stride, 4);
+          dqk::dmol::nll_forward_backward_cpu(a, nt);
+        },
+        gil);
   m.def("dmol_sample_cpu",
         [](int dt, const Strides& sz, double mls, uintptr_t p, const Strides& ps, uintptr_t u,
            const Strides& us, uintptr_t out, const Strides& os, int nt) {

@@ -25,6 +25,10 @@ struct Args {
 
 void nll_forward_cpu(const Args& a, int num_threads);
 void nll_backward_cpu(const Args& a, int num_threads);
+// The NLL into `out` and, in the same sweep, its gradient for a unit upstream gradient
+// into `grad_params` (grad_out is ignored): the CPU path of a forward that will be
+// differentiated, whose backward is then one scaling pass.
+void nll_forward_backward_cpu(const Args& a, int num_threads);
 void sample_cpu(const Args& a, int num_threads);
 
 #ifdef DQK_WITH_CUDA

@@ -75,7 +75,8 @@ void backward(const Args& a, int nt) {
     auto P = [&](int64_t i) { return Acc(Scalar<S>::load(pp + i * a.p_stride[1])); };
     auto X = [&](int64_t c) { return Acc(Scalar<S>::load(xp + c * a.x_stride[1])); };
     auto G = [&](int64_t i, Acc v) { Scalar<S>::store(gpp + i * a.gp_stride[1], v); };
-    const Acc gout = go[px.b * a.g_stride[0] + px.h * a.g_stride[1] + px.w * a.g_stride[2]];
+    const Acc gout =
+        go ? go[px.b * a.g_stride[0] + px.h * a.g_stride[1] + px.w * a.g_stride[2]] : Acc(1);
     pixel_nll_backward<Acc, true>(g, P, X, gout, mls, G);
   }
 }
@@ -120,10 +121,10 @@ inline bool hw_mergeable3(const int64_t* s, int64_t W) { return s[1] == W * s[2]
 inline TileWalk make_walk(const Args& a, bool backward) {
   bool merged = hw_mergeable4(a.x_stride, a.W) && hw_mergeable4(a.p_stride, a.W);
   if (backward) {
-    merged = merged && hw_mergeable3(a.g_stride, a.W) && hw_mergeable4(a.gp_stride, a.W);
-  } else {
-    merged = merged && hw_mergeable3(a.out_stride, a.W);
+    merged = merged && hw_mergeable4(a.gp_stride, a.W);
+    if (a.grad_out != nullptr) merged = merged && hw_mergeable3(a.g_stride, a.W);
   }
+  if (a.out != nullptr) merged = merged && hw_mergeable3(a.out_stride, a.W);
   TileWalk t;
   t.merged = merged;
   t.rows = merged ? 1 : a.H;
@@ -174,7 +175,7 @@ template <typename S>
 DQK_ALWAYS_INLINE void backward_tiles(const Args& a, const TileWalk& t, int64_t begin,
                                       int64_t end, tile::Work& w) {
   const Geometry g = make_geometry(a.C, a.M, a.L);
-  float gout[tile::kLanes];
+  float gout[tile::kLanes], nll[tile::kLanes];
   for (int64_t i = begin; i < end; ++i) {
     const TileAt at = tile_at(t, i);
     tile::In<S> P{static_cast<const S*>(a.params) + at.off4(a.p_stride), a.p_stride[1],
@@ -183,9 +184,18 @@ DQK_ALWAYS_INLINE void backward_tiles(const Args& a, const TileWalk& t, int64_t 
                   a.x_stride[3], at.n};
     tile::Out<S> G{static_cast<S*>(a.grad_params) + at.off4(a.gp_stride), a.gp_stride[1],
                    a.gp_stride[3], at.n};
-    const float* go = static_cast<const float*>(a.grad_out) + at.off3(a.g_stride);
-    for (int j = 0; j < tile::kLanes; ++j) gout[j] = j < at.n ? go[j * a.g_stride[2]] : 0.0f;
-    tile::tile_backward<S>(g, P, X, gout, float(a.min_log_scale), w, G);
+    if (a.grad_out != nullptr) {
+      const float* go = static_cast<const float*>(a.grad_out) + at.off3(a.g_stride);
+      for (int j = 0; j < tile::kLanes; ++j) gout[j] = j < at.n ? go[j * a.g_stride[2]] : 0.0f;
+    } else {
+      for (int j = 0; j < tile::kLanes; ++j) gout[j] = 1.0f;  // fused forward: unit gradient
+    }
+    tile::tile_backward<S>(g, P, X, gout, float(a.min_log_scale), w, G,
+                           a.out != nullptr ? nll : nullptr);
+    if (a.out != nullptr) {
+      float* out = static_cast<float*>(a.out) + at.off3(a.out_stride);
+      for (int j = 0; j < at.n; ++j) out[j * a.out_stride[2]] = nll[j];
+    }
   }
 }
 
@@ -257,7 +267,17 @@ void nll_forward_cpu(const Args& a, int nt) {
 }
 void nll_backward_cpu(const Args& a, int nt) {
   nt = nt > 0 ? nt : 1;
-  if (!try_tiles(a, nt, true)) dispatch<Bwd>(a, nt);
+  Args b = a;
+  b.out = nullptr;  // the backward writes gradients only
+  if (!try_tiles(b, nt, true)) dispatch<Bwd>(b, nt);
+}
+void nll_forward_backward_cpu(const Args& a, int nt) {
+  nt = nt > 0 ? nt : 1;
+  Args b = a;
+  b.grad_out = nullptr;  // unit upstream gradient
+  if (try_tiles(b, nt, true)) return;
+  dispatch<Fwd>(b, nt);
+  dispatch<Bwd>(b, nt);
 }
 void sample_cpu(const Args& a, int nt) { dispatch<Smp>(a, nt > 0 ? nt : 1); }
 

@@ -228,12 +228,17 @@ DQK_ALWAYS_INLINE void tile_forward(const Geometry& g, const In<S>& P, const In<
 
 template <typename S>
 DQK_ALWAYS_INLINE void tile_backward(const Geometry& g, const In<S>& P, const In<S>& X,
-                                    const float* gout, float mls, Work& w, const Out<S>& G) {
+                                    const float* gout, float mls, Work& w, const Out<S>& G,
+                                    float* nll /* nullable: also write the NLL */) {
   TileState st;
   tile_state(g, P, X, w, st);
   for (int64_t m = 0; m < g.M; ++m) tile_component<true>(g, P, st, mls, m, w);
   float vmax[kLanes], vsum[kLanes];
   tile_lse(g, w, vmax, vsum);
+  if (nll != nullptr) {
+#pragma omp simd
+    for (int j = 0; j < kLanes; ++j) nll[j] = st.logz[j] - (vmax[j] + vm::log(vsum[j]));
+  }
   float out[kLanes], coef[kLanes], gmean[3][kLanes], inv_vsum[kLanes];
   for (int j = 0; j < kLanes; ++j) inv_vsum[j] = 1.0f / vsum[j];
   for (int64_t m = 0; m < g.M; ++m) {

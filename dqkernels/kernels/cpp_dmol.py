@@ -24,6 +24,16 @@ def nll_backward(x, params, grad_out, grad_params, num_levels, min_log_scale):
                              strides(grad_params), cpu_threads())
 
 
+def nll_forward_backward(x, params, out, grad_unit, num_levels, min_log_scale):
+    """The NLL into ``out`` and its gradient for a unit upstream gradient into
+    ``grad_unit``, in one sweep (see ops.dmol: used when the forward will be
+    differentiated)."""
+    _C.dmol_nll_forward_backward_cpu(
+        dtype_code(params.dtype), _sizes(x.shape, params, x.shape[1], num_levels),
+        min_log_scale, ptr(x), strides(x), ptr(params), strides(params), ptr(out),
+        strides(out), ptr(grad_unit), strides(grad_unit), cpu_threads())
+
+
 def sample(params, u, out, num_channels, num_levels, min_log_scale):
     _C.dmol_sample_cpu(dtype_code(params.dtype), _sizes(None, params, num_channels, num_levels),
                        min_log_scale, ptr(params), strides(params), ptr(u), strides(u),

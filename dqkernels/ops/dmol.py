@@ -1,7 +1,8 @@
 """Discretized logistic mixture likelihood (PixelCNN++): ``dmol_nll`` and ``dmol_sample``.
 
 Both are ``torch.library`` custom ops (``torch.ops.dqk.dmol_nll``,
-``torch.ops.dqk.dmol_nll_backward``, ``torch.ops.dqk.dmol_sample``) with fake
+``torch.ops.dqk.dmol_nll_backward``, ``torch.ops.dqk.dmol_nll_fused``,
+``torch.ops.dqk.dmol_sample``) with fake
 implementations, so they trace under ``torch.compile`` without graph breaks and pass
 ``torch.library.opcheck``. The backend is resolved in the Python wrapper and passed to
 the op as a string. The math is defined in :mod:`dqkernels.reference.dmol`.
@@ -96,6 +97,47 @@ def _backward(ctx, grad_out):
 _nll_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+# Backends whose kernels can produce the gradient in the forward sweep. On CPUs the
+# kernels are compute-bound, so computing the NLL and the unit-upstream gradient together
+# and scaling in the backward beats recomputing the forward there; on GPUs they are
+# memory-bound and recomputation moves fewer bytes. The extra memory held between forward
+# and backward is one gradient-sized tensor.
+FUSED_BACKWARD_BACKENDS = ("cpp",)
+
+
+@torch.library.custom_op("dqk::dmol_nll_fused", mutates_args=())
+def _nll_fused_op(x: torch.Tensor, params: torch.Tensor, num_levels: int,
+                  min_log_scale: float, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    B, _, H, W = x.shape
+    out = new_output((B, H, W), accumulate_dtype(params.dtype), params.device)
+    grad_unit = new_output(params.shape, params.dtype, params.device)
+    if out.numel():
+        kernels(backend, "dmol").nll_forward_backward(x, params, out, grad_unit, num_levels,
+                                                      min_log_scale)
+    return out, grad_unit
+
+
+@_nll_fused_op.register_fake
+def _(x, params, num_levels, min_log_scale, backend):
+    B, _, H, W = x.shape
+    return (params.new_empty((B, H, W), dtype=accumulate_dtype(params.dtype)),
+            torch.empty_like(params))
+
+
+def _fused_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(output[1])
+
+
+def _fused_backward(ctx, grad_out, _grad_of_grad_unit):
+    (grad_unit,) = ctx.saved_tensors
+    # scale in the accumulate dtype, round once to params' dtype
+    grad = (grad_unit * grad_out.unsqueeze(1)).to(grad_unit.dtype)
+    return None, grad, None, None, None
+
+
+_nll_fused_op.register_autograd(_fused_backward, setup_context=_fused_setup_context)
+
+
 @torch.library.custom_op("dqk::dmol_sample", mutates_args=())
 def _sample_op(params: torch.Tensor, u: torch.Tensor, num_channels: int, num_levels: int,
                min_log_scale: float, backend: str) -> torch.Tensor:
@@ -151,6 +193,8 @@ def dmol_nll(x: torch.Tensor, params: torch.Tensor, *, num_levels: int = 256,
     num_levels = check_int(op, "num_levels", num_levels, 2)
     min_log_scale = check_finite_float(op, "min_log_scale", min_log_scale)
     name = _resolve(op, params.device, params.dtype, backend)
+    if name in FUSED_BACKWARD_BACKENDS and params.requires_grad and torch.is_grad_enabled():
+        return _nll_fused_op(x, params, num_levels, min_log_scale, name)[0]
     return _nll_op(x, params, num_levels, min_log_scale, name)
 
 
