@@ -189,6 +189,23 @@ def backends_skip(backend, device, dtype) -> bool:
 
 
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+def test_very_low_min_log_scale(backend, device):
+    """min_log_scale far below -7: bins are 1e32 scales wide (exp(-delta) is 0) and
+    everything stays finite. (Below about -88, 1/s itself overflows float32.)"""
+    require(backend, device)
+    x, p = make_inputs(2, 3, 2, 3, 3, 256, seed=fresh_seed(), dtype=torch.float32,
+                       device=device)
+    p = p.clone()
+    p[:, 3:].view(2, 3, 3, 3, 2, 3)[:, :, 1] = -80.0  # every log-scale
+    p[:, 3:].view(2, 3, 3, 3, 2, 3)[:, :, 0] = x.view(2, 3, 1, 2, 3)  # means on the data
+    pr = p.clone().requires_grad_()
+    out = dmol_nll(x, pr, min_log_scale=-80.0, backend=backend)
+    out.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(pr.grad).all()
+    check_against_reference(x, p, 256, backend, seed=0, mls=-80.0)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
 def test_nan_propagates(backend, device):
     require(backend, device)
     x, p = make_inputs(1, 1, 2, 2, 2, 256, seed=1, dtype=torch.float32, device=device)

@@ -39,8 +39,9 @@ def nll_backward(x, params, grad_out, grad_params, num_levels, min_log_scale):
     sa = torch.sigmoid(-a)
     sb = torch.sigmoid(b)
     delta = torch.exp(math.log(2.0 * d) - log_s)
-    ratio = torch.where(delta > 0, delta / torch.expm1(delta.clamp(min=1e-300)),
-                        torch.ones_like(delta))
+    # delta / expm1(delta): 1 as delta -> 0, 0 once expm1 overflows (no inf/inf)
+    safe = delta.clamp(min=torch.finfo(delta.dtype).tiny, max=torch.finfo(delta.dtype).max)
+    ratio = torch.where(delta > 0, safe / torch.expm1(safe), torch.ones_like(delta))
     low, high = kk == 0, kk == L - 1
     dmean = torch.where(low, -sa, torch.where(high, sb, sb - sa)) * inv_s
     dlogs = torch.where(low, -a * sa, torch.where(high, b * sb,
