@@ -28,6 +28,10 @@ TOL = {  # relative norm error allowed against the float64 reference, by input d
     torch.float16: 2e-3,   # outputs stored in fp16
     torch.bfloat16: 1.6e-2,  # outputs stored in bf16 (8 significant bits)
 }
+# Gradients in float32 inherit the rounding of the grid value x (6e-8) amplified by 1/s,
+# up to e^7 ~ 1100 at the default clamp: ~6.5e-5 in a = (x + d - mean)/s. Eager float32
+# PyTorch reaches 2.8e-5 on the tests' inputs (40 seeds), and so do the kernels.
+GRAD_TOL = {**TOL, torch.float32: 1e-4}
 
 
 def pytest_report_header(config):

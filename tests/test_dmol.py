@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from conftest import BACKEND_DEVICES, HAS_GPU, TOL, fresh_seed, rel_err, require
+from conftest import BACKEND_DEVICES, GRAD_TOL, HAS_GPU, TOL, fresh_seed, rel_err, require
 from dqkernels.ops import dmol_nll, dmol_sample
 from dqkernels.reference.dmol import (dmol_level_log_probs, dmol_nll_reference,
                                       dmol_sample_reference, params_per_mixture)
@@ -67,9 +67,9 @@ def check_against_reference(x, params, L, backend, *, seed, mls=-7.0, grad_seed=
         r32 = dmol_nll_reference(x.detach().float().cpu(), p32, L, mls)
         (g32,) = torch.autograd.grad(r32, p32, g.float().cpu())
         fwd_tol = max(fwd_tol, 2 * rel_err(r32, gold_f))
-        bwd_tol = max(TOL[dtype], GRAD_MULTIPLE * rel_err(g32.to(dtype), gold_b))
+        bwd_tol = max(GRAD_TOL[dtype], GRAD_MULTIPLE * rel_err(g32.to(dtype), gold_b))
     else:
-        bwd_tol = TOL[dtype]
+        bwd_tol = GRAD_TOL[dtype]
     info = f"seed={seed} backend={backend} dtype={dtype} shape={tuple(params.shape)} L={L}"
     assert e_f <= fwd_tol, f"forward rel err {e_f:.3e} > {fwd_tol:.1e} ({info})"
     assert e_b <= bwd_tol, f"backward rel err {e_b:.3e} > {bwd_tol:.1e} ({info})"
@@ -131,7 +131,7 @@ def test_any_strides(backend, device):
     dmol_nll(x, p, num_levels=L, backend=backend).sum().backward()
     p64 = params.detach().double().cpu().requires_grad_()
     dmol_nll_reference(x.double().cpu(), p64, L).sum().backward()
-    assert rel_err(p.grad, p64.grad) <= TOL[torch.float32]
+    assert rel_err(p.grad, p64.grad) <= GRAD_TOL[torch.float32]
 
 
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
@@ -283,7 +283,7 @@ def test_backward_op_matches_reference(backend, device, dtype):
         p64 = p.double().cpu().requires_grad_()
         (want,) = torch.autograd.grad(dmol_nll_reference(x.double().cpu(), p64), p64,
                                       g.double().cpu())
-        tol = TOL[dtype]
+        tol = GRAD_TOL[dtype]
         if dtype != torch.float64:  # flash-attention's rule, as in check_against_reference
             p32 = p.float().cpu().requires_grad_()
             (g32,) = torch.autograd.grad(dmol_nll_reference(x.float().cpu(), p32), p32,
@@ -306,7 +306,7 @@ def test_backward_twice_with_retain_graph(backend, device):
     assert torch.equal(g1, g2)
     p64 = p.detach().double().cpu().requires_grad_()
     (gr,) = torch.autograd.grad((dmol_nll_reference(x.double().cpu(), p64) * 0.5).sum(), p64)
-    assert rel_err(g1, gr) <= TOL[torch.float32]
+    assert rel_err(g1, gr) <= GRAD_TOL[torch.float32]
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpp"])
