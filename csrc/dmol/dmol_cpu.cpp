@@ -154,6 +154,12 @@ inline TileAt tile_at(const TileWalk& t, int64_t i) {
   return at;
 }
 
+// A tile's view of a [B, C, H, W] input: channel stride, lane stride, lanes in use.
+template <typename S>
+DQK_ALWAYS_INLINE tile::In<S> tile_in(const void* base, const int64_t* s, const TileAt& at) {
+  return tile::In<S>{static_cast<const S*>(base) + at.off4(s), s[1], s[3], at.n};
+}
+
 template <typename S>
 DQK_ALWAYS_INLINE void forward_tiles(const Args& a, const TileWalk& t, int64_t begin, int64_t end,
                                      tile::Work& w) {
@@ -161,10 +167,8 @@ DQK_ALWAYS_INLINE void forward_tiles(const Args& a, const TileWalk& t, int64_t b
   float nll[tile::kLanes];
   for (int64_t i = begin; i < end; ++i) {
     const TileAt at = tile_at(t, i);
-    tile::In<S> P{static_cast<const S*>(a.params) + at.off4(a.p_stride), a.p_stride[1],
-                  a.p_stride[3], at.n};
-    tile::In<S> X{static_cast<const S*>(a.x) + at.off4(a.x_stride), a.x_stride[1],
-                  a.x_stride[3], at.n};
+    const tile::In<S> P = tile_in<S>(a.params, a.p_stride, at);
+    const tile::In<S> X = tile_in<S>(a.x, a.x_stride, at);
     tile::tile_forward<S>(g, P, X, float(a.min_log_scale), w, nll);
     float* out = static_cast<float*>(a.out) + at.off3(a.out_stride);
     for (int j = 0; j < at.n; ++j) out[j * a.out_stride[2]] = nll[j];
@@ -178,10 +182,8 @@ DQK_ALWAYS_INLINE void backward_tiles(const Args& a, const TileWalk& t, int64_t 
   float gout[tile::kLanes], nll[tile::kLanes];
   for (int64_t i = begin; i < end; ++i) {
     const TileAt at = tile_at(t, i);
-    tile::In<S> P{static_cast<const S*>(a.params) + at.off4(a.p_stride), a.p_stride[1],
-                  a.p_stride[3], at.n};
-    tile::In<S> X{static_cast<const S*>(a.x) + at.off4(a.x_stride), a.x_stride[1],
-                  a.x_stride[3], at.n};
+    const tile::In<S> P = tile_in<S>(a.params, a.p_stride, at);
+    const tile::In<S> X = tile_in<S>(a.x, a.x_stride, at);
     tile::Out<S> G{static_cast<S*>(a.grad_params) + at.off4(a.gp_stride), a.gp_stride[1],
                    a.gp_stride[3], at.n};
     if (a.grad_out != nullptr) {
