@@ -1,5 +1,7 @@
 """Public ops. Each is a ``torch.library`` custom op with a fake implementation and
 autograd; the backend is chosen as described in :mod:`dqkernels.backends`."""
+from dqkernels.ops.affine_coupling import affine_coupling
 from dqkernels.ops.dmol import dmol_nll, dmol_sample, num_mixtures
+from dqkernels.ops.mixlogcdf_coupling import mixlogcdf_coupling
 
-__all__ = ["dmol_nll", "dmol_sample", "num_mixtures"]
+__all__ = ["affine_coupling", "dmol_nll", "dmol_sample", "mixlogcdf_coupling", "num_mixtures"]

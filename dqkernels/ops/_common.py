@@ -7,6 +7,8 @@ import os
 
 import torch
 
+from dqkernels import backends
+
 # Tests set this (or DQK_POISON_OUTPUTS=1) so that outputs start as NaN and an element a
 # kernel forgets to write cannot pass for a correct one.
 poison_outputs = os.environ.get("DQK_POISON_OUTPUTS", "0") == "1"
@@ -23,6 +25,13 @@ def new_output(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
 def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype kernels compute in (and return losses in) for inputs of ``dtype``."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@torch.compiler.assume_constant_result
+def resolve_backend(op: str, device: torch.device, dtype: torch.dtype, backend) -> str:
+    """The backend an op runs on (constant under ``torch.compile``); see
+    :func:`dqkernels.backends.resolve`."""
+    return backends.resolve(op, device, dtype, backend)
 
 
 def kernels(backend: str, family: str):

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from dqkernels import backends
 from dqkernels.ops._common import (accumulate_dtype, check_finite_float, check_int,
-                                   check_same, check_tensor, kernels, new_output)
+                                   check_same, check_tensor, kernels, new_output,
+                                   resolve_backend)
 from dqkernels.reference.dmol import params_per_mixture
 
 __all__ = ["dmol_nll", "dmol_sample", "num_mixtures"]
@@ -157,11 +157,6 @@ def _(params, u, num_channels, num_levels, min_log_scale, backend):
 # ----------------------------------------------------------------------------- API
 
 
-@torch.compiler.assume_constant_result
-def _resolve(op: str, device: torch.device, dtype: torch.dtype, backend) -> str:
-    return backends.resolve(op, device, dtype, backend)
-
-
 def dmol_nll(x: torch.Tensor, params: torch.Tensor, *, num_levels: int = 256,
              min_log_scale: float = -7.0, backend: str | None = None) -> torch.Tensor:
     """Per-pixel negative log-likelihood (nats) of ``x`` under a discretized logistic mixture.
@@ -192,7 +187,7 @@ def dmol_nll(x: torch.Tensor, params: torch.Tensor, *, num_levels: int = 256,
             f"{tuple(x.shape)} and params {tuple(params.shape)}")
     num_levels = check_int(op, "num_levels", num_levels, 2)
     min_log_scale = check_finite_float(op, "min_log_scale", min_log_scale)
-    name = _resolve(op, params.device, params.dtype, backend)
+    name = resolve_backend(op, params.device, params.dtype, backend)
     if name in FUSED_BACKWARD_BACKENDS and params.requires_grad and torch.is_grad_enabled():
         return _nll_fused_op(x, params, num_levels, min_log_scale, name)[0]
     return _nll_op(x, params, num_levels, min_log_scale, name)
@@ -215,7 +210,7 @@ def dmol_sample(params: torch.Tensor, num_channels: int, *, num_levels: int = 25
     num_levels = check_int(op, "num_levels", num_levels, 2)
     min_log_scale = check_finite_float(op, "min_log_scale", min_log_scale)
     params = params.detach()
-    name = _resolve(op, params.device, params.dtype, backend)
+    name = resolve_backend(op, params.device, params.dtype, backend)
     B, _, H, W = params.shape
     u = torch.rand((B, 1 + C, H, W), generator=generator, device=params.device,
                    dtype=accumulate_dtype(params.dtype))
