@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "../csrc/coupling/coupling.h"
 #include "../csrc/dmol/dmol.h"
 
 namespace py = pybind11;
@@ -70,6 +71,35 @@ dqk::dmol::Args sample_args(int dtype, const Strides& sizes, double mls, uintptr
   a.u = cptr(u); copy_strides("u", us, a.u_stride, 4);
   a.out = mptr(out); copy_strides("out", os, a.out_stride, 4);
   return a;
+}
+
+// Coupling kernels: sizes = (B, n1, n2, n3, K); slots = 16 (address, strides) pairs in
+// the order of csrc/coupling/coupling.h (address 0 = unused).
+dqk::coupling::Args coupling_args(int dtype, const Strides& sizes, bool inverse,
+                                  const std::vector<uintptr_t>& ptrs,
+                                  const std::vector<Strides>& strides) {
+  namespace c = dqk::coupling;
+  if (dtype < 0 || dtype > 3) throw std::invalid_argument("dtype code must be 0..3");
+  if (sizes.size() != 5) throw std::invalid_argument("sizes must be (B, n1, n2, n3, K)");
+  if (ptrs.size() != c::kSlots || strides.size() != c::kSlots)
+    throw std::invalid_argument("coupling kernels take 16 (address, strides) slots");
+  c::Args a;
+  a.dtype = static_cast<dqk::DType>(dtype);
+  a.B = sizes[0]; a.n1 = sizes[1]; a.n2 = sizes[2]; a.n3 = sizes[3]; a.K = sizes[4];
+  if (a.B < 1 || a.n1 < 1 || a.n2 < 1 || a.n3 < 1 || a.K < 1)
+    throw std::invalid_argument("coupling kernels need positive sizes");
+  a.inverse = inverse;
+  for (int i = 0; i < c::kSlots; ++i) {
+    a.t[i].p = mptr(ptrs[i]);
+    if (strides[i].size() > 5) throw std::invalid_argument("at most 5 strides per slot");
+    for (size_t j = 0; j < strides[i].size(); ++j) a.t[i].st[j] = strides[i][j];
+  }
+  return a;
+}
+
+dqk::coupling::Kind coupling_kind(int kind) {
+  if (kind < 0 || kind > 4) throw std::invalid_argument("coupling kind must be 0..4");
+  return static_cast<dqk::coupling::Kind>(kind);
 }
 
 }  // namespace
@@ -136,7 +166,27 @@ PYBIND11_MODULE(_C, m) {
           dqk::dmol::sample_cpu(sample_args(dt, sz, mls, p, ps, u, us, out, os), nt);
         },
         gil);
+  m.def("coupling_cpu",
+        [](int kind, int dt, const Strides& sz, bool inverse, const std::vector<uintptr_t>& ptrs,
+           const std::vector<Strides>& strides, int nt, bool scalar_only) {
+          dqk::coupling::run_cpu(coupling_kind(kind), coupling_args(dt, sz, inverse, ptrs, strides),
+                                 nt, scalar_only);
+        },
+        "(kind, dtype, sizes=(B,n1,n2,n3,K), inverse, ptrs[16], strides[16], num_threads, "
+        "scalar_only)",
+        gil);
 #ifdef DQK_WITH_CUDA
+  m.def("coupling_cuda",
+        [](int kind, int dt, const Strides& sz, bool inverse, const std::vector<uintptr_t>& ptrs,
+           const std::vector<Strides>& strides, uintptr_t work, int64_t chunk, uintptr_t stream) {
+          auto a = coupling_args(dt, sz, inverse, ptrs, strides);
+          a.work = mptr(work);
+          a.chunk = chunk;
+          dqk::coupling::run_cuda(coupling_kind(kind), a, reinterpret_cast<void*>(stream));
+        },
+        "(kind, dtype, sizes=(B,n1,n2,n3,K), inverse, ptrs[16], strides[16], work, chunk, "
+        "stream)",
+        gil);
   m.def("dmol_nll_forward_cuda",
         [](int dt, const Strides& sz, double mls, uintptr_t x, const Strides& xs, uintptr_t p,
            const Strides& ps, uintptr_t out, const Strides& os, uintptr_t stream) {

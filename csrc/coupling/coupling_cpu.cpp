@@ -1,0 +1,509 @@
+// CPU kernels of the coupling ops. Work is split into fixed pieces of one row
+// (b, i1, i2) of n3 elements, independent of the thread count, and logdet partial sums
+// are added per batch element in a fixed order: results are deterministic.
+//
+// float32-accumulated mixtures with K <= kVecK evaluate each element with loops over the
+// components that vectorise (`#pragma omp simd` with the branch-free math of
+// csrc/common/cpu_vecmath.h), compiled for AVX-512, AVX2 and baseline x86-64 and picked
+// at load time; float64 and larger K use the scalar math of coupling_math.h, which is
+// also what the CUDA kernels run.
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "../common/cpu_types.h"
+#include "../common/cpu_vecmath.h"
+#include "coupling.h"
+#include "coupling_math.h"
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define DQK_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define DQK_CPU_CLONES
+#endif
+
+namespace dqk {
+namespace coupling {
+namespace {
+
+constexpr int kVecK = 128;
+
+// A piece of work: elements [j0, j1) of row (b, i1, i2).
+struct Piece {
+  int64_t b, i1, i2, j0, j1;
+};
+
+struct Pieces {
+  int64_t rows_per_b, per_row, chunk, count;
+  const Args* a;
+  Piece operator[](int64_t n) const {
+    const int64_t row = n / per_row, c = n - row * per_row;
+    const int64_t b = row / rows_per_b, r = row - b * rows_per_b;
+    const int64_t i1 = r / a->n2, i2 = r - i1 * a->n2;
+    const int64_t j0 = c * chunk;
+    const int64_t j1 = j0 + chunk < a->n3 ? j0 + chunk : a->n3;
+    return Piece{b, i1, i2, j0, j1};
+  }
+};
+
+Pieces pieces(const Args& a, int64_t chunk) {
+  Pieces p;
+  p.a = &a;
+  p.rows_per_b = a.n1 * a.n2;
+  p.chunk = chunk;
+  p.per_row = (a.n3 + chunk - 1) / chunk;
+  p.count = a.B * p.rows_per_b * p.per_row;
+  return p;
+}
+
+inline int64_t off(const T& t, const Piece& q, int64_t j) {
+  return q.b * t.st[0] + q.i1 * t.st[1] + q.i2 * t.st[2] + j * t.st[3];
+}
+
+template <typename S> S* ptr(const Args& a, int slot) { return static_cast<S*>(a.t[slot].p); }
+
+// logdet[b] = sum of the partials of b's pieces, in order
+template <typename Acc>
+void reduce_logdet(const Args& a, const Pieces& ps, const std::vector<Acc>& part) {
+  Acc* ld = ptr<Acc>(a, kLogdet);
+  const int64_t per_b = ps.count / a.B;
+  for (int64_t b = 0; b < a.B; ++b) {
+    Acc s = Acc(0);
+    for (int64_t i = 0; i < per_b; ++i) s += part[b * per_b + i];
+    ld[b * a.t[kLogdet].st[0]] = s;
+  }
+}
+
+template <typename Acc> Acc grad_logdet(const Args& a, int64_t b) {
+  return ptr<Acc>(a, kGradLogdet)[b * a.t[kGradLogdet].st[0]];
+}
+
+// ----------------------------------------------------------------------------- affine
+
+// Contiguous float rows: vectorised.
+DQK_CPU_CLONES float affine_row_f32(const float* x, const float* sh, const float* lo, float* y,
+                                    int64_t n, bool inverse) {
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < n; ++j) {
+    const float v = lo[j] + 2.0f;
+    const float e = vm::exp(-vm::absf(v));
+    const float s = vm::sigmoid_from(v, e);
+    const float ls = vm::minf(v, 0.0f) - vm::log1p(e);
+    y[j] = inverse ? x[j] / s - sh[j] : (x[j] + sh[j]) * s;
+    sum += ls;
+  }
+  return inverse ? -sum : sum;
+}
+
+DQK_CPU_CLONES void affine_row_backward_f32(const float* x, const float* sh, const float* lo,
+                                            const float* gy, float gld, float* gx, float* gs,
+                                            float* gl, int64_t n, bool inverse) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) {
+    const float v = lo[j] + 2.0f;
+    const float e = vm::exp(-vm::absf(v));
+    const float inv = 1.0f / (1.0f + e);
+    const float s = vm::sel(v >= 0.0f, inv, e * inv);
+    const float oms = vm::sel(v >= 0.0f, e * inv, inv);
+    if (inverse) {
+      gx[j] = gy[j] / s;
+      gs[j] = -gy[j];
+      gl[j] = -(gy[j] * x[j] / s + gld) * oms;
+    } else {
+      gx[j] = gy[j] * s;
+      gs[j] = gy[j] * s;
+      gl[j] = (gy[j] * (x[j] + sh[j]) * s + gld) * oms;
+    }
+  }
+}
+
+template <typename S>
+bool contiguous_rows(const Args& a, std::initializer_list<int> slots) {
+  if (!std::is_same<S, float>::value) return false;
+  for (int s : slots)
+    if (a.t[s].st[3] != 1) return false;
+  return true;
+}
+
+template <typename S>
+void affine_forward(const Args& a, int nt) {
+  using Acc = typename Scalar<S>::acc;
+  const Pieces ps = pieces(a, 4096);
+  std::vector<Acc> part(ps.count);
+  const bool fast = contiguous_rows<S>(a, {0, 1, 2, kOut});
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t n = 0; n < ps.count; ++n) {
+    const Piece q = ps[n];
+    const S* x = ptr<S>(a, 0);
+    const S* sh = ptr<S>(a, 1);
+    const S* lo = ptr<S>(a, 2);
+    S* y = ptr<S>(a, kOut);
+    if (fast) {
+      part[n] = Acc(affine_row_f32(
+          reinterpret_cast<const float*>(x + off(a.t[0], q, q.j0)),
+          reinterpret_cast<const float*>(sh + off(a.t[1], q, q.j0)),
+          reinterpret_cast<const float*>(lo + off(a.t[2], q, q.j0)),
+          reinterpret_cast<float*>(y + off(a.t[kOut], q, q.j0)), q.j1 - q.j0, a.inverse));
+      continue;
+    }
+    Acc sum = Acc(0);
+    for (int64_t j = q.j0; j < q.j1; ++j) {
+      const Acc xv = Scalar<S>::load(x + off(a.t[0], q, j));
+      const Acc sv = Scalar<S>::load(sh + off(a.t[1], q, j));
+      const AffineScale<Acc> sc = affine_scale(Acc(Scalar<S>::load(lo + off(a.t[2], q, j))));
+      Scalar<S>::store(y + off(a.t[kOut], q, j),
+                       a.inverse ? xv / sc.s - sv : (xv + sv) * sc.s);
+      sum += sc.log_s;
+    }
+    part[n] = a.inverse ? -sum : sum;
+  }
+  reduce_logdet(a, ps, part);
+}
+
+template <typename S>
+void affine_backward(const Args& a, int nt) {
+  using Acc = typename Scalar<S>::acc;
+  const Pieces ps = pieces(a, 4096);
+  const bool fast = contiguous_rows<S>(a, {0, 1, 2, kGradOut, kGrad0, kGrad0 + 1, kGrad0 + 2});
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t n = 0; n < ps.count; ++n) {
+    const Piece q = ps[n];
+    const S* x = ptr<S>(a, 0);
+    const S* sh = ptr<S>(a, 1);
+    const S* lo = ptr<S>(a, 2);
+    const S* gy = ptr<S>(a, kGradOut);
+    S* gx = ptr<S>(a, kGrad0);
+    S* gs = ptr<S>(a, kGrad0 + 1);
+    S* gl = ptr<S>(a, kGrad0 + 2);
+    const Acc gld = grad_logdet<Acc>(a, q.b);
+    if (fast) {
+      auto F = [&](const S* p, int slot) {
+        return reinterpret_cast<const float*>(p + off(a.t[slot], q, q.j0));
+      };
+      auto O = [&](S* p, int slot) { return reinterpret_cast<float*>(p + off(a.t[slot], q, q.j0)); };
+      affine_row_backward_f32(F(x, 0), F(sh, 1), F(lo, 2), F(gy, kGradOut), float(gld),
+                              O(gx, kGrad0), O(gs, kGrad0 + 1), O(gl, kGrad0 + 2), q.j1 - q.j0,
+                              a.inverse);
+      continue;
+    }
+    for (int64_t j = q.j0; j < q.j1; ++j) {
+      const Acc xv = Scalar<S>::load(x + off(a.t[0], q, j));
+      const Acc sv = Scalar<S>::load(sh + off(a.t[1], q, j));
+      const Acc g = Scalar<S>::load(gy + off(a.t[kGradOut], q, j));
+      const AffineScale<Acc> sc = affine_scale(Acc(Scalar<S>::load(lo + off(a.t[2], q, j))));
+      Acc dx, ds, dl;
+      if (a.inverse) {
+        dx = g / sc.s;
+        ds = -g;
+        dl = -(g * xv / sc.s + gld) * sc.one_minus_s;
+      } else {
+        dx = g * sc.s;
+        ds = g * sc.s;
+        dl = (g * (xv + sv) * sc.s + gld) * sc.one_minus_s;
+      }
+      Scalar<S>::store(gx + off(a.t[kGrad0], q, j), dx);
+      Scalar<S>::store(gs + off(a.t[kGrad0 + 1], q, j), ds);
+      Scalar<S>::store(gl + off(a.t[kGrad0 + 2], q, j), dl);
+    }
+  }
+}
+
+// ----------------------------------------------------------------------------- mixture
+
+// One element's components in float, with scratch for the vectorised sweeps.
+struct alignas(64) MixBuf {
+  int K;
+  float N;
+  float lg[kVecK], mu[kVecK], ls[kVecK], inv_s[kVecK];
+  float z[kVecK], e[kVecK], u1[kVecK], u2[kVecK], u3[kVecK];
+  float x1[kVecK], x2[kVecK], x3[kVecK];
+};
+
+struct VLse {
+  float m, s;
+  float value() const { return m + vm::log(s); }
+};
+
+// max-shifted log-sum-exp of u[0..K), keeping the shifted exps in ex
+DQK_VM VLse vlse(const float* u, float* ex, int K) {
+  float m = -vm::kInf;
+#pragma omp simd reduction(max : m)
+  for (int k = 0; k < K; ++k) m = vm::maxf(m, u[k]);
+  float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+  for (int k = 0; k < K; ++k) {
+    ex[k] = vm::exp(u[k] - m);
+    s += ex[k];
+  }
+  return VLse{m, s};
+}
+
+// z, e and the three log-sum-exps at x (raw logits)
+DQK_VM void vlogs(MixBuf& B, float x, VLse* f, VLse* f1, VLse* fd) {
+  const int K = B.K;
+#pragma omp simd
+  for (int k = 0; k < K; ++k) {
+    const float z = (x - B.mu[k]) * B.inv_s[k];
+    const float e = vm::exp(-vm::absf(z));
+    const float l1 = vm::log1p(e);
+    const float lsz = vm::minf(z, 0.0f) - l1;
+    const float lsnz = vm::minf(-z, 0.0f) - l1;
+    B.z[k] = z;
+    B.e[k] = e;
+    B.u1[k] = B.lg[k] + lsz;
+    B.u2[k] = B.lg[k] + lsnz;
+    B.u3[k] = B.lg[k] + lsz + lsnz - B.ls[k];
+  }
+  *f = vlse(B.u1, B.x1, K);
+  *f1 = vlse(B.u2, B.x2, K);
+  *fd = vlse(B.u3, B.x3, K);
+}
+
+template <typename S>
+DQK_VM void vload(MixBuf& B, const Args& a, const Piece& q, int64_t j) {
+  const int K = B.K;
+  const S* lg = ptr<S>(a, 1) + off(a.t[1], q, j);
+  const S* mu = ptr<S>(a, 2) + off(a.t[2], q, j);
+  const S* ls = ptr<S>(a, 3) + off(a.t[3], q, j);
+  const int64_t s1 = a.t[1].st[4], s2 = a.t[2].st[4], s3 = a.t[3].st[4];
+  for (int k = 0; k < K; ++k) {
+    B.lg[k] = Scalar<S>::load(lg + k * s1);
+    B.mu[k] = Scalar<S>::load(mu + k * s2);
+    B.ls[k] = Scalar<S>::load(ls + k * s3);
+  }
+#pragma omp simd
+  for (int k = 0; k < K; ++k) B.inv_s[k] = vm::exp(-B.ls[k]);
+  float tmp[kVecK];
+  B.N = vlse(B.lg, tmp, K).value();
+}
+
+// forward of one element: y, and returns l + a
+DQK_CPU_CLONES float vmix_forward(MixBuf& B, float x, float a, float b, float* y) {
+  VLse f, f1, fd;
+  vlogs(B, x, &f, &f1, &fd);
+  const float lF = f.value(), l1F = f1.value(), ldF = fd.value();
+  *y = (lF - l1F) * vm::exp(a) + b;
+  return ldF - lF - l1F + B.N + a;
+}
+
+DQK_CPU_CLONES float vmix_inverse(MixBuf& B, float y, float a, float b, float* x_out) {
+  const int K = B.K;
+  const float t = (y - b) * vm::exp(-a);
+  float lo = vm::kInf, hi = -vm::kInf, s = 0.0f;
+#pragma omp simd reduction(min : lo) reduction(max : hi) reduction(+ : s)
+  for (int k = 0; k < K; ++k) {
+    const float xk = B.mu[k] + vm::exp(B.ls[k]) * t;
+    lo = vm::minf(lo, xk);
+    hi = vm::maxf(hi, xk);
+    s += vm::exp(B.lg[k] - B.N) * xk;
+  }
+  const float x0 = vm::minf(vm::maxf(s, lo), hi);
+  auto eval = [&](float x, float* g, float* gx, float* scale) {
+    VLse f, f1, fd;
+    vlogs(B, x, &f, &f1, &fd);
+    const float lF = f.value(), l1F = f1.value(), ldF = fd.value();
+    *g = lF - l1F;
+    *gx = vm::exp(ldF - lF - l1F + B.N);
+    *scale = vm::absf(lF) + vm::absf(l1F);
+  };
+  const float x = solve_root(t, lo, hi, x0, eval, kMaxIter);
+  *x_out = x;
+  VLse f, f1, fd;
+  vlogs(B, x, &f, &f1, &fd);
+  const float lF = f.value(), l1F = f1.value(), ldF = fd.value();
+  return -(ldF - lF - l1F + B.N + a);
+}
+
+// backward of one element into B.x1 (d logits), B.x2 (d means), B.x3 (d log-scales)
+DQK_CPU_CLONES ElemGrad<float> vmix_backward(MixBuf& B, float x, float a, float gout,
+                                             float gld, bool inverse) {
+  const int K = B.K;
+  VLse f, f1, fd;
+  vlogs(B, x, &f, &f1, &fd);
+  const float lF = f.value(), l1F = f1.value(), ldF = fd.value();
+  const float g = lF - l1F;
+  const float g_x = vm::exp(ldF - lF - l1F + B.N);
+  const float ea = vm::exp(a);
+  const float is1 = 1.0f / f.s, is2 = 1.0f / f1.s, is3 = 1.0f / fd.s;
+  // p, q, r into x1..x3; A into u1, B_k into u2; w into u3
+  float lx = 0.0f;
+#pragma omp simd reduction(+ : lx)
+  for (int k = 0; k < K; ++k) {
+    const float p = B.x1[k] * is1, q = B.x2[k] * is2, r = B.x3[k] * is3;
+    const float z = B.z[k], e = B.e[k];
+    const float inv = 1.0f / (1.0f + e);
+    const float sz = vm::sel(z >= 0.0f, inv, e * inv);
+    const float snz = vm::sel(z >= 0.0f, e * inv, inv);
+    const float A = p * snz + q * sz;
+    const float Bk = r * (snz - sz) - p * snz + q * sz;
+    B.x1[k] = p;
+    B.x2[k] = q;
+    B.x3[k] = r;
+    B.u1[k] = A;
+    B.u2[k] = Bk;
+    B.u3[k] = vm::exp(B.lg[k] - B.N);
+    lx += Bk * B.inv_s[k];
+  }
+  ElemGrad<float> e;
+  if (inverse) {
+    const float total = gout - gld * lx;
+    e.Gg = -total / g_x;
+    e.Gl = -gld;
+    e.d_in = -e.Gg / ea;
+    e.d_b = e.Gg / ea;
+  } else {
+    e.Gg = gout * ea;
+    e.Gl = gld;
+    e.d_in = e.Gg * g_x + e.Gl * lx;
+    e.d_b = gout;
+  }
+  e.d_a = e.Gg * g + e.Gl;
+  const float Gg = e.Gg, Gl = e.Gl;
+#pragma omp simd
+  for (int k = 0; k < K; ++k) {
+    const float p = B.x1[k], q = B.x2[k], r = B.x3[k];
+    const float dz = Gg * B.u1[k] + Gl * B.u2[k];
+    B.x1[k] = Gg * (p - q) + Gl * (r - p - q + B.u3[k]);
+    B.x2[k] = -dz * B.inv_s[k];
+    B.x3[k] = -dz * B.z[k] - Gl * r;
+  }
+  return e;
+}
+
+template <typename S> bool use_vec(const Args& a) {
+  return !std::is_same<typename Scalar<S>::acc, double>::value && a.K <= kVecK;
+}
+
+// Per-element scalar access to the components of element (q, j).
+template <typename S> struct CompLoad {
+  const S *lg, *mu, *ls;
+  int64_t s1, s2, s3;
+  CompLoad(const Args& a, const Piece& q, int64_t j)
+      : lg(ptr<S>(a, 1) + off(a.t[1], q, j)), mu(ptr<S>(a, 2) + off(a.t[2], q, j)),
+        ls(ptr<S>(a, 3) + off(a.t[3], q, j)), s1(a.t[1].st[4]), s2(a.t[2].st[4]),
+        s3(a.t[3].st[4]) {}
+  template <typename Acc> void operator()(int64_t k, Acc* l, Acc* m, Acc* s) const {
+    *l = Scalar<S>::load(lg + k * s1);
+    *m = Scalar<S>::load(mu + k * s2);
+    *s = Scalar<S>::load(ls + k * s3);
+  }
+};
+
+template <typename S>
+void mix_forward_or_inverse(const Args& a, int nt, bool inverse, bool scalar_only) {
+  using Acc = typename Scalar<S>::acc;
+  const Pieces ps = pieces(a, 16);
+  std::vector<Acc> part(ps.count);
+  const bool vec = use_vec<S>(a) && !scalar_only;
+#pragma omp parallel num_threads(nt)
+  {
+    MixBuf buf;
+    buf.K = int(a.K);
+#pragma omp for schedule(dynamic, 4)
+    for (int64_t n = 0; n < ps.count; ++n) {
+      const Piece q = ps[n];
+      Acc sum = Acc(0);
+      for (int64_t j = q.j0; j < q.j1; ++j) {
+        const Acc in = Scalar<S>::load(ptr<S>(a, 0) + off(a.t[0], q, j));
+        const Acc av = Scalar<S>::load(ptr<S>(a, 4) + off(a.t[4], q, j));
+        const Acc bv = Scalar<S>::load(ptr<S>(a, 5) + off(a.t[5], q, j));
+        Acc out, ld;
+        if (vec) {
+          vload<S>(buf, a, q, j);
+          float o;
+          ld = inverse ? vmix_inverse(buf, float(in), float(av), float(bv), &o)
+                       : vmix_forward(buf, float(in), float(av), float(bv), &o);
+          out = o;
+        } else {
+          const CompLoad<S> load(a, q, j);
+          ld = inverse ? mix_inverse<Acc>(in, av, bv, a.K, load, &out)
+                       : mix_forward<Acc>(in, av, bv, a.K, load, &out);
+        }
+        Scalar<S>::store(ptr<S>(a, kOut) + off(a.t[kOut], q, j), out);
+        sum += ld;
+      }
+      part[n] = sum;
+    }
+  }
+  reduce_logdet(a, ps, part);
+}
+
+template <typename S>
+void mix_backward_cpu(const Args& a, int nt, bool scalar_only) {
+  using Acc = typename Scalar<S>::acc;
+  const Pieces ps = pieces(a, 16);
+  const bool vec = use_vec<S>(a) && !scalar_only;
+#pragma omp parallel num_threads(nt)
+  {
+    MixBuf buf;
+    buf.K = int(a.K);
+#pragma omp for schedule(dynamic, 4)
+    for (int64_t n = 0; n < ps.count; ++n) {
+      const Piece q = ps[n];
+      const Acc gld = grad_logdet<Acc>(a, q.b);
+      for (int64_t j = q.j0; j < q.j1; ++j) {
+        const Acc xv = Scalar<S>::load(ptr<S>(a, 0) + off(a.t[0], q, j));
+        const Acc av = Scalar<S>::load(ptr<S>(a, 4) + off(a.t[4], q, j));
+        const Acc go = Scalar<S>::load(ptr<S>(a, kGradOut) + off(a.t[kGradOut], q, j));
+        S* gl = ptr<S>(a, kGrad0 + 1) + off(a.t[kGrad0 + 1], q, j);
+        S* gm = ptr<S>(a, kGrad0 + 2) + off(a.t[kGrad0 + 2], q, j);
+        S* gs = ptr<S>(a, kGrad0 + 3) + off(a.t[kGrad0 + 3], q, j);
+        const int64_t s1 = a.t[kGrad0 + 1].st[4], s2 = a.t[kGrad0 + 2].st[4],
+                      s3 = a.t[kGrad0 + 3].st[4];
+        ElemGrad<Acc> e;
+        if (vec) {
+          vload<S>(buf, a, q, j);
+          const ElemGrad<float> ef =
+              vmix_backward(buf, float(xv), float(av), float(go), float(gld), a.inverse);
+          e = ElemGrad<Acc>{ef.Gg, ef.Gl, ef.d_in, ef.d_a, ef.d_b};
+          for (int k = 0; k < buf.K; ++k) {
+            Scalar<S>::store(gl + k * s1, buf.x1[k]);
+            Scalar<S>::store(gm + k * s2, buf.x2[k]);
+            Scalar<S>::store(gs + k * s3, buf.x3[k]);
+          }
+        } else {
+          const CompLoad<S> load(a, q, j);
+          auto store = [&](int64_t k, Acc dl, Acc dm, Acc ds) {
+            Scalar<S>::store(gl + k * s1, dl);
+            Scalar<S>::store(gm + k * s2, dm);
+            Scalar<S>::store(gs + k * s3, ds);
+          };
+          e = coupling::mix_backward<Acc>(xv, av, a.K, load, go, gld, a.inverse, store);
+        }
+        Scalar<S>::store(ptr<S>(a, kGrad0) + off(a.t[kGrad0], q, j), e.d_in);
+        Scalar<S>::store(ptr<S>(a, kGrad0 + 4) + off(a.t[kGrad0 + 4], q, j), e.d_a);
+        Scalar<S>::store(ptr<S>(a, kGrad0 + 5) + off(a.t[kGrad0 + 5], q, j), e.d_b);
+      }
+    }
+  }
+}
+
+template <typename S>
+void dispatch(Kind kind, const Args& a, int nt, bool scalar_only) {
+  switch (kind) {
+    case kAffineForward: affine_forward<S>(a, nt); return;
+    case kAffineBackward: affine_backward<S>(a, nt); return;
+    case kMixForward: mix_forward_or_inverse<S>(a, nt, false, scalar_only); return;
+    case kMixInverse: mix_forward_or_inverse<S>(a, nt, true, scalar_only); return;
+    case kMixBackward: mix_backward_cpu<S>(a, nt, scalar_only); return;
+  }
+  throw std::invalid_argument("coupling cpu kernels: unknown kind " + std::to_string(int(kind)));
+}
+
+}  // namespace
+
+void run_cpu(Kind kind, const Args& a, int num_threads, bool scalar_only) {
+  const int nt = num_threads > 0 ? num_threads : 1;
+  switch (a.dtype) {
+    case DType::kFloat32: dispatch<float>(kind, a, nt, scalar_only); return;
+    case DType::kFloat64: dispatch<double>(kind, a, nt, scalar_only); return;
+    case DType::kFloat16: dispatch<Half>(kind, a, nt, scalar_only); return;
+    case DType::kBFloat16: dispatch<BFloat16>(kind, a, nt, scalar_only); return;
+  }
+  throw std::invalid_argument("coupling cpu kernels: unsupported dtype code " +
+                              std::to_string(int(a.dtype)));
+}
+
+}  // namespace coupling
+}  // namespace dqk
