@@ -1,0 +1,17 @@
+"""Flow layers built on the dqkernels ops.
+
+Every layer is an ``nn.Module`` with ``forward(x) -> (y, logdet)`` and an exact
+``inverse(y) -> (x, logdet_of_inverse)``, ``logdet_of_inverse = -logdet`` at corresponding
+points; ``logdet`` is ``[B]`` in float32 (float64 for float64 inputs). The exception in
+meaning (not in form) is :class:`SplitPrior`, whose second output is ``log p(z2 | z1)``
+of the factored-out half (see its docstring).
+"""
+from dqkernels.nn.actnorm import ActNorm
+from dqkernels.nn.coupling import (AffineCoupling, ConditioningNet, MixLogCDFCoupling,
+                                   checkerboard_index)
+from dqkernels.nn.invconv import InvConv1x1
+from dqkernels.nn.split import SplitPrior
+from dqkernels.nn.squeeze import Squeeze
+
+__all__ = ["ActNorm", "AffineCoupling", "ConditioningNet", "InvConv1x1", "MixLogCDFCoupling",
+           "SplitPrior", "Squeeze", "checkerboard_index"]
