@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 pytest.importorskip("matplotlib")
 
@@ -132,3 +133,32 @@ def test_unknown_op_and_dtype_are_rejected(tmp_path, capsys):
     assert bench.main(["--quick", "--device", "cpu", "--dtypes", "int8", "--out",
                        str(tmp_path)]) == 2
     assert "unknown dtype 'int8'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("op", ["affine_coupling", "mixlogcdf_coupling", "mixlogcdf_inverse"])
+def test_quick_sweep_coupling_ops(op, tmp_path):
+    """Each coupling benchmark runs end to end: every implementation ok, gradients close
+    to float64."""
+    rc = bench.main(["--quick", "--device", "cpu", "--no-compile", "--no-progress",
+                     "--no-memory", "--dtypes", "fp32", "--ops", op, "--out", str(tmp_path)])
+    assert rc == 0
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    doc = json.loads((folder / f"{op}.json").read_text())
+    ok = [r for r in doc["records"] if r["status"] == "ok"]
+    assert {r["impl"] for r in ok} >= {"eager", "torch"}
+    for r in ok:
+        assert r["ms"] > 0 and r["fwd_ms"] > 0
+        assert r["grad_rel_err"] < 1e-4, r
+
+
+def test_min_bytes_coupling():
+    from dqkernels.bench.affine_coupling import OP as AFF
+    from dqkernels.bench.mixlogcdf_coupling import OP as MIX
+    shape = harness.Shape("s", {"B": 2, "C": 3, "H": 4, "W": 5, "K": 6})
+    t = MIX.make_inputs(shape, torch.float32, torch.device("cpu"), 0)
+    n, k = 2 * 3 * 4 * 5 * 4, 2 * 3 * 4 * 5 * 6 * 4
+    assert MIX.min_bytes(t, backward=False) == 3 * k + 4 * n
+    assert MIX.min_bytes(t, backward=True) == 9 * k + 11 * n
+    a = AFF.make_inputs(harness.Shape("s", {"B": 2, "C": 3, "H": 4, "W": 5}), torch.float32,
+                        torch.device("cpu"), 0)
+    assert AFF.min_bytes(a, backward=True) == 11 * n and AFF.min_bytes(a, backward=False) == 4 * n

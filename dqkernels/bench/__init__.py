@@ -22,7 +22,8 @@ def _csv(text: str) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ops", default=None,
-                        help="comma-separated ops to benchmark (default: all; known: dmol)")
+                        help="comma-separated ops to benchmark (default: all; known: dmol, "
+                             "affine_coupling, mixlogcdf_coupling, mixlogcdf_inverse)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny shapes and few repeats (smoke tests, CI)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None,

@@ -40,6 +40,9 @@ SCHEMA_VERSION = 1
 # name -> module exposing ``OP`` (a BenchOp). New ops add a line here.
 OP_MODULES: dict[str, str] = {
     "dmol": "dqkernels.bench.dmol",
+    "affine_coupling": "dqkernels.bench.affine_coupling",
+    "mixlogcdf_coupling": "dqkernels.bench.mixlogcdf_coupling",
+    "mixlogcdf_inverse": "dqkernels.bench.mixlogcdf_inverse",
 }
 
 
