@@ -21,6 +21,11 @@
 #else
 #define DQK_CPU_CLONES
 #endif
+#if defined(__GNUC__)
+#define DQK_LAMBDA_INLINE __attribute__((always_inline))
+#else
+#define DQK_LAMBDA_INLINE
+#endif
 
 namespace dqk {
 namespace coupling {
@@ -212,12 +217,22 @@ void affine_backward(const Args& a, int nt) {
 // ----------------------------------------------------------------------------- mixture
 
 // One element's components in float, with scratch for the vectorised sweeps.
+// Every array starts on a 64-byte boundary, so the vectorised loops need no peeling.
 struct alignas(64) MixBuf {
+  alignas(64) float lg[kVecK];
+  alignas(64) float mu[kVecK];
+  alignas(64) float ls[kVecK];
+  alignas(64) float inv_s[kVecK];
+  alignas(64) float z[kVecK];
+  alignas(64) float e[kVecK];
+  alignas(64) float u1[kVecK];
+  alignas(64) float u2[kVecK];
+  alignas(64) float u3[kVecK];
+  alignas(64) float x1[kVecK];
+  alignas(64) float x2[kVecK];
+  alignas(64) float x3[kVecK];
   int K;
   float N;
-  float lg[kVecK], mu[kVecK], ls[kVecK], inv_s[kVecK];
-  float z[kVecK], e[kVecK], u1[kVecK], u2[kVecK], u3[kVecK];
-  float x1[kVecK], x2[kVecK], x3[kVecK];
 };
 
 struct VLse {
@@ -272,14 +287,19 @@ DQK_VM void vload(MixBuf& B, const Args& a, const Piece& q, int64_t j) {
     B.mu[k] = Scalar<S>::load(mu + k * s2);
     B.ls[k] = Scalar<S>::load(ls + k * s3);
   }
+}
+
+// 1/scale and the logits' log-sum-exp, inside each vectorised entry point
+DQK_VM void vprepare(MixBuf& B) {
+  const int K = B.K;
 #pragma omp simd
   for (int k = 0; k < K; ++k) B.inv_s[k] = vm::exp(-B.ls[k]);
-  float tmp[kVecK];
-  B.N = vlse(B.lg, tmp, K).value();
+  B.N = vlse(B.lg, B.x1, K).value();   // x1 is scratch here
 }
 
 // forward of one element: y, and returns l + a
 DQK_CPU_CLONES float vmix_forward(MixBuf& B, float x, float a, float b, float* y) {
+  vprepare(B);
   VLse f, f1, fd;
   vlogs(B, x, &f, &f1, &fd);
   const float lF = f.value(), l1F = f1.value(), ldF = fd.value();
@@ -288,6 +308,7 @@ DQK_CPU_CLONES float vmix_forward(MixBuf& B, float x, float a, float b, float* y
 }
 
 DQK_CPU_CLONES float vmix_inverse(MixBuf& B, float y, float a, float b, float* x_out) {
+  vprepare(B);
   const int K = B.K;
   const float t = (y - b) * vm::exp(-a);
   float lo = vm::kInf, hi = -vm::kInf, s = 0.0f;
@@ -299,7 +320,9 @@ DQK_CPU_CLONES float vmix_inverse(MixBuf& B, float y, float a, float b, float* x
     s += vm::exp(B.lg[k] - B.N) * xk;
   }
   const float x0 = vm::minf(vm::maxf(s, lo), hi);
-  auto eval = [&](float x, float* g, float* gx, float* scale) {
+  // always_inline: the lambda must be compiled inside each target clone, not as one
+  // baseline function
+  auto eval = [&](float x, float* g, float* gx, float* scale) DQK_LAMBDA_INLINE {
     VLse f, f1, fd;
     vlogs(B, x, &f, &f1, &fd);
     const float lF = f.value(), l1F = f1.value(), ldF = fd.value();
@@ -318,6 +341,7 @@ DQK_CPU_CLONES float vmix_inverse(MixBuf& B, float y, float a, float b, float* x
 // backward of one element into B.x1 (d logits), B.x2 (d means), B.x3 (d log-scales)
 DQK_CPU_CLONES ElemGrad<float> vmix_backward(MixBuf& B, float x, float a, float gout,
                                              float gld, bool inverse) {
+  vprepare(B);
   const int K = B.K;
   VLse f, f1, fd;
   vlogs(B, x, &f, &f1, &fd);

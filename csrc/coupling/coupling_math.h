@@ -6,6 +6,16 @@
 
 #include "../common/macros.h"
 
+// Force inlining on the host too: the CPU's vectorised callers are compiled once per
+// target (AVX-512, AVX2, baseline), and an out-of-line copy would be baseline code.
+#if defined(__CUDACC__)
+#define DQK_HDI __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+#define DQK_HDI inline __attribute__((always_inline))
+#else
+#define DQK_HDI inline
+#endif
+
 namespace dqk {
 namespace coupling {
 
@@ -108,7 +118,7 @@ DQK_HD Acc logits_lse(int64_t K, Load load) {
 // the step or the bracket is below 16 ulps of x; bisects whenever a Newton step leaves
 // the bracket (or is not finite). Always terminates within max_iter evaluations.
 template <typename Acc, typename Eval>
-DQK_HD Acc solve_root(Acc t, Acc lo, Acc hi, Acc x, Eval eval, int max_iter) {
+DQK_HDI Acc solve_root(Acc t, Acc lo, Acc hi, Acc x, Eval eval, int max_iter) {
   const Acc eps = Limits<Acc>::eps();
   for (int it = 0; it < max_iter; ++it) {
     Acc g, gx, scale;
