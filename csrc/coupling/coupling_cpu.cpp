@@ -85,41 +85,63 @@ template <typename Acc> Acc grad_logdet(const Args& a, int64_t b) {
 
 // ----------------------------------------------------------------------------- affine
 
-// Contiguous float rows: vectorised.
-DQK_CPU_CLONES float affine_row_f32(const float* x, const float* sh, const float* lo, float* y,
-                                    int64_t n, bool inverse) {
+// Contiguous float rows: vectorised (one loop per direction: no control flow inside).
+template <bool kInverse>
+DQK_VM float affine_row_f32_dir(const float* x, const float* sh, const float* lo, float* y,
+                                int64_t n) {
   float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
   for (int64_t j = 0; j < n; ++j) {
     const float v = lo[j] + 2.0f;
     const float e = vm::exp(-vm::absf(v));
     const float s = vm::sigmoid_from(v, e);
-    const float ls = vm::minf(v, 0.0f) - vm::log1p(e);
-    y[j] = inverse ? x[j] / s - sh[j] : (x[j] + sh[j]) * s;
-    sum += ls;
+    sum += vm::minf(v, 0.0f) - vm::log1p(e);
+    y[j] = kInverse ? x[j] / s - sh[j] : (x[j] + sh[j]) * s;
   }
-  return inverse ? -sum : sum;
+  return kInverse ? -sum : sum;
 }
 
-DQK_CPU_CLONES void affine_row_backward_f32(const float* x, const float* sh, const float* lo,
-                                            const float* gy, float gld, float* gx, float* gs,
-                                            float* gl, int64_t n, bool inverse) {
+DQK_CPU_CLONES float affine_row_f32(const float* x, const float* sh, const float* lo, float* y,
+                                    int64_t n, bool inverse) {
+  return inverse ? affine_row_f32_dir<true>(x, sh, lo, y, n)
+                 : affine_row_f32_dir<false>(x, sh, lo, y, n);
+}
+
+// kBroadcast: grad_y has stride 0 along the row (e.g. the gradient of y.sum())
+template <bool kInverse, bool kBroadcast>
+DQK_VM void affine_row_backward_f32_dir(const float* x, const float* sh, const float* lo,
+                                        const float* gyp, float gld, float* gx, float* gs,
+                                        float* gl, int64_t n) {
 #pragma omp simd
   for (int64_t j = 0; j < n; ++j) {
+    const float g = kBroadcast ? gyp[0] : gyp[j];
     const float v = lo[j] + 2.0f;
     const float e = vm::exp(-vm::absf(v));
     const float inv = 1.0f / (1.0f + e);
     const float s = vm::sel(v >= 0.0f, inv, e * inv);
     const float oms = vm::sel(v >= 0.0f, e * inv, inv);
-    if (inverse) {
-      gx[j] = gy[j] / s;
-      gs[j] = -gy[j];
-      gl[j] = -(gy[j] * x[j] / s + gld) * oms;
+    if (kInverse) {
+      gx[j] = g / s;
+      gs[j] = -g;
+      gl[j] = -(g * x[j] / s + gld) * oms;
     } else {
-      gx[j] = gy[j] * s;
-      gs[j] = gy[j] * s;
-      gl[j] = (gy[j] * (x[j] + sh[j]) * s + gld) * oms;
+      gx[j] = g * s;
+      gs[j] = g * s;
+      gl[j] = (g * (x[j] + sh[j]) * s + gld) * oms;
     }
+  }
+}
+
+DQK_CPU_CLONES void affine_row_backward_f32(const float* x, const float* sh, const float* lo,
+                                            const float* gy, float gld, float* gx, float* gs,
+                                            float* gl, int64_t n, bool inverse,
+                                            bool broadcast) {
+  if (broadcast) {
+    if (inverse) affine_row_backward_f32_dir<true, true>(x, sh, lo, gy, gld, gx, gs, gl, n);
+    else affine_row_backward_f32_dir<false, true>(x, sh, lo, gy, gld, gx, gs, gl, n);
+  } else {
+    if (inverse) affine_row_backward_f32_dir<true, false>(x, sh, lo, gy, gld, gx, gs, gl, n);
+    else affine_row_backward_f32_dir<false, false>(x, sh, lo, gy, gld, gx, gs, gl, n);
   }
 }
 
@@ -170,7 +192,9 @@ template <typename S>
 void affine_backward(const Args& a, int nt) {
   using Acc = typename Scalar<S>::acc;
   const Pieces ps = pieces(a, 4096);
-  const bool fast = contiguous_rows<S>(a, {0, 1, 2, kGradOut, kGrad0, kGrad0 + 1, kGrad0 + 2});
+  const bool broadcast = a.t[kGradOut].st[3] == 0;
+  const bool fast = contiguous_rows<S>(a, {0, 1, 2, kGrad0, kGrad0 + 1, kGrad0 + 2}) &&
+                    (broadcast || a.t[kGradOut].st[3] == 1);
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (int64_t n = 0; n < ps.count; ++n) {
     const Piece q = ps[n];
@@ -189,7 +213,7 @@ void affine_backward(const Args& a, int nt) {
       auto O = [&](S* p, int slot) { return reinterpret_cast<float*>(p + off(a.t[slot], q, q.j0)); };
       affine_row_backward_f32(F(x, 0), F(sh, 1), F(lo, 2), F(gy, kGradOut), float(gld),
                               O(gx, kGrad0), O(gs, kGrad0 + 1), O(gl, kGrad0 + 2), q.j1 - q.j0,
-                              a.inverse);
+                              a.inverse, broadcast);
       continue;
     }
     for (int64_t j = q.j0; j < q.j1; ++j) {
@@ -231,32 +255,61 @@ struct alignas(64) MixBuf {
   alignas(64) float x1[kVecK];
   alignas(64) float x2[kVecK];
   alignas(64) float x3[kVecK];
-  int K;
+  int K;    // components
+  int Kp;   // K rounded up to kLanes; lanes K..Kp-1 hold a component of weight zero
   float N;
 };
+
+// Reductions keep kLanes partial results in a vector and combine them once at the end
+// (OpenMP simd reductions go through the stack on every call, which costs more than the
+// math for K = 32).
+constexpr int kLanes = 16;
+
+DQK_VM float lanes_max(const float* acc) {
+  float m = acc[0];
+  for (int l = 1; l < kLanes; ++l) m = vm::maxf(m, acc[l]);
+  return m;
+}
+DQK_VM float lanes_min(const float* acc) {
+  float m = acc[0];
+  for (int l = 1; l < kLanes; ++l) m = vm::minf(m, acc[l]);
+  return m;
+}
+DQK_VM float lanes_sum(const float* acc) {
+  float s = 0.0f;
+  for (int l = 0; l < kLanes; ++l) s += acc[l];
+  return s;
+}
 
 struct VLse {
   float m, s;
   float value() const { return m + vm::log(s); }
 };
 
-// max-shifted log-sum-exp of u[0..K), keeping the shifted exps in ex
-DQK_VM VLse vlse(const float* u, float* ex, int K) {
-  float m = -vm::kInf;
-#pragma omp simd reduction(max : m)
-  for (int k = 0; k < K; ++k) m = vm::maxf(m, u[k]);
-  float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-  for (int k = 0; k < K; ++k) {
-    ex[k] = vm::exp(u[k] - m);
-    s += ex[k];
+// max-shifted log-sum-exp of u[0..Kp), keeping the shifted exps in ex
+DQK_VM VLse vlse(const float* u, float* ex, int Kp) {
+  alignas(64) float acc[kLanes];
+  for (int l = 0; l < kLanes; ++l) acc[l] = -vm::kInf;
+  for (int k0 = 0; k0 < Kp; k0 += kLanes) {
+#pragma omp simd
+    for (int l = 0; l < kLanes; ++l) acc[l] = vm::maxf(acc[l], u[k0 + l]);
   }
-  return VLse{m, s};
+  const float m = lanes_max(acc);
+  for (int l = 0; l < kLanes; ++l) acc[l] = 0.0f;
+  for (int k0 = 0; k0 < Kp; k0 += kLanes) {
+#pragma omp simd
+    for (int l = 0; l < kLanes; ++l) {
+      const float v = vm::exp(u[k0 + l] - m);
+      ex[k0 + l] = v;
+      acc[l] += v;
+    }
+  }
+  return VLse{m, lanes_sum(acc)};
 }
 
 // z, e and the three log-sum-exps at x (raw logits)
 DQK_VM void vlogs(MixBuf& B, float x, VLse* f, VLse* f1, VLse* fd) {
-  const int K = B.K;
+  const int K = B.Kp;
 #pragma omp simd
   for (int k = 0; k < K; ++k) {
     const float z = (x - B.mu[k]) * B.inv_s[k];
@@ -287,11 +340,16 @@ DQK_VM void vload(MixBuf& B, const Args& a, const Piece& q, int64_t j) {
     B.mu[k] = Scalar<S>::load(mu + k * s2);
     B.ls[k] = Scalar<S>::load(ls + k * s3);
   }
+  for (int k = K; k < B.Kp; ++k) {   // weight zero: exp(-inf) = 0 in every sum
+    B.lg[k] = -vm::kInf;
+    B.mu[k] = 0.0f;
+    B.ls[k] = 0.0f;
+  }
 }
 
 // 1/scale and the logits' log-sum-exp, inside each vectorised entry point
 DQK_VM void vprepare(MixBuf& B) {
-  const int K = B.K;
+  const int K = B.Kp;
 #pragma omp simd
   for (int k = 0; k < K; ++k) B.inv_s[k] = vm::exp(-B.ls[k]);
   B.N = vlse(B.lg, B.x1, K).value();   // x1 is scratch here
@@ -311,14 +369,24 @@ DQK_CPU_CLONES float vmix_inverse(MixBuf& B, float y, float a, float b, float* x
   vprepare(B);
   const int K = B.K;
   const float t = (y - b) * vm::exp(-a);
-  float lo = vm::kInf, hi = -vm::kInf, s = 0.0f;
-#pragma omp simd reduction(min : lo) reduction(max : hi) reduction(+ : s)
-  for (int k = 0; k < K; ++k) {
-    const float xk = B.mu[k] + vm::exp(B.ls[k]) * t;
-    lo = vm::minf(lo, xk);
-    hi = vm::maxf(hi, xk);
-    s += vm::exp(B.lg[k] - B.N) * xk;
+  alignas(64) float lo_acc[kLanes], hi_acc[kLanes], s_acc[kLanes];
+  for (int l = 0; l < kLanes; ++l) {
+    lo_acc[l] = vm::kInf;
+    hi_acc[l] = -vm::kInf;
+    s_acc[l] = 0.0f;
   }
+  for (int k0 = 0; k0 < B.Kp; k0 += kLanes) {
+#pragma omp simd
+    for (int l = 0; l < kLanes; ++l) {
+      const int k = k0 + l;
+      const float xk = B.mu[k] + vm::exp(B.ls[k]) * t;
+      const bool real = k < K;   // padded lanes stay out of the bracket
+      lo_acc[l] = vm::minf(lo_acc[l], vm::sel(real, xk, vm::kInf));
+      hi_acc[l] = vm::maxf(hi_acc[l], vm::sel(real, xk, -vm::kInf));
+      s_acc[l] += vm::exp(B.lg[k] - B.N) * xk;
+    }
+  }
+  const float lo = lanes_min(lo_acc), hi = lanes_max(hi_acc), s = lanes_sum(s_acc);
   const float x0 = vm::minf(vm::maxf(s, lo), hi);
   // always_inline: the lambda must be compiled inside each target clone, not as one
   // baseline function
@@ -351,24 +419,29 @@ DQK_CPU_CLONES ElemGrad<float> vmix_backward(MixBuf& B, float x, float a, float 
   const float ea = vm::exp(a);
   const float is1 = 1.0f / f.s, is2 = 1.0f / f1.s, is3 = 1.0f / fd.s;
   // p, q, r into x1..x3; A into u1, B_k into u2; w into u3
-  float lx = 0.0f;
-#pragma omp simd reduction(+ : lx)
-  for (int k = 0; k < K; ++k) {
-    const float p = B.x1[k] * is1, q = B.x2[k] * is2, r = B.x3[k] * is3;
-    const float z = B.z[k], e = B.e[k];
-    const float inv = 1.0f / (1.0f + e);
-    const float sz = vm::sel(z >= 0.0f, inv, e * inv);
-    const float snz = vm::sel(z >= 0.0f, e * inv, inv);
-    const float A = p * snz + q * sz;
-    const float Bk = r * (snz - sz) - p * snz + q * sz;
-    B.x1[k] = p;
-    B.x2[k] = q;
-    B.x3[k] = r;
-    B.u1[k] = A;
-    B.u2[k] = Bk;
-    B.u3[k] = vm::exp(B.lg[k] - B.N);
-    lx += Bk * B.inv_s[k];
+  alignas(64) float lx_acc[kLanes];
+  for (int l = 0; l < kLanes; ++l) lx_acc[l] = 0.0f;
+  for (int k0 = 0; k0 < B.Kp; k0 += kLanes) {
+#pragma omp simd
+    for (int l = 0; l < kLanes; ++l) {
+      const int k = k0 + l;
+      const float p = B.x1[k] * is1, q = B.x2[k] * is2, r = B.x3[k] * is3;
+      const float z = B.z[k], e = B.e[k];
+      const float inv = 1.0f / (1.0f + e);
+      const float sz = vm::sel(z >= 0.0f, inv, e * inv);
+      const float snz = vm::sel(z >= 0.0f, e * inv, inv);
+      const float A = p * snz + q * sz;
+      const float Bk = r * (snz - sz) - p * snz + q * sz;
+      B.x1[k] = p;
+      B.x2[k] = q;
+      B.x3[k] = r;
+      B.u1[k] = A;
+      B.u2[k] = Bk;
+      B.u3[k] = vm::exp(B.lg[k] - B.N);
+      lx_acc[l] += Bk * B.inv_s[k];
+    }
   }
+  const float lx = lanes_sum(lx_acc);
   ElemGrad<float> e;
   if (inverse) {
     const float total = gout - gld * lx;
@@ -424,6 +497,7 @@ void mix_forward_or_inverse(const Args& a, int nt, bool inverse, bool scalar_onl
   {
     MixBuf buf;
     buf.K = int(a.K);
+    buf.Kp = int((a.K + kLanes - 1) / kLanes * kLanes);
 #pragma omp for schedule(dynamic, 4)
     for (int64_t n = 0; n < ps.count; ++n) {
       const Piece q = ps[n];
@@ -462,6 +536,7 @@ void mix_backward_cpu(const Args& a, int nt, bool scalar_only) {
   {
     MixBuf buf;
     buf.K = int(a.K);
+    buf.Kp = int((a.K + kLanes - 1) / kLanes * kLanes);
 #pragma omp for schedule(dynamic, 4)
     for (int64_t n = 0; n < ps.count; ++n) {
       const Piece q = ps[n];
