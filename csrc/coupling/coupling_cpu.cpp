@@ -147,11 +147,38 @@ DQK_CPU_CLONES void affine_row_backward_f32(const float* x, const float* sh, con
 
 template <typename S>
 bool contiguous_rows(const Args& a, std::initializer_list<int> slots) {
-  if (!std::is_same<S, float>::value) return false;
+  if (std::is_same<S, double>::value) return false;
   for (int s : slots)
     if (a.t[s].st[3] != 1) return false;
   return true;
 }
+
+// fp16/bf16 rows go through float buffers of kConv elements and the float kernels
+constexpr int64_t kConv = 1024;
+template <typename S> inline void to_f32(const S* src, float* dst, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) dst[j] = Scalar<S>::load(src + j);
+}
+template <typename S> inline void from_f32(const float* src, S* dst, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) Scalar<S>::store(dst + j, src[j]);
+}
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 12
+// fp16 through the compiler's _Float16 (F16C conversions in the AVX2/AVX-512 clones;
+// round to nearest even, as Scalar<Half>)
+DQK_CPU_CLONES void half_to_f32(const Half* src, float* dst, int64_t n) {
+  const _Float16* p = reinterpret_cast<const _Float16*>(src);
+  for (int64_t j = 0; j < n; ++j) dst[j] = float(p[j]);
+}
+DQK_CPU_CLONES void f32_to_half(const float* src, Half* dst, int64_t n) {
+  _Float16* p = reinterpret_cast<_Float16*>(dst);
+  for (int64_t j = 0; j < n; ++j) p[j] = _Float16(src[j]);
+}
+template <> inline void to_f32<Half>(const Half* src, float* dst, int64_t n) {
+  half_to_f32(src, dst, n);
+}
+template <> inline void from_f32<Half>(const float* src, Half* dst, int64_t n) {
+  f32_to_half(src, dst, n);
+}
+#endif
 
 template <typename S>
 void affine_forward(const Args& a, int nt) {
@@ -166,12 +193,26 @@ void affine_forward(const Args& a, int nt) {
     const S* sh = ptr<S>(a, 1);
     const S* lo = ptr<S>(a, 2);
     S* y = ptr<S>(a, kOut);
-    if (fast) {
+    if (fast && std::is_same<S, float>::value) {
       part[n] = Acc(affine_row_f32(
           reinterpret_cast<const float*>(x + off(a.t[0], q, q.j0)),
           reinterpret_cast<const float*>(sh + off(a.t[1], q, q.j0)),
           reinterpret_cast<const float*>(lo + off(a.t[2], q, q.j0)),
           reinterpret_cast<float*>(y + off(a.t[kOut], q, q.j0)), q.j1 - q.j0, a.inverse));
+      continue;
+    }
+    if (fast) {
+      alignas(64) float bx[kConv], bs[kConv], bl[kConv], by[kConv];
+      Acc sum = Acc(0);
+      for (int64_t j0 = q.j0; j0 < q.j1; j0 += kConv) {
+        const int64_t m = q.j1 - j0 < kConv ? q.j1 - j0 : kConv;
+        to_f32(x + off(a.t[0], q, j0), bx, m);
+        to_f32(sh + off(a.t[1], q, j0), bs, m);
+        to_f32(lo + off(a.t[2], q, j0), bl, m);
+        sum += affine_row_f32(bx, bs, bl, by, m, a.inverse);
+        from_f32(by, y + off(a.t[kOut], q, j0), m);
+      }
+      part[n] = sum;
       continue;
     }
     Acc sum = Acc(0);
@@ -206,7 +247,7 @@ void affine_backward(const Args& a, int nt) {
     S* gs = ptr<S>(a, kGrad0 + 1);
     S* gl = ptr<S>(a, kGrad0 + 2);
     const Acc gld = grad_logdet<Acc>(a, q.b);
-    if (fast) {
+    if (fast && std::is_same<S, float>::value) {
       auto F = [&](const S* p, int slot) {
         return reinterpret_cast<const float*>(p + off(a.t[slot], q, q.j0));
       };
@@ -214,6 +255,23 @@ void affine_backward(const Args& a, int nt) {
       affine_row_backward_f32(F(x, 0), F(sh, 1), F(lo, 2), F(gy, kGradOut), float(gld),
                               O(gx, kGrad0), O(gs, kGrad0 + 1), O(gl, kGrad0 + 2), q.j1 - q.j0,
                               a.inverse, broadcast);
+      continue;
+    }
+    if (fast) {
+      alignas(64) float bx[kConv], bs[kConv], bl[kConv], bg[kConv], o1[kConv], o2[kConv],
+          o3[kConv];
+      for (int64_t j0 = q.j0; j0 < q.j1; j0 += kConv) {
+        const int64_t m = q.j1 - j0 < kConv ? q.j1 - j0 : kConv;
+        to_f32(x + off(a.t[0], q, j0), bx, m);
+        to_f32(sh + off(a.t[1], q, j0), bs, m);
+        to_f32(lo + off(a.t[2], q, j0), bl, m);
+        to_f32(gy + off(a.t[kGradOut], q, j0), bg, broadcast ? 1 : m);
+        affine_row_backward_f32(bx, bs, bl, bg, float(gld), o1, o2, o3, m, a.inverse,
+                                broadcast);
+        from_f32(o1, gx + off(a.t[kGrad0], q, j0), m);
+        from_f32(o2, gs + off(a.t[kGrad0 + 1], q, j0), m);
+        from_f32(o3, gl + off(a.t[kGrad0 + 2], q, j0), m);
+      }
       continue;
     }
     for (int64_t j = q.j0; j < q.j1; ++j) {
@@ -307,18 +365,74 @@ DQK_VM VLse vlse(const float* u, float* ex, int Kp) {
   return VLse{m, lanes_sum(acc)};
 }
 
-// z, e and the three log-sum-exps at x (raw logits)
+// z, e and the three log-sum-exps at x (raw logits).
+//
+// Per component the larger of the two log-sigmoids is -log1p(e) and the smaller is that
+// minus |z|, and log sigmoid(z) + log sigmoid(-z) - log_scale is the smaller one minus
+// log1p(e) + log_scale. So with ub_k = logit_k - log1p(e_k) and one shift M = max ub,
+// a single exp(ub_k - M) gives the terms of all three sums (times e_k, 1/(1+e_k) and
+// 1/scale_k). When a sum comes out below kTiny relative to M (far in a tail, where its
+// terms underflowed), the three are recomputed with a shift of their own.
+constexpr float kTiny = 1e-30f;
+
 DQK_VM void vlogs(MixBuf& B, float x, VLse* f, VLse* f1, VLse* fd) {
   const int K = B.Kp;
+  alignas(64) float acc[kLanes];
+  for (int l = 0; l < kLanes; ++l) acc[l] = -vm::kInf;
+  for (int k0 = 0; k0 < K; k0 += kLanes) {
+#pragma omp simd
+    for (int l = 0; l < kLanes; ++l) {
+      const int k = k0 + l;
+      const float z = (x - B.mu[k]) * B.inv_s[k];
+      const float e = vm::exp(-vm::absf(z));
+      const float l1 = vm::log1p(e);
+      const float ub = B.lg[k] - l1;
+      B.z[k] = z;
+      B.e[k] = e;
+      B.u1[k] = ub;
+      B.u2[k] = l1;
+      acc[l] = vm::maxf(acc[l], ub);
+    }
+  }
+  const float M = lanes_max(acc);
+  alignas(64) float a1[kLanes], a2[kLanes], a3[kLanes];
+  for (int l = 0; l < kLanes; ++l) a1[l] = a2[l] = a3[l] = 0.0f;
+  for (int k0 = 0; k0 < K; k0 += kLanes) {
+#pragma omp simd
+    for (int l = 0; l < kLanes; ++l) {
+      const int k = k0 + l;
+      const float E = vm::exp(B.u1[k] - M);
+      const float e = B.e[k];
+      const float Ee = E * e;
+      const bool pos = B.z[k] >= 0.0f;
+      const float t1 = vm::sel(pos, E, Ee), t2 = vm::sel(pos, Ee, E);
+      const float t3 = Ee * B.inv_s[k] / (1.0f + e);
+      B.x1[k] = t1;
+      B.x2[k] = t2;
+      B.x3[k] = t3;
+      a1[l] += t1;
+      a2[l] += t2;
+      a3[l] += t3;
+    }
+  }
+  const float S1 = lanes_sum(a1), S2 = lanes_sum(a2), S3 = lanes_sum(a3);
+  if (S1 > kTiny && S2 > kTiny && S3 > kTiny) {
+    *f = VLse{M, S1};
+    *f1 = VLse{M, S2};
+    *fd = VLse{M, S3};
+    return;
+  }
+  if (!(S1 == S1 && S2 == S2 && S3 == S3)) {   // NaN: propagate
+    *f = VLse{M, S1};
+    *f1 = VLse{M, S2};
+    *fd = VLse{M, S3};
+    return;
+  }
 #pragma omp simd
   for (int k = 0; k < K; ++k) {
-    const float z = (x - B.mu[k]) * B.inv_s[k];
-    const float e = vm::exp(-vm::absf(z));
-    const float l1 = vm::log1p(e);
+    const float z = B.z[k], l1 = B.u2[k];
     const float lsz = vm::minf(z, 0.0f) - l1;
     const float lsnz = vm::minf(-z, 0.0f) - l1;
-    B.z[k] = z;
-    B.e[k] = e;
     B.u1[k] = B.lg[k] + lsz;
     B.u2[k] = B.lg[k] + lsnz;
     B.u3[k] = B.lg[k] + lsz + lsnz - B.ls[k];
