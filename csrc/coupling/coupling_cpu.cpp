@@ -431,15 +431,38 @@ DQK_VM void vlogs(MixBuf& B, float x, VLse* f, VLse* f1, VLse* fd) {
 #pragma omp simd
   for (int k = 0; k < K; ++k) {
     const float z = B.z[k], l1 = B.u2[k];
-    const float lsz = vm::minf(z, 0.0f) - l1;
-    const float lsnz = vm::minf(-z, 0.0f) - l1;
-    B.u1[k] = B.lg[k] + lsz;
-    B.u2[k] = B.lg[k] + lsnz;
-    B.u3[k] = B.lg[k] + lsz + lsnz - B.ls[k];
+    B.u1[k] = B.lg[k] + vm::minf(z, 0.0f) - l1;
+    B.u2[k] = B.lg[k] + vm::minf(-z, 0.0f) - l1;
   }
   *f = vlse(B.u1, B.x1, K);
   *f1 = vlse(B.u2, B.x2, K);
-  *fd = vlse(B.u3, B.x3, K);
+  // log F' on the shift of the larger of F and 1 - F: its terms are that side's terms
+  // times sigmoid(-+z)/scale, so log F' - log(larger) carries no cancellation of |z|
+  const bool upper = f->value() >= f1->value();
+  const float* xs = upper ? B.x2 : B.x1;
+  alignas(64) float acc3[kLanes];
+  for (int l = 0; l < kLanes; ++l) acc3[l] = 0.0f;
+  for (int k0 = 0; k0 < K; k0 += kLanes) {
+#pragma omp simd
+    for (int l = 0; l < kLanes; ++l) {
+      const int k = k0 + l;
+      const float e = B.e[k];
+      const float inv = 1.0f / (1.0f + e);
+      const float sz = vm::sel(B.z[k] >= 0.0f, inv, e * inv);
+      const float snz = vm::sel(B.z[k] >= 0.0f, e * inv, inv);
+      const float t3 = xs[k] * (upper ? sz : snz) * B.inv_s[k];
+      B.x3[k] = t3;
+      acc3[l] += t3;
+    }
+  }
+  *fd = VLse{upper ? f1->m : f->m, lanes_sum(acc3)};
+}
+
+// l = log F' - log F - log(1 - F) + N from the three sums. log F' shares its shift with
+// one of the others (always, see vlogs), so their difference is formed without it.
+DQK_VM float vell(const VLse& f, const VLse& f1, const VLse& fd, float N) {
+  if (fd.m == f1.m) return (vm::log(fd.s) - vm::log(f1.s)) - f.value() + N;
+  return (vm::log(fd.s) - vm::log(f.s)) - f1.value() + N;
 }
 
 template <typename S>
@@ -474,9 +497,8 @@ DQK_CPU_CLONES float vmix_forward(MixBuf& B, float x, float a, float b, float* y
   vprepare(B);
   VLse f, f1, fd;
   vlogs(B, x, &f, &f1, &fd);
-  const float lF = f.value(), l1F = f1.value(), ldF = fd.value();
-  *y = (lF - l1F) * vm::exp(a) + b;
-  return ldF - lF - l1F + B.N + a;
+  *y = (f.value() - f1.value()) * vm::exp(a) + b;
+  return vell(f, f1, fd, B.N) + a;
 }
 
 DQK_CPU_CLONES float vmix_inverse(MixBuf& B, float y, float a, float b, float* x_out) {
@@ -507,17 +529,16 @@ DQK_CPU_CLONES float vmix_inverse(MixBuf& B, float y, float a, float b, float* x
   auto eval = [&](float x, float* g, float* gx, float* scale) DQK_LAMBDA_INLINE {
     VLse f, f1, fd;
     vlogs(B, x, &f, &f1, &fd);
-    const float lF = f.value(), l1F = f1.value(), ldF = fd.value();
+    const float lF = f.value(), l1F = f1.value();
     *g = lF - l1F;
-    *gx = vm::exp(ldF - lF - l1F + B.N);
+    *gx = vm::exp(vell(f, f1, fd, B.N));
     *scale = vm::absf(lF) + vm::absf(l1F);
   };
   const float x = solve_root(t, lo, hi, x0, eval, kMaxIter);
   *x_out = x;
   VLse f, f1, fd;
   vlogs(B, x, &f, &f1, &fd);
-  const float lF = f.value(), l1F = f1.value(), ldF = fd.value();
-  return -(ldF - lF - l1F + B.N + a);
+  return -(vell(f, f1, fd, B.N) + a);
 }
 
 // backward of one element into B.x1 (d logits), B.x2 (d means), B.x3 (d log-scales)
@@ -527,9 +548,8 @@ DQK_CPU_CLONES ElemGrad<float> vmix_backward(MixBuf& B, float x, float a, float 
   const int K = B.K;
   VLse f, f1, fd;
   vlogs(B, x, &f, &f1, &fd);
-  const float lF = f.value(), l1F = f1.value(), ldF = fd.value();
-  const float g = lF - l1F;
-  const float g_x = vm::exp(ldF - lF - l1F + B.N);
+  const float g = f.value() - f1.value();
+  const float g_x = vm::exp(vell(f, f1, fd, B.N));
   const float ea = vm::exp(a);
   const float is1 = 1.0f / f.s, is2 = 1.0f / f1.s, is3 = 1.0f / fd.s;
   // p, q, r into x1..x3; A into u1, B_k into u2; w into u3
