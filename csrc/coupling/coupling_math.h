@@ -81,24 +81,56 @@ template <typename Acc> DQK_HD Comp<Acc> component(Acc x, Acc mean, Acc log_scal
   return c;
 }
 
-// The three log-sum-exps at x (raw logits: each carries + N, N = logsumexp(logits)).
+// Online log-sum-exp of v_k together with sum_k w_k exp(v_k) on the same running shift.
+template <typename Acc> struct Lse2 {
+  Acc m = -Limits<Acc>::inf(), s = Acc(0), t = Acc(0);
+  DQK_HD void add(Acc v, Acc w) {
+    if (v > m) {
+      const Acc c = m_exp(m - v);
+      s = s * c + Acc(1);
+      t = t * c + w;
+      m = v;
+    } else if (v > -Limits<Acc>::inf()) {
+      const Acc ev = m_exp(v - m);
+      s += ev;
+      t += w * ev;
+    } else if (v != v) {
+      s = v;
+      t = v;
+    }
+  }
+  DQK_HD Acc value() const { return m + m_log(s); }
+};
+
+// The log-sum-exps at x (raw logits: each carries + N, N = logsumexp(logits)):
+// lF = log F + N, l1F = log(1 - F) + N, and dl = log F' - log F - log(1 - F) - N, so
+// that l = dl + N. F' = sum_k w_k sigmoid(z_k) sigmoid(-z_k) / scale_k is formed on the
+// side of the larger of F and 1 - F, as that side's sum weighted by sigmoid(-+z)/scale:
+// log F' - log(larger) then carries no cancellation of |z| far in the tails.
 template <typename Acc> struct MixLogs {
-  Acc lF, l1F, ldF;
+  Acc lF, l1F, dl;
+  DQK_HD Acc ldF() const { return dl + lF + l1F; }   // log F' + N (for posteriors)
 };
 
 // load(k, &logit, &mean, &log_scale)
 template <typename Acc, typename Load>
 DQK_HD MixLogs<Acc> mix_logs(Acc x, int64_t K, Load load) {
-  Lse<Acc> f, f1, fd;
+  Lse2<Acc> f, f1;
   for (int64_t k = 0; k < K; ++k) {
     Acc lg, mu, ls;
     load(k, &lg, &mu, &ls);
     const Comp<Acc> c = component(x, mu, ls);
-    f.add(lg + c.lsz);
-    f1.add(lg + c.lsnz);
-    fd.add(lg + c.lsz + c.lsnz - ls);
+    const Acc inv = Acc(1) / (Acc(1) + c.e);
+    const Acc sz = c.z >= Acc(0) ? inv : c.e * inv;
+    const Acc snz = c.z >= Acc(0) ? c.e * inv : inv;
+    f.add(lg + c.lsz, snz * c.inv_s);
+    f1.add(lg + c.lsnz, sz * c.inv_s);
   }
-  return MixLogs<Acc>{f.value(), f1.value(), fd.value()};
+  MixLogs<Acc> L;
+  L.lF = f.value();
+  L.l1F = f1.value();
+  L.dl = L.lF >= L.l1F ? m_log(f1.t / f1.s) - L.lF : m_log(f.t / f.s) - L.l1F;
+  return L;
 }
 
 template <typename Acc, typename Load>
@@ -163,7 +195,7 @@ DQK_HD Acc mix_forward(Acc x, Acc a, Acc b, int64_t K, Load load, Acc* y) {
   const MixLogs<Acc> L = mix_logs(x, K, load);
   const Acc N = logits_lse<Acc>(K, load);
   *y = (L.lF - L.l1F) * m_exp(a) + b;
-  return L.ldF - L.lF - L.l1F + N + a;
+  return L.dl + N + a;
 }
 
 // inverse: writes x, returns the inverse's log dx/dy at it (-(l + a))
@@ -176,13 +208,13 @@ DQK_HD Acc mix_inverse(Acc y, Acc a, Acc b, int64_t K, Load load, Acc* x_out) {
   auto eval = [&](Acc x, Acc* g, Acc* gx, Acc* scale) {
     const MixLogs<Acc> L = mix_logs(x, K, load);
     *g = L.lF - L.l1F;
-    *gx = m_exp(L.ldF - L.lF - L.l1F + N);
+    *gx = m_exp(L.dl + N);
     *scale = m_abs(L.lF) + m_abs(L.l1F);
   };
   const Acc x = solve_root(t, lo, hi, x0, eval, kMaxIter);
   *x_out = x;
   const MixLogs<Acc> L = mix_logs(x, K, load);
-  return -(L.ldF - L.lF - L.l1F + N + a);
+  return -(L.dl + N + a);
 }
 
 // Per-component backward quantities at x given the log-sum-exps (INTERNALS.md).
@@ -197,7 +229,7 @@ DQK_HD CompGrad<Acc> comp_grad(Acc x, Acc lg, Acc mu, Acc ls, const MixLogs<Acc>
   r.inv_s = c.inv_s;
   r.p = m_exp(lg + c.lsz - L.lF);
   r.q = m_exp(lg + c.lsnz - L.l1F);
-  r.r = m_exp(lg + c.lsz + c.lsnz - ls - L.ldF);
+  r.r = m_exp(lg + c.lsz + c.lsnz - ls - L.ldF());
   r.w = m_exp(lg - N);
   const Acc inv = Acc(1) / (Acc(1) + c.e);
   const Acc sz = c.z >= Acc(0) ? inv : c.e * inv;
@@ -221,7 +253,7 @@ DQK_HD ElemGrad<Acc> mix_backward(Acc x, Acc a, int64_t K, Load load, Acc gout, 
   const MixLogs<Acc> L = mix_logs(x, K, load);
   const Acc N = logits_lse<Acc>(K, load);
   const Acc g = L.lF - L.l1F;
-  const Acc g_x = m_exp(L.ldF - L.lF - L.l1F + N);
+  const Acc g_x = m_exp(L.dl + N);
   const Acc ea = m_exp(a);
   Acc lx = Acc(0);
   ElemGrad<Acc> e;
