@@ -32,6 +32,7 @@ namespace coupling {
 namespace {
 
 constexpr int kVecK = 128;
+constexpr int kLanes = 16;   // components per vector step (kVecK is a multiple)
 
 // A piece of work: elements [j0, j1) of row (b, i1, i2).
 struct Piece {
@@ -316,12 +317,12 @@ struct alignas(64) MixBuf {
   int K;    // components
   int Kp;   // K rounded up to kLanes; lanes K..Kp-1 hold a component of weight zero
   float N;
+  explicit MixBuf(int64_t k) : K(int(k)), Kp(int((k + kLanes - 1) / kLanes * kLanes)) {}
 };
 
-// Reductions keep kLanes partial results in a vector and combine them once at the end
-// (OpenMP simd reductions go through the stack on every call, which costs more than the
-// math for K = 32).
-constexpr int kLanes = 16;
+// Reductions over components keep kLanes partial results in a vector and combine them
+// once at the end (OpenMP simd reductions go through the stack on every call, which
+// costs more than the math for K = 32).
 
 DQK_VM float lanes_max(const float* acc) {
   float m = acc[0];
@@ -576,20 +577,8 @@ DQK_CPU_CLONES ElemGrad<float> vmix_backward(MixBuf& B, float x, float a, float 
     }
   }
   const float lx = lanes_sum(lx_acc);
-  ElemGrad<float> e;
-  if (inverse) {
-    const float total = gout - gld * lx;
-    e.Gg = -total / g_x;
-    e.Gl = -gld;
-    e.d_in = -e.Gg / ea;
-    e.d_b = e.Gg / ea;
-  } else {
-    e.Gg = gout * ea;
-    e.Gl = gld;
-    e.d_in = e.Gg * g_x + e.Gl * lx;
-    e.d_b = gout;
-  }
-  e.d_a = e.Gg * g + e.Gl;
+  ElemGrad<float> e = elem_grad(inverse, gout, gld, lx, g, g_x, ea);
+  if (!inverse) e.d_in = e.Gg * g_x + e.Gl * lx;
   const float Gg = e.Gg, Gl = e.Gl;
 #pragma omp simd
   for (int k = 0; k < K; ++k) {
@@ -629,9 +618,7 @@ void mix_forward_or_inverse(const Args& a, int nt, bool inverse, bool scalar_onl
   const bool vec = use_vec<S>(a) && !scalar_only;
 #pragma omp parallel num_threads(nt)
   {
-    MixBuf buf;
-    buf.K = int(a.K);
-    buf.Kp = int((a.K + kLanes - 1) / kLanes * kLanes);
+    MixBuf buf(a.K);
 #pragma omp for schedule(dynamic, 4)
     for (int64_t n = 0; n < ps.count; ++n) {
       const Piece q = ps[n];
@@ -668,9 +655,7 @@ void mix_backward_cpu(const Args& a, int nt, bool scalar_only) {
   const bool vec = use_vec<S>(a) && !scalar_only;
 #pragma omp parallel num_threads(nt)
   {
-    MixBuf buf;
-    buf.K = int(a.K);
-    buf.Kp = int((a.K + kLanes - 1) / kLanes * kLanes);
+    MixBuf buf(a.K);
 #pragma omp for schedule(dynamic, 4)
     for (int64_t n = 0; n < ps.count; ++n) {
       const Piece q = ps[n];

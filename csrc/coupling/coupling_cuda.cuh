@@ -121,18 +121,25 @@ __global__ void __launch_bounds__(kThreads) affine_forward_kernel(const Args a) 
   });
 }
 
-template <typename S>
-__global__ void __launch_bounds__(kThreads) affine_backward_kernel(const Args a) {
-  using Acc = typename DScalar<S>::acc;
+// Backward kernels: every element once, in a grid-stride loop, with its row's upstream
+// logdet gradient. elem(b, d, gld).
+template <typename Acc, typename Elem>
+__device__ __forceinline__ void each_element(const Args& a, Elem elem) {
   const int64_t N = a.n1 * a.n2 * a.n3;
   const Acc* gldp = static_cast<const Acc*>(a.t[kGradLogdet].p);
   for (int64_t n = int64_t(blockIdx.x) * kThreads + threadIdx.x; n < a.B * N;
        n += int64_t(gridDim.x) * kThreads) {
     const int64_t b = n / N;
-    const DevIdx d = dev_idx(a, n - b * N);
+    elem(b, dev_idx(a, n - b * N), gldp[b * a.t[kGradLogdet].st[0]]);
+  }
+}
+
+template <typename S>
+__global__ void __launch_bounds__(kThreads) affine_backward_kernel(const Args a) {
+  using Acc = typename DScalar<S>::acc;
+  each_element<Acc>(a, [&](int64_t b, const DevIdx& d, Acc gld) {
     const Acc x = dload<S>(a, 0, b, d), sh = dload<S>(a, 1, b, d);
     const Acc g = dload<S>(a, kGradOut, b, d);
-    const Acc gld = gldp[b * a.t[kGradLogdet].st[0]];
     const AffineScale<Acc> sc = affine_scale(dload<S>(a, 2, b, d));
     if (a.inverse) {
       dstore<S>(a, kGrad0, b, d, g / sc.s);
@@ -143,7 +150,7 @@ __global__ void __launch_bounds__(kThreads) affine_backward_kernel(const Args a)
       dstore<S>(a, kGrad0 + 1, b, d, g * sc.s);
       dstore<S>(a, kGrad0 + 2, b, d, (g * (x + sh) * sc.s + gld) * sc.one_minus_s);
     }
-  }
+  });
 }
 
 template <typename S>
@@ -163,15 +170,9 @@ __global__ void __launch_bounds__(kThreads) mix_forward_kernel(const Args a, boo
 template <typename S>
 __global__ void __launch_bounds__(kThreads) mix_backward_kernel(const Args a) {
   using Acc = typename DScalar<S>::acc;
-  const int64_t N = a.n1 * a.n2 * a.n3;
-  const Acc* gldp = static_cast<const Acc*>(a.t[kGradLogdet].p);
-  for (int64_t n = int64_t(blockIdx.x) * kThreads + threadIdx.x; n < a.B * N;
-       n += int64_t(gridDim.x) * kThreads) {
-    const int64_t b = n / N;
-    const DevIdx d = dev_idx(a, n - b * N);
+  each_element<Acc>(a, [&](int64_t b, const DevIdx& d, Acc gld) {
     const Acc x = dload<S>(a, 0, b, d), av = dload<S>(a, 4, b, d);
     const Acc go = dload<S>(a, kGradOut, b, d);
-    const Acc gld = gldp[b * a.t[kGradLogdet].st[0]];
     S* gl = static_cast<S*>(a.t[kGrad0 + 1].p) + dev_off(a.t[kGrad0 + 1], b, d);
     S* gm = static_cast<S*>(a.t[kGrad0 + 2].p) + dev_off(a.t[kGrad0 + 2], b, d);
     S* gs = static_cast<S*>(a.t[kGrad0 + 3].p) + dev_off(a.t[kGrad0 + 3], b, d);
@@ -187,7 +188,7 @@ __global__ void __launch_bounds__(kThreads) mix_backward_kernel(const Args a) {
     dstore<S>(a, kGrad0, b, d, e.d_in);
     dstore<S>(a, kGrad0 + 4, b, d, e.d_a);
     dstore<S>(a, kGrad0 + 5, b, d, e.d_b);
-  }
+  });
 }
 
 inline void check_launch(const char* what) {

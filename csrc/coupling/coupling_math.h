@@ -244,6 +244,29 @@ template <typename Acc> struct ElemGrad {
   Acc Gg, Gl, d_in, d_a, d_b;
 };
 
+// The upstreams of g and l and the element gradients (INTERNALS.md), given l_x for the
+// inverse. For the forward, d_in = Gg g_x + Gl l_x is left to the caller, whose sweep
+// over the components forms l_x together with the component gradients.
+template <typename Acc>
+DQK_HDI ElemGrad<Acc> elem_grad(bool inverse, Acc gout, Acc gld, Acc lx, Acc g, Acc g_x,
+                                Acc ea) {
+  ElemGrad<Acc> e;
+  if (inverse) {
+    const Acc total = gout - gld * lx;
+    e.Gg = -total / g_x;
+    e.Gl = -gld;
+    e.d_in = -e.Gg / ea;
+    e.d_b = e.Gg / ea;
+  } else {
+    e.Gg = gout * ea;
+    e.Gl = gld;
+    e.d_in = Acc(0);
+    e.d_b = gout;
+  }
+  e.d_a = e.Gg * g + e.Gl;
+  return e;
+}
+
 // Scalar backward of one element. gout: upstream of the output (y, or the root x for
 // the inverse); gld: upstream of the logdet of this element's batch row.
 // store(k, d_logit, d_mean, d_log_scale) writes component k's gradients.
@@ -256,7 +279,6 @@ DQK_HD ElemGrad<Acc> mix_backward(Acc x, Acc a, int64_t K, Load load, Acc gout, 
   const Acc g_x = m_exp(L.dl + N);
   const Acc ea = m_exp(a);
   Acc lx = Acc(0);
-  ElemGrad<Acc> e;
   if (inverse) {   // the upstream of g needs l_x first: one more sweep over k
     for (int64_t k = 0; k < K; ++k) {
       Acc lg, mu, ls;
@@ -264,17 +286,8 @@ DQK_HD ElemGrad<Acc> mix_backward(Acc x, Acc a, int64_t K, Load load, Acc gout, 
       const CompGrad<Acc> c = comp_grad(x, lg, mu, ls, L, N);
       lx += c.Bk * c.inv_s;
     }
-    const Acc total = gout - gld * lx;
-    e.Gg = -total / g_x;
-    e.Gl = -gld;
-    e.d_in = -e.Gg / ea;
-    e.d_b = e.Gg / ea;
-  } else {
-    e.Gg = gout * ea;
-    e.Gl = gld;
-    e.d_b = gout;
   }
-  e.d_a = e.Gg * g + e.Gl;
+  ElemGrad<Acc> e = elem_grad(inverse, gout, gld, lx, g, g_x, ea);
   Acc lx_fwd = Acc(0);
   for (int64_t k = 0; k < K; ++k) {
     Acc lg, mu, ls;

@@ -50,6 +50,7 @@ import triton
 import triton.language as tl
 
 from dqkernels.kernels._layout import element_layout
+from dqkernels.kernels.triton_affine import _split
 from dqkernels.kernels.triton_dmol import _exp_acc, _log1p_mid, _to_store
 
 # Launch configurations: (elements x padded components per tile, most elements of a row
@@ -84,22 +85,6 @@ def _elements(B, N, nbn, ROWS: tl.constexpr, BN: tl.constexpr):
     ok = (rows < B) & (cols < N)
     trows = rb.to(tl.int64) * ROWS + tl.arange(0, ROWS).to(tl.int64)
     return rows, cols, ok, trows, cb
-
-
-@triton.jit
-def _split(cols, n2, n3, FLAT: tl.constexpr):
-    """``(i1, i2, i3)`` (int64) of the flat in-row index ``cols`` of ``[n1, n2, n3]``."""
-    if FLAT:
-        i3 = cols.to(tl.int64)
-        i1 = i3 * 0
-        i2 = i1
-    else:
-        i12 = cols // n3
-        i3 = (cols - i12 * n3).to(tl.int64)
-        i1i = i12 // n2
-        i2 = (i12 - i1i * n2).to(tl.int64)
-        i1 = i1i.to(tl.int64)
-    return i1, i2, i3
 
 
 @triton.jit
