@@ -13,6 +13,10 @@
 
 namespace py = pybind11;
 
+// Masked autoregressive ops bind themselves (python/bindings_masked_*.cpp).
+void bind_masked_linear(py::module_& m);
+void bind_masked_conv2d(py::module_& m);
+
 namespace {
 
 using Strides = std::vector<int64_t>;
@@ -211,4 +215,6 @@ PYBIND11_MODULE(_C, m) {
         },
         gil);
 #endif
+  bind_masked_linear(m);
+  bind_masked_conv2d(m);
 }

@@ -1,0 +1,1 @@
+// masked_conv2d CPU kernels (TODO, issue 4)

@@ -1,0 +1,1 @@
+// masked_conv2d CUDA kernels (TODO, issue 4)

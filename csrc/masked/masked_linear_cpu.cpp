@@ -1,0 +1,1 @@
+// masked_linear CPU kernels (TODO, issue 4)

@@ -1,0 +1,1 @@
+// masked_linear CUDA kernels (TODO, issue 4)
