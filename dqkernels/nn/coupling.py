@@ -125,7 +125,8 @@ class _Coupling(nn.Module):
     _name = "Coupling"
 
     def __init__(self, num_channels: int, per_element: int, hidden: int, num_blocks: int,
-                 mask: str, parity: int, activation: str, backend: str | None):
+                 mask: str, parity: int, activation: str, backend: str | None,
+                 context_channels: int = 0):
         super().__init__()
         name = self._name
         if mask not in MASKS:
@@ -135,7 +136,10 @@ class _Coupling(nn.Module):
         if num_channels < 1 or (mask == "channel" and num_channels < 2):
             raise ValueError(f"{name}: num_channels must be >= {2 if mask == 'channel' else 1}"
                              f" for the {mask} mask; got {num_channels}")
+        if context_channels < 0:
+            raise ValueError(f"{name}: context_channels must be >= 0; got {context_channels}")
         self.num_channels = num_channels
+        self.context_channels = context_channels
         self.mask = mask
         self.parity = parity
         self.backend = backend
@@ -147,8 +151,9 @@ class _Coupling(nn.Module):
             self.trans_channels = num_channels
             net_in = num_channels + 1
         self.per_element = per_element
-        self.net = ConditioningNet(net_in, per_element * self.trans_channels, hidden,
-                                   num_blocks, activation)
+        self.net = ConditioningNet(net_in + context_channels,
+                                   per_element * self.trans_channels, hidden, num_blocks,
+                                   activation)
         self._index_cache: dict = {}
 
     def _checkerboard(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,8 +165,25 @@ class _Coupling(nn.Module):
             hit = self._index_cache[key] = (index, mask.to(x.dtype))
         return hit
 
-    def _run(self, x: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        check_input(self._name + (".inverse" if inverse else ""), x, self.num_channels)
+    def _net(self, inp: torch.Tensor, context: torch.Tensor | None, where: str) -> torch.Tensor:
+        if self.context_channels:
+            if context is None:
+                raise ValueError(f"{where}: this layer was built with context_channels="
+                                 f"{self.context_channels}; pass context=")
+            want = (inp.shape[0], self.context_channels) + tuple(inp.shape[2:])
+            if tuple(context.shape) != want:
+                raise ValueError(f"{where}: context must have shape {want}; got "
+                                 f"{tuple(context.shape)}")
+            inp = torch.cat([inp, context.to(inp.dtype)], dim=1)
+        elif context is not None:
+            raise ValueError(f"{where}: context given, but this layer was built with "
+                             f"context_channels=0")
+        return self.net(inp)
+
+    def _run(self, x: torch.Tensor, inverse: bool,
+             context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        where = self._name + (".inverse" if inverse else "")
+        check_input(where, x, self.num_channels)
         C = self.num_channels
         if self.mask == "channel":
             h = self.cond_channels
@@ -169,12 +191,13 @@ class _Coupling(nn.Module):
                 cond, xt = x[:, :h], x[:, h:]
             else:
                 xt, cond = x[:, :C - h], x[:, C - h:]
-            params = self.net(cond).to(x.dtype)
+            params = self._net(cond, context, where).to(x.dtype)
             yt, logdet = self._couple(xt, params, inverse)
             return torch.cat([cond, yt] if self.parity == 0 else [yt, cond], dim=1), logdet
         index, mask = self._checkerboard(x)
         B, _, H, W = x.shape
-        params = self.net(torch.cat([x * mask, mask.expand(B, 1, H, W)], dim=1)).to(x.dtype)
+        params = self._net(torch.cat([x * mask, mask.expand(B, 1, H, W)], dim=1), context,
+                           where).to(x.dtype)
         flat = x.reshape(B, C, H * W)
         xt = flat.index_select(2, index)                              # [B, C, n]
         pt = params.reshape(B, params.shape[1], H * W).index_select(2, index)
@@ -184,11 +207,13 @@ class _Coupling(nn.Module):
     def _couple(self, xt, params, inverse):
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._run(x, inverse=False)
+    def forward(self, x: torch.Tensor,
+                context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._run(x, False, context)
 
-    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._run(y, inverse=True)
+    def inverse(self, y: torch.Tensor,
+                context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._run(y, True, context)
 
     def extra_repr(self) -> str:
         return (f"{self.num_channels}, mask={self.mask!r}, parity={self.parity}, "
@@ -207,15 +232,19 @@ class AffineCoupling(_Coupling):
         num_blocks: residual blocks in the conditioning network.
         activation: ``"relu"``, ``"gelu"`` or ``"elu"``.
         backend: for :func:`dqkernels.ops.affine_coupling` (None: the one in force).
+        context_channels: channels of an extra ``context`` (``[B, context_channels, H, W]``)
+            that ``forward``/``inverse`` then require and feed to the conditioning net
+            alongside the conditioning part (conditional flows, e.g. a dequantizer's
+            ``q(u | x)``); 0 (default): no context.
     """
 
     _name = "AffineCoupling"
 
     def __init__(self, num_channels: int, hidden: int = 64, mask: str = "channel",
                  parity: int = 0, num_blocks: int = 0, activation: str = "relu",
-                 backend: str | None = None):
+                 backend: str | None = None, context_channels: int = 0):
         super().__init__(num_channels, 2, hidden, num_blocks, mask, parity, activation,
-                         backend)
+                         backend, context_channels)
 
     def _couple(self, xt, params, inverse):
         p = params.unflatten(1, (2, self.trans_channels))
@@ -234,6 +263,7 @@ class MixLogCDFCoupling(_Coupling):
         hidden, mask, parity, num_blocks, activation: as :class:`AffineCoupling`.
         max_log_scale: soft bound on the log-scales, ``bound * tanh(raw / bound)``.
         backend: for :func:`dqkernels.ops.mixlogcdf_coupling` (None: the one in force).
+        context_channels: as :class:`AffineCoupling`.
     """
 
     _name = "MixLogCDFCoupling"
@@ -241,7 +271,7 @@ class MixLogCDFCoupling(_Coupling):
     def __init__(self, num_channels: int, num_components: int = 4, hidden: int = 64,
                  mask: str = "channel", parity: int = 0, num_blocks: int = 0,
                  activation: str = "relu", max_log_scale: float = 7.0,
-                 backend: str | None = None):
+                 backend: str | None = None, context_channels: int = 0):
         if num_components < 1:
             raise ValueError(f"MixLogCDFCoupling: num_components must be >= 1; got "
                              f"{num_components}")
@@ -249,7 +279,7 @@ class MixLogCDFCoupling(_Coupling):
             raise ValueError(f"MixLogCDFCoupling: max_log_scale must be > 0; got "
                              f"{max_log_scale}")
         super().__init__(num_channels, 3 * num_components + 2, hidden, num_blocks, mask,
-                         parity, activation, backend)
+                         parity, activation, backend, context_channels)
         self.num_components = num_components
         self.max_log_scale = float(max_log_scale)
         self.a_scale = nn.Parameter(torch.ones(self.trans_channels))
