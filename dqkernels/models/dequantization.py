@@ -92,15 +92,23 @@ class ContextNet(nn.Module):
 class UniformDequantizer(nn.Module):
     """``u ~ U[0, 1)^D`` and ``log q(u | x) = 0``."""
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(u, log q(u | x))`` for levels ``x`` (float ``[N, C, H, W]``)."""
-        return torch.rand_like(x), x.new_zeros(x.shape[0])
+    #: the base noise this dequantizer draws (see :meth:`DequantizationFlow.log_weights`)
+    noise = "uniform"
+
+    def forward(self, x: torch.Tensor,
+                eps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(u, log q(u | x))`` for levels ``x`` (float ``[N, C, H, W]``); ``eps``: the
+        uniform draw itself, drawn when not given."""
+        u = torch.rand_like(x) if eps is None else eps
+        return u, x.new_zeros(x.shape[0])
 
 
 class _FlowDequantizer(nn.Module):
     """Shared by the variational and autoregressive dequantizers: the context net, the
     Gaussian base and the sigmoid onto the unit cube; subclasses define ``_flow(eps,
     context) -> (h, logdet)``."""
+
+    noise = "normal"
 
     def __init__(self, in_channels: int, num_levels: int, context_channels: int,
                  hidden: int, num_blocks: int):
@@ -304,19 +312,40 @@ class DequantizationFlow(nn.Module):
         D = v[0].numel()
         return y, per.reshape(v.shape[0], -1).sum(dim=1) + D * math.log((1.0 - 2.0 * a) / L)
 
-    def log_weights(self, x: torch.Tensor, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _dtype(self) -> torch.dtype:
+        p = next(self.flow.parameters(), None)
+        return torch.float32 if p is None else p.dtype
+
+    def draw_noise(self, x: torch.Tensor, num_samples: int,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+        """The dequantizer's base noise for ``num_samples`` draws per example of ``x``:
+        ``[num_samples * B, C, H, W]``, uniform or standard normal (see ``noise``)."""
+        shape = (num_samples * x.shape[0],) + tuple(x.shape[1:])
+        kw = dict(generator=generator, dtype=self._dtype(), device=x.device)
+        if getattr(self.dequantizer, "noise", "uniform") == "uniform":
+            return torch.rand(shape, **kw)
+        return torch.randn(shape, **kw)
+
+    def log_weights(self, x: torch.Tensor, num_samples: int,
+                    noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(log w, log q)``, each ``[num_samples, B]``: ``log w = log p(x + u) - log q(u|x)``
-        for ``num_samples`` draws ``u ~ q(u | x)`` per example (one batched pass)."""
+        for ``num_samples`` draws ``u ~ q(u | x)`` per example (one batched pass). ``noise``
+        (from :meth:`draw_noise`) fixes the draws; by default they are random."""
         B = x.shape[0]
-        xr = x.to(torch.float32).repeat(num_samples, 1, 1, 1)
-        u, log_q = self.dequantizer(xr)
-        y, ld = self.preprocess(xr + u.to(torch.float32))
+        dtype = self._dtype()
+        xr = x.to(dtype).repeat(num_samples, 1, 1, 1)
+        if noise is not None and tuple(noise.shape) != tuple(xr.shape):
+            raise ValueError(f"DequantizationFlow: noise must have shape {tuple(xr.shape)} "
+                             f"(num_samples * B, C, H, W); got {tuple(noise.shape)}")
+        u, log_q = self.dequantizer(xr, noise)
+        y, ld = self.preprocess(xr + u.to(dtype))
         log_p = self.flow(y) + ld
         return (log_p - log_q).view(num_samples, B), log_q.view(num_samples, B)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor,
+                noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         self._check(x, "forward")
-        log_w, log_q = self.log_weights(x, self.num_samples)
+        log_w, log_q = self.log_weights(x, self.num_samples, noise)
         b = bound(log_w, self.objective, self.alpha)
         return {"loss": -b, "elbo": log_w.mean(dim=0), "log_q": log_q.mean(dim=0)}
 
@@ -330,7 +359,7 @@ class DequantizationFlow(nn.Module):
             raise ValueError(f"iw_nll: num_samples must be >= 1; got {num_samples}")
         B = x.shape[0]
         if B == 0:
-            return x.new_zeros(0, dtype=torch.float32)
+            return torch.zeros(0, dtype=torch.float32, device=x.device)
         chunk = max(1, min(num_samples, max_rows // max(B, 1)))
         parts = []
         done = 0
