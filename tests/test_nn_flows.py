@@ -501,3 +501,38 @@ def test_bad_input_messages():
     with pytest.raises(TypeError, match=r"ActNorm: x must be a floating tensor; got dtype "
                        r"int64"):
         ActNorm(2)(torch.zeros(1, 2, dtype=torch.long))
+
+
+@pytest.mark.parametrize("mask", ["channel", "checkerboard"])
+@pytest.mark.parametrize("cls", [AffineCoupling, MixLogCDFCoupling], ids=["affine", "mixlog"])
+def test_coupling_with_context(cls, mask):
+    """A conditional coupling: the context changes the output, the inverse with the same
+    context recovers x, the logdet matches the Jacobian, and a missing, unexpected or
+    wrongly shaped context is refused."""
+    torch.manual_seed(fresh_seed())
+    C = 2
+    layer = cls(C, hidden=8, mask=mask, num_blocks=1, context_channels=3).double()
+    perturb(layer, 0.1)
+    layer.eval()
+    x = torch.randn(2, C, 3, 5, dtype=torch.float64)
+    ctx = torch.randn(2, 3, 3, 5, dtype=torch.float64)
+    y, ld = layer(x, context=ctx)
+    y2, _ = layer(x, context=ctx + 1.0)
+    assert not torch.allclose(y, y2)
+    back, ld_inv = layer.inverse(y, context=ctx)
+    assert torch.allclose(back, x, atol=1e-9) and torch.allclose(ld_inv, -ld)
+    jac = torch.autograd.functional.jacobian(
+        lambda v: layer(v.view(1, C, 3, 5), context=ctx[:1])[0], x[:1]).reshape(C * 15, C * 15)
+    assert torch.allclose(ld[0], torch.linalg.slogdet(jac)[1])
+    name = cls.__name__
+    with pytest.raises(ValueError, match=rf"{name}: this layer was built with "
+                       r"context_channels=3; pass context="):
+        layer(x)
+    with pytest.raises(ValueError, match=rf"{name}.inverse: context must have shape "
+                       r"\(2, 3, 3, 5\); got \(2, 3, 3, 4\)"):
+        layer.inverse(y, context=ctx[..., :4])
+    with pytest.raises(ValueError, match=rf"{name}: context given, but this layer was built "
+                       r"with context_channels=0"):
+        cls(C, hidden=4, mask=mask)(x.float(), context=ctx.float())
+    with pytest.raises(ValueError, match=rf"{name}: context_channels must be >= 0; got -1"):
+        cls(C, context_channels=-1)
