@@ -1,13 +1,17 @@
 """Datasets: the digits loader, the binarized-MNIST .amat reader, level <-> grid values."""
 import gzip
+import io
 import os
+import pickle
+import struct
 
 import numpy as np
 import pytest
 import torch
 
-from dqkernels.data import (binarized_mnist, digits, grid_to_levels, levels_to_grid,
-                            load_dataset, read_amat)
+from dqkernels.data import (UnsafePickleError, binarized_mnist, cifar10, digits,
+                            grid_to_levels, levels_to_grid, load_dataset, mnist, read_amat,
+                            read_cifar_binary, read_cifar_pickle, read_idx)
 
 SHARED_MNIST = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
                             "binarized_mnist")
@@ -172,3 +176,235 @@ def test_binarized_mnist_shared_files():
     # the mean pixels listed in the data's README
     assert abs(d.train.float().mean().item() - 0.1306) < 5e-4
     assert abs(d.test.float().mean().item() - 0.1325) < 5e-4
+
+
+# ----------------------------------------------------------------------------- CIFAR-10
+
+
+class _Py2Pickler(pickle._Pickler):
+    """Writes str and bytes as Python 2's str (BINSTRING opcodes), as cPickle did for the
+    official CIFAR-10 batches; ``pickle.load(..., encoding="bytes")`` gives them back as
+    bytes."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_bytes(self, obj):
+        n = len(obj)
+        head = (pickle.SHORT_BINSTRING + bytes([n]) if n < 256
+                else pickle.BINSTRING + struct.pack("<i", n))
+        self.write(head + obj)
+        self.memoize(obj)
+
+    def save_str(self, obj):
+        self.save_bytes(obj.encode("latin1"))
+
+    dispatch[bytes] = save_bytes
+    dispatch[str] = save_str
+
+
+def _cifar_batch(n, seed):
+    rng = np.random.RandomState(seed)
+    return {b"batch_label": f"batch {seed}".encode(),
+            b"labels": rng.randint(0, 10, n).tolist(),
+            b"data": rng.randint(0, 256, (n, 3072)).astype(np.uint8),
+            b"filenames": [f"img_{seed}_{i}.png".encode() for i in range(n)]}
+
+
+def _pickle_batch(batch, style):
+    if style == "py2":  # the official files: protocol 2 from Python 2, numpy.core names
+        buf = io.BytesIO()
+        _Py2Pickler(buf, protocol=2).dump(batch)
+        return buf.getvalue().replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    return pickle.dumps(batch, protocol=int(style[-1]))  # "py3-2", "py3-5"
+
+
+def _write_cifar(directory, sizes=(3, 2), test=2, fmt="py2"):
+    """A fake CIFAR-10 in the real formats: len(sizes) training batches + a test batch."""
+    directory.mkdir(parents=True, exist_ok=True)
+    names = [f"data_batch_{k + 1}" for k in range(len(sizes))] + ["test_batch"]
+    batches = [_cifar_batch(n, seed) for seed, n in enumerate([*sizes, test])]
+    for name, batch in zip(names, batches):
+        if fmt == "bin":
+            records = np.concatenate([np.array(batch[b"labels"], np.uint8)[:, None],
+                                      batch[b"data"]], axis=1)
+            (directory / f"{name}.bin").write_bytes(records.tobytes())
+        else:
+            (directory / name).write_bytes(_pickle_batch(batch, fmt))
+    return batches
+
+
+def _images(batch):
+    return torch.from_numpy(batch[b"data"].reshape(-1, 3, 32, 32))
+
+
+@pytest.mark.parametrize("fmt", ["py2", "py3-2", "py3-5", "bin"])
+@pytest.mark.parametrize("subdir", [None, "archive"])
+def test_cifar10_formats(tmp_path, fmt, subdir):
+    where = tmp_path / "cifar"
+    if subdir:
+        where = where / ("cifar-10-batches-bin" if fmt == "bin" else "cifar-10-batches-py")
+    batches = _write_cifar(where, fmt=fmt)
+    d = cifar10(tmp_path / "cifar")
+    assert d.name == "cifar10" and d.num_levels == 256
+    assert d.train.dtype == torch.uint8 and d.train.shape == (5, 3, 32, 32)
+    assert d.test.shape == (2, 3, 32, 32) and d.image_shape == (3, 32, 32)
+    assert torch.equal(d.train, torch.cat([_images(batches[0]), _images(batches[1])]))
+    assert torch.equal(d.test, _images(batches[2]))
+    # the channel planes: the first 1024 values of a row are the red plane, row-major
+    row = batches[0][b"data"][1]
+    assert torch.equal(d.train[1, 0, 0, :5], torch.from_numpy(row[:5]))
+    assert torch.equal(d.train[1, 2, 31, 31], torch.tensor(row[3071]))
+    assert torch.equal(load_dataset("cifar10", str(tmp_path / "cifar")).test, d.test)
+
+
+def test_cifar_readers_return_labels(tmp_path):
+    batches = _write_cifar(tmp_path / "py", fmt="py2")
+    _write_cifar(tmp_path / "bin", fmt="bin")
+    x, y = read_cifar_pickle(tmp_path / "py" / "data_batch_1")
+    xb, yb = read_cifar_binary(tmp_path / "bin" / "data_batch_1.bin")
+    assert torch.equal(x, xb) and torch.equal(y, yb)
+    assert y.tolist() == batches[0][b"labels"] and y.dtype == torch.int64
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_cifar_pickle_refuses_code(tmp_path):
+    """A batch whose pickle calls os.system is refused before anything runs."""
+    marker = tmp_path / "pwned"
+    batch = _cifar_batch(2, 0)
+    batch[b"labels"] = _Exploit(marker)
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps(batch, protocol=2))
+    assert b"system" in path.read_bytes()
+    with pytest.raises(UnsafePickleError,
+                       match=r"data_batch_1: refused to unpickle the global posix\.system: a "
+                             r"CIFAR-10 batch holds only numpy arrays and plain data"):
+        read_cifar_pickle(path)
+    assert not marker.exists()
+    # through the loader too, and as a ValueError (what the trainer reports as bad input)
+    (tmp_path / "test_batch").write_bytes(_pickle_batch(_cifar_batch(1, 1), "py2"))
+    with pytest.raises(ValueError, match="refused to unpickle the global posix.system"):
+        cifar10(tmp_path)
+    assert not marker.exists()
+    # other dangerous globals, and a codec other than the one pickle writes
+    for evil in (b"cbuiltins\neval\n(S'1'\ntR.", b"cnumpy\nload\n(S'x'\ntR.",
+                 b"c_codecs\nencode\n(Vx\nVrot13\ntR."):
+        path.write_bytes(evil)
+        with pytest.raises(UnsafePickleError):
+            read_cifar_pickle(path)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"not a pickle", r"not a CIFAR-10 python batch: unpickling failed"),
+    (pickle.dumps([1, 2], protocol=2), r"expected a pickled dict, found list"),
+    (pickle.dumps({b"labels": [1]}, protocol=2), r"no b'data' entry"),
+    (pickle.dumps({b"data": np.zeros((2, 3072), np.float32), b"labels": [0, 1]}, protocol=2),
+     r"b'data' must be a uint8 array \[N, 3072\]; found a float32 array of shape \(2, 3072\)"),
+    (pickle.dumps({b"data": np.zeros((2, 1024), np.uint8), b"labels": [0, 1]}, protocol=2),
+     r"found a uint8 array of shape \(2, 1024\)"),
+    (pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}, protocol=2),
+     r"b'labels' must be 2 integers"),
+    (pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"labels": [10]}, protocol=2),
+     r"labels must be in 0\.\.9; found 10\.\.10"),
+])
+def test_cifar_pickle_malformed(tmp_path, content, message):
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=message) as info:
+        read_cifar_pickle(path)
+    assert "data_batch_1" in str(info.value)
+
+
+def test_cifar_binary_malformed(tmp_path):
+    path = tmp_path / "data_batch_1.bin"
+    path.write_bytes(bytes(3073 * 2 - 5))
+    with pytest.raises(ValueError, match=r"size 6141 bytes is not a positive multiple of 3073"):
+        read_cifar_binary(path)
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"size 0 bytes"):
+        read_cifar_binary(path)
+    rec = bytearray(3073 * 2)
+    rec[3073] = 42
+    path.write_bytes(bytes(rec))
+    with pytest.raises(ValueError, match=r"record 1 has label byte 42.*CIFAR-100"):
+        read_cifar_binary(path)
+
+
+def test_cifar10_missing_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"cifar10: data directory .* does not exist.*"
+                                                r"data_batch_1\.\.5 and test_batch.*--data-dir"):
+        cifar10(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"found neither the python version .* nor in "
+                                                r"its cifar-10-batches-py/"):
+        cifar10(tmp_path / "empty")
+    _write_cifar(tmp_path / "gap", sizes=(1, 1, 1))
+    os.unlink(tmp_path / "gap" / "data_batch_2")
+    with pytest.raises(FileNotFoundError, match=r"data_batch_2 is missing .* while "
+                                                r"data_batch_3 is there"):
+        cifar10(tmp_path / "gap")
+    _write_cifar(tmp_path / "notest", fmt="bin")
+    os.unlink(tmp_path / "notest" / "test_batch.bin")
+    with pytest.raises(FileNotFoundError, match="found neither"):
+        cifar10(tmp_path / "notest")
+
+
+# ----------------------------------------------------------------------------- MNIST idx
+
+
+def _idx_bytes(arr):
+    arr = np.asarray(arr, dtype=np.uint8)
+    return bytes([0, 0, 8, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes()
+
+
+@pytest.mark.parametrize("gz, name", [(False, "{}-images-idx3-ubyte"),
+                                      (True, "{}-images-idx3-ubyte"),
+                                      (False, "{}-images.idx3-ubyte")])
+def test_mnist_idx(tmp_path, gz, name):
+    rng = np.random.RandomState(0)
+    train, test = rng.randint(0, 256, (5, 28, 28)), rng.randint(0, 256, (3, 28, 28))
+    for split, arr in (("train", train), ("t10k", test)):
+        path = tmp_path / name.format(split)
+        if gz:
+            with gzip.open(str(path) + ".gz", "wb") as f:
+                f.write(_idx_bytes(arr))
+        else:
+            path.write_bytes(_idx_bytes(arr))
+    d = mnist(tmp_path)
+    assert d.name == "mnist" and d.num_levels == 256
+    assert d.train.shape == (5, 1, 28, 28) and d.test.shape == (3, 1, 28, 28)
+    assert torch.equal(d.train[:, 0], torch.from_numpy(train.astype(np.uint8)))
+    assert torch.equal(load_dataset("mnist", str(tmp_path)).test[:, 0],
+                       torch.from_numpy(test.astype(np.uint8)))
+
+
+def test_read_idx_malformed(tmp_path):
+    path = tmp_path / "x-idx3-ubyte"
+    good = _idx_bytes(np.zeros((2, 4, 4)))
+    for content, message in [
+        (b"\x01\x02\x03\x04" + good[4:], r"not an idx file \(its first bytes 01020304"),
+        (good[:2] + b"\x0d" + good[3:], r"idx element type 0x0d; only unsigned bytes"),
+        (good[:-1], r"size 47 bytes does not match its header \(sizes 2x4x4 need 48 bytes\)"),
+        (good[:6], r"truncated idx header"),
+    ]:
+        path.write_bytes(content)
+        with pytest.raises(ValueError, match=message):
+            read_idx(path)
+    path.write_bytes(_idx_bytes(np.zeros(3)))
+    with pytest.raises(ValueError, match="idx file of 1 dimensions; expected 3"):
+        read_idx(path, ndim=3)
+    assert read_idx(path).shape == (3,)
+
+
+def test_mnist_missing_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"mnist: data directory .* does not exist"):
+        mnist(tmp_path / "nowhere")
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(_idx_bytes(np.zeros((1, 28, 28))))
+    with pytest.raises(FileNotFoundError, match=r"t10k-images-idx3-ubyte\[\.gz\] not found"):
+        mnist(tmp_path)

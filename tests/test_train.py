@@ -70,21 +70,22 @@ def test_pixelcnn_nll_and_sample(C):
 
 def test_train_pixelcnn_smoke(tmp_path, capsys):
     rc = dqkernels.cli.main(["train", "pixelcnn", "--epochs", "1", "--limit", "64",
-                             "--width", "8", "--samples", "4", "--out", str(tmp_path)])
+                             "--width", "8", "--grid", "4", "--out", str(tmp_path)])
     assert rc == 0
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 1
     rec = json.loads(lines[0])
-    assert rec["epoch"] == 1
+    assert rec["epoch"] == 1 and rec["step"] == 1  # 64 images, batches of 64
     assert math.isfinite(rec["train_bpd"]) and math.isfinite(rec["test_bpd"])
     assert 0 < rec["test_bpd"] < 20
     for name in ("samples.png", "learning_curve.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-    assert ckpt["epoch"] == 1 and ckpt["args"]["width"] == 8
+    ckpt = torch.load(tmp_path / "checkpoint-1.pt", weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["args"]["width"] == 8 and ckpt["task"] == "pixelcnn"
+    # the training module holds the PixelCNN as .net
     model = PixelCNN(**ckpt["model_config"])
-    model.load_state_dict(ckpt["model"])
-    assert not list(tmp_path.glob("*.tmp"))  # the atomic write left no temp file
+    model.load_state_dict({k.removeprefix("net."): v for k, v in ckpt["model"].items()})
+    assert not list(tmp_path.glob(".*tmp"))  # the atomic write left no temp file
     out = capsys.readouterr().out
     assert "test bits/dim:" in out and "uniform baseline log2(17) = 4.087" in out
 

@@ -9,24 +9,36 @@ levels plus ``num_levels`` (L). Models see grid values ``2k/(L-1) - 1`` in ``[-1
   download. A fixed, seeded train/test split.
 * :func:`binarized_mnist` -- the standard fixed binarization of MNIST from the
   ``binarized_mnist_{train,valid,test}.amat`` files (plain or gzipped), 2 levels.
+* :func:`cifar10` -- CIFAR-10 from its standard files, either the python version
+  (``data_batch_1..5`` + ``test_batch`` pickles, read through a restricted unpickler that
+  only rebuilds numpy arrays and plain data) or the binary version (``data_batch_1..5.bin``
+  + ``test_batch.bin``), 256 levels, ``[N, 3, 32, 32]``.
+* :func:`mnist` -- MNIST from the idx files (``train-images-idx3-ubyte[.gz]``,
+  ``t10k-images-idx3-ubyte[.gz]``), 256 levels, ``[N, 1, 28, 28]``.
 """
 from __future__ import annotations
 
 import gzip
+import io
 import os
+import pickle
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-__all__ = ["LevelDataset", "DATASETS", "DEFAULT_BINARIZED_MNIST_DIR", "digits",
-           "binarized_mnist", "read_amat", "load_dataset", "levels_to_grid",
-           "grid_to_levels"]
+__all__ = ["LevelDataset", "DATASETS", "DEFAULT_BINARIZED_MNIST_DIR", "DEFAULT_CIFAR10_DIR",
+           "DEFAULT_MNIST_DIR", "UnsafePickleError", "digits", "binarized_mnist", "cifar10", "mnist",
+           "read_amat",
+           "read_cifar_pickle", "read_cifar_binary", "read_idx", "load_dataset",
+           "levels_to_grid", "grid_to_levels"]
 
 # Relative to the current directory: the project checkout sits beside ``shared/``.
 DEFAULT_BINARIZED_MNIST_DIR = os.path.join("..", "shared", "data", "binarized_mnist")
+DEFAULT_CIFAR10_DIR = os.path.join("..", "shared", "data", "cifar10")
+DEFAULT_MNIST_DIR = os.path.join("..", "shared", "data", "mnist")
 
-DATASETS = ("digits", "binarized_mnist")
+DATASETS = ("digits", "binarized_mnist", "cifar10", "mnist")
 
 
 @dataclass
@@ -205,6 +217,248 @@ def binarized_mnist(data_dir: str | None = None) -> LevelDataset:
                         valid=splits["valid"])
 
 
+# ----------------------------------------------------------------------------- CIFAR-10
+
+_CIFAR_TRAIN_BATCHES = 5
+_CIFAR_PIXELS = 3 * 32 * 32
+_CIFAR_RECORD = 1 + _CIFAR_PIXELS  # binary version: one label byte, then the pixels
+_CIFAR_SUBDIRS = ("cifar-10-batches-py", "cifar-10-batches-bin")
+
+
+class UnsafePickleError(pickle.UnpicklingError, ValueError):
+    """A pickle asked for a global outside the few a CIFAR-10 batch needs (it was refused,
+    nothing from it ran). Also a ValueError, like every other malformed-file error."""
+
+
+def _numpy_pickle_globals() -> dict:
+    """The globals a pickled numpy array needs, under the module names numpy 1.x and 2.x
+    write (``numpy.core`` became ``numpy._core``), mapped to the real objects, so that
+    nothing is imported by name while unpickling."""
+    try:
+        from numpy._core import multiarray, numeric
+    except ImportError:  # numpy 1.x
+        from numpy.core import multiarray, numeric
+    table = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+    for core in ("numpy.core", "numpy._core"):
+        table[(core + ".multiarray", "_reconstruct")] = multiarray._reconstruct
+        table[(core + ".multiarray", "scalar")] = multiarray.scalar
+        if hasattr(numeric, "_frombuffer"):  # protocol-5 pickles of arrays
+            table[(core + ".numeric", "_frombuffer")] = numeric._frombuffer
+    # Python 3 writes bytes objects under protocol 2 as _codecs.encode(str, "latin1")
+    table[("_codecs", "encode")] = _latin1_encode
+    return table
+
+
+def _latin1_encode(text, encoding="latin1"):
+    # only the codec pickle itself uses: no lookup of arbitrary codecs by name
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise UnsafePickleError(f"_codecs.encode called with encoding {encoding!r}; only "
+                                f"'latin1' (what pickle writes) is accepted")
+    return text.encode("latin1")
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that rebuilds numpy arrays, dtypes and plain Python data (dicts, lists,
+    bytes, str, numbers) and refuses every other global: a CIFAR-10 batch needs nothing
+    else, and a pickle that asks for more (``os.system``, ``builtins.eval``, ...) is not one."""
+
+    def __init__(self, file, path: str):
+        # encoding="bytes": the official batches were pickled by Python 2, whose str
+        # (the keys, the filenames and the array data) must come back as bytes
+        super().__init__(file, encoding="bytes")
+        self._path = path
+        self._allowed = _numpy_pickle_globals()
+
+    def find_class(self, module: str, name: str):
+        obj = self._allowed.get((module, name))
+        if obj is None:
+            raise UnsafePickleError(
+                f"{self._path}: refused to unpickle the global {module}.{name}: a CIFAR-10 "
+                f"batch holds only numpy arrays and plain data, so this file is not one (or "
+                f"has been tampered with); nothing from it was run")
+        return obj
+
+
+def _batch_field(batch: dict, key: str, path: str):
+    for k in (key.encode(), key):
+        if k in batch:
+            return batch[k]
+    present = ", ".join(repr(k) for k in list(batch)[:8])
+    raise ValueError(f"{path}: not a CIFAR-10 python batch: no {key.encode()!r} entry "
+                     f"(entries: {present})")
+
+
+def read_cifar_pickle(path) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch of CIFAR-10's python version: a pickled dict with ``b"data"`` (uint8
+    ``[N, 3072]``: 1024 red, 1024 green, 1024 blue values per image, each plane row-major)
+    and ``b"labels"`` (N ints in 0..9). Returns ``(images uint8 [N, 3, 32, 32], labels
+    int64 [N])``.
+
+    The pickle is read through a restricted unpickler (numpy arrays and plain data only);
+    anything else raises :class:`UnsafePickleError` before it can run. Malformed content
+    raises ValueError naming the file.
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        content = f.read()
+    try:
+        batch = _CifarUnpickler(io.BytesIO(content), path).load()
+    except UnsafePickleError:
+        raise
+    except Exception as exc:  # truncated or not a pickle at all
+        raise ValueError(f"{path}: not a CIFAR-10 python batch: unpickling failed "
+                         f"({type(exc).__name__}: {exc})") from None
+    if not isinstance(batch, dict):
+        raise ValueError(f"{path}: not a CIFAR-10 python batch: expected a pickled dict, "
+                         f"found {type(batch).__name__}")
+    data = _batch_field(batch, "data", path)
+    labels = _batch_field(batch, "labels", path)
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
+            and data.shape[1] == _CIFAR_PIXELS):
+        what = (f"a {data.dtype} array of shape {tuple(data.shape)}"
+                if isinstance(data, np.ndarray) else type(data).__name__)
+        raise ValueError(f"{path}: b'data' must be a uint8 array [N, {_CIFAR_PIXELS}]; "
+                         f"found {what}")
+    labels = np.asarray(labels)
+    if labels.shape != (data.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{path}: b'labels' must be {data.shape[0]} integers (one per row of "
+                         f"b'data'); found {labels.dtype} values of shape {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise ValueError(f"{path}: labels must be in 0..9; found {labels.min()}..{labels.max()}")
+    images = np.ascontiguousarray(data.reshape(-1, 3, 32, 32))
+    return torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
+
+
+def read_cifar_binary(path) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch of CIFAR-10's binary version: records of 3073 bytes, a label byte (0..9)
+    followed by the 3072 pixel bytes in the python version's order. Returns
+    ``(images uint8 [N, 3, 32, 32], labels int64 [N])``."""
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        content = f.read()
+    if not content or len(content) % _CIFAR_RECORD:
+        raise ValueError(f"{path}: size {len(content)} bytes is not a positive multiple of "
+                         f"{_CIFAR_RECORD} (one label byte + {_CIFAR_PIXELS} pixel bytes per "
+                         f"image); not a CIFAR-10 binary batch, or a truncated one")
+    records = np.frombuffer(content, dtype=np.uint8).reshape(-1, _CIFAR_RECORD)
+    labels = records[:, 0]
+    if labels.max() > 9:
+        bad = int(np.argmax(labels > 9))
+        raise ValueError(f"{path}: record {bad} has label byte {labels[bad]}; CIFAR-10 labels "
+                         f"are 0..9 (is this CIFAR-100's binary version?)")
+    images = np.ascontiguousarray(records[:, 1:].reshape(-1, 3, 32, 32))
+    return torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
+
+
+def _cifar_layout(data_dir: str) -> tuple[str, str]:
+    """``(directory, suffix)`` of the CIFAR-10 files under ``data_dir``: suffix "" for the
+    python version, ".bin" for the binary one; also looks in the archives' subdirectories."""
+    where = os.path.abspath(data_dir)
+    expected = ("the python version (data_batch_1..5 and test_batch) or the binary version "
+                "(data_batch_1..5.bin and test_batch.bin)")
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(
+            f"cifar10: data directory {data_dir!r} (resolved to {where}) does not exist; it "
+            f"must hold {expected}, or the archive's cifar-10-batches-py/ or "
+            f"cifar-10-batches-bin/ directory. Pass --data-dir DIR.")
+    for directory in (data_dir, *(os.path.join(data_dir, s) for s in _CIFAR_SUBDIRS)):
+        for suffix in ("", ".bin"):
+            if all(os.path.isfile(os.path.join(directory, f"{n}{suffix}"))
+                   for n in ("data_batch_1", "test_batch")):
+                return directory, suffix
+    raise FileNotFoundError(
+        f"cifar10: found neither {expected} in {data_dir!r} (resolved to {where}) nor in its "
+        f"cifar-10-batches-py/ or cifar-10-batches-bin/ subdirectory.")
+
+
+def cifar10(data_dir: str | None = None) -> LevelDataset:
+    """CIFAR-10 as ``uint8 [N, 3, 32, 32]`` levels 0..255 (``num_levels=256``): 50,000
+    training images (``data_batch_1..5``) and 10,000 test images (``test_batch``).
+
+    ``data_dir`` (default ``../shared/data/cifar10``) holds the python version's pickles or
+    the binary version's ``.bin`` files, directly or in the archive's
+    ``cifar-10-batches-py/`` / ``cifar-10-batches-bin/`` subdirectory. The training
+    batches present must run from ``data_batch_1`` without a gap (all five in the real
+    data set; fewer are accepted, for subsets and tests).
+    """
+    data_dir = DEFAULT_CIFAR10_DIR if data_dir is None else os.fspath(data_dir)
+    directory, suffix = _cifar_layout(data_dir)
+    read = read_cifar_binary if suffix else read_cifar_pickle
+    present = [k for k in range(1, _CIFAR_TRAIN_BATCHES + 1)
+               if os.path.isfile(os.path.join(directory, f"data_batch_{k}{suffix}"))]
+    if present != list(range(1, len(present) + 1)):
+        missing = next(k for k in range(1, present[-1]) if k not in present)
+        raise FileNotFoundError(
+            f"cifar10: data_batch_{missing}{suffix} is missing from {directory!r} while "
+            f"data_batch_{present[-1]}{suffix} is there; the training batches are "
+            f"data_batch_1..{_CIFAR_TRAIN_BATCHES}{suffix}")
+    train = [read(os.path.join(directory, f"data_batch_{k}{suffix}"))[0] for k in present]
+    test, _ = read(os.path.join(directory, f"test_batch{suffix}"))
+    return LevelDataset("cifar10", torch.cat(train), test, num_levels=256)
+
+
+# -------------------------------------------------------------------------------- MNIST
+
+_IDX_UBYTE = 0x08
+
+
+def read_idx(path, ndim: int | None = None) -> torch.Tensor:
+    """An idx file of unsigned bytes (MNIST's format; ``.gz`` is decompressed): a 4-byte
+    magic ``00 00 08 <ndim>``, ``ndim`` big-endian uint32 sizes, then the data. Returns a
+    ``uint8`` tensor of those sizes; ``ndim``, when given, is checked."""
+    path = os.fspath(path)
+    content = _open_bytes(path)
+    if len(content) < 4 or content[0] != 0 or content[1] != 0:
+        raise ValueError(f"{path}: not an idx file (its first bytes {content[:4].hex()} are "
+                         f"not the magic 0000<type><ndim>)")
+    if content[2] != _IDX_UBYTE:
+        raise ValueError(f"{path}: idx element type 0x{content[2]:02x}; only unsigned bytes "
+                         f"(0x08, what MNIST uses) are supported")
+    n = content[3]
+    if ndim is not None and n != ndim:
+        raise ValueError(f"{path}: idx file of {n} dimensions; expected {ndim}")
+    header = 4 + 4 * n
+    if len(content) < header:
+        raise ValueError(f"{path}: truncated idx header ({len(content)} bytes, need {header})")
+    dims = tuple(int(d) for d in np.frombuffer(content, dtype=">u4", count=n, offset=4))
+    expected = header + int(np.prod(dims, dtype=np.int64))
+    if len(content) != expected:
+        raise ValueError(f"{path}: size {len(content)} bytes does not match its header "
+                         f"(sizes {'x'.join(map(str, dims))} need {expected} bytes)")
+    arr = np.frombuffer(content, dtype=np.uint8, offset=header).reshape(dims)
+    return torch.from_numpy(arr.copy())
+
+
+def _idx_path(data_dir: str, stem: str) -> str:
+    # the canonical name, and the "train-images.idx3-ubyte" spelling some mirrors use
+    names = [stem, stem.replace("-idx", ".idx")]
+    for name in names:
+        for candidate in (name, name + ".gz"):
+            if os.path.isfile(os.path.join(data_dir, candidate)):
+                return os.path.join(data_dir, candidate)
+    where = os.path.abspath(data_dir)
+    need = "train-images-idx3-ubyte[.gz] and t10k-images-idx3-ubyte[.gz]"
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"mnist: data directory {data_dir!r} (resolved to {where}) "
+                                f"does not exist; it must hold {need}. Pass --data-dir DIR.")
+    raise FileNotFoundError(f"mnist: {stem}[.gz] not found in {data_dir!r} (resolved to "
+                            f"{where}); the directory must hold {need}.")
+
+
+def mnist(data_dir: str | None = None) -> LevelDataset:
+    """MNIST as ``uint8 [N, 1, 28, 28]`` levels 0..255 (``num_levels=256``): 60,000 train
+    and 10,000 test images from ``train-images-idx3-ubyte`` and ``t10k-images-idx3-ubyte``
+    (plain or ``.gz``) in ``data_dir`` (default ``../shared/data/mnist``). Any image size
+    in the files is accepted (Fashion-MNIST ships the same files)."""
+    data_dir = DEFAULT_MNIST_DIR if data_dir is None else os.fspath(data_dir)
+    paths = {s: _idx_path(data_dir, f"{s}-images-idx3-ubyte") for s in ("train", "t10k")}
+    train, test = (read_idx(paths[s], ndim=3) for s in ("train", "t10k"))
+    if train.shape[1:] != test.shape[1:]:
+        raise ValueError(f"mnist: train images are {tuple(train.shape[1:])} but test images "
+                         f"are {tuple(test.shape[1:])}")
+    return LevelDataset("mnist", train[:, None], test[:, None], num_levels=256)
+
+
 def load_dataset(name: str, data_dir: str | None = None) -> LevelDataset:
     """A dataset by name (one of :data:`DATASETS`); ``data_dir`` is for the file-based
     ones (digits ships with scikit-learn and ignores it)."""
@@ -212,4 +466,8 @@ def load_dataset(name: str, data_dir: str | None = None) -> LevelDataset:
         return digits()
     if name == "binarized_mnist":
         return binarized_mnist(data_dir)
+    if name == "cifar10":
+        return cifar10(data_dir)
+    if name == "mnist":
+        return mnist(data_dir)
     raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")

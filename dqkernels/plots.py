@@ -1,0 +1,75 @@
+"""PNG figures the trainer writes: image grids and learning curves.
+
+Matplotlib's object-oriented API on an Agg canvas: no pyplot state, no global backend
+switch, safe to call from any thread or process.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["save_image_grid", "save_learning_curve"]
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_image_grid(levels: torch.Tensor, num_levels: int, path: str, title: str = "") -> None:
+    """Write ``[N, C, H, W]`` integer levels as a grid PNG (grey for C == 1, RGB for C == 3)."""
+    import numpy as np
+
+    n, c, h, w = levels.shape
+    if c not in (1, 3):
+        raise ValueError(f"save_image_grid: images must have 1 or 3 channels; got {c}")
+    cols = max(1, math.ceil(math.sqrt(n)))
+    rows = max(1, math.ceil(n / cols))
+    pad = 1
+    img = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 0.5, dtype=np.float32)
+    vals = (levels.float() / (num_levels - 1)).permute(0, 2, 3, 1).cpu().numpy()
+    for k in range(n):
+        r, q = divmod(k, cols)
+        y, x = pad + r * (h + pad), pad + q * (w + pad)
+        img[y:y + h, x:x + w] = vals[k]
+    # about 6 inches on the long side at 100 dpi, at least 3 screen pixels per image pixel
+    inches = min(12.0, max(6.0, 3 * max(img.shape[:2]) / 100))
+    fig_w = inches * img.shape[1] / max(img.shape[:2])
+    fig_h = inches * img.shape[0] / max(img.shape[:2])
+    head = 0.4 if title else 0.0
+    fig = _figure(fig_w, fig_h + head)
+    ax = fig.add_axes((0, 0, 1, fig_h / (fig_h + head)))
+    if c == 1:
+        ax.imshow(img[..., 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    else:
+        ax.imshow(np.clip(img, 0, 1), interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.savefig(path, dpi=100)
+
+
+def save_learning_curve(history: list[dict], path: str, title: str = "",
+                        baseline: float | None = None) -> None:
+    """Train and test bits/dim against the epoch; epochs without an evaluation (see
+    ``--eval-every``) have ``test_bpd`` None and are left out of the test curve."""
+    fig = _figure(6.0, 4.0)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot([h["epoch"] for h in history], [h["train_bpd"] for h in history], "o-",
+            label="train")
+    tested = [h for h in history if h.get("test_bpd") is not None]
+    ax.plot([h["epoch"] for h in tested], [h["test_bpd"] for h in tested], "s-", label="test")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("bits/dim")
+    if title:
+        ax.set_title(title + (f"  (uniform baseline {baseline:.3f})" if baseline else ""),
+                     fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)

@@ -1,0 +1,490 @@
+"""The shared trainer (dqkernels.trainer) behind ``dqk train <model>``: exact resume,
+checkpoints, signals, non-finite losses, the Task contract, bf16/compile, DDP on CPU."""
+import argparse
+import json
+import math
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import dqkernels.cli
+from dqkernels import backends, trainer
+from dqkernels.tasks.pixelcnn import PixelCNNTask
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# a tiny PixelCNN on 40 digits: batches of 16, 16, 8 -> 3 steps per epoch
+TINY = ["--limit", "40", "--batch-size", "16", "--width", "8", "--blocks", "1",
+        "--mixtures", "2", "--grid", "0", "--no-progress", "--device", "cpu"]
+
+
+def _cli(out, *extra):
+    return dqkernels.cli.main(["train", "pixelcnn", *TINY, "--out", str(out), *extra])
+
+
+def _ckpts(out):
+    return [os.path.basename(p) for _, p in trainer.list_checkpoints(str(out))]
+
+
+def _final(out):
+    return trainer.load_checkpoint(trainer.latest_checkpoint(str(out)))
+
+
+def _records(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _strip_times(rec):
+    return {k: v for k, v in rec.items() if not k.endswith("_s") and k != "images_per_s"}
+
+
+def _run_task(task, out, *argv):
+    parser = argparse.ArgumentParser()
+    trainer.configure_parser(parser, task)
+    args = parser.parse_args([*TINY, "--out", str(out), *argv])
+    args.model = task.name
+    return trainer.train(task, args)
+
+
+# ----------------------------------------------------------------------------- exact resume
+
+
+def test_exact_resume_bit_identical(tmp_path, capsys):
+    """Stopped mid-epoch 1 (step 2), then at the end of epoch 1 plus one step (step 4),
+    then resumed to the end: the same parameters, optimizer state and metrics, bit for bit,
+    as a run that never stopped. Dropout 0.3 makes the RNG restore matter."""
+    common = ["--epochs", "2", "--dropout", "0.3", "--seed", "7"]
+    assert _cli(tmp_path / "a", *common) == 0
+    assert _cli(tmp_path / "b", *common, "--max-steps", "2") == 0
+    assert _ckpts(tmp_path / "b") == ["checkpoint-2.pt"]
+    assert not (tmp_path / "b" / "metrics.jsonl").read_text()  # no epoch finished yet
+    out = capsys.readouterr().out
+    assert "stopped after 2 steps (--max-steps 2)" in out
+    assert f"dqk train pixelcnn --out {tmp_path / 'b'} --resume" in out
+    # resume: flags left out come from the checkpoint (width 8, dropout 0.3, seed 7, ...)
+    rc = dqkernels.cli.main(["train", "pixelcnn", "--out", str(tmp_path / "b"), "--resume",
+                             "--max-steps", "4", "--no-progress"])
+    assert rc == 0
+    assert _ckpts(tmp_path / "b") == ["checkpoint-3.pt", "checkpoint-4.pt"]
+    assert len(_records(tmp_path / "b")) == 1
+    assert _cli(tmp_path / "b", *common, "--resume") == 0
+
+    a, b = _final(tmp_path / "a"), _final(tmp_path / "b")
+    assert a["step"] == b["step"] == 6 and a["epoch"] == b["epoch"] == 2
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        for k in pa:
+            assert torch.equal(pa[k], pb[k]), k
+    assert torch.equal(a["shuffle_state"], b["shuffle_state"])
+    ra, rb = _records(tmp_path / "a"), _records(tmp_path / "b")
+    assert [_strip_times(r) for r in ra] == [_strip_times(r) for r in rb]
+    assert [r["epoch"] for r in rb] == [1, 2]
+    assert _ckpts(tmp_path / "b") == ["checkpoint-4.pt", "checkpoint-6.pt"]  # the last two
+    assert _ckpts(tmp_path / "a") == ["checkpoint-3.pt", "checkpoint-6.pt"]
+    assert not list((tmp_path / "b").glob(".*tmp"))
+    # the parameters really moved after epoch 1
+    first = trainer.load_checkpoint(str(tmp_path / "a" / "checkpoint-3.pt"))
+    assert not torch.equal(first["model"]["net.head2.weight"], b["model"]["net.head2.weight"])
+
+
+def test_resume_without_rng_restore_differs(tmp_path, monkeypatch):
+    """The control of the test above: skip restoring the RNG states and the dropout masks
+    after the resume differ, so the final parameters do too."""
+    common = ["--epochs", "1", "--dropout", "0.3"]
+    assert _cli(tmp_path / "a", *common) == 0
+    assert _cli(tmp_path / "b", *common, "--max-steps", "1") == 0
+    monkeypatch.setattr(trainer, "_restore_rng", lambda state, device: None)
+    torch.manual_seed(12345)
+    assert _cli(tmp_path / "b", *common, "--resume") == 0
+    a, b = _final(tmp_path / "a")["model"], _final(tmp_path / "b")["model"]
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_at_epoch_end_pending_evaluation(tmp_path):
+    """SIGINT-style stop right after the last step of an epoch (before its evaluation):
+    the checkpoint says the evaluation is pending and the resumed run does it."""
+    task = _SignalAtStep(PixelCNNTask(), step=3, signum=signal.SIGINT)
+    assert _run_task(task, tmp_path / "b", "--epochs", "2", "--dropout", "0.2") == 130
+    ck = _final(tmp_path / "b")
+    assert (ck["step"], ck["epoch"], ck["batch"]) == (3, 0, 3)
+    assert _cli(tmp_path / "b", "--epochs", "2", "--dropout", "0.2", "--resume") == 0
+    assert _cli(tmp_path / "a", "--epochs", "2", "--dropout", "0.2") == 0
+    a, b = _final(tmp_path / "a")["model"], _final(tmp_path / "b")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [_strip_times(r) for r in _records(tmp_path / "a")] == \
+        [_strip_times(r) for r in _records(tmp_path / "b")]
+
+
+def test_resume_argument_rules(tmp_path, capsys):
+    assert _cli(tmp_path, "--epochs", "1", "--max-steps", "1") == 0
+    capsys.readouterr()
+    # a defining flag that differs from the checkpoint
+    assert _cli(tmp_path, "--epochs", "1", "--width", "16", "--resume") == 2
+    err = capsys.readouterr().err
+    assert "--resume: --width 16 differs from the checkpoint's 8" in err
+    # a fresh run into a directory with checkpoints
+    assert _cli(tmp_path, "--epochs", "1") == 2
+    err = capsys.readouterr().err
+    assert "holds checkpoints of an earlier run (checkpoint-1.pt)" in err and "--overwrite" in err
+    # a runtime flag may change; it is reported
+    assert _cli(tmp_path, "--epochs", "1", "--eval-batch-size", "100", "--resume") == 0
+    assert "note: resumed with --eval-batch-size 100 (was 256)" in capsys.readouterr().out
+    # --overwrite starts afresh and removes the old checkpoints
+    assert _cli(tmp_path, "--epochs", "1", "--max-steps", "2", "--overwrite") == 0
+    assert _ckpts(tmp_path) == ["checkpoint-2.pt"]
+    # --resume PATH; --resume with nothing to resume
+    assert _cli(tmp_path, "--epochs", "1", "--resume", str(tmp_path / "checkpoint-2.pt")) == 0
+    assert _cli(tmp_path / "empty", "--resume") == 2
+    assert "--resume: no checkpoint-<step>.pt in" in capsys.readouterr().err
+    assert _cli(tmp_path, "--resume", str(tmp_path / "nope.pt")) == 2
+    assert "nope.pt' does not exist" in capsys.readouterr().err
+
+
+def test_metrics_trimmed_on_resume(tmp_path):
+    """Records of epochs after the checkpoint (from a run that went on after it) are
+    dropped on resume, the others kept; the file stays one record per epoch."""
+    assert _cli(tmp_path, "--epochs", "3", "--checkpoint-every", "1") == 0
+    assert [r["epoch"] for r in _records(tmp_path)] == [1, 2, 3]
+    # back to the checkpoint at step 8 (epoch 3, batch 2 of 3): epoch 3's record goes
+    os.unlink(tmp_path / "checkpoint-9.pt")
+    rc = _cli(tmp_path, "--epochs", "3", "--resume", "--max-steps", "8")
+    assert rc == 0
+    assert [r["epoch"] for r in _records(tmp_path)] == [1, 2]
+    assert _cli(tmp_path, "--epochs", "3", "--resume") == 0
+    assert [r["epoch"] for r in _records(tmp_path)] == [1, 2, 3]
+
+
+# ----------------------------------------------------------------------------- test tasks
+
+
+class _Wrap(trainer.Task):
+    """A task that delegates to another and changes its module's forward."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.name = inner.name
+        self.description = inner.description
+        self.defaults = inner.defaults
+
+    def add_arguments(self, parser):
+        self.inner.add_arguments(parser)
+
+    def check_args(self, args):
+        self.inner.check_args(args)
+
+    def build(self, args, data):
+        module = self.inner.build(args, data)
+        original = module.forward
+        state = {"calls": 0}
+
+        def forward(x):
+            state["calls"] += 1
+            return self.hook(state["calls"], original(x), module)
+
+        module.forward = forward
+        return module
+
+    def hook(self, step, out, module):
+        return out
+
+    def evaluate(self, model, x, args, *, final):
+        return self.inner.evaluate(model, x, args, final=final)
+
+    def sample(self, model, n, generator):
+        return self.inner.sample(model, n, generator)
+
+
+class _SignalAtStep(_Wrap):
+    def __init__(self, inner, step, signum):
+        super().__init__(inner)
+        self.step, self.signum = step, signum
+
+    def hook(self, step, out, module):
+        if step == self.step:
+            os.kill(os.getpid(), self.signum)
+        return out
+
+
+class _BadAtStep(_Wrap):
+    def __init__(self, inner, step, what):
+        super().__init__(inner)
+        self.step, self.what = step, what
+
+    def hook(self, step, out, module):
+        if step == self.step:
+            if self.what == "loss":
+                out = {"loss": out["loss"] * float("nan")}
+            else:  # finite loss, NaN gradient: d sqrt(|0 * w|) = inf * 0
+                w = module.net.head2.weight
+                out = {"loss": out["loss"] + (0 * w).abs().sqrt().sum()}
+        return out
+
+
+class _Extras(_Wrap):
+    """Logs a per-example extra (twice the loss) and a scalar one (3); records the
+    backend and autocast state seen by the forward."""
+
+    seen = []
+
+    def hook(self, step, out, module):
+        _Extras.seen.append((backends.get_backend(), torch.is_autocast_enabled("cpu"),
+                             torch.get_autocast_dtype("cpu")))
+        return {"loss": out["loss"], "twice": 2 * out["loss"], "three": torch.tensor(3.0)}
+
+
+@pytest.mark.parametrize("what", ["loss", "grad"])
+def test_non_finite_stops_and_keeps_last_good_checkpoint(tmp_path, capsys, what):
+    task = _BadAtStep(PixelCNNTask(), step=3, what=what)
+    rc = _run_task(task, tmp_path, "--epochs", "2", "--checkpoint-every", "1")
+    assert rc == 1
+    err = capsys.readouterr().err
+    if what == "loss":
+        assert "the training loss became nan at step 3 (epoch 1, batch 3/3)" in err
+    else:
+        assert "the gradient norm became nan" in err and "at step 3 (epoch 1" in err
+    assert f"the last good checkpoint is {tmp_path / 'checkpoint-2.pt'}" in err
+    assert "the update was not applied" in err
+    assert _ckpts(tmp_path) == ["checkpoint-1.pt", "checkpoint-2.pt"]
+    good = _final(tmp_path)
+    assert all(torch.isfinite(v).all() for v in good["model"].values())
+
+
+def test_non_finite_at_first_step_names_no_checkpoint(tmp_path, capsys):
+    rc = _run_task(_BadAtStep(PixelCNNTask(), step=1, what="loss"), tmp_path, "--epochs", "1")
+    assert rc == 1
+    assert "no checkpoint had been written yet" in capsys.readouterr().err
+    assert _ckpts(tmp_path) == []
+
+
+def test_sigint_in_process_checkpoints_and_exits_130(tmp_path, capfd):
+    task = _SignalAtStep(PixelCNNTask(), step=2, signum=signal.SIGINT)
+    handler = signal.getsignal(signal.SIGINT)
+    assert _run_task(task, tmp_path, "--epochs", "5") == 130
+    assert signal.getsignal(signal.SIGINT) is handler  # restored
+    err = capfd.readouterr().err  # (the handler's note goes straight to file descriptor 2)
+    assert "got SIGINT" in err and "stopped by SIGINT at step 2 (epoch 1, batch 2/3)" in err
+    assert f"resume with: dqk train pixelcnn --out {tmp_path} --resume" in err
+    assert _ckpts(tmp_path) == ["checkpoint-2.pt"]
+
+
+def test_extras_eval_every_backend_and_bf16(tmp_path):
+    _Extras.seen = []
+    previous = backends.get_backend()
+    rc = _run_task(_Extras(PixelCNNTask()), tmp_path, "--epochs", "3", "--eval-every", "2",
+                   "--backend", "torch", "--bf16", "--max-steps", "7")
+    assert rc == 0
+    assert backends.get_backend() == previous  # the run's backend is undone
+    assert len(_Extras.seen) == 7
+    assert all(s == ("torch", True, torch.bfloat16) for s in _Extras.seen)
+    recs = _records(tmp_path)
+    assert [r["epoch"] for r in recs] == [1, 2]
+    assert recs[0]["test_bpd"] is None and math.isfinite(recs[1]["test_bpd"])
+    D = 64
+    for r in recs:
+        assert r["extras"]["three"] == pytest.approx(3.0)
+        assert r["extras"]["twice"] == pytest.approx(2 * r["train_bpd"] * D * math.log(2))
+        assert r["images"] == 40 and r["step"] == 3 * r["epoch"]
+    # the third epoch, the last: evaluated although 3 % 2 != 0
+    _Extras.seen = []
+    assert _run_task(_Extras(PixelCNNTask()), tmp_path, "--epochs", "3", "--eval-every", "2",
+                     "--backend", "torch", "--bf16", "--resume") == 0
+    assert math.isfinite(_records(tmp_path)[2]["test_bpd"])
+
+
+def test_final_evaluation_flag_and_grad_clip(tmp_path, monkeypatch):
+    finals = []
+    norms = []
+
+    class Recording(_Wrap):
+        def evaluate(self, model, x, args, *, final):
+            finals.append(final)
+            return self.inner.evaluate(model, x, args, final=final)
+
+    real = torch.nn.utils.clip_grad_norm_
+
+    def clip(params, max_norm, *a, **k):
+        norms.append(max_norm)
+        return real(params, max_norm, *a, **k)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
+    assert _run_task(Recording(PixelCNNTask()), tmp_path, "--epochs", "2",
+                     "--eval-batch-size", "200", "--grad-clip", "0.5") == 0
+    assert finals == [False, False, True, True]  # 360 test images in chunks of 200
+    assert norms == [0.5] * 6
+
+
+def test_bad_task_output(tmp_path):
+    class NotADict(_Wrap):
+        def hook(self, step, out, module):
+            return out["loss"]
+
+    class WrongShape(_Wrap):
+        def hook(self, step, out, module):
+            return {"loss": out["loss"].sum()}
+
+    with pytest.raises(TypeError, match="forward must return a dict with 'loss'"):
+        _run_task(NotADict(PixelCNNTask()), tmp_path / "a", "--epochs", "1")
+    with pytest.raises(ValueError, match=r"'loss' must be per example, shape \(16,\); got \(\)"):
+        _run_task(WrongShape(PixelCNNTask()), tmp_path / "b", "--epochs", "1")
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def test_warmup_cosine_schedule():
+    f = trainer.WarmupCosine(warmup=4, total=14)
+    assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert f(4) == 1.0 and f(9) == pytest.approx(0.5) and f(14) == pytest.approx(0.0)
+    g = trainer.WarmupCosine(warmup=0, total=10)
+    assert g(0) == 1.0 and g(5) == pytest.approx(0.5)
+    assert all(g(s) >= g(s + 1) for s in range(10))
+
+
+def test_common_argument_errors(tmp_path, capsys):
+    for argv, message in [
+        (["--batch-size", "0"], "--batch-size must be >= 1; got 0"),
+        (["--lr", "nan"], "--lr must be a positive number; got nan"),
+        (["--grad-clip", "-1"], "--grad-clip must be a positive number; got -1.0"),
+        (["--warmup-steps", "-2"], "--warmup-steps must be >= 0; got -2"),
+        (["--max-steps", "0"], "--max-steps must be >= 1; got 0"),
+        (["--compile", "nonsense"], "--compile nonsense: not a torch.compile backend"),
+        (["--dropout", "1.5"], "--dropout must be in [0, 1); got 1.5"),
+        (["--backend", "cuda"], "backend 'cuda' cannot run on cpu tensors"),
+    ]:
+        assert _cli(tmp_path, *argv) == 2, argv
+        assert message in capsys.readouterr().err, argv
+    args = argparse.Namespace(epochs=1, batch_size=10, eval_batch_size=1, eval_every=1,
+                              limit=None, max_steps=None, warmup_steps=0, grid=0,
+                              checkpoint_every=0, seed=0, lr=1.0, grad_clip=None,
+                              compile=None)
+    with pytest.raises(trainer.UsageError, match="--batch-size 10 .* not divisible by the 3 "):
+        trainer._check_common_args(args, world=3)
+
+
+def test_help_lists_models_and_flags(capsys):
+    with pytest.raises(SystemExit):
+        dqkernels.cli.main(["train", "pixelcnn", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--resume", "--max-steps", "--grid", "--bf16", "--compile", "--width",
+                 "--checkpoint-every", "--eval-every", "--warmup-steps", "--grad-clip"):
+        assert flag in text, flag
+    assert "--dump-params" not in text and "--samples" not in text
+
+
+def test_bf16_and_compile_smoke(tmp_path):
+    assert _cli(tmp_path / "bf16", "--epochs", "1", "--max-steps", "2", "--bf16") == 0
+    assert _cli(tmp_path / "compiled", "--epochs", "1", "--max-steps", "2",
+                "--compile", "aot_eager") == 0
+    for d in ("bf16", "compiled"):
+        ck = _final(tmp_path / d)
+        assert ck["step"] == 2 and all(torch.isfinite(v).all() for v in ck["model"].values())
+
+
+def _write_fake_cifar(directory, n_train=(3, 2), n_test=2):
+    directory.mkdir(parents=True)
+    rng = np.random.RandomState(0)
+    for k, n in enumerate([*n_train, n_test]):
+        name = f"data_batch_{k + 1}" if k < len(n_train) else "test_batch"
+        batch = {b"batch_label": name.encode(), b"labels": rng.randint(0, 10, n).tolist(),
+                 b"data": rng.randint(0, 256, (n, 3072)).astype(np.uint8),
+                 b"filenames": [f"img{i}.png".encode() for i in range(n)]}
+        with open(directory / name, "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+
+
+def test_train_on_fake_cifar10(tmp_path, capsys):
+    _write_fake_cifar(tmp_path / "cifar" / "cifar-10-batches-py")
+    rc = dqkernels.cli.main(["train", "pixelcnn", "--dataset", "cifar10", "--data-dir",
+                             str(tmp_path / "cifar"), "--epochs", "1", "--batch-size", "2",
+                             "--width", "4", "--blocks", "0", "--mixtures", "1", "--grid", "1",
+                             "--no-progress", "--out", str(tmp_path / "out")])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "5 train / 2 test images of 3x32x32, 256 levels" in out
+    assert "uniform baseline log2(256) = 8.000" in out
+    assert (tmp_path / "out" / "samples.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def test_sigterm_subprocess_checkpoints_and_exits_143(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "dqkernels.cli", "train", "pixelcnn", "--epochs", "10000",
+           "--limit", "16", "--batch-size", "8", "--width", "4", "--blocks", "0",
+           "--mixtures", "1", "--grid", "0", "--no-progress", "--device", "cpu",
+           "--checkpoint-every", "1", "--out", str(out)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not trainer.list_checkpoints(str(out)):  # the first step is done
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, (stdout, stderr)
+    assert "stopped by SIGTERM at step" in stderr
+    assert f"resume with: dqk train pixelcnn --out {out} --resume" in stderr
+    ck = _final(out)
+    assert ck["step"] >= 1 and ck["epoch"] < 10000
+    assert len(trainer.list_checkpoints(str(out))) <= 2
+    assert not list(out.glob(".*tmp"))
+    # it resumes from there
+    rc = dqkernels.cli.main(["train", "pixelcnn", "--out", str(out), "--resume",
+                             "--max-steps", str(ck["step"] + 1), "--no-progress"])
+    assert rc == 0 and _final(out)["step"] == ck["step"] + 1
+
+
+def test_ddp_two_gloo_processes_match_single_process(tmp_path):
+    """torchrun with 2 CPU processes: both ranks end with identical parameters, equal (up
+    to the reduction order) to one process on the same global batches; the sharded test
+    evaluation agrees too; only rank 0 writes."""
+    flags = ["--limit", "16", "--batch-size", "8", "--epochs", "2", "--dropout", "0",
+             "--width", "8", "--blocks", "1", "--mixtures", "2", "--grid", "0",
+             "--no-progress", "--device", "cpu", "--eval-batch-size", "100"]
+    ddp_out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--standalone", "-m", "dqkernels.cli", "train", "pixelcnn", *flags,
+           "--out", str(ddp_out), "--dump-params", str(tmp_path / "rank{rank}.pt")]
+    env = _env()
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("pixelcnn on digits") == 1  # rank 0 prints
+    assert "x 2 processes" in proc.stdout
+
+    assert dqkernels.cli.main(["train", "pixelcnn", *flags, "--out", str(tmp_path / "one"),
+                               "--dump-params", str(tmp_path / "single.pt")]) == 0
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    one = torch.load(tmp_path / "single.pt", weights_only=True)
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), k
+        torch.testing.assert_close(r0[k], one[k], rtol=1e-5, atol=1e-5)
+    ck = _final(ddp_out)
+    assert len(ck["rng"]) == 2 and ck["world_size"] == 2
+    assert not torch.equal(ck["rng"][0]["torch"], ck["rng"][1]["torch"])  # per-rank noise
+    for a, b in zip(_records(ddp_out), _records(tmp_path / "one")):
+        assert a["train_bpd"] == pytest.approx(b["train_bpd"], rel=1e-5)
+        assert a["test_bpd"] == pytest.approx(b["test_bpd"], rel=1e-5)
