@@ -14,8 +14,10 @@ Dequantizers (``q``):
   from ``x``; ``log q(u|x) = log N(eps) - log|det dg/deps| - sum log sigmoid'(g)``.
 - :class:`AutoregressiveDequantizer` (ARD): the same with ``g`` an inverse autoregressive
   flow (IAF): each layer maps ``z -> (z + m(z)) * sigmoid(s(z) + 2)`` elementwise
-  (:func:`dqkernels.ops.affine_coupling`), where ``m_d, s_d`` depend only on the
-  dimensions before ``d`` (and on ``x``) through masked networks:
+  (:func:`dqkernels.ops.affine_coupling`), followed by a learned elementwise affine map
+  (the gates only contract; this lets ``q`` widen, and starts ``q`` close to uniform),
+  where ``m_d, s_d`` depend only on the dimensions before ``d`` (and on ``x``) through
+  masked networks:
   :func:`dqkernels.ops.masked_conv2d` (PixelCNN masks, raster order then channel, default)
   or :func:`dqkernels.ops.masked_linear` (MADE). The Jacobian is triangular, so sampling
   ``u`` and ``log q(u|x)`` both take ONE parallel pass. Consecutive layers reverse the
@@ -65,6 +67,10 @@ def bound(log_w: torch.Tensor, objective: str, alpha: float = 0.5) -> torch.Tens
         r = 1.0 - alpha
         return (torch.logsumexp(r * log_w, dim=0) - math.log(K)) / r
     raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}; got {objective!r}")
+
+
+def _sigmoid(v: float) -> float:
+    return 1.0 / (1.0 + math.exp(-v))
 
 
 def _log_sigmoid_grad(h: torch.Tensor) -> torch.Tensor:
@@ -235,6 +241,13 @@ class AutoregressiveDequantizer(_FlowDequantizer):
             raise ValueError(f"AutoregressiveDequantizer: net must be one of "
                              f"{', '.join(ARD_NETS)}; got {net!r}")
         self.backend = backend
+        # Each IAF layer's gate sigmoid(s + 2) is < 1, so the layers can only contract;
+        # a learned per-element log-scale after them lets q widen. It starts where u is
+        # close to uniform at initialisation: sigmoid of a logistic variable (std pi/sqrt 3)
+        # is uniform, and the zero-initialised layers scale eps by sigmoid(2) each.
+        init = math.log(math.pi / math.sqrt(3.0)) - num_steps * math.log(_sigmoid(2.0))
+        self.out_log_scale = nn.Parameter(torch.full((in_channels, height, width), init))
+        self.out_shift = nn.Parameter(torch.zeros(in_channels, height, width))
         if net == "conv":
             self.nets = nn.ModuleList(
                 _ConvARNet(in_channels, hidden, num_blocks, context_channels, kernel_size,
@@ -253,6 +266,9 @@ class AutoregressiveDequantizer(_FlowDequantizer):
             zi, ld = affine_coupling(zi, shift, scale_logit, backend=self.backend)
             z = zi.flip((1, 2, 3)) if flip else zi
             total = ld if total is None else total + ld
+        ls = self.out_log_scale.to(z.dtype)
+        z = z * torch.exp(ls) + self.out_shift.to(z.dtype)
+        total = total + ls.sum().to(total.dtype)
         return z, total
 
 
