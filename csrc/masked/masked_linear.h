@@ -1,0 +1,66 @@
+// C++ entry points of the masked linear kernels (MADE layers): raw pointers, sizes,
+// element strides and (for CUDA) a stream. Shapes, dtypes and devices are validated by
+// the caller; empty sizes never arrive.
+//
+//   y  = x @ (W * M)^T + bias            M[j, i] = keep(out_deg[j], in_deg[i])
+//   gx = gy @ (W * M)
+//   gW = M * (gy^T @ x)
+//   gb = sum over rows of gy
+//   keep(hi, lo) = hi > lo (strict) or hi >= lo
+//
+// x [rows, in], gy [rows, out] and W [out, in] may have any strides (0 included); the
+// degrees are contiguous int64 vectors; bias may have any stride; the outputs y [rows, out],
+// gx [rows, in], gW [out, in] and gb [out] are contiguous and are written (never
+// accumulated into). Entries of W (and of the products) where M is 0 are never added:
+// tiles of M that are entirely 0 are skipped and partly masked tiles select, so NaN in a
+// masked weight cannot reach an output.
+#pragma once
+
+#include <stdint.h>
+
+#include "../common/dtype.h"
+
+namespace dqk {
+namespace masked_linear {
+
+struct Mat {
+  const void* p = nullptr;
+  int64_t s0 = 0, s1 = 0;   // element strides of [rows, cols]
+};
+
+struct Args {
+  DType dtype = DType::kFloat32;
+  int64_t rows = 0, in = 0, out = 0;
+  bool strict = true;
+  const int64_t* in_deg = nullptr;    // [in]
+  const int64_t* out_deg = nullptr;   // [out]
+  Mat x;                              // [rows, in]
+  Mat w;                              // [out, in]
+  const void* bias = nullptr;         // [out] or null (forward)
+  int64_t bias_stride = 0;
+  Mat gy;                             // [rows, out] (backward)
+  void* y = nullptr;                  // [rows, out] (forward)
+  void* gx = nullptr;                 // [rows, in]  (backward; null: not wanted)
+  void* gw = nullptr;                 // [out, in]   (backward; null: not wanted)
+  void* gb = nullptr;                 // [out]       (backward; null: not wanted)
+};
+
+// CPU instruction-set paths of the GEMM microkernels (isa argument): 0 picks the best the
+// running CPU supports; tests force each one the CPU supports to cover them all.
+// kIsaAvx512Bf16 is AVX-512 plus, for bf16 inputs, vdpbf16ps on bf16 pairs (other dtypes
+// run the AVX-512 path).
+enum Isa { kIsaAuto = 0, kIsaGeneric = 1, kIsaAvx2 = 2, kIsaAvx512 = 3, kIsaAvx512Bf16 = 4 };
+// bit i set: Isa i runs on this CPU (generic always does)
+int cpu_isas();
+
+void forward_cpu(const Args& a, int num_threads, int isa = kIsaAuto);
+void backward_cpu(const Args& a, int num_threads, int isa = kIsaAuto);
+
+#ifdef DQK_WITH_CUDA
+// `stream` is a cudaStream_t; throws std::runtime_error on a launch error.
+void forward_cuda(const Args& a, void* stream);
+void backward_cuda(const Args& a, void* stream);
+#endif
+
+}  // namespace masked_linear
+}  // namespace dqk
