@@ -182,8 +182,9 @@ def test_gradcheck_float64(backend):
         *_, mask_type, groups = case
         args = [t.requires_grad_() for t in make_inputs(case, seed=seed)]
         assert torch.autograd.gradcheck(
-            lambda x, w, b: masked_conv2d(x, w, b, mask_type=mask_type, groups=groups,
-                                          backend=backend), args), (case, seed)
+            lambda x, w, b, t=mask_type, g=groups: masked_conv2d(x, w, b, mask_type=t, groups=g,
+                                                                 backend=backend),
+            args), (case, seed)
 
 
 def _raster_channel_precedes(C, H, W, strict):
@@ -218,6 +219,8 @@ def test_autoregressive_property(backend, device):
               MaskedConv2d(hidden, C, 1, "B", groups=C, backend=backend)]
     for m in layers:
         m.to(device, dtype)
+        with torch.no_grad():   # masked entries nonzero too: the op alone must mask them
+            m.weight.normal_(0.0, 0.5)
 
     def net(v):
         h = v.view(1, C, H, W)

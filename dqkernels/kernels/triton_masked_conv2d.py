@@ -6,26 +6,31 @@ Same interface as :mod:`dqkernels.kernels.torch_masked_conv2d`; the mask rule is
 
 Design
 ------
-* Pixels are flattened over ``(b, h, w)``. The forward runs one program per (block of
-  ``BP`` pixels, block of ``BO`` output channels) with an fp32 ``[BP, BO]`` accumulator;
-  it loops over the ``(k*k - 1) / 2`` fully kept taps (a runtime loop: tap ``t`` ->
-  ``(i, j)``) and, per tap, over input-channel blocks of ``BC``: an ``[BP, BC]`` tile
-  of shifted input pixels (zero outside the image: "same" padding) times the
-  ``[BC, BO]`` weight slice ``w[o, ci, i, j]``. The centre tap then runs only over the
-  input channels ``[0, n)`` the block's last output channel sees, and its weight
-  loads are masked per entry (``ci < centre_inputs(o)``): masked weights are never read.
+* Pixels are flattened over ``(b, h, w)`` and are the fast axis of every tile (coalesced
+  for NCHW tensors, few per-pixel index registers per thread). The forward runs one
+  program per (block of ``BP`` pixels, block of ``BO`` output channels) with an fp32
+  ``[BO, BP]`` accumulator; it loops over the ``(k*k - 1) / 2`` fully kept taps (a
+  runtime loop: tap ``t`` -> ``(i, j)``) and, per tap, over input-channel blocks of
+  ``BC``: the ``[BO, BC]`` weight slice ``w[o, ci, i, j]`` times a ``[BC, BP]`` tile of
+  shifted input pixels (zero outside the image: "same" padding). The centre tap then
+  runs only over the input channels ``[0, n)`` the block's last output channel sees,
+  and its weight loads are masked per entry (``ci < centre_inputs(o)``): masked weights
+  are never read.
 * ``grad_x`` is the same with the roles swapped: program per (pixel block, input-channel
   block), reduction over output channels of ``grad_y`` shifted the other way
   (``(h + c - i, w + c - j)``); at the centre only the output channels
   ``[centre_min_output(first ci of the block), Cout)``.
 * ``grad_w`` runs one program per (tap, output-channel block, input-channel block,
-  pixel split): ``grad_y^T [BO, BP] @ x_shifted [BP, BC]`` summed over its share of the
+  pixel split): ``grad_y [BO, BP] @ x_shifted^T [BP, BC]`` summed over its share of the
   pixel blocks into an fp32 partial ``[splits, T+1, Cout, Cin]``; torch sums the splits
   in a fixed order (deterministic, no atomics) and scatters the taps into
   ``[Cout, Cin, k, k]``, zero at masked entries. ``grad_b`` is a torch sum of
   ``grad_y`` in fp32.
 * fp32 inputs use ``input_precision="ieee"`` (no TF32); fp16/bf16 tiles go to the tensor
-  cores as they are, accumulating in fp32. Offsets are int64.
+  cores as they are, accumulating in fp32.
+* Offsets: the batch term is int64, the rest (inside one batch element, and the weight)
+  int32; the wrappers check that every tensor spans fewer than 2^31 elements there and
+  that ``B*H*W + BP < 2^31``.
 """
 from __future__ import annotations
 

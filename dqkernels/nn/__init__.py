@@ -10,6 +10,8 @@ from dqkernels.nn.actnorm import ActNorm
 from dqkernels.nn.coupling import (AffineCoupling, ConditioningNet, MixLogCDFCoupling,
                                    checkerboard_index)
 from dqkernels.nn.invconv import InvConv1x1
+from dqkernels.nn.masked_conv2d import MaskedConv2d
+from dqkernels.nn.masked_linear import MaskedLinear, made_degrees
 from dqkernels.nn.split import SplitPrior
 from dqkernels.nn.squeeze import Squeeze
 

@@ -2,6 +2,8 @@
 autograd; the backend is chosen as described in :mod:`dqkernels.backends`."""
 from dqkernels.ops.affine_coupling import affine_coupling
 from dqkernels.ops.dmol import dmol_nll, dmol_sample, num_mixtures
+from dqkernels.ops.masked_conv2d import masked_conv2d
+from dqkernels.ops.masked_linear import masked_linear
 from dqkernels.ops.mixlogcdf_coupling import mixlogcdf_coupling
 
 __all__ = ["affine_coupling", "dmol_nll", "dmol_sample", "mixlogcdf_coupling", "num_mixtures"]

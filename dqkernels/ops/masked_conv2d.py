@@ -74,7 +74,7 @@ def _(x, weight, grad_y, mask_type, groups, need_x, need_weight, need_bias, back
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight, bias, mask_type, groups, backend = inputs
+    x, weight, _bias, mask_type, groups, backend = inputs
     ctx.save_for_backward(x, weight)
     ctx.args = (mask_type, groups, backend)
 
