@@ -20,10 +20,15 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _known_ops() -> list[str]:
+    from dqkernels.bench.harness import OP_MODULES
+    return list(OP_MODULES)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ops", default=None,
-                        help="comma-separated ops to benchmark (default: all; known: dmol, "
-                             "affine_coupling, mixlogcdf_coupling, mixlogcdf_inverse)")
+                        help="comma-separated ops to benchmark (default: all; known: "
+                             + ", ".join(_known_ops()) + ")")
     parser.add_argument("--quick", action="store_true",
                         help="tiny shapes and few repeats (smoke tests, CI)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None,

@@ -43,6 +43,9 @@ OP_MODULES: dict[str, str] = {
     "affine_coupling": "dqkernels.bench.affine_coupling",
     "mixlogcdf_coupling": "dqkernels.bench.mixlogcdf_coupling",
     "mixlogcdf_inverse": "dqkernels.bench.mixlogcdf_inverse",
+    "masked_conv2d": "dqkernels.bench.masked_conv2d",
+    "masked_linear": "dqkernels.bench.masked_linear",
+    "flow_train_step": "dqkernels.bench.flow_train_step",
 }
 
 

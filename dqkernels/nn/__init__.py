@@ -4,7 +4,9 @@ Every layer is an ``nn.Module`` with ``forward(x) -> (y, logdet)`` and an exact
 ``inverse(y) -> (x, logdet_of_inverse)``, ``logdet_of_inverse = -logdet`` at corresponding
 points; ``logdet`` is ``[B]`` in float32 (float64 for float64 inputs). The exception in
 meaning (not in form) is :class:`SplitPrior`, whose second output is ``log p(z2 | z1)``
-of the factored-out half (see its docstring).
+of the factored-out half (see its docstring). The masked autoregressive layers
+:class:`MaskedLinear` (MADE) and :class:`MaskedConv2d` (PixelCNN masks) are ordinary
+layers (``forward(x) -> y``), the building blocks of autoregressive flows and models.
 """
 from dqkernels.nn.actnorm import ActNorm
 from dqkernels.nn.coupling import (AffineCoupling, ConditioningNet, MixLogCDFCoupling,
@@ -15,5 +17,6 @@ from dqkernels.nn.masked_linear import MaskedLinear, made_degrees
 from dqkernels.nn.split import SplitPrior
 from dqkernels.nn.squeeze import Squeeze
 
-__all__ = ["ActNorm", "AffineCoupling", "ConditioningNet", "InvConv1x1", "MixLogCDFCoupling",
-           "SplitPrior", "Squeeze", "checkerboard_index"]
+__all__ = ["ActNorm", "AffineCoupling", "ConditioningNet", "InvConv1x1", "MaskedConv2d",
+           "MaskedLinear", "MixLogCDFCoupling", "SplitPrior", "Squeeze", "checkerboard_index",
+           "made_degrees"]

@@ -6,4 +6,5 @@ from dqkernels.ops.masked_conv2d import masked_conv2d
 from dqkernels.ops.masked_linear import masked_linear
 from dqkernels.ops.mixlogcdf_coupling import mixlogcdf_coupling
 
-__all__ = ["affine_coupling", "dmol_nll", "dmol_sample", "mixlogcdf_coupling", "num_mixtures"]
+__all__ = ["affine_coupling", "dmol_nll", "dmol_sample", "masked_conv2d", "masked_linear",
+           "mixlogcdf_coupling", "num_mixtures"]
