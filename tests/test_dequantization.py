@@ -302,7 +302,7 @@ _FLOW_TINY = ["--limit", "24", "--batch-size", "8", "--width", "8", "--steps", "
 @pytest.mark.parametrize("dequant,objective,extra", [
     ("uniform", "elbo", []), ("uniform", "renyi", ["--samples", "2", "--alpha", "0.3"]),
     ("variational", "iw", ["--samples", "2", "--coupling", "affine"]),
-    ("ard", "elbo", []), ("ard", "iw", ["--ard-net", "made", "--samples", "2"])])
+    ("ard", "elbo", ["--bf16"]), ("ard", "iw", ["--ard-net", "made", "--samples", "2"])])
 def test_train_flow_cli(tmp_path, capsys, dequant, objective, extra):
     import json
 
