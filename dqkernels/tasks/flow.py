@@ -8,7 +8,7 @@ at the end (default 1000) and ``--epoch-eval-samples`` after each epoch.
 
 The defaults (a 2-scale x 2-step mixture-of-logistics flow, nets 32 wide, ARD with two
 masked layers, 15 epochs) are the configuration of the reproduction table in
-``experiments/dequantization/README.md``: a few minutes on two CPU cores for digits.
+``experiments/dequantization/README.md``: about a minute on two idle CPU cores for digits.
 Grow ``--width``, ``--steps``, ``--components`` and ``--epochs`` for larger data.
 """
 from __future__ import annotations
