@@ -349,3 +349,34 @@ def test_train_flow_bad_flags(tmp_path, capsys):
                                  *flags])
         assert rc == 2
         assert re.search(message, capsys.readouterr().err)
+
+
+def test_train_flow_ddp_two_gloo_processes(tmp_path):
+    """The ARD flow under torchrun with 2 CPU processes: ActNorm's data-dependent init is
+    all-reduced and DDP averages the gradients, so both ranks end with identical
+    parameters (every parameter is used in the forward: DDP would fail otherwise)."""
+    import os
+    import subprocess
+    import sys
+
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("no gloo")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--standalone", "-m", "dqkernels.cli", "train", "flow", *_FLOW_TINY,
+           "--limit", "32", "--dequant", "ard", "--epochs", "1", "--grid", "0",
+           "--out", str(tmp_path / "ddp"), "--dump-params", str(tmp_path / "rank{rank}.pt")]
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert len(r0) > 20
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), k
+    # training moved the ARD parameters away from their initial values on both ranks
+    shift = r0["dequantizer.out_shift"]
+    assert not torch.equal(shift, torch.zeros_like(shift))
