@@ -380,3 +380,40 @@ def test_train_flow_ddp_two_gloo_processes(tmp_path):
     # training moved the ARD parameters away from their initial values on both ranks
     shift = r0["dequantizer.out_shift"]
     assert not torch.equal(shift, torch.zeros_like(shift))
+
+
+def test_empty_batch_float64_sampling_and_margin():
+    flow = MultiScaleFlow(1, 4, 4, num_scales=1, steps_per_scale=1, hidden=4,
+                          num_components=2)
+    for deq in (UniformDequantizer(),
+                AutoregressiveDequantizer(1, 4, 4, 5, num_steps=1, hidden=4)):
+        model = DequantizationFlow(flow, deq, 5).double()
+        out = model(torch.zeros(0, 1, 4, 4, dtype=torch.int64))
+        assert out["loss"].shape == (0,)
+        s = model.eval().sample(3, generator=torch.Generator().manual_seed(0))
+        assert s.shape == (3, 1, 4, 4) and s.dtype == torch.int64
+    with pytest.raises(ValueError, match=r"logit_margin must be in \(0, 0.5\); got 0.0"):
+        DequantizationFlow(flow, UniformDequantizer(), 5, logit_margin=0.0)
+
+
+def test_bf16_autocast_keeps_the_flow_in_its_dtype():
+    """Under bf16 autocast the 1x1 convolutions must not drop the flow to bf16 (their
+    logdet comes from the fp32 weight): log p(y) stays close to the fp32 value."""
+    torch.manual_seed(17)
+    flow = MultiScaleFlow(1, 8, 8, num_scales=2, steps_per_scale=2, hidden=8,
+                          num_components=3)
+    y = torch.randn(4, 1, 8, 8)
+    flow(y)
+    _perturb(flow, 0.05, 18)
+    flow.eval()
+    ref = flow(y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lp = flow(y)
+    assert lp.dtype == torch.float32
+    # the nets run in bf16 (their outputs are rounded), the flow's own maps do not
+    assert (lp - ref).abs().max() < 0.5
+    from dqkernels.nn import InvConv1x1
+    for lu in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            z, _ = InvConv1x1(4, lu=lu)(torch.randn(2, 4, 3, 3))
+        assert z.dtype == torch.float32

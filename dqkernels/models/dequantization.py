@@ -76,7 +76,7 @@ def _sigmoid(v: float) -> float:
 def _log_sigmoid_grad(h: torch.Tensor) -> torch.Tensor:
     """``sum log sigmoid'(h)`` per batch element: ``log sigmoid(h) + log sigmoid(-h)``."""
     v = F.logsigmoid(h) + F.logsigmoid(-h)
-    return v.reshape(v.shape[0], -1).sum(dim=1)
+    return v.flatten(1).sum(dim=1)
 
 
 class ContextNet(nn.Module):
@@ -301,8 +301,8 @@ class DequantizationFlow(nn.Module):
                              f"{num_samples}")
         if objective == "renyi" and not 0.0 <= alpha < 1.0:
             raise ValueError(f"DequantizationFlow: alpha must be in [0, 1); got {alpha}")
-        if not 0.0 <= logit_margin < 0.5:
-            raise ValueError(f"DequantizationFlow: logit_margin must be in [0, 0.5); got "
+        if not 0.0 < logit_margin < 0.5:
+            raise ValueError(f"DequantizationFlow: logit_margin must be in (0, 0.5); got "
                              f"{logit_margin}")
         self.flow = flow
         self.dequantizer = dequantizer
@@ -325,8 +325,8 @@ class DequantizationFlow(nn.Module):
         s = a + (1.0 - 2.0 * a) * (v / L)
         y = torch.log(s) - torch.log1p(-s)
         per = -torch.log(s) - torch.log1p(-s)
-        D = v[0].numel()
-        return y, per.reshape(v.shape[0], -1).sum(dim=1) + D * math.log((1.0 - 2.0 * a) / L)
+        D = math.prod(v.shape[1:])
+        return y, per.flatten(1).sum(dim=1) + D * math.log((1.0 - 2.0 * a) / L)
 
     def _dtype(self) -> torch.dtype:
         p = next(self.flow.parameters(), None)
@@ -369,7 +369,9 @@ class DequantizationFlow(nn.Module):
     def iw_nll(self, x: torch.Tensor, num_samples: int = 1000,
                max_rows: int = 8192) -> torch.Tensor:
         """``-log mean_k w_k`` per example (nats, ``[B]``) with ``num_samples`` importance
-        samples, drawn in chunks of at most ``max_rows`` flow rows (``B * chunk``)."""
+        samples, drawn in chunks of ``max(1, max_rows // B)`` samples, i.e. at most
+        ``max(max_rows, B)`` flow rows per pass (the trainer passes batches of
+        ``--eval-batch-size`` images)."""
         self._check(x, "iw_nll")
         if num_samples < 1:
             raise ValueError(f"iw_nll: num_samples must be >= 1; got {num_samples}")
@@ -392,7 +394,8 @@ class DequantizationFlow(nn.Module):
                generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` images as integer levels ``[n, C, H, W]`` (int64): ``y`` from the flow,
         undone preprocessing, ``x = floor(v)`` clamped to ``0 .. L-1``."""
-        y = self.flow.sample(n, temperature=temperature, generator=generator)
+        y = self.flow.sample(n, temperature=temperature, generator=generator,
+                             dtype=self._dtype())
         a, L = self.logit_margin, self.num_levels
         v = (torch.sigmoid(y.double()) - a) * (L / (1.0 - 2.0 * a))
         return v.floor().clamp(0, L - 1).to(torch.int64)

@@ -56,7 +56,7 @@ def make_coupling(kind: str, channels: int, parity: int, *, hidden: int, num_blo
 def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
     """``log N(z | 0, I)`` summed per batch element, ``[B]`` (float32/float64)."""
     acc = torch.float64 if z.dtype == torch.float64 else torch.float32
-    z = z.to(acc).reshape(z.shape[0], -1)
+    z = z.to(acc).flatten(1)
     return -0.5 * (z * z).sum(dim=1) - z.shape[1] * _HALF_LOG_2PI
 
 

@@ -23,10 +23,13 @@ __all__ = ["InvConv1x1"]
 
 
 def _apply(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    # the result keeps x's dtype under autocast too: the logdet comes from the fp32
+    # weight, so the map must not silently drop to bf16 (the density would disagree)
     w = w.to(x.dtype)
-    if x.dim() == 2:
-        return F.linear(x, w)
-    return F.conv2d(x, w[:, :, None, None])
+    with torch.autocast(x.device.type, enabled=False):
+        if x.dim() == 2:
+            return F.linear(x, w)
+        return F.conv2d(x, w[:, :, None, None])
 
 
 class InvConv1x1(nn.Module):
