@@ -713,14 +713,9 @@ void dispatch(Kind kind, const Args& a, int nt, bool scalar_only) {
 
 void run_cpu(Kind kind, const Args& a, int num_threads, bool scalar_only) {
   const int nt = num_threads > 0 ? num_threads : 1;
-  switch (a.dtype) {
-    case DType::kFloat32: dispatch<float>(kind, a, nt, scalar_only); return;
-    case DType::kFloat64: dispatch<double>(kind, a, nt, scalar_only); return;
-    case DType::kFloat16: dispatch<Half>(kind, a, nt, scalar_only); return;
-    case DType::kBFloat16: dispatch<BFloat16>(kind, a, nt, scalar_only); return;
-  }
-  throw std::invalid_argument("coupling cpu kernels: unsupported dtype code " +
-                              std::to_string(int(a.dtype)));
+  visit_dtype<Half, BFloat16>(a.dtype, "coupling cpu kernels", [&](auto t) {
+    dispatch<decltype(t)>(kind, a, nt, scalar_only);
+  });
 }
 
 }  // namespace coupling

@@ -11,14 +11,8 @@ DQK_COUPLING_DECLARE(__nv_bfloat16)
 
 void run_cuda(Kind kind, const Args& a, void* stream) {
   auto s = static_cast<cudaStream_t>(stream);
-  switch (a.dtype) {
-    case DType::kFloat32: launch<float>(kind, a, s); return;
-    case DType::kFloat64: launch<double>(kind, a, s); return;
-    case DType::kFloat16: launch<__half>(kind, a, s); return;
-    case DType::kBFloat16: launch<__nv_bfloat16>(kind, a, s); return;
-  }
-  throw std::invalid_argument("coupling cuda kernels: unsupported dtype code " +
-                              std::to_string(int(a.dtype)));
+  visit_dtype<__half, __nv_bfloat16>(a.dtype, "coupling cuda kernels",
+                                     [&](auto t) { launch<decltype(t)>(kind, a, s); });
 }
 
 }  // namespace coupling

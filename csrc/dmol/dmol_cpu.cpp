@@ -247,14 +247,8 @@ bool try_tiles(const Args& a, int nt, bool backward) {
 
 template <template <typename> class F>
 void dispatch(const Args& a, int nt) {
-  switch (a.dtype) {
-    case DType::kFloat32: F<float>::run(a, nt); return;
-    case DType::kFloat64: F<double>::run(a, nt); return;
-    case DType::kFloat16: F<Half>::run(a, nt); return;
-    case DType::kBFloat16: F<BFloat16>::run(a, nt); return;
-  }
-  throw std::invalid_argument("dmol cpu kernels: unsupported dtype code " +
-                              std::to_string(int(a.dtype)));
+  visit_dtype<Half, BFloat16>(a.dtype, "dmol cpu kernels",
+                              [&](auto t) { F<decltype(t)>::run(a, nt); });
 }
 
 template <typename S> struct Fwd { static void run(const Args& a, int nt) { forward<S>(a, nt); } };

@@ -12,14 +12,7 @@ DQK_DMOL_DECLARE(__nv_bfloat16)
 namespace {
 template <typename Launch>
 void by_dtype(const Args& a, Launch launch) {
-  switch (a.dtype) {
-    case DType::kFloat32: launch(float{}); return;
-    case DType::kFloat64: launch(double{}); return;
-    case DType::kFloat16: launch(__half{}); return;
-    case DType::kBFloat16: launch(__nv_bfloat16{}); return;
-  }
-  throw std::invalid_argument("dmol cuda kernels: unsupported dtype code " +
-                              std::to_string(int(a.dtype)));
+  visit_dtype<__half, __nv_bfloat16>(a.dtype, "dmol cuda kernels", launch);
 }
 }  // namespace
 

@@ -604,14 +604,8 @@ void backward_impl(const Args& a, int nt) {
 
 template <template <typename> class F>
 void dispatch(const Args& a, int nt) {
-  switch (a.dtype) {
-    case DType::kFloat32: F<float>::run(a, nt); return;
-    case DType::kFloat64: F<double>::run(a, nt); return;
-    case DType::kFloat16: F<Half>::run(a, nt); return;
-    case DType::kBFloat16: F<BFloat16>::run(a, nt); return;
-  }
-  throw std::invalid_argument("masked_conv2d cpu kernels: unsupported dtype code " +
-                              std::to_string(int(a.dtype)));
+  visit_dtype<Half, BFloat16>(a.dtype, "masked_conv2d cpu kernels",
+                              [&](auto t) { F<decltype(t)>::run(a, nt); });
 }
 
 template <typename S> struct Fwd {

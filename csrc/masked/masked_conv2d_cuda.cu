@@ -378,14 +378,8 @@ void backward_launch(const Args& a, cudaStream_t stream) {
 
 template <template <typename> class F>
 void dispatch(const Args& a, cudaStream_t stream) {
-  switch (a.dtype) {
-    case DType::kFloat32: F<float>::run(a, stream); return;
-    case DType::kFloat64: F<double>::run(a, stream); return;
-    case DType::kFloat16: F<__half>::run(a, stream); return;
-    case DType::kBFloat16: F<__nv_bfloat16>::run(a, stream); return;
-  }
-  throw std::invalid_argument("masked_conv2d cuda kernels: unsupported dtype code " +
-                              std::to_string(int(a.dtype)));
+  visit_dtype<__half, __nv_bfloat16>(a.dtype, "masked_conv2d cuda kernels",
+                                     [&](auto t) { F<decltype(t)>::run(a, stream); });
 }
 
 template <typename S> struct Fwd {

@@ -1003,14 +1003,7 @@ void backward_impl(const Args& a, int nt, int isa) {
 
 template <typename F>
 void dispatch(DType dt, F&& f) {
-  switch (dt) {
-    case DType::kFloat32: f(float()); return;
-    case DType::kFloat64: f(double()); return;
-    case DType::kFloat16: f(Half()); return;
-    case DType::kBFloat16: f(BFloat16()); return;
-  }
-  throw std::invalid_argument("masked_linear cpu: unsupported dtype code " +
-                              std::to_string(int(dt)));
+  visit_dtype<Half, BFloat16>(dt, "masked_linear cpu", f);
 }
 
 }  // namespace

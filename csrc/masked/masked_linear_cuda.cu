@@ -313,14 +313,7 @@ void backward_impl(const Args& a, cudaStream_t stream) {
 
 template <typename F>
 void dispatch(DType dt, F&& f) {
-  switch (dt) {
-    case DType::kFloat32: f(float()); return;
-    case DType::kFloat64: f(double()); return;
-    case DType::kFloat16: f(__half()); return;
-    case DType::kBFloat16: f(__nv_bfloat16()); return;
-  }
-  throw std::invalid_argument("masked_linear cuda: unsupported dtype code " +
-                              std::to_string(int(dt)));
+  visit_dtype<__half, __nv_bfloat16>(dt, "masked_linear cuda", f);
 }
 
 }  // namespace
