@@ -16,6 +16,7 @@ namespace py = pybind11;
 // Masked autoregressive ops bind themselves (python/bindings_masked_*.cpp).
 void bind_masked_linear(py::module_& m);
 void bind_masked_conv2d(py::module_& m);
+void bind_vq(py::module_& m);
 
 namespace {
 
@@ -217,4 +218,5 @@ PYBIND11_MODULE(_C, m) {
 #endif
   bind_masked_linear(m);
   bind_masked_conv2d(m);
+  bind_vq(m);
 }

@@ -5,6 +5,7 @@ from dqkernels.ops.dmol import dmol_nll, dmol_sample, num_mixtures
 from dqkernels.ops.masked_conv2d import masked_conv2d
 from dqkernels.ops.masked_linear import masked_linear
 from dqkernels.ops.mixlogcdf_coupling import mixlogcdf_coupling
+from dqkernels.ops.vq import vq_ema_update, vq_nearest, vq_sample
 
 __all__ = ["affine_coupling", "dmol_nll", "dmol_sample", "masked_conv2d", "masked_linear",
-           "mixlogcdf_coupling", "num_mixtures"]
+           "mixlogcdf_coupling", "num_mixtures", "vq_ema_update", "vq_nearest", "vq_sample"]

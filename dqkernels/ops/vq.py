@@ -1,0 +1,290 @@
+"""Vector quantisation: ``vq_nearest``, ``vq_sample`` and ``vq_ema_update``.
+
+Custom ops ``torch.ops.dqk.vq_nearest``, ``dqk::vq_sample`` and ``dqk::vq_ema_update`` with
+fake implementations; ``vq_nearest``'s distance output is differentiable. The math is
+defined in :mod:`dqkernels.reference.vq`. No backend builds the ``N x K`` distance matrix
+or a one-hot matrix: extra memory is O(N + K) (plus fixed-size tiles).
+
+Kernel modules ``dqkernels.kernels.<backend>_vq`` provide, on contiguous 2-D tensors with
+``N, K, D >= 1``:
+
+* ``nearest(z [N, D], codebook [K, D], indices int64 [N], sqdist [N])``: the first argmin of
+  the squared distance, exact for fp32 inputs (the chosen code's float64 distance within
+  1e-5 relative of the true minimum: no plain TF32) and ``sqdist = sum((z - e_k)^2)``
+  accumulated in ``sqdist``'s dtype (float32, float64 for float64 inputs).
+* ``sample(z, codebook, u [N, S], inv_temperature, out int64 [N, S])``: ``u`` in
+  ``[0, 1)``, sorted ascending along each row, in the accumulate dtype; ``out[n, s]`` is the
+  first ``k`` whose cumulative weight ``sum_{j<=k} exp(-(d_j - min d) / T)`` exceeds
+  ``u[n, s] * Z`` (``Z`` the total), or the last code of positive weight if none does.
+* ``ema_update(cluster_size [K], embed_sum [K, D], z [N, D], indices int64 [N, S], decay)``:
+  in place, state float32 or float64; each of a row's ``S`` indices has weight ``1/S``.
+"""
+from __future__ import annotations
+
+import torch
+
+from dqkernels.ops._common import (_dt, accumulate_dtype, check_finite_float, check_int,
+                                   check_same, check_tensor, kernels, new_output,
+                                   resolve_backend)
+
+__all__ = ["vq_nearest", "vq_sample", "vq_ema_update"]
+
+STATE_DTYPES = (torch.float32, torch.float64)
+INDEX_DTYPES = (torch.int32, torch.int64)
+
+
+# ----------------------------------------------------------------------------- nearest
+
+
+@torch.library.custom_op("dqk::vq_nearest", mutates_args=())
+def _nearest_op(z: torch.Tensor, codebook: torch.Tensor,
+                backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    D = z.shape[-1]
+    z2 = z.reshape(-1, D)
+    N, K = z2.shape[0], codebook.shape[0]
+    idx = new_output((N,), torch.int64, z.device)
+    if poison_indices():
+        idx.fill_(-1)
+    dist = new_output((N,), accumulate_dtype(z.dtype), z.device)
+    if N > 0:
+        if D == 0:      # every code is at distance 0: the first one
+            idx.zero_()
+            dist.zero_()
+        else:
+            kernels(backend, "vq").nearest(z2.contiguous(), codebook.contiguous(), idx, dist)
+    return idx.view(z.shape[:-1]), dist.view(z.shape[:-1])
+
+
+@_nearest_op.register_fake
+def _(z, codebook, backend):
+    shape = z.shape[:-1]
+    return (z.new_empty(shape, dtype=torch.int64),
+            z.new_empty(shape, dtype=accumulate_dtype(z.dtype)))
+
+
+def poison_indices() -> bool:
+    from dqkernels.ops import _common
+    return _common.poison_outputs
+
+
+def _nearest_setup(ctx, inputs, output):
+    z, codebook, _ = inputs
+    idx, _ = output
+    ctx.save_for_backward(z, codebook, idx)
+
+
+def _nearest_backward(ctx, grad_idx, grad_dist):
+    """d sqdist_n / d z_n = 2 (z_n - e_k), d / d e_k = -2 (z_n - e_k) (summed over n)."""
+    z, codebook, idx = ctx.saved_tensors
+    need_z, need_e = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    if grad_dist is None or not (need_z or need_e):
+        return None, None, None
+    D = z.shape[-1]
+    acc = accumulate_dtype(z.dtype)
+    flat = idx.reshape(-1)
+    diff = z.reshape(-1, D).to(acc) - codebook.index_select(0, flat).to(acc)
+    g = 2.0 * grad_dist.reshape(-1, 1).to(acc) * diff
+    gz = g.to(z.dtype).view(z.shape) if need_z else None
+    ge = None
+    if need_e:
+        ge = torch.zeros(codebook.shape, dtype=acc, device=z.device).index_add_(0, flat, -g)
+        ge = ge.to(codebook.dtype)
+    return gz, ge, None
+
+
+_nearest_op.register_autograd(_nearest_backward, setup_context=_nearest_setup)
+
+
+# ----------------------------------------------------------------------------- sample
+
+
+@torch.library.custom_op("dqk::vq_sample", mutates_args=())
+def _sample_op(z: torch.Tensor, codebook: torch.Tensor, u: torch.Tensor,
+               inv_temperature: float, backend: str) -> torch.Tensor:
+    D = z.shape[-1]
+    z2 = z.reshape(-1, D)
+    N, S, K = z2.shape[0], u.shape[-1], codebook.shape[0]
+    out = new_output((N, S), torch.int64, z.device)
+    if poison_indices():
+        out.fill_(-1)
+    if N > 0 and S > 0:
+        u2 = u.reshape(N, S)
+        if D == 0:      # all distances 0: uniform over the codes
+            out.copy_((u2 * K).floor().clamp_(max=K - 1).to(torch.int64))
+        else:
+            kernels(backend, "vq").sample(z2.contiguous(), codebook.contiguous(),
+                                          u2.contiguous(), inv_temperature, out)
+    return out.view(*z.shape[:-1], S)
+
+
+@_sample_op.register_fake
+def _(z, codebook, u, inv_temperature, backend):
+    return z.new_empty((*z.shape[:-1], u.shape[-1]), dtype=torch.int64)
+
+
+# ----------------------------------------------------------------------------- EMA
+
+
+@torch.library.custom_op("dqk::vq_ema_update", mutates_args=("cluster_size", "embed_sum"))
+def _ema_op(cluster_size: torch.Tensor, embed_sum: torch.Tensor, z: torch.Tensor,
+            indices: torch.Tensor, decay: float, backend: str) -> None:
+    K, D = embed_sum.shape
+    z2 = z.reshape(-1, D)
+    N = z2.shape[0]
+    idx = indices.reshape(N, -1) if N > 0 else indices.reshape(0, 1)
+    if N > 0 and idx.numel() > 0:
+        lo, hi = torch.aminmax(idx)
+        lo, hi = int(lo), int(hi)
+        if lo < 0 or hi >= K:
+            bad = lo if lo < 0 else hi
+            raise IndexError(f"vq_ema_update: indices must be in [0, {K}) (the codebook "
+                             f"size); got {bad}")
+    if N == 0 or D == 0 or idx.shape[1] == 0:
+        cluster_size.mul_(decay)
+        embed_sum.mul_(decay)
+        return
+    kernels(backend, "vq").ema_update(cluster_size, embed_sum, z2.contiguous(),
+                                      idx.to(torch.int64).contiguous(), decay)
+
+
+@_ema_op.register_fake
+def _(cluster_size, embed_sum, z, indices, decay, backend):
+    return None
+
+
+# ----------------------------------------------------------------------------- public
+
+
+def _check_pair(op: str, z, codebook) -> None:
+    check_tensor(op, "z", z)
+    check_tensor(op, "codebook", codebook, ndim=2, layout="[K, D]")
+    if z.dim() < 1:
+        raise ValueError(f"{op}: z must have at least 1 dimension [..., D]; got a scalar")
+    check_same(op, "z", z, "codebook", codebook)
+    if z.shape[-1] != codebook.shape[1]:
+        raise ValueError(f"{op}: z's last dimension ({z.shape[-1]}) must equal the codebook's "
+                         f"dimension D ({codebook.shape[1]}); got z {tuple(z.shape)} and "
+                         f"codebook {tuple(codebook.shape)}")
+    if codebook.shape[0] == 0:
+        raise ValueError(f"{op}: codebook must have at least one code (K >= 1); got shape "
+                         f"{tuple(codebook.shape)}")
+
+
+def vq_nearest(z: torch.Tensor, codebook: torch.Tensor, *,
+               backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest code of every vector: ``argmin_k |z_n - e_k|^2``.
+
+    Args:
+        z: ``[..., D]`` float16, bfloat16, float32 or float64 (float64 not on ``triton``).
+        codebook: ``[K, D]`` with z's dtype and device, ``K >= 1``.
+        backend: ``torch``, ``cpp``, ``cuda``, ``triton`` or ``auto``; None uses the one in
+            force (see :mod:`dqkernels.backends`).
+
+    Returns:
+        ``(indices, sqdist)`` of shape ``[...]``: int64 indices of the nearest code (exact:
+        for fp32 inputs the chosen code's float64 distance is within 1e-5 relative of the
+        true minimum; ties go to the lowest index) and its squared distance
+        ``sum((z - e_k)^2)`` in float32 (float64 for float64 inputs). ``sqdist`` is
+        differentiable in z and codebook. No ``N x K`` matrix is built on any backend.
+    """
+    op = "vq_nearest"
+    _check_pair(op, z, codebook)
+    backend = resolve_backend(op, z.device, z.dtype, backend)
+    return _nearest_op(z, codebook, backend)
+
+
+def _sorted_uniforms(shape, dtype, device, generator):
+    u = torch.rand(shape, dtype=dtype, device=device, generator=generator)
+    return torch.sort(u, dim=-1)
+
+
+def vq_sample(z: torch.Tensor, codebook: torch.Tensor, num_samples: int, *,
+              temperature: float = 1.0, generator: torch.Generator | None = None,
+              backend: str | None = None) -> torch.Tensor:
+    """Codes drawn from ``softmax_k(-|z_n - e_k|^2 / temperature)`` (soft EM).
+
+    Draws ``num_samples`` independent codes per vector by inverse CDF on uniforms from
+    ``generator`` (the same generator state gives the same draws on every backend, up to
+    rounding of the cumulative weights), without building an ``N x K`` matrix.
+
+    Args:
+        z: ``[..., D]`` float tensor; codebook ``[K, D]`` with its dtype and device.
+        num_samples: draws per vector, >= 1.
+        temperature: > 0.
+        generator: a ``torch.Generator`` on z's device, or None for the default one.
+
+    Returns:
+        int64 ``[..., num_samples]``.
+    """
+    op = "vq_sample"
+    _check_pair(op, z, codebook)
+    check_int(op, "num_samples", num_samples, 1)
+    temperature = check_finite_float(op, "temperature", temperature)
+    if temperature <= 0:
+        raise ValueError(f"{op}: temperature must be > 0; got {temperature}")
+    backend = resolve_backend(op, z.device, z.dtype, backend)
+    acc = accumulate_dtype(z.dtype)
+    u, order = _sorted_uniforms((*z.shape[:-1], num_samples), acc, z.device, generator)
+    drawn = _sample_op(z, codebook, u, 1.0 / temperature, backend)
+    # the kernels fill draws in sorted-uniform order; put each back where its uniform was
+    return torch.empty_like(drawn).scatter_(-1, order, drawn)
+
+
+def vq_ema_update(cluster_size: torch.Tensor, embed_sum: torch.Tensor, z: torch.Tensor,
+                  indices: torch.Tensor, *, decay: float, backend: str | None = None) -> None:
+    """In-place EMA of the codebook statistics (VQ-VAE's EMA codebook update)::
+
+        cluster_size = decay * cluster_size + (1 - decay) * counts
+        embed_sum    = decay * embed_sum    + (1 - decay) * sums
+
+    where ``counts[k]`` and ``sums[k]`` add, over the vectors, the weight and the weighted
+    vector of each of its assigned codes: ``indices`` of shape ``[...]`` (hard EM, weight
+    1) or ``[..., S]`` (S sampled codes per vector, weight 1/S each). No one-hot matrix.
+
+    Args:
+        cluster_size: ``[K]`` float32 or float64 state, updated in place.
+        embed_sum: ``[K, D]`` with cluster_size's dtype and device, updated in place.
+        z: ``[..., D]`` float tensor of any float dtype (accumulated in the state's dtype).
+        indices: int64/int32 of shape ``z.shape[:-1]`` or ``(*z.shape[:-1], S)``, each in
+            ``[0, K)``.
+        decay: in ``[0, 1]``; ``decay=0`` turns the state into this batch's statistics (what
+            a DDP rank all-reduces before mixing them in).
+    """
+    op = "vq_ema_update"
+    for name, t, ndim, layout in (("cluster_size", cluster_size, 1, "[K]"),
+                                  ("embed_sum", embed_sum, 2, "[K, D]")):
+        check_tensor(op, name, t, ndim=ndim, layout=layout)
+        if t.dtype not in STATE_DTYPES:
+            raise TypeError(f"{op}: {name} must be float32 or float64 (the EMA state is kept "
+                            f"in full precision); got {_dt(t.dtype)}")
+    check_same(op, "cluster_size", cluster_size, "embed_sum", embed_sum)
+    if cluster_size.shape[0] != embed_sum.shape[0]:
+        raise ValueError(f"{op}: cluster_size has {cluster_size.shape[0]} codes but embed_sum "
+                         f"has {embed_sum.shape[0]}")
+    check_tensor(op, "z", z)
+    if z.dim() < 1 or z.shape[-1] != embed_sum.shape[1]:
+        raise ValueError(f"{op}: z's last dimension must equal embed_sum's D "
+                         f"({embed_sum.shape[1]}); got z {tuple(z.shape)}")
+    if z.device != embed_sum.device:
+        raise ValueError(f"{op}: z and embed_sum must be on the same device; got z on "
+                         f"{z.device} and embed_sum on {embed_sum.device}")
+    if not isinstance(indices, torch.Tensor):
+        raise TypeError(f"{op}: indices must be a torch.Tensor; got {type(indices).__name__}")
+    if indices.dtype not in INDEX_DTYPES:
+        raise TypeError(f"{op}: indices must be an integer tensor (int64 or int32); got dtype "
+                        f"{_dt(indices.dtype)}")
+    lead = tuple(z.shape[:-1])
+    if tuple(indices.shape) != lead and tuple(indices.shape[:-1]) != lead:
+        raise ValueError(f"{op}: indices must have shape {lead} or {lead} + (S,) for z of "
+                         f"shape {tuple(z.shape)}; got {tuple(indices.shape)}")
+    if indices.device != z.device:
+        raise ValueError(f"{op}: z and indices must be on the same device; got z on {z.device} "
+                         f"and indices on {indices.device}")
+    decay = check_finite_float(op, "decay", decay)
+    if not 0.0 <= decay <= 1.0:
+        raise ValueError(f"{op}: decay must be in [0, 1]; got {decay}")
+    if tuple(indices.shape) == lead:
+        indices = indices.unsqueeze(-1)
+    backend = resolve_backend(op, z.device, z.dtype, backend)
+    _ema_op(cluster_size, embed_sum, z, indices, decay, backend)
+
