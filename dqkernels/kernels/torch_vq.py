@@ -22,13 +22,14 @@ import torch
 
 ROWS = 1024
 CODES = 2048
+SAMPLE_ROWS = 512      # the sampler holds several float64 tiles at once: smaller ones
 EXACT_ELEMS = 1 << 22   # elements of one (rows x codes x D) difference block in a re-score
 _U64 = 2.0 ** -53
 
 
-def _rows(N: int):
-    for r0 in range(0, N, ROWS):
-        yield r0, min(N, r0 + ROWS)
+def _rows(N: int, step: int = ROWS):
+    for r0 in range(0, N, step):
+        yield r0, min(N, r0 + step)
 
 
 def _codes(K: int, step: int = CODES):
@@ -105,14 +106,14 @@ def sample(z, codebook, u, inv_temperature, out):
     for c0, c1 in _codes(K):
         e = codebook[c0:c1].double()
         norms[c0:c1] = (e * e).sum(1)
-    for r0, r1 in _rows(N):
+    for r0, r1 in _rows(N, SAMPLE_ROWS):
         R = r1 - r0
         zr = z[r0:r1].double()
         zn = (zr * zr).sum(1)
         # pass 1: m = min_k d_k and Z = sum_k exp(-(d_k - m) / T), rescaled as m falls
         m = torch.full((R,), math.inf, dtype=torch.float64, device=dev)
         Z = torch.zeros(R, dtype=torch.float64, device=dev)
-        for c0, c1 in _codes(K):
+        for c0, c1 in _codes(K, CODES // 2):
             d = _sqdist_tile(zr, zn, codebook, norms, c0, c1)
             m_new = torch.minimum(m, d.min(1).values)
             Z = Z * torch.exp(-(m_new - m) * inv_temperature).nan_to_num(0.0) + \
@@ -123,7 +124,7 @@ def sample(z, codebook, u, inv_temperature, out):
         got = torch.full((R, S), -1, dtype=torch.int64, device=dev)
         last_pos = torch.zeros(R, dtype=torch.int64, device=dev)
         c_prev = torch.zeros(R, dtype=torch.float64, device=dev)
-        for c0, c1 in _codes(K):
+        for c0, c1 in _codes(K, CODES // 2):
             w = torch.exp(-(_sqdist_tile(zr, zn, codebook, norms, c0, c1) - m[:, None])
                           * inv_temperature)
             cum = c_prev[:, None] + torch.cumsum(w, 1)

@@ -42,9 +42,7 @@ def _nearest_op(z: torch.Tensor, codebook: torch.Tensor,
     D = z.shape[-1]
     z2 = z.reshape(-1, D)
     N, K = z2.shape[0], codebook.shape[0]
-    idx = new_output((N,), torch.int64, z.device)
-    if poison_indices():
-        idx.fill_(-1)
+    idx = _new_indices((N,), z.device)
     dist = new_output((N,), accumulate_dtype(z.dtype), z.device)
     if N > 0:
         if D == 0:      # every code is at distance 0: the first one
@@ -62,9 +60,12 @@ def _(z, codebook, backend):
             z.new_empty(shape, dtype=accumulate_dtype(z.dtype)))
 
 
-def poison_indices() -> bool:
+def _new_indices(shape, device) -> torch.Tensor:
+    """An int64 output; poisoned outputs start at -1 (never a valid index)."""
     from dqkernels.ops import _common
-    return _common.poison_outputs
+    if _common.poison_outputs:
+        return torch.full(shape, -1, dtype=torch.int64, device=device)
+    return torch.empty(shape, dtype=torch.int64, device=device)
 
 
 def _nearest_setup(ctx, inputs, output):
@@ -104,9 +105,7 @@ def _sample_op(z: torch.Tensor, codebook: torch.Tensor, u: torch.Tensor,
     D = z.shape[-1]
     z2 = z.reshape(-1, D)
     N, S, K = z2.shape[0], u.shape[-1], codebook.shape[0]
-    out = new_output((N, S), torch.int64, z.device)
-    if poison_indices():
-        out.fill_(-1)
+    out = _new_indices((N, S), z.device)
     if N > 0 and S > 0:
         u2 = u.reshape(N, S)
         if D == 0:      # all distances 0: uniform over the codes
