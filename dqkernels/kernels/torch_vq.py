@@ -116,7 +116,7 @@ def sample(z, codebook, u, inv_temperature, out):
         for c0, c1 in _codes(K, CODES // 2):
             d = _sqdist_tile(zr, zn, codebook, norms, c0, c1)
             m_new = torch.minimum(m, d.min(1).values)
-            Z = Z * torch.exp(-(m_new - m) * inv_temperature).nan_to_num(0.0) + \
+            Z = Z * torch.exp(-(m - m_new) * inv_temperature).nan_to_num(0.0) + \
                 torch.exp(-(d - m_new[:, None]) * inv_temperature).sum(1)
             m = m_new
         # pass 2: the first code whose cumulative weight exceeds u_s * Z
