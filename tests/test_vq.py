@@ -173,7 +173,8 @@ def test_sample_distribution_chi_square(backend, device):
     require(backend, device)
     seed = fresh_seed()
     g = torch.Generator().manual_seed(seed)
-    K, D, S = 6, 3, 20000
+    K, D = 6, 3
+    S = 2000 if (backend, device) == ("triton", "cpu") else 20000   # the interpreter is slow
     e = torch.randn(K, D, generator=g)
     z = torch.randn(3, D, generator=g) * 0.7
     T = 2.0
