@@ -21,8 +21,16 @@
 #
 # Knobs (environment): OUT (default ./gpu_out), DQK_CUDA_ARCHS (default 90),
 # SKIP_INSTALL=1, SKIP_TESTS=1, SKIP_BENCH=1, BENCH_ARGS (extra `dqk bench` arguments),
-# TOTAL_BUDGET, BENCH_RESERVE, and per-step caps INSTALL_TIMEOUT, GPU_TESTS_TIMEOUT,
-# TESTS_TIMEOUT, BENCH_TIMEOUT (seconds).
+# BENCH_OPS (comma-separated ops, default every op, the VQ ones included),
+# DQK_BENCH_CASES (fnmatch patterns on case names), TOTAL_BUDGET, BENCH_RESERVE, and
+# per-step caps INSTALL_TIMEOUT, GPU_TESTS_TIMEOUT, TESTS_TIMEOUT, BENCH_TIMEOUT (seconds).
+#
+# Every op's sweep does not fit in one 600 s call, nor its files in the 8 brought back:
+# run the ops in groups. The vector-quantisation sweeps compile a graph per case (24
+# each): give each its own call, e.g.
+#
+#     OUT=/some/folder SKIP_TESTS=1 BENCH_OPS=vq_nearest bash benchmarks/run_gpu.sh
+#     OUT=/other/folder SKIP_TESTS=1 BENCH_OPS=vq_ema_update bash benchmarks/run_gpu.sh
 set -u
 set -o pipefail
 
@@ -100,10 +108,15 @@ try:
               f"{p.total_memory / 2**30:.1f} GiB", p.multi_processor_count, "SMs")
 except Exception as exc:
     print("torch import failed:", exc)
-for mod in ("triton", "numpy", "pybind11", "matplotlib", "tqdm", "pytest", "sklearn"):
+import importlib.metadata
+for mod in ("triton", "numpy", "pybind11", "matplotlib", "tqdm", "pytest", "sklearn",
+            "faiss", "vector_quantize_pytorch", "einops"):
     try:
         m = __import__(mod)
-        print(mod, getattr(m, "__version__", "?"))
+        try:   # a module without __version__: its distribution's version
+            print(mod, getattr(m, "__version__", None) or importlib.metadata.version(mod))
+        except importlib.metadata.PackageNotFoundError:
+            print(mod, "?")
     except Exception as exc:
         print(mod, "MISSING", f"({type(exc).__name__})")
 EOF
@@ -149,9 +162,24 @@ if [ "${SKIP_BENCH:-0}" != "1" ]; then
     echo "dqkernels.cli could not build its parser; using benchmarks/run.py" | tee -a "$OUT/bench.log"
     BENCH=("$PY" benchmarks/run.py)
   fi
+  OPS_ARGS=()
+  if [ -n "${BENCH_OPS:-}" ]; then OPS_ARGS=(--ops "$BENCH_OPS"); fi
+  # the device and versions the timings belong to, at the top of bench.log
+  "$PY" -c "
+import importlib.metadata, torch
+print('bench device:', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA',
+      '| torch', torch.__version__, '| CUDA', torch.version.cuda)
+for mod in ('triton', 'faiss', 'vector_quantize_pytorch'):
+    try:
+        m = __import__(mod)
+        print(mod, getattr(m, '__version__', None) or importlib.metadata.version(mod))
+    except Exception as exc:
+        print(mod, 'MISSING', f'({type(exc).__name__})')
+" 2>&1 | tee -a "$OUT/bench.log"
   # shellcheck disable=SC2086
   run_step bench "$OUT/bench.log" "${BENCH_TIMEOUT:-600}" 5 \
-    "${BENCH[@]}" --device cuda --out "$OUT" --no-progress ${BENCH_ARGS:-}
+    "${BENCH[@]}" --device cuda --out "$OUT" --no-progress \
+    ${OPS_ARGS[@]+"${OPS_ARGS[@]}"} ${BENCH_ARGS:-}
 fi
 
 # --------------------------------------------------------------------------- tidy $OUT

@@ -54,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip the peak-memory measurement")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads for CPU runs (default: torch's default)")
+    parser.add_argument("--cases", default=None,
+                        help="comma-separated fnmatch patterns on shape case names, e.g. "
+                             "'n65536-d64-*' (default: every case; also $DQK_BENCH_CASES)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="no progress bar")
@@ -94,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = H.SweepConfig(device=device, dtypes=dtypes, quick=args.quick, compile=args.compile,
                         backends=_csv(args.backends) if args.backends else None,
                         timing=timing, check=args.check, memory=args.memory, seed=args.seed,
-                        progress=args.progress, cold_compile=args.cold_compile)
+                        progress=args.progress, cold_compile=args.cold_compile,
+                        cases=_csv(args.cases) if args.cases else None)
 
     if args.threads is not None:
         if args.threads < 1:

@@ -10,6 +10,13 @@ the loss with respect to the op's differentiable inputs) and forward only (grad 
 as in a training step), checked against a float64 evaluation of the reference, and its
 peak extra memory is measured in a separate, untimed call.
 
+A *forward-only* op (``BenchOp.forward_only``, see :mod:`dqkernels.bench.vq_nearest`)
+has no loss and no gradient: it names its implementations itself (:class:`Baseline`:
+eager formulations, a ``torch.compile``'d one, external libraries), the harness adds one
+row per backend (:meth:`BenchOp.backend_forward`), times one call of each, and the op's
+:meth:`BenchOp.check` hook scores the output of its first call (the one whose peak
+memory is measured).
+
 Nothing here runs at import time beyond importing torch; matplotlib, tqdm and triton are
 imported where they are used.
 """
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import fnmatch
 import gc
 import importlib
 import json
@@ -46,6 +54,8 @@ OP_MODULES: dict[str, str] = {
     "masked_conv2d": "dqkernels.bench.masked_conv2d",
     "masked_linear": "dqkernels.bench.masked_linear",
     "flow_train_step": "dqkernels.bench.flow_train_step",
+    "vq_nearest": "dqkernels.bench.vq_nearest",
+    "vq_ema_update": "dqkernels.bench.vq_ema_update",
 }
 
 
@@ -84,14 +94,41 @@ class Shape:
             self.label = " ".join(f"{k}={v}" for k, v in self.dims.items())
 
 
+@dataclass
+class Baseline:
+    """An implementation a forward-only op names itself (see :meth:`BenchOp.baselines`).
+
+    ``kind`` is ``eager`` (plain PyTorch as a user writes it; the fastest eager row is the
+    reference of ``vs eager``), ``compile`` (``fn`` is a ``torch.compile``'d callable: the
+    harness resets dynamo before its first call, reports that call as ``compile_s`` and
+    leaves the row out under ``--no-compile``) or ``external`` (another library).
+    """
+    name: str
+    fn: Callable[..., Any] | None      # called as fn(**inputs); None when skipped
+    skip: str | None = None            # why it is not run (then fn is None)
+    kind: str = "eager"
+    note: str | None = None            # shown in the row, e.g. "chunked (8192 rows per chunk)"
+
+
+#: the record fields a forward-only op's :meth:`BenchOp.check` may fill
+CHECK_FIELDS = ("exact_frac", "out_rel_err")
+
+
 class BenchOp:
-    """What an op supplies to the harness. Subclass and register in ``OP_MODULES``."""
+    """What an op supplies to the harness. Subclass and register in ``OP_MODULES``.
+
+    A differentiable op implements :meth:`grad_inputs`, :meth:`reference_loss` and
+    :meth:`backend_loss`; a forward-only op sets ``forward_only = True`` and implements
+    :meth:`baselines`, :meth:`backend_forward` and :meth:`check` instead."""
 
     name: str = ""
     #: one line for the report header: what is timed and what "loss" means
     description: str = ""
     #: notes copied into the JSON and markdown (how baselines are run, what bytes count)
     notes: tuple[str, ...] = ()
+    #: time one forward call per implementation (no loss, no gradient, no float64 gradient
+    #: check); the implementations come from :meth:`baselines` and :meth:`backend_forward`
+    forward_only: bool = False
 
     def shapes(self, device_type: str, quick: bool) -> list[Shape]:
         raise NotImplementedError
@@ -116,6 +153,31 @@ class BenchOp:
     def min_bytes(self, inputs: dict[str, torch.Tensor], backward: bool) -> int:
         """Bytes a perfect kernel must move (read inputs, write outputs/gradients)."""
         raise NotImplementedError
+
+    def flops(self, inputs: dict[str, torch.Tensor], backward: bool) -> float | None:
+        """Floating-point operations of one timed call (None: not a FLOP-bound op); gives
+        the records' TFLOP/s and fraction of the matmul ceiling of the case's dtype."""
+        return None
+
+    # -- forward-only ops
+
+    def baselines(self, inputs: dict[str, Any], device: torch.device,
+                  dtype: torch.dtype) -> list[Baseline]:
+        """The case's non-dqkernels implementations, in report order (forward-only ops)."""
+        return []
+
+    def backend_forward(self, backend: str, **inputs) -> Any:
+        """One call of the dqkernels op on ``backend`` (forward-only ops)."""
+        raise NotImplementedError
+
+    def check(self, inputs: dict[str, Any], output: Any) -> dict[str, float]:
+        """Correctness of one implementation's ``output``: values for fields of
+        :data:`CHECK_FIELDS` (forward-only ops)."""
+        return {}
+
+    def reset(self, inputs: dict[str, Any]) -> None:
+        """Restore state that the calls modify in place, before the checked call
+        (forward-only ops that update their inputs)."""
 
     def backends(self, device: torch.device, dtype: torch.dtype) -> list[str]:
         """dqkernels backends worth timing here (by default all that are available,
@@ -209,6 +271,11 @@ class TimingConfig:
     cpu_max_reps: int = 200
     cuda_rep_ms: int = 100
     cuda_warmup_ms: int = 25
+    # forward-only ops on CPU: a call of at least cpu_long_call_s is timed over
+    # min(3, cpu_long_budget_s / its time) repeats, at least 1, its checked call (the
+    # first) counting as one of them
+    cpu_long_call_s: float = 2.0
+    cpu_long_budget_s: float = 10.0
 
 
 def time_fn(fn, device: torch.device, cfg: TimingConfig, budget_scale: float = 1.0):
@@ -217,6 +284,23 @@ def time_fn(fn, device: torch.device, cfg: TimingConfig, budget_scale: float = 1
                          warmup_ms=cfg.cuda_warmup_ms)
     return time_cpu(fn, budget_s=cfg.cpu_budget_s * budget_scale, min_reps=cfg.cpu_min_reps,
                     max_reps=cfg.cpu_max_reps)
+
+
+def time_forward(fn, device: torch.device, cfg: TimingConfig,
+                 first_call_s: float) -> tuple[float, int]:
+    """:func:`time_fn` for a forward-only call that was just made once in
+    ``first_call_s`` seconds. On CPU a long call (at least ``cfg.cpu_long_call_s``) gets no
+    warm-up: that first call is the first of ``min(3, cpu_long_budget_s / first_call_s)``
+    timed repeats (at least 1), so that a sweep of calls of tens of seconds stays short."""
+    if device.type == "cuda" or first_call_s < cfg.cpu_long_call_s:
+        return time_fn(fn, device, cfg)
+    n = max(1, min(3, int(cfg.cpu_long_budget_s / first_call_s)))
+    times = [first_call_s]
+    for _ in range(n - 1):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3, n
 
 
 # ----------------------------------------------------------------------------- memory
@@ -307,7 +391,8 @@ def measure_ceilings(device: torch.device, quick: bool = False) -> dict:
               ("bf16", torch.bfloat16, 1024 if quick else 8192)]
     else:
         copy_bytes = (16 if quick else 256) * 2**20
-        mm = [("fp32", torch.float32, 256 if quick else 2048)]
+        mm = [("fp32", torch.float32, 256 if quick else 2048),
+              ("bf16", torch.bfloat16, 256 if quick else 2048)]
     try:
         src = torch.empty(copy_bytes // 4, dtype=torch.float32, device=device).uniform_()
         dst = torch.empty_like(src)
@@ -480,6 +565,14 @@ class Record:
     peak_mem_bytes: int | None = None  # extra memory of one fwd+bwd beyond the inputs
     grad_rel_err: float | None = None  # ||g - g64|| / ||g64|| vs float64 reference
     compile_s: float | None = None     # first call of the compiled function (compile)
+    kind: str | None = None            # eager | compile | backend | external
+    flops: float | None = None         # FLOP of one timed call (ops that define it)
+    tflops: float | None = None
+    frac_matmul: float | None = None   # tflops over the measured matmul rate of the dtype
+    vs: dict | None = None             # forward-only: {baseline: its ms / this ms}
+    exact_frac: float | None = None    # forward-only checks (BenchOp.check)
+    out_rel_err: float | None = None
+    note: str | None = None            # how the row ran, e.g. "chunked (8192 rows per chunk)"
 
 
 RECORD_KEYS = tuple(Record.__dataclass_fields__)
@@ -519,6 +612,23 @@ class SweepConfig:
     seed: int = 0
     progress: bool = True
     cold_compile: bool = False          # disable Inductor's on-disk caches for compile_s
+    # shape cases to run: fnmatch patterns on the case names (None: $DQK_BENCH_CASES,
+    # comma-separated, when set; otherwise every case)
+    cases: list[str] | None = None
+
+
+def select_shapes(shapes: list[Shape], patterns: list[str] | None) -> list[Shape]:
+    """The shapes whose name matches one of the fnmatch ``patterns`` (all for None)."""
+    if patterns is None:
+        return shapes
+    return [s for s in shapes if any(fnmatch.fnmatchcase(s.name, p) for p in patterns)]
+
+
+def _case_patterns(cfg: SweepConfig) -> list[str] | None:
+    if cfg.cases is not None:
+        return cfg.cases
+    env = os.environ.get("DQK_BENCH_CASES", "").strip()
+    return [p.strip() for p in env.split(",") if p.strip()] or None
 
 
 def _progress(iterable, total: int, desc: str, enabled: bool):
@@ -532,14 +642,13 @@ def _progress(iterable, total: int, desc: str, enabled: bool):
     return iterable
 
 
-def _implementations(op: BenchOp, cfg: SweepConfig, dtype: torch.dtype):
-    """(name, kind, loss function or None, skip reason) in report order."""
+def _backend_rows(op: BenchOp, cfg: SweepConfig,
+                  dtype: torch.dtype) -> list[tuple[str, str | None]]:
+    """(backend, skip reason or None): the op's backends, restricted to ``cfg.backends``
+    when given, where a requested backend that cannot run gets its reason."""
     from dqkernels import backends as B
-    impls: list[tuple[str, str, Callable | None, str | None]] = [
-        ("eager", "reference", op.reference_loss, None)]
-    if cfg.compile:
-        impls.append(("compile", "compile", None, None))   # built per case
     names = op.backends(cfg.device, dtype)
+    rows: list[tuple[str, str | None]] = []
     if cfg.backends is not None:
         for b in cfg.backends:
             if b in names:
@@ -547,10 +656,19 @@ def _implementations(op: BenchOp, cfg: SweepConfig, dtype: torch.dtype):
             why = B.why_unavailable(b, cfg.device, dtype) if b in B.BACKENDS else "unknown backend"
             if why is None and cfg.device.type == "cpu" and b == "triton":
                 why = "triton on CPU runs only in the interpreter; not benchmarked"
-            impls.append((b, "backend", None, why))
+            rows.append((b, why))
         names = [b for b in names if b in cfg.backends]
-    for b in names:
-        impls.append((b, "backend", _bind(op.backend_loss, b), None))
+    return [(b, None) for b in names] + rows
+
+
+def _implementations(op: BenchOp, cfg: SweepConfig, dtype: torch.dtype):
+    """(name, kind, loss function or None, skip reason) in report order."""
+    impls: list[tuple[str, str, Callable | None, str | None]] = [
+        ("eager", "reference", op.reference_loss, None)]
+    if cfg.compile:
+        impls.append(("compile", "compile", None, None))   # built per case
+    for b, why in _backend_rows(op, cfg, dtype):
+        impls.append((b, "backend", None if why else _bind(op.backend_loss, b), why))
     # keep skipped rows after the runnable ones
     return [i for i in impls if i[3] is None] + [i for i in impls if i[3] is not None]
 
@@ -563,14 +681,20 @@ def _bind(f, backend):
 
 def run_op(op: BenchOp, cfg: SweepConfig, ceilings: dict) -> list[Record]:
     device = cfg.device
-    shapes = op.shapes(device.type, cfg.quick)
+    all_shapes = op.shapes(device.type, cfg.quick)
+    patterns = _case_patterns(cfg)
+    shapes = select_shapes(all_shapes, patterns)
+    if not shapes:
+        _warn(f"{op.name}: no case matches {', '.join(patterns or [])}; its cases: "
+              + ", ".join(s.name for s in all_shapes))
     cases = [(s, dt) for s in shapes for dt in cfg.dtypes]
+    run_case = _run_forward_case if op.forward_only else _run_case
     records: list[Record] = []
     bar = _progress(cases, len(cases), f"bench {op.name}", cfg.progress)
     for shape, dtype in bar:
         if hasattr(bar, "set_postfix_str"):
             bar.set_postfix_str(f"{shape.name} {dtype_name(dtype)}")
-        records.extend(_run_case(op, cfg, shape, dtype, ceilings))
+        records.extend(run_case(op, cfg, shape, dtype, ceilings))
         if device.type == "cuda":
             torch.cuda.empty_cache()
     if hasattr(bar, "close"):
@@ -600,8 +724,10 @@ def _run_case(op: BenchOp, cfg: SweepConfig, shape: Shape, dtype: torch.dtype,
                   f"({_short_error(exc)})")
 
     records: list[Record] = []
+    flops = op.flops(inputs, backward=True)
     for name, kind, loss_fn, skip in _implementations(op, cfg, dtype):
-        rec = Record(impl=name, bytes_min=bytes_bwd, fwd_bytes_min=bytes_fwd, **base)
+        rec = Record(impl=name, bytes_min=bytes_bwd, fwd_bytes_min=bytes_fwd, flops=flops,
+                     kind="eager" if kind == "reference" else kind, **base)
         records.append(rec)
         if skip is not None:
             rec.status, rec.error = "skipped", skip
@@ -647,6 +773,80 @@ def _run_case(op: BenchOp, cfg: SweepConfig, shape: Shape, dtype: torch.dtype,
             if kind == "compile":
                 torch._dynamo.reset()
     _fill_derived(records, copy_gbps)
+    _fill_flops(records, ceilings, dtype)
+    return records
+
+
+def _run_forward_case(op: BenchOp, cfg: SweepConfig, shape: Shape, dtype: torch.dtype,
+                      ceilings: dict) -> list[Record]:
+    """One case of a forward-only op: every baseline and backend, one call each timed."""
+    device = cfg.device
+    base = dict(op=op.name, case=shape.name, shape=shape.label, dims=dict(shape.dims),
+                dtype=dtype_name(dtype), device=device.type)
+    inputs = op.make_inputs(shape, dtype, device, cfg.seed)
+    bytes_min = op.min_bytes(inputs, backward=False) or None
+    flops = op.flops(inputs, backward=False)
+    impls = [b for b in op.baselines(inputs, device, dtype)
+             if cfg.compile or b.kind != "compile"]
+    for b, why in _backend_rows(op, cfg, dtype):
+        impls.append(Baseline(b, None if why else _bind(op.backend_forward, b), why,
+                              kind="backend"))
+    impls = [b for b in impls if b.skip is None] + [b for b in impls if b.skip is not None]
+
+    records: list[Record] = []
+    for impl in impls:
+        rec = Record(impl=impl.name, kind=impl.kind, note=impl.note, bytes_min=bytes_min,
+                     flops=flops, **base)
+        records.append(rec)
+        if impl.skip is not None or impl.fn is None:
+            rec.status, rec.error = "skipped", impl.skip or "no implementation"
+            continue
+
+        def call(fn=impl.fn):
+            with torch.no_grad():
+                return fn(**inputs)
+
+        try:
+            if impl.kind == "compile":
+                torch._dynamo.reset()   # compile once for this case, from scratch
+                t0 = time.perf_counter()
+                with _inductor_caches(enabled=not cfg.cold_compile):
+                    call()
+                _sync(device)
+                rec.compile_s = time.perf_counter() - t0
+            # the checked call: memory high-water mark, the check, the warm-up (or, for
+            # a long call on CPU, the first timed repeat: see time_forward)
+            op.reset(inputs)
+            out = None
+            t0 = time.perf_counter()
+            if cfg.memory:
+                try:
+                    out, rec.peak_mem_bytes = call_measuring_memory(call, device)
+                except Exception as exc:  # noqa: BLE001 - the profiler, not the op
+                    _warn(f"peak memory of {impl.name} not measured: {_short_error(exc)}")
+            if out is None:
+                out = call()
+            _sync(device)
+            first_s = time.perf_counter() - t0
+            if cfg.check:
+                for key, value in op.check(inputs, out).items():
+                    if key not in CHECK_FIELDS:
+                        raise KeyError(f"{op.name}.check returned {key!r}; allowed: "
+                                       f"{', '.join(CHECK_FIELDS)}")
+                    setattr(rec, key, float(value))
+            del out
+            rec.ms, rec.reps = time_forward(call, device, cfg.timing, first_s)
+        except Exception as exc:  # noqa: BLE001 - one failing impl must not stop the sweep
+            rec.status, rec.error = "error", _short_error(exc)
+            if os.environ.get("DQK_BENCH_TRACEBACK"):
+                traceback.print_exc()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        finally:
+            if impl.kind == "compile":
+                torch._dynamo.reset()
+    _fill_forward_derived(records, ceilings.get("copy_gbps"))
+    _fill_flops(records, ceilings, dtype)
     return records
 
 
@@ -707,6 +907,36 @@ def _fill_derived(records: list[Record], copy_gbps: float | None) -> None:
             r.fwd_gbps = r.fwd_bytes_min / (r.fwd_ms * 1e-3) / 1e9
 
 
+def _fill_forward_derived(records: list[Record], copy_gbps: float | None) -> None:
+    """Speedups of a forward-only case: ``vs eager`` over the fastest eager baseline,
+    ``vs compile``, and ``vs`` over every baseline (eager, compile, external)."""
+    ok = [r for r in records if r.status == "ok" and r.ms]
+    eager = min((r for r in ok if r.kind == "eager"), key=lambda r: r.ms, default=None)
+    comp = next((r for r in ok if r.kind == "compile"), None)
+    baselines = [r for r in ok if r.kind in ("eager", "compile", "external")]
+    for r in ok:
+        if eager is not None:
+            r.speedup_vs_eager = eager.ms / r.ms
+        if comp is not None:
+            r.speedup_vs_compile = comp.ms / r.ms
+        r.vs = {b.impl: b.ms / r.ms for b in baselines} or None
+        if r.bytes_min:
+            r.gbps = r.bytes_min / (r.ms * 1e-3) / 1e9
+            if copy_gbps:
+                r.frac_copy_bw = r.gbps / copy_gbps
+
+
+def _fill_flops(records: list[Record], ceilings: dict, dtype: torch.dtype) -> None:
+    """TFLOP/s of the timed quantity (ms) and its fraction of the matmul rate measured
+    for the case's dtype (fp32 with TF32 off)."""
+    peak = ceilings.get(f"matmul_{dtype_name(dtype)}_tflops")
+    for r in records:
+        if r.status == "ok" and r.ms and r.flops:
+            r.tflops = r.flops / (r.ms * 1e-3) / 1e12
+            if peak:
+                r.frac_matmul = r.tflops / peak
+
+
 def _warn(msg: str) -> None:
     print(f"[dqk bench] {msg}", file=sys.stderr)
 
@@ -722,36 +952,18 @@ def run_benchmark(op_name: str, cfg: SweepConfig, ceilings: dict | None = None,
     ceilings = ceilings if ceilings is not None else measure_ceilings(cfg.device, cfg.quick)
     t0 = time.perf_counter()
     records = run_op(op, cfg, ceilings)
-    notes = list(op.notes) + [
-        CUDA_MEMORY_NOTE if cfg.device.type == "cuda" else CPU_MEMORY_NOTE,
-        "ms: median of fwd+bwd (loss, then torch.autograd.grad to the differentiable "
-        "inputs); fwd_ms: median of the forward alone with grad enabled, as in training",
-        "GB/s: bytes_min / ms; frac_copy_bw: that over the copy bandwidth measured in this "
-        "run (read + write of a large dst.copy_(src))",
-        "grad_rel_err: relative norm error of the gradient against autograd of the "
-        "reference in float64 on the same (already rounded) inputs",
-        "compile: torch.compile(reference loss, dynamic=False), compiled once per case "
-        "after torch._dynamo.reset(); compile_s is its first fwd+bwd call, excluded from "
-        "the timings" + (", compiled cold (Inductor caches disabled)" if cfg.cold_compile
-                         else "; it hits Inductor's on-disk caches when an earlier run "
-                         "compiled the same graph (--cold-compile disables them)"),
-    ]
-    if cfg.device.type == "cuda":
-        notes.append("timing: triton.testing.do_bench (L2 flushed before each run, median) "
-                     "or CUDA events with the same protocol when triton is missing")
-    else:
-        notes.append("timing: time.perf_counter, 1 warm-up call (2 when cheap), then repeats filling the "
-                     f"budget ({cfg.timing.cpu_budget_s:g} s fwd+bwd, half that fwd; at "
-                     f"least {cfg.timing.cpu_min_reps}), median")
+    notes = list(op.notes) + (_forward_notes(cfg) if op.forward_only else _train_notes(cfg))
     return {
         "schema": SCHEMA_VERSION,
         "op": op.name,
         "description": op.description,
+        "forward_only": op.forward_only,
         "environment": env,
         "ceilings": ceilings,
         "settings": {"quick": cfg.quick, "compile": cfg.compile,
                      "dtypes": [dtype_name(d) for d in cfg.dtypes],
                      "backends": cfg.backends, "seed": cfg.seed,
+                     "cases": _case_patterns(cfg),
                      "timing": asdict(cfg.timing),
                      "cold_compile": cfg.cold_compile,
                      "inductor_caches": inductor_cache_settings(),
@@ -760,6 +972,64 @@ def run_benchmark(op_name: str, cfg: SweepConfig, ceilings: dict | None = None,
         "records": [asdict(r) for r in records],
         "_elapsed": time.perf_counter() - t0,
     }
+
+
+def _compile_note(cfg: SweepConfig, what: str, first_call: str) -> str:
+    return (f"compile: torch.compile({what}, dynamic=False), compiled once per case after "
+            f"torch._dynamo.reset(); compile_s is its {first_call}, excluded from the "
+            "timings" + (", compiled cold (Inductor caches disabled)" if cfg.cold_compile
+                         else "; it hits Inductor's on-disk caches when an earlier run "
+                         "compiled the same graph (--cold-compile disables them)"))
+
+
+def _timing_note(cfg: SweepConfig, forward_only: bool) -> str:
+    if cfg.device.type == "cuda":
+        return ("timing: triton.testing.do_bench (L2 flushed before each run, median) "
+                "or CUDA events with the same protocol when triton is missing")
+    t = cfg.timing
+    if forward_only:
+        return ("timing: time.perf_counter; calls under "
+                f"{t.cpu_long_call_s:g} s: after the checked call, 1 more warm-up (2 when "
+                f"cheap), then repeats filling {t.cpu_budget_s:g} s (at least "
+                f"{t.cpu_min_reps}), median; longer calls: min(3, {t.cpu_long_budget_s:g} s "
+                "/ call) repeats, at least 1, the first being the checked call itself "
+                "(made under the memory profiler unless --no-memory; no warm-up), median "
+                "(reps in the JSON)")
+    return ("timing: time.perf_counter, 1 warm-up call (2 when cheap), then repeats filling "
+            f"the budget ({t.cpu_budget_s:g} s fwd+bwd, half that fwd; at least "
+            f"{t.cpu_min_reps}), median")
+
+
+def _train_notes(cfg: SweepConfig) -> list[str]:
+    return [
+        CUDA_MEMORY_NOTE if cfg.device.type == "cuda" else CPU_MEMORY_NOTE,
+        "ms: median of fwd+bwd (loss, then torch.autograd.grad to the differentiable "
+        "inputs); fwd_ms: median of the forward alone with grad enabled, as in training",
+        "GB/s: bytes_min / ms; frac_copy_bw: that over the copy bandwidth measured in this "
+        "run (read + write of a large dst.copy_(src))",
+        "grad_rel_err: relative norm error of the gradient against autograd of the "
+        "reference in float64 on the same (already rounded) inputs",
+        _compile_note(cfg, "reference loss", "first fwd+bwd call"),
+        _timing_note(cfg, forward_only=False),
+    ]
+
+
+def _forward_notes(cfg: SweepConfig) -> list[str]:
+    memory = (CUDA_MEMORY_NOTE if cfg.device.type == "cuda" else CPU_MEMORY_NOTE)
+    return [
+        memory.replace("one untimed fwd+bwd", "the row's first call").replace(
+            ", including the returned gradients", ", including the outputs"),
+        "forward-only op: ms is the median time of one call under torch.no_grad(); no "
+        "backward, no fwd_ms; each row's first call gives its peak memory and its check",
+        "vs eager (speedup_vs_eager): time of the FASTEST eager baseline of the case over "
+        "this row's time; vs compile: the compile row's; vs <name> (JSON: vs): each "
+        "baseline's (eager, compile, external) time over this row's",
+        "TFLOP/s: flops / ms; % matmul (frac_matmul): that over the matmul rate measured "
+        "in this run for the case's dtype (fp32 with TF32 off); GB/s: bytes_min / ms, "
+        "% copy BW over the measured copy bandwidth",
+        _compile_note(cfg, "the eager formulation named in the op's notes", "first call"),
+        _timing_note(cfg, forward_only=True),
+    ]
 
 
 def finalize(result: dict) -> dict:
@@ -832,35 +1102,108 @@ def markdown_table(result: dict) -> str:
         lines += ["Measured ceilings: " + "; ".join(c) + ".", ""]
     if result.get("description"):
         lines += [result["description"], ""]
-    head = ("| case | shape | dtype | impl | fwd+bwd ms | fwd ms | vs eager | vs compile "
-            "| GB/s | % copy BW | extra mem MiB | grad err |")
-    lines += [head, "|" + "---|" * 12]
-    for r in result["records"]:
-        if r["status"] != "ok":
-            lines.append(f"| {r['case']} | {r['shape']} | {r['dtype']} | {r['impl']} | "
-                         f"{r['status']}: {str(r['error'])[:120].replace('|', '/')} "
-                         "| | | | | | | |")
-            continue
-        mem = r.get("peak_mem_bytes")
-        lines.append(
-            f"| {r['case']} | {r['shape']} | {r['dtype']} | {r['impl']} "
-            f"| {_num(r['ms'])} | {_num(r['fwd_ms'])} "
-            f"| {_speed(r['speedup_vs_eager'])} | {_speed(r['speedup_vs_compile'])} "
-            f"| {_num(r['gbps'])} "
-            f"| {_num(None if r['frac_copy_bw'] is None else 100 * r['frac_copy_bw'])} "
-            f"| {_num(None if mem is None else mem / 2**20)} "
-            f"| {_fmt_err(r.get('grad_rel_err'))} |")
+    if result.get("forward_only"):
+        lines += _forward_table(result["records"])
+    else:
+        lines += _train_table(result["records"])
     compiles = [r for r in result["records"] if r.get("compile_s") is not None]
     if compiles:
-        lines += ["", "Compile time of torch.compile (first fwd+bwd, excluded): " + ", ".join(
+        first = "first call" if result.get("forward_only") else "first fwd+bwd"
+        lines += ["", f"Compile time of torch.compile ({first}, excluded): " + ", ".join(
             f"{r['case']}/{r['dtype']} {r['compile_s']:.1f} s" for r in compiles) + "."]
     if result.get("notes"):
         lines += ["", "Notes:", ""] + [f"- {n}" for n in result["notes"]]
     return "\n".join(lines) + "\n"
 
 
+def _cell(text) -> str:
+    return str(text).replace("|", "/").replace("\n", " ")
+
+
+def _train_table(records: list[dict]) -> list[str]:
+    """Rows of a differentiable op (TFLOP/s columns only when the op counts FLOP)."""
+    has_flops = any(r.get("tflops") for r in records)
+    head = ("| case | shape | dtype | impl | fwd+bwd ms | fwd ms | vs eager | vs compile "
+            "| GB/s | % copy BW |" + (" TFLOP/s | % matmul |" if has_flops else "")
+            + " extra mem MiB | grad err |")
+    ncols = 14 if has_flops else 12
+    lines = [head, "|" + "---|" * ncols]
+    for r in records:
+        if r["status"] != "ok":
+            lines.append(f"| {r['case']} | {r['shape']} | {r['dtype']} | {r['impl']} | "
+                         f"{r['status']}: {str(r['error'])[:120].replace('|', '/')} "
+                         + "| " * (ncols - 5) + "|")
+            continue
+        mem = r.get("peak_mem_bytes")
+        flops = ""
+        if has_flops:
+            frac = r.get("frac_matmul")
+            flops = (f"| {_num(r.get('tflops'))} "
+                     f"| {_num(None if frac is None else 100 * frac)} ")
+        lines.append(
+            f"| {r['case']} | {r['shape']} | {r['dtype']} | {r['impl']} "
+            f"| {_num(r['ms'])} | {_num(r['fwd_ms'])} "
+            f"| {_speed(r['speedup_vs_eager'])} | {_speed(r['speedup_vs_compile'])} "
+            f"| {_num(r['gbps'])} "
+            f"| {_num(None if r['frac_copy_bw'] is None else 100 * r['frac_copy_bw'])} "
+            + flops +
+            f"| {_num(None if mem is None else mem / 2**20)} "
+            f"| {_fmt_err(r.get('grad_rel_err'))} |")
+    return lines
+
+
+def _forward_table(records: list[dict]) -> list[str]:
+    """Rows of a forward-only op: one "vs" column per external baseline; TFLOP/s when
+    the op counts FLOP, else GB/s; the check columns the op fills; the row's note."""
+    external: list[str] = []
+    for r in records:
+        if r.get("kind") == "external" and r["impl"] not in external:
+            external.append(r["impl"])
+    has_flops = any(r.get("flops") for r in records)
+    has_bytes = not has_flops and any(r.get("bytes_min") for r in records)
+    has_exact = any(r.get("exact_frac") is not None for r in records)
+    has_err = any(r.get("out_rel_err") is not None for r in records)
+    cols = ["case", "shape", "dtype", "impl", "ms", "vs eager", "vs compile"]
+    cols += [f"vs {n}" for n in external]
+    cols += ["TFLOP/s", "% matmul"] if has_flops else []
+    cols += ["GB/s", "% copy BW"] if has_bytes else []
+    cols += ["extra mem MiB"] + (["exact %"] if has_exact else [])
+    cols += (["out err"] if has_err else []) + ["note"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in records:
+        head = [r["case"], r["shape"], r["dtype"], r["impl"]]
+        if r["status"] != "ok":
+            text = f"{r['status']}: {str(r.get('error'))[:160]}"
+            if r.get("note"):
+                text += f" ({r['note']})"
+            cells = head + [_cell(text)] + [""] * (len(cols) - 5)
+            lines.append("| " + " | ".join(cells) + " |")
+            continue
+        vs = r.get("vs") or {}
+        mem = r.get("peak_mem_bytes")
+        cells = head + [_num(r["ms"]), _speed(r.get("speedup_vs_eager")),
+                        _speed(r.get("speedup_vs_compile"))]
+        cells += [_speed(vs.get(n)) for n in external]
+        if has_flops:
+            frac = r.get("frac_matmul")
+            cells += [_num(r.get("tflops")), _num(None if frac is None else 100 * frac)]
+        if has_bytes:
+            frac = r.get("frac_copy_bw")
+            cells += [_num(r.get("gbps")), _num(None if frac is None else 100 * frac)]
+        cells.append(_num(None if mem is None else mem / 2**20))
+        if has_exact:
+            v = r.get("exact_frac")
+            cells.append("–" if v is None else f"{100 * v:.1f}")
+        if has_err:
+            cells.append(_fmt_err(r.get("out_rel_err")))
+        cells.append(_cell(r.get("note") or ""))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def plot_results(result: dict, path: str) -> None:
-    """Grouped bar chart: speedup of the fwd+bwd over eager, per implementation, per case."""
+    """Grouped bar chart: speedup over eager (fwd+bwd; for forward-only ops the call, over
+    the fastest eager baseline), per implementation, per case."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -901,7 +1244,8 @@ def plot_results(result: dict, path: str) -> None:
         ax.set_yscale("log")
     ax.set_xticks(range(len(cases)))
     ax.set_xticklabels([labels[c] for c in cases], fontsize=7)
-    ax.set_ylabel("speedup of fwd+bwd over eager (x)")
+    ax.set_ylabel("speedup over the fastest eager baseline (x)" if result.get("forward_only")
+                  else "speedup of fwd+bwd over eager (x)")
     env = result["environment"]
     ax.set_title(f"{result['op']}: {env.get('device_name')} (torch {env.get('torch')})",
                  fontsize=10)

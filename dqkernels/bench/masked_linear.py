@@ -96,7 +96,7 @@ class MaskedLinearBench(BenchOp):
                           backend=backend)
         return (y * gy).sum()
 
-    def useful_flops(self, inputs: dict, backward: bool) -> float:
+    def flops(self, inputs: dict, backward: bool) -> float:
         """2 * B * nnz(mask) per product; three products with the backward."""
         nnz = float(inputs["mask"].count_nonzero())
         return 2.0 * inputs["x"].shape[0] * nnz * (3 if backward else 1)
