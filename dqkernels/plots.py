@@ -9,7 +9,7 @@ import math
 
 import torch
 
-__all__ = ["save_image_grid", "save_learning_curve"]
+__all__ = ["save_codebook_usage", "save_image_grid", "save_learning_curve"]
 
 
 def _figure(width: float, height: float):
@@ -71,5 +71,46 @@ def save_learning_curve(history: list[dict], path: str, title: str = "",
                      fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def save_codebook_usage(usage, ema_counts, path: str, title: str = "",
+                        dead_threshold: float | None = None) -> None:
+    """A VQ codebook's usage, two panels of bars over the codes sorted by usage (log y):
+    left ``usage[k]`` (e.g. how many test latents chose code ``k``; unused codes have no
+    bar and are counted in the panel title), right the codebook's EMA counts ``ema_counts[k]``
+    in the same order. Codes with an EMA count below ``dead_threshold`` are red in both
+    panels, and the threshold is drawn as a line on the right."""
+    import numpy as np
+
+    usage = torch.as_tensor(usage).double().cpu().numpy()
+    ema = torch.as_tensor(ema_counts).double().cpu().numpy()
+    if usage.shape != ema.shape or usage.ndim != 1:
+        raise ValueError(f"save_codebook_usage: usage and ema_counts must both be [K]; got "
+                         f"{usage.shape} and {ema.shape}")
+    K = usage.shape[0]
+    order = np.lexsort((-ema, -usage))          # by usage, then EMA count, descending
+    dead = ema < dead_threshold if dead_threshold is not None else np.zeros(K, dtype=bool)
+    colors = np.where(dead[order], "tab:red", "tab:blue")
+    fig = _figure(11.0, 4.0)
+    pos = np.arange(K)
+    for i, (values, label) in enumerate(((usage, "usage count"), (ema, "EMA count"))):
+        ax = fig.add_subplot(1, 2, i + 1)
+        shown = values[order]
+        ax.bar(pos, np.where(shown > 0, shown, np.nan), width=1.0, color=colors)
+        ax.set_yscale("log")
+        ax.set_xlim(-0.5, K - 0.5)
+        ax.set_xlabel("codes, sorted by usage (then EMA count)")
+        ax.set_ylabel(label)
+        notes = [f"{int((values <= 0).sum())} of {K} codes at 0"]
+        if dead_threshold is not None:
+            notes.append(f"{int(dead.sum())} dead (red: EMA count < {dead_threshold:g})")
+        if i == 1 and dead_threshold is not None and dead_threshold > 0:
+            ax.axhline(dead_threshold, color="tab:red", linestyle="--", linewidth=1)
+        ax.set_title("; ".join(notes), fontsize=9)
+        ax.grid(True, axis="y", alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -25,6 +25,7 @@ import importlib
 TASKS = {
     "pixelcnn": "dqkernels.tasks.pixelcnn",
     "flow": "dqkernels.tasks.flow",
+    "vqvae": "dqkernels.tasks.vqvae",
 }
 
 

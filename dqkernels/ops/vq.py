@@ -193,7 +193,12 @@ def vq_nearest(z: torch.Tensor, codebook: torch.Tensor, *,
 
 
 def _sorted_uniforms(shape, dtype, device, generator):
-    u = torch.rand(shape, dtype=dtype, device=device, generator=generator)
+    # no generator= keyword when there is none: torch.compile with dynamic shapes cannot
+    # trace torch.rand(..., generator=None)
+    if generator is None:
+        u = torch.rand(shape, dtype=dtype, device=device)
+    else:
+        u = torch.rand(shape, dtype=dtype, device=device, generator=generator)
     return torch.sort(u, dim=-1)
 
 
