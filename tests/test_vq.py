@@ -204,6 +204,49 @@ def test_sample_generator_reproducible_and_temperature():
     assert torch.equal(cold, nearest[:, None].expand(-1, 8))
 
 
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+def test_sample_draw_positions_match_their_uniforms(backend, device):
+    """Draw s of vector n is the inverse CDF at the generator's uniform u[n, s]: the op
+    sorts the uniforms for the kernel and must put every draw back at its uniform's
+    position (a wrong permutation would still look i.i.d.)."""
+    require(backend, device)
+    seed = fresh_seed()
+    z, e = _inputs(40, 11, 5, torch.float32, device, seed, dup=False)
+    got = vq_sample(z, e, 6, temperature=0.7, backend=backend,
+                    generator=torch.Generator(device).manual_seed(seed)).cpu()
+    u = torch.rand(40, 6, generator=torch.Generator(device).manual_seed(seed),
+                   device=device).cpu()
+    ref = vq_sample_reference(z.cpu(), e.cpu(), u, 0.7)
+    assert (got == ref).double().mean().item() >= 0.99, f"seed {seed}"
+
+
+def test_zero_dimensional_vectors():
+    z, e = torch.randn(3, 0), torch.randn(4, 0)
+    idx, dist = vq_nearest(z, e, backend="torch")
+    assert idx.tolist() == [0, 0, 0] and dist.tolist() == [0.0, 0.0, 0.0]
+    draws = vq_sample(z, e, 50, backend="torch")
+    assert bool(((draws >= 0) & (draws < 4)).all()) and len(draws.unique()) > 1
+    cs, es = torch.ones(4), torch.ones(4, 0)
+    vq_ema_update(cs, es, z, torch.tensor([0, 0, 3]), decay=0.5)
+    assert cs.tolist() == [0.5] * 4
+
+
+def test_ops_compile_fullgraph_dynamic():
+    z, e = _inputs(16, 5, 3, torch.float32, "cpu", fresh_seed(), dup=False)
+
+    def f(z, e, cs, es):
+        idx, dist = vq_nearest(z, e, backend="torch")
+        draws = vq_sample(z, e, 3, temperature=0.5, backend="torch")
+        vq_ema_update(cs, es, z, idx, decay=0.9, backend="torch")
+        return idx, dist, draws
+
+    cs, es = torch.zeros(5), torch.zeros(5, 3)
+    idx, dist, draws = torch.compile(f, fullgraph=True, dynamic=True)(z, e, cs, es)
+    ref_idx, _ = vq_nearest(z, e, backend="torch")
+    assert torch.equal(idx, ref_idx) and draws.shape == (16, 3)
+    assert float(cs.sum()) == pytest.approx(0.1 * 16)
+
+
 def test_sample_empty_and_batch_dims():
     z, e = _inputs(0, 4, 3, torch.float32, "cpu", 0)
     assert vq_sample(z, e, 5, backend="torch").shape == (0, 5)
@@ -324,6 +367,29 @@ def test_no_n_by_k_memory(what, backend):
         assert grow("cdist", "torch") >= nk * 0.9
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_no_n_by_k_memory_gpu(backend):
+    """N = K = 32768 (an N x K float32 matrix is 4 GiB): the ops allocate far less through
+    torch's allocator (the cuda kernels' own O(N + K) scratch, from cudaMallocAsync, is not
+    counted there)."""
+    require(backend, "cuda")
+    N = K = 32768
+    z, e = torch.randn(N, 64, device="cuda"), torch.randn(K, 64, device="cuda")
+    idx = torch.randint(0, K, (N,), device="cuda")
+    cs, es = torch.zeros(K, device="cuda"), torch.zeros(K, 64, device="cuda")
+    for call in (lambda: vq_nearest(z, e, backend=backend),
+                 lambda: vq_sample(z, e, 4, backend=backend),
+                 lambda: vq_ema_update(cs, es, z, idx, decay=0.9, backend=backend)):
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        out = call()
+        torch.cuda.synchronize()
+        assert torch.cuda.max_memory_allocated() - base < N * K * 4 / 64
+        del out
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
@@ -346,7 +412,8 @@ def test_bad_input_messages():
         vq_nearest(torch.randn(2, 3), torch.randn(0, 3))
     with pytest.raises(ValueError, match="vq_sample: num_samples must be >= 1; got 0"):
         vq_sample(torch.randn(2, 3), e, 0)
-    with pytest.raises(ValueError, match="vq_sample: temperature must be > 0; got -1.0"):
+    with pytest.raises(ValueError, match="vq_sample: temperature must be > 0 and finite; "
+                                         "got -1.0"):
         vq_sample(torch.randn(2, 3), e, 2, temperature=-1.0)
     cs, es, z = torch.zeros(5), torch.zeros(5, 3), torch.randn(4, 3)
     with pytest.raises(IndexError, match=r"vq_ema_update: indices must be in \[0, 5\) \(the "
@@ -363,6 +430,14 @@ def test_bad_input_messages():
                                         r"\(the EMA state is kept in full precision\); got "
                                         "bfloat16"):
         vq_ema_update(cs, es.bfloat16(), z, torch.zeros(4, dtype=torch.int64), decay=0.9)
+    with pytest.raises(ValueError, match=r"vq_ema_update: embed_sum must be contiguous \(it "
+                                         r"is updated in place\); got strides \(1, 5\)"):
+        vq_ema_update(cs, torch.zeros(3, 5).t(), z, torch.zeros(4, dtype=torch.int64),
+                      decay=0.9)
+    with pytest.raises(ValueError, match=r"vq_ema_update: embed_sum must be contiguous \(it "
+                                         r"is updated in place\); got strides \(1, 5\)"):
+        vq_ema_update(cs, torch.zeros(3, 5).t(), z, torch.zeros(4, dtype=torch.int64),
+                      decay=0.9)
     with pytest.raises(ValueError, match=r"vq_ema_update: decay must be in \[0, 1\]; got 1.5"):
         vq_ema_update(cs, es, z, torch.zeros(4, dtype=torch.int64), decay=1.5)
     with pytest.raises(ValueError, match=r"vq_ema_update: z's last dimension must equal "

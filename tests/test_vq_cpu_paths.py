@@ -39,7 +39,8 @@ def isa(request, monkeypatch):
 
 def check_nearest(z, e, info=""):
     """Indices equal to the reference's first argmin (up to true near-ties below 1e-12
-    relative, where float64 itself cannot tell) and sqdist within the dtype's tolerance."""
+    relative, where float64 itself cannot tell, and then the lowest index at the chosen
+    distance) and sqdist within the dtype's tolerance."""
     idx, dist = vq_nearest(z, e, backend="cpp")
     d = ref.sqdist_matrix(z, e)
     ridx, rdist = ref.vq_nearest_reference(z, e)
@@ -47,6 +48,9 @@ def check_nearest(z, e, info=""):
     chosen = d.gather(1, idx[:, None])[:, 0]
     ok = (idx == ridx) | (chosen <= rdist * (1 + 1e-12))
     assert ok.all(), f"{info}: {int((~ok).sum())} rows with a wrong code"
+    # an accepted near-tie must still be the lowest index at its float64 distance
+    first_equal = (d == chosen[:, None]).to(torch.int8).argmax(1)
+    assert torch.equal(idx, first_equal), f"{info}: a tie did not go to the lowest index"
     tol = 1e-12 if z.dtype == torch.float64 else TOL[torch.float32]
     assert rel_err(dist, rdist) <= tol, info
     return idx, dist

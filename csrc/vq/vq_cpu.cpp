@@ -1035,6 +1035,12 @@ void ema_impl(const EmaArgs& a, int nt) {
       cs[k] = St(double(cs[k]) * decay + alpha * double(e - b));
       std::fill(acc.begin(), acc.end(), 0.0);
       for (int64_t i = b; i < e; ++i) {
+        // the rows of a code are scattered over z: fetch the row after next meanwhile
+        if (i + 2 < e) {
+          const char* next = reinterpret_cast<const char*>(z + rows[size_t(i + 2)] * D);
+          for (int64_t off = 0; off < D * int64_t(sizeof(T)); off += 64)
+            __builtin_prefetch(next + off);
+        }
         const T* zr = z + rows[size_t(i)] * D;
         for (int64_t d = 0; d < D; ++d) acc[size_t(d)] += to_d(zr[d]);
       }

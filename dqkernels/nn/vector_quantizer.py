@@ -267,7 +267,9 @@ class VectorQuantizer(nn.Module):
                 counts = self._counts(idx)
             dead = self.dead_mask()
             dead_codes = dead.sum()
-            if self.training and self.reinit_dead:
+            # dead_mask is identical on every rank (all-reduced state), so all ranks take
+            # this branch together; no draw (nor collectives) in a step without dead codes
+            if self.training and self.reinit_dead and bool(dead.any()):
                 cand, ok = self._draw(z2.detach())
                 replace = dead & ok
                 self.embed_sum.copy_(torch.where(replace[:, None], cand, self.embed_sum))

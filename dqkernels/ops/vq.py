@@ -36,11 +36,19 @@ INDEX_DTYPES = (torch.int32, torch.int64)
 # ----------------------------------------------------------------------------- nearest
 
 
+def _rows(z: torch.Tensor) -> int:
+    """Vectors in ``z [..., D]`` (``reshape(-1, D)`` cannot infer it when D = 0)."""
+    n = 1
+    for s in z.shape[:-1]:
+        n *= s
+    return n
+
+
 @torch.library.custom_op("dqk::vq_nearest", mutates_args=())
 def _nearest_op(z: torch.Tensor, codebook: torch.Tensor,
                 backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     D = z.shape[-1]
-    z2 = z.reshape(-1, D)
+    z2 = z.reshape(_rows(z), D)
     N, K = z2.shape[0], codebook.shape[0]
     idx = _new_indices((N,), z.device)
     dist = new_output((N,), accumulate_dtype(z.dtype), z.device)
@@ -103,7 +111,7 @@ _nearest_op.register_autograd(_nearest_backward, setup_context=_nearest_setup)
 def _sample_op(z: torch.Tensor, codebook: torch.Tensor, u: torch.Tensor,
                inv_temperature: float, backend: str) -> torch.Tensor:
     D = z.shape[-1]
-    z2 = z.reshape(-1, D)
+    z2 = z.reshape(_rows(z), D)
     N, S, K = z2.shape[0], u.shape[-1], codebook.shape[0]
     out = _new_indices((N, S), z.device)
     if N > 0 and S > 0:
@@ -128,7 +136,7 @@ def _(z, codebook, u, inv_temperature, backend):
 def _ema_op(cluster_size: torch.Tensor, embed_sum: torch.Tensor, z: torch.Tensor,
             indices: torch.Tensor, decay: float, backend: str) -> None:
     K, D = embed_sum.shape
-    z2 = z.reshape(-1, D)
+    z2 = z.reshape(_rows(z), D)
     N = z2.shape[0]
     idx = indices.reshape(N, -1) if N > 0 else indices.reshape(0, 1)
     if N > 0 and idx.numel() > 0:
@@ -223,9 +231,11 @@ def vq_sample(z: torch.Tensor, codebook: torch.Tensor, num_samples: int, *,
     op = "vq_sample"
     _check_pair(op, z, codebook)
     check_int(op, "num_samples", num_samples, 1)
-    temperature = check_finite_float(op, "temperature", temperature)
-    if temperature <= 0:
-        raise ValueError(f"{op}: temperature must be > 0; got {temperature}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise TypeError(f"{op}: temperature must be a float; got {type(temperature).__name__}")
+    # plain comparisons (not math.isfinite), so that torch.compile can trace it
+    if not 0 < temperature < float("inf"):
+        raise ValueError(f"{op}: temperature must be > 0 and finite; got {temperature}")
     backend = resolve_backend(op, z.device, z.dtype, backend)
     acc = accumulate_dtype(z.dtype)
     u, order = _sorted_uniforms((*z.shape[:-1], num_samples), acc, z.device, generator)
@@ -262,6 +272,10 @@ def vq_ema_update(cluster_size: torch.Tensor, embed_sum: torch.Tensor, z: torch.
             raise TypeError(f"{op}: {name} must be float32 or float64 (the EMA state is kept "
                             f"in full precision); got {_dt(t.dtype)}")
     check_same(op, "cluster_size", cluster_size, "embed_sum", embed_sum)
+    for name, t in (("cluster_size", cluster_size), ("embed_sum", embed_sum)):
+        if not t.is_contiguous():
+            raise ValueError(f"{op}: {name} must be contiguous (it is updated in place); got "
+                             f"strides {tuple(t.stride())} for shape {tuple(t.shape)}")
     if cluster_size.shape[0] != embed_sum.shape[0]:
         raise ValueError(f"{op}: cluster_size has {cluster_size.shape[0]} codes but embed_sum "
                          f"has {embed_sum.shape[0]}")
