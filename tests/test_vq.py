@@ -364,7 +364,7 @@ def test_no_n_by_k_memory(what, backend):
     grew = grow(what, backend)
     assert grew < nk / 8, f"{what} on {backend} grew resident memory by {grew / 2**20:.0f} MiB"
     if what == "nearest" and backend == "torch":
-        assert grow("cdist", "torch") >= nk * 0.9
+        assert grow("cdist", "torch") >= nk / 2
 
 
 @pytest.mark.gpu
