@@ -705,8 +705,7 @@ def run_op(op: BenchOp, cfg: SweepConfig, ceilings: dict) -> list[Record]:
 def _run_case(op: BenchOp, cfg: SweepConfig, shape: Shape, dtype: torch.dtype,
               ceilings: dict) -> list[Record]:
     device = cfg.device
-    base = dict(op=op.name, case=shape.name, shape=shape.label, dims=dict(shape.dims),
-                dtype=dtype_name(dtype), device=device.type)
+    base = _case_fields(op, shape, dtype, device)
     inputs = op.make_inputs(shape, dtype, device, cfg.seed)
     names = op.grad_inputs()
     leaves = [inputs[n] for n in names]
@@ -744,11 +743,7 @@ def _run_case(op: BenchOp, cfg: SweepConfig, shape: Shape, dtype: torch.dtype,
                 return torch.autograd.grad(loss_fn(**inputs), leaves)
 
             if kind == "compile":
-                t0 = time.perf_counter()
-                with _inductor_caches(enabled=not cfg.cold_compile):
-                    step()
-                _sync(device)
-                rec.compile_s = time.perf_counter() - t0
+                rec.compile_s = _first_compiled_call(step, cfg)
             # one untimed call gives the memory high-water mark and the gradient check
             grads = None
             if cfg.memory:
@@ -764,11 +759,7 @@ def _run_case(op: BenchOp, cfg: SweepConfig, shape: Shape, dtype: torch.dtype,
             rec.ms, rec.reps = time_fn(step, device, cfg.timing)
             rec.fwd_ms, rec.fwd_reps = time_fn(fwd, device, cfg.timing, budget_scale=0.5)
         except Exception as exc:  # noqa: BLE001 - one failing impl must not stop the sweep
-            rec.status, rec.error = "error", _short_error(exc)
-            if os.environ.get("DQK_BENCH_TRACEBACK"):
-                traceback.print_exc()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+            _record_failure(rec, exc, device)
         finally:
             if kind == "compile":
                 torch._dynamo.reset()
@@ -781,8 +772,7 @@ def _run_forward_case(op: BenchOp, cfg: SweepConfig, shape: Shape, dtype: torch.
                       ceilings: dict) -> list[Record]:
     """One case of a forward-only op: every baseline and backend, one call each timed."""
     device = cfg.device
-    base = dict(op=op.name, case=shape.name, shape=shape.label, dims=dict(shape.dims),
-                dtype=dtype_name(dtype), device=device.type)
+    base = _case_fields(op, shape, dtype, device)
     inputs = op.make_inputs(shape, dtype, device, cfg.seed)
     bytes_min = op.min_bytes(inputs, backward=False) or None
     flops = op.flops(inputs, backward=False)
@@ -809,11 +799,7 @@ def _run_forward_case(op: BenchOp, cfg: SweepConfig, shape: Shape, dtype: torch.
         try:
             if impl.kind == "compile":
                 torch._dynamo.reset()   # compile once for this case, from scratch
-                t0 = time.perf_counter()
-                with _inductor_caches(enabled=not cfg.cold_compile):
-                    call()
-                _sync(device)
-                rec.compile_s = time.perf_counter() - t0
+                rec.compile_s = _first_compiled_call(call, cfg)
             # the checked call: memory high-water mark, the check, the warm-up (or, for
             # a long call on CPU, the first timed repeat: see time_forward)
             op.reset(inputs)
@@ -837,17 +823,38 @@ def _run_forward_case(op: BenchOp, cfg: SweepConfig, shape: Shape, dtype: torch.
             del out
             rec.ms, rec.reps = time_forward(call, device, cfg.timing, first_s)
         except Exception as exc:  # noqa: BLE001 - one failing impl must not stop the sweep
-            rec.status, rec.error = "error", _short_error(exc)
-            if os.environ.get("DQK_BENCH_TRACEBACK"):
-                traceback.print_exc()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+            _record_failure(rec, exc, device)
         finally:
             if impl.kind == "compile":
                 torch._dynamo.reset()
     _fill_forward_derived(records, ceilings.get("copy_gbps"))
     _fill_flops(records, ceilings, dtype)
     return records
+
+
+def _case_fields(op: BenchOp, shape: Shape, dtype: torch.dtype,
+                 device: torch.device) -> dict:
+    """The Record fields every row of one case shares."""
+    return dict(op=op.name, case=shape.name, shape=shape.label, dims=dict(shape.dims),
+                dtype=dtype_name(dtype), device=device.type)
+
+
+def _first_compiled_call(fn: Callable[[], Any], cfg: SweepConfig) -> float:
+    """Seconds of the first call of a compiled function (the compile itself)."""
+    t0 = time.perf_counter()
+    with _inductor_caches(enabled=not cfg.cold_compile):
+        fn()
+    _sync(cfg.device)
+    return time.perf_counter() - t0
+
+
+def _record_failure(rec: Record, exc: BaseException, device: torch.device) -> None:
+    """Mark a row as failed (the sweep goes on with the next implementation)."""
+    rec.status, rec.error = "error", _short_error(exc)
+    if os.environ.get("DQK_BENCH_TRACEBACK"):
+        traceback.print_exc()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 @contextlib.contextmanager
