@@ -18,6 +18,7 @@
 
 #include <stdint.h>
 
+#include "../common/cpu_isa.h"
 #include "../common/dtype.h"
 
 namespace dqk {
@@ -45,12 +46,8 @@ struct Args {
   void* gb = nullptr;                 // [out]       (backward; null: not wanted)
 };
 
-// CPU instruction-set paths of the GEMM microkernels (isa argument): 0 picks the best the
-// running CPU supports; tests force each one the CPU supports to cover them all.
-// kIsaAvx512Bf16 is AVX-512 plus, for bf16 inputs, vdpbf16ps on bf16 pairs (other dtypes
-// run the AVX-512 path).
-enum Isa { kIsaAuto = 0, kIsaGeneric = 1, kIsaAvx2 = 2, kIsaAvx512 = 3, kIsaAvx512Bf16 = 4 };
-// bit i set: Isa i runs on this CPU (generic always does)
+// CPU instruction-set paths of the GEMM microkernels (isa argument): dqk::Isa of
+// common/cpu_isa.h. Bit i of cpu_isas() set: path i runs on this CPU.
 int cpu_isas();
 
 void forward_cpu(const Args& a, int num_threads, int isa = kIsaAuto);

@@ -620,32 +620,6 @@ DQK_ML_V4 void item_d512(const Problem<double, double>& p, int64_t i, unsigned c
 DQK_ML_V4 void item_bf16(const Problem<BFloat16, float>& p, int64_t i, unsigned char* w) { run_item<PathBF16>(p, i, w); }
 #endif
 
-int supported_isas() {
-  int bits = 1 << kIsaGeneric;
-#if DQK_ML_X86
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("x86-64-v3")) bits |= 1 << kIsaAvx2;
-  if (__builtin_cpu_supports("x86-64-v4")) {
-    bits |= 1 << kIsaAvx512;
-    if (__builtin_cpu_supports("avx512bf16")) bits |= 1 << kIsaAvx512Bf16;
-  }
-#endif
-  return bits;
-}
-
-int pick_isa(int isa) {
-  const int bits = supported_isas();
-  if (isa == kIsaAuto) {
-    for (int i : {kIsaAvx512Bf16, kIsaAvx512, kIsaAvx2, kIsaGeneric})
-      if (bits & (1 << i)) return i;
-  }
-  if (isa < kIsaGeneric || isa > kIsaAvx512Bf16 || !(bits & (1 << isa)))
-    throw std::invalid_argument("masked_linear cpu: instruction-set path " + std::to_string(isa) +
-                                " does not run on this CPU (supported bit set " +
-                                std::to_string(bits) + ")");
-  return isa;
-}
-
 // A path's item function, register tile, K granularity and workspace size.
 template <typename Src, typename Acc>
 struct Kernel {
@@ -948,7 +922,7 @@ void bias_grad(const Args& a, int nt) {
 template <typename S>
 void forward_impl(const Args& a, int nt, int isa) {
   using Acc = typename Scalar<S>::acc;
-  isa = pick_isa(isa);
+  isa = pick_cpu_isa(isa, "masked_linear cpu");
   const std::vector<Acc> bb = bias_vector<S, Acc>(a);
   const Acc* bias = a.bias ? bb.data() : nullptr;
 #if DQK_ML_X86
@@ -970,7 +944,7 @@ void forward_impl(const Args& a, int nt, int isa) {
 template <typename S>
 void backward_impl(const Args& a, int nt, int isa) {
   using Acc = typename Scalar<S>::acc;
-  isa = pick_isa(isa);
+  isa = pick_cpu_isa(isa, "masked_linear cpu");
   if (a.gb) bias_grad<S, Acc>(a, nt);
   if (!a.gx && !a.gw) return;
 #if DQK_ML_X86
@@ -1008,7 +982,7 @@ void dispatch(DType dt, F&& f) {
 
 }  // namespace
 
-int cpu_isas() { return supported_isas(); }
+int cpu_isas() { return supported_cpu_isas(); }
 
 void forward_cpu(const Args& a, int num_threads, int isa) {
   dispatch(a.dtype, [&](auto s) { forward_impl<decltype(s)>(a, num_threads, isa); });

@@ -18,6 +18,7 @@
 
 #include <stdint.h>
 
+#include "../common/cpu_isa.h"
 #include "../common/dtype.h"
 
 namespace dqk {
@@ -53,9 +54,8 @@ struct EmaArgs {
   double decay = 0.0;
 };
 
-// CPU instruction-set paths (isa argument): 0 picks the best the running CPU supports;
-// tests force each one the CPU supports. Bit i of cpu_isas() set: path i runs here.
-enum Isa { kIsaAuto = 0, kIsaGeneric = 1, kIsaAvx2 = 2, kIsaAvx512 = 3, kIsaAvx512Bf16 = 4 };
+// CPU instruction-set paths (isa argument): dqk::Isa of common/cpu_isa.h. Bit i of
+// cpu_isas() set: path i runs on this CPU.
 int cpu_isas();
 
 void nearest_cpu(const NearestArgs& a, int num_threads, int isa = kIsaAuto);

@@ -869,32 +869,6 @@ Kernel<T> kernel(RowsFn<T> fn, int64_t D) {
   return Kernel<T>{fn, Ws<P>(D, code_block_size<P>(D)).bytes};
 }
 
-int supported_isas() {
-  int bits = 1 << kIsaGeneric;
-#if DQK_VQ_X86
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("x86-64-v3")) bits |= 1 << kIsaAvx2;
-  if (__builtin_cpu_supports("x86-64-v4")) {
-    bits |= 1 << kIsaAvx512;
-    if (__builtin_cpu_supports("avx512bf16")) bits |= 1 << kIsaAvx512Bf16;
-  }
-#endif
-  return bits;
-}
-
-int pick_isa(int isa) {
-  const int bits = supported_isas();
-  if (isa == kIsaAuto) {
-    for (int i : {kIsaAvx512Bf16, kIsaAvx512, kIsaAvx2, kIsaGeneric})
-      if (bits & (1 << i)) return i;
-  }
-  if (isa < kIsaGeneric || isa > kIsaAvx512Bf16 || !(bits & (1 << isa)))
-    throw std::invalid_argument("vq cpu: instruction-set path " + std::to_string(isa) +
-                                " does not run on this CPU (supported bit set " +
-                                std::to_string(bits) + ")");
-  return isa;
-}
-
 // the kernel of a path for storage type T (float paths for float/fp16/bf16 inputs)
 template <typename T>
 Kernel<T> kernel_for(int isa, int64_t D) {
@@ -972,7 +946,7 @@ void run_rows(const Job<T>& j, int op, const Kernel<T>& k, int nt) {
 template <typename T>
 void nearest_impl(const NearestArgs& a, int nt, int isa) {
   using Acc = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
-  isa = pick_isa(isa);
+  isa = pick_cpu_isa(isa, "vq cpu");
   Job<T> j;
   j.N = a.N; j.K = a.K; j.D = a.D;
   j.z = static_cast<const T*>(a.z);
@@ -991,7 +965,7 @@ void nearest_impl(const NearestArgs& a, int nt, int isa) {
 template <typename T>
 void sample_impl(const SampleArgs& a, int nt, int isa) {
   using Acc = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
-  isa = pick_isa(isa);
+  isa = pick_cpu_isa(isa, "vq cpu");
   Job<T> j;
   j.N = a.N; j.K = a.K; j.D = a.D; j.S = a.S;
   j.z = static_cast<const T*>(a.z);
@@ -1058,7 +1032,7 @@ void dispatch(DType dt, const char* who, F&& f) {
 
 }  // namespace
 
-int cpu_isas() { return supported_isas(); }
+int cpu_isas() { return supported_cpu_isas(); }
 
 void nearest_cpu(const NearestArgs& a, int num_threads, int isa) {
   dispatch(a.dtype, "vq_nearest cpu",
