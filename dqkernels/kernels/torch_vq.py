@@ -53,14 +53,21 @@ def _exact_argmin(z64: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     return best_i
 
 
+def _norms(codebook):
+    """``|e_k|^2`` in float64, ``[K]``, a code tile at a time."""
+    K = codebook.shape[0]
+    norms = torch.empty(K, dtype=torch.float64, device=codebook.device)
+    for c0, c1 in _codes(K):
+        e = codebook[c0:c1].double()
+        norms[c0:c1] = (e * e).sum(1)
+    return norms
+
+
 def nearest(z, codebook, indices, sqdist):
     N, D = z.shape
     K = codebook.shape[0]
     dev = z.device
-    norms = torch.empty(K, dtype=torch.float64, device=dev)
-    for c0, c1 in _codes(K):
-        e = codebook[c0:c1].double()
-        norms[c0:c1] = (e * e).sum(1)
+    norms = _norms(codebook)
     emax = float(norms.max())
     gamma = (D + 2) * _U64 / (1 - (D + 2) * _U64)
     for r0, r1 in _rows(N):
@@ -102,10 +109,7 @@ def sample(z, codebook, u, inv_temperature, out):
     K = codebook.shape[0]
     S = u.shape[1]
     dev = z.device
-    norms = torch.empty(K, dtype=torch.float64, device=dev)
-    for c0, c1 in _codes(K):
-        e = codebook[c0:c1].double()
-        norms[c0:c1] = (e * e).sum(1)
+    norms = _norms(codebook)
     for r0, r1 in _rows(N, SAMPLE_ROWS):
         R = r1 - r0
         zr = z[r0:r1].double()

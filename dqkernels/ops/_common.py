@@ -34,6 +34,12 @@ def resolve_backend(op: str, device: torch.device, dtype: torch.dtype, backend) 
     return backends.resolve(op, device, dtype, backend)
 
 
+def leading_size(t: torch.Tensor) -> int:
+    """Rows of ``t [..., D]`` viewed as ``[rows, D]`` (``reshape(-1, D)`` cannot infer them
+    when D = 0)."""
+    return math.prod(t.shape[:-1])
+
+
 def kernels(backend: str, family: str):
     """The module ``dqkernels.kernels.<backend>_<family>``."""
     return importlib.import_module(f"dqkernels.kernels.{backend}_{family}")

@@ -9,20 +9,15 @@ tiles that are partly masked, so a masked weight is never read into a sum.
 """
 from __future__ import annotations
 
-import math
 
 import torch
 
 from dqkernels.ops._common import (_dt, accumulate_dtype, check_same, check_tensor, kernels,
-                                   new_output, resolve_backend)
+                                   leading_size, new_output, resolve_backend)
 
 __all__ = ["masked_linear"]
 
 DEGREE_DTYPES = (torch.int32, torch.int64)
-
-
-def _rows(x: torch.Tensor) -> int:
-    return math.prod(x.shape[:-1])
 
 
 @torch.library.custom_op("dqk::masked_linear", mutates_args=())
@@ -31,7 +26,7 @@ def _forward_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
                 backend: str) -> torch.Tensor:
     n_out, n_in = weight.shape
     y = new_output((*x.shape[:-1], n_out), x.dtype, x.device)
-    rows = _rows(x)
+    rows = leading_size(x)
     if rows == 0 or n_out == 0:
         return y
     y2 = y.view(rows, n_out)
@@ -61,7 +56,7 @@ def _backward_op(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     gx = new_output(x.shape, x.dtype, x.device) if need_x else x.new_empty((0,))
     gw = new_output(weight.shape, weight.dtype, x.device) if need_weight else x.new_empty((0,))
     gb = new_output((n_out,), x.dtype, x.device) if need_bias else x.new_empty((0,))
-    rows = _rows(x)
+    rows = leading_size(x)
     if rows == 0 or n_in == 0 or n_out == 0:
         # nothing to multiply: zeros (or empty tensors), and the bias gradient is a sum
         if need_x:

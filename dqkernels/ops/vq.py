@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from dqkernels.ops._common import (_dt, accumulate_dtype, check_finite_float, check_int,
-                                   check_same, check_tensor, kernels, new_output,
+                                   check_same, check_tensor, kernels, leading_size, new_output,
                                    resolve_backend)
 
 __all__ = ["vq_nearest", "vq_sample", "vq_ema_update"]
@@ -36,19 +36,12 @@ INDEX_DTYPES = (torch.int32, torch.int64)
 # ----------------------------------------------------------------------------- nearest
 
 
-def _rows(z: torch.Tensor) -> int:
-    """Vectors in ``z [..., D]`` (``reshape(-1, D)`` cannot infer it when D = 0)."""
-    n = 1
-    for s in z.shape[:-1]:
-        n *= s
-    return n
-
 
 @torch.library.custom_op("dqk::vq_nearest", mutates_args=())
 def _nearest_op(z: torch.Tensor, codebook: torch.Tensor,
                 backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     D = z.shape[-1]
-    z2 = z.reshape(_rows(z), D)
+    z2 = z.reshape(leading_size(z), D)
     N, K = z2.shape[0], codebook.shape[0]
     idx = _new_indices((N,), z.device)
     dist = new_output((N,), accumulate_dtype(z.dtype), z.device)
@@ -111,7 +104,7 @@ _nearest_op.register_autograd(_nearest_backward, setup_context=_nearest_setup)
 def _sample_op(z: torch.Tensor, codebook: torch.Tensor, u: torch.Tensor,
                inv_temperature: float, backend: str) -> torch.Tensor:
     D = z.shape[-1]
-    z2 = z.reshape(_rows(z), D)
+    z2 = z.reshape(leading_size(z), D)
     N, S, K = z2.shape[0], u.shape[-1], codebook.shape[0]
     out = _new_indices((N, S), z.device)
     if N > 0 and S > 0:
@@ -136,7 +129,7 @@ def _(z, codebook, u, inv_temperature, backend):
 def _ema_op(cluster_size: torch.Tensor, embed_sum: torch.Tensor, z: torch.Tensor,
             indices: torch.Tensor, decay: float, backend: str) -> None:
     K, D = embed_sum.shape
-    z2 = z.reshape(_rows(z), D)
+    z2 = z.reshape(leading_size(z), D)
     N = z2.shape[0]
     idx = indices.reshape(N, -1) if N > 0 else indices.reshape(0, 1)
     if N > 0 and idx.numel() > 0:
