@@ -1,4 +1,5 @@
-"""Datasets: the digits loader, the binarized-MNIST .amat reader, level <-> grid values."""
+"""Datasets: the image loaders (digits, binarized MNIST, CIFAR-10, MNIST), level <-> grid
+values, binary vectors, parallel text and token pairs, and the trainer's view of them."""
 import gzip
 import io
 import os
@@ -9,9 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from dqkernels.data import (UnsafePickleError, binarized_mnist, cifar10, digits,
-                            grid_to_levels, levels_to_grid, load_dataset, mnist, read_amat,
-                            read_cifar_binary, read_cifar_pickle, read_idx)
+from dqkernels.data import (BinaryVectors, TokenBatch, TokenPairDataset, TokenPairs,
+                            UnsafePickleError, binarized_mnist, binary_vectors, cifar10, digits,
+                            encode_pairs, grid_to_levels, levels_to_grid, load_dataset, mnist,
+                            multi30k, read_amat, read_cifar_binary, read_cifar_pickle, read_idx,
+                            read_parallel, read_text_lines)
 
 SHARED_MNIST = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
                             "binarized_mnist")
@@ -129,16 +132,20 @@ def test_read_amat_empty_file(tmp_path):
         read_amat(path)
 
 
+def _write_text(path, text: str, gz: bool) -> None:
+    """``text`` into ``path`` as UTF-8, or gzipped into ``path.gz``."""
+    if gz:
+        with gzip.open(str(path) + ".gz", "wt", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+
+
 def _write_split_files(directory, sizes, gz):
     directory.mkdir(exist_ok=True)
     for i, (split, n) in enumerate(sizes.items()):
-        text = _amat_text(_rows(n, 784, seed=i))
-        name = directory / f"binarized_mnist_{split}.amat"
-        if gz:
-            with gzip.open(str(name) + ".gz", "wt") as f:
-                f.write(text)
-        else:
-            name.write_text(text)
+        _write_text(directory / f"binarized_mnist_{split}.amat",
+                    _amat_text(_rows(n, 784, seed=i)), gz)
 
 
 @pytest.mark.parametrize("gz", [False, True])
@@ -408,3 +415,131 @@ def test_mnist_missing_files(tmp_path):
     (tmp_path / "train-images-idx3-ubyte").write_bytes(_idx_bytes(np.zeros((1, 28, 28))))
     with pytest.raises(FileNotFoundError, match=r"t10k-images-idx3-ubyte\[\.gz\] not found"):
         mnist(tmp_path)
+
+
+# ----------------------------------------------------------------------------- the trainer's view
+
+
+def test_level_dataset_as_trainer_data():
+    d = digits()
+    train = d.examples("train")
+    assert len(train) == 1437 and len(d.examples("test")) == 360
+    batch = train.take(torch.tensor([3, 0]))
+    assert batch.dtype == torch.int64 and torch.equal(batch, d.train[[3, 0]].long())
+    assert torch.equal(train.take(slice(0, 5)), d.train[:5].long())
+    assert len(train.head(7)) == 7
+    assert d.describe() == "images of 1x8x8, 17 levels" and d.noun == ("images", "img")
+    assert d.info() == {"kind": "images", "num_levels": 17, "image_shape": [1, 8, 8]}
+    with pytest.raises(ValueError, match="digits has no 'valid' split"):
+        d.examples("valid")
+
+
+# ----------------------------------------------------------------------------- binary vectors
+
+
+def test_binary_digits():
+    d, levels = binary_vectors("digits"), digits()
+    assert d.train.shape == (1437, 64) and d.test.shape == (360, 64)
+    assert d.train.dtype == torch.uint8
+    assert torch.equal(d.test, (levels.test.flatten(1) >= 8).to(torch.uint8))
+    batch = d.examples("train").take(torch.arange(4))
+    assert batch.dtype == torch.float32 and set(batch.unique().tolist()) <= {0.0, 1.0}
+    assert d.describe() == "binary vectors of 64 dimensions"
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_binary_vectors_of_binarized_mnist(tmp_path, gz):
+    _write_split_files(tmp_path / "bm", {"train": 4, "valid": 2, "test": 3}, gz)
+    d = binary_vectors("binarized_mnist", str(tmp_path / "bm"))
+    assert d.train.shape == (4, 784) and d.valid.shape == (2, 784) and d.test.shape == (3, 784)
+    assert torch.equal(d.test, torch.from_numpy(_rows(3, 784, seed=2)))
+    assert len(d.examples("valid")) == 2
+
+
+def test_binary_vectors_bad_input():
+    with pytest.raises(ValueError, match="unknown binary-vector dataset 'cifar10'"):
+        binary_vectors("cifar10")
+    ok = torch.zeros(2, 5, dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"test must be uint8 \[N, D\]; got float32 \(2, 5\)"):
+        BinaryVectors("x", ok, ok.float())
+    with pytest.raises(ValueError, match=r"values other than 0 and 1 \(max 2\)"):
+        BinaryVectors("x", ok + 2, ok)
+    with pytest.raises(ValueError, match="test vectors have 4 dimensions, train vectors 5"):
+        BinaryVectors("x", ok, ok[:, :4])
+
+
+# ----------------------------------------------------------------------------- text
+
+
+def _write_lines(path, lines, gz=False):
+    _write_text(path, "".join(line + "\n" for line in lines), gz)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_read_parallel(tmp_path, gz):
+    _write_lines(tmp_path / "train.en", ["A dog.", "Zwei Männer?"], gz)
+    _write_lines(tmp_path / "train.de", ["Ein Hund.", "Two men?"], gz)
+    pairs = read_parallel(str(tmp_path), "train", "en", "de")
+    assert pairs == [("A dog.", "Ein Hund."), ("Zwei Männer?", "Two men?")]
+
+
+def test_read_parallel_errors(tmp_path):
+    _write_lines(tmp_path / "train.en", ["a", "b"])
+    _write_lines(tmp_path / "train.de", ["a"])
+    with pytest.raises(ValueError, match="has 2 lines but .*train.de has 1"):
+        read_parallel(str(tmp_path), "train", "en", "de")
+    with pytest.raises(FileNotFoundError, match="neither val.en nor val.en.gz found"):
+        read_parallel(str(tmp_path), "val", "en", "de")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_parallel(str(tmp_path / "nowhere"), "train", "en", "de")
+    (tmp_path / "bad.txt").write_bytes(b"fine\nnot \xff utf-8\n")
+    with pytest.raises(ValueError, match=r"bad.txt, line 2: not UTF-8 text"):
+        read_text_lines(str(tmp_path / "bad.txt"))
+
+
+def test_multi30k_layout(tmp_path):
+    for stem, n in (("train", 3), ("val", 2), ("test_2016_flickr", 1)):
+        for lang in ("en", "de"):
+            _write_lines(tmp_path / f"{stem}.{lang}", [f"{stem} {lang} {i}" for i in range(n)],
+                         gz=True)
+    m = multi30k(str(tmp_path))
+    assert {k: len(v) for k, v in m.splits.items()} == {"train": 3, "valid": 2, "test": 1}
+    assert m.splits["test"] == [("test_2016_flickr en 0", "test_2016_flickr de 0")]
+
+
+SHARED_MULTI30K = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
+                               "multi30k")
+
+
+@pytest.mark.skipif(not os.path.isdir(SHARED_MULTI30K), reason="shared Multi30k not here")
+def test_multi30k_shared_files():
+    m = multi30k(SHARED_MULTI30K)
+    assert {k: len(v) for k, v in m.splits.items()} == {"train": 29000, "valid": 1014,
+                                                         "test": 1000}
+    assert all(src and tgt for src, tgt in m.splits["test"])
+
+
+def test_token_pairs_collate():
+    vocab = {}
+
+    def encode(text):
+        return [vocab.setdefault(w, len(vocab) + 1) for w in text.split()]
+
+    pairs = encode_pairs([("a b c", "x"), ("a", "y z"), ("b b", "x y z w")], encode, encode)
+    assert len(pairs) == 3 and pairs.num_tokens() == (6, 7)
+    batch = pairs.take(torch.tensor([2, 0]))
+    assert isinstance(batch, TokenBatch) and len(batch) == 2
+    assert batch.src.tolist() == [[2, 2, 0], [1, 2, 3]]
+    assert batch.src_lengths.tolist() == [2, 3] and batch.tgt_lengths.tolist() == [4, 1]
+    assert batch.tgt[1].tolist() == [4, 0, 0, 0]
+    assert pairs.take(slice(1, 2)).tgt.tolist() == [[5, 6]]
+    assert len(pairs.head(2)) == 2
+    data = TokenPairDataset("toy", {"train": pairs, "test": pairs.head(1)}, 10, 12, "en", "de")
+    assert data.examples("test") is data.splits["test"]
+    assert data.describe() == "sentence pairs (en -> de, vocabularies 10 / 12)"
+    with pytest.raises(ValueError, match="toy has no 'valid' split"):
+        data.examples("valid")
+    with pytest.raises(ValueError, match="2 source but 1 target"):
+        TokenPairs([torch.tensor([1]), torch.tensor([2])], [torch.tensor([1])])
+    with pytest.raises(ValueError, match="target sequence 0 must be a 1-D int64 tensor"):
+        TokenPairs([torch.tensor([1])], [torch.tensor([1.0])])

@@ -1,7 +1,8 @@
 """Datasets of discrete images, held as integer levels ``k = 0 .. L-1``.
 
 Every loader returns a :class:`LevelDataset`: ``uint8`` tensors ``[N, C, H, W]`` of
-levels plus ``num_levels`` (L). Models see grid values ``2k/(L-1) - 1`` in ``[-1, 1]``
+levels plus ``num_levels`` (L); as a trainer dataset (see :mod:`dqkernels.data.examples`)
+its splits hand out int64 levels. Models see grid values ``2k/(L-1) - 1`` in ``[-1, 1]``
 (the grid of :func:`dqkernels.ops.dmol_nll`); :func:`levels_to_grid` and
 :func:`grid_to_levels` convert between the two.
 
@@ -27,22 +28,29 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["LevelDataset", "DATASETS", "DEFAULT_BINARIZED_MNIST_DIR", "DEFAULT_CIFAR10_DIR",
-           "DEFAULT_MNIST_DIR", "UnsafePickleError", "digits", "binarized_mnist", "cifar10", "mnist",
-           "read_amat",
-           "read_cifar_pickle", "read_cifar_binary", "read_idx", "load_dataset",
-           "levels_to_grid", "grid_to_levels"]
+from dqkernels.data.examples import TensorSplits
 
-# Relative to the current directory: the project checkout sits beside ``shared/``.
-DEFAULT_BINARIZED_MNIST_DIR = os.path.join("..", "shared", "data", "binarized_mnist")
-DEFAULT_CIFAR10_DIR = os.path.join("..", "shared", "data", "cifar10")
-DEFAULT_MNIST_DIR = os.path.join("..", "shared", "data", "mnist")
+__all__ = ["LevelDataset", "DATASETS", "default_data_dir", "DEFAULT_BINARIZED_MNIST_DIR",
+           "DEFAULT_CIFAR10_DIR", "DEFAULT_MNIST_DIR", "UnsafePickleError", "digits",
+           "binarized_mnist", "cifar10", "mnist", "read_amat", "read_cifar_pickle",
+           "read_cifar_binary", "read_idx", "load_dataset", "levels_to_grid", "grid_to_levels"]
+
+
+def default_data_dir(name: str) -> str:
+    """``../shared/data/<name>``: relative to the current directory, as the project
+    checkout sits beside ``shared/``."""
+    return os.path.join("..", "shared", "data", name)
+
+
+DEFAULT_BINARIZED_MNIST_DIR = default_data_dir("binarized_mnist")
+DEFAULT_CIFAR10_DIR = default_data_dir("cifar10")
+DEFAULT_MNIST_DIR = default_data_dir("mnist")
 
 DATASETS = ("digits", "binarized_mnist", "cifar10", "mnist")
 
 
 @dataclass
-class LevelDataset:
+class LevelDataset(TensorSplits):
     """Integer-level images: ``train``/``test`` (and optionally ``valid``) are ``uint8``
     tensors ``[N, C, H, W]`` with values in ``0 .. num_levels-1``."""
 
@@ -62,6 +70,18 @@ class LevelDataset:
         """Dimensions per image, ``C*H*W`` (the denominator of bits/dim)."""
         c, h, w = self.image_shape
         return c * h * w
+
+    # the trainer's view (see dqkernels.data.examples): splits of int64 levels
+    noun = ("images", "img")
+    example_dtype = torch.int64
+
+    def describe(self) -> str:
+        c, h, w = self.image_shape
+        return f"images of {c}x{h}x{w}, {self.num_levels} levels"
+
+    def info(self) -> dict:
+        return {"kind": "images", "num_levels": self.num_levels,
+                "image_shape": list(self.image_shape)}
 
 
 # ----------------------------------------------------------------------- conversions
