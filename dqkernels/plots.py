@@ -1,4 +1,4 @@
-"""PNG figures the trainer writes: image grids and learning curves.
+"""PNG figures the trainer and the tasks write: image grids, learning curves, codebook usage.
 
 Matplotlib's object-oriented API on an Agg canvas: no pyplot state, no global backend
 switch, safe to call from any thread or process.
@@ -55,19 +55,23 @@ def save_image_grid(levels: torch.Tensor, num_levels: int, path: str, title: str
 
 
 def save_learning_curve(history: list[dict], path: str, title: str = "",
-                        baseline: float | None = None) -> None:
-    """Train and test bits/dim against the epoch; epochs without an evaluation (see
-    ``--eval-every``) have ``test_bpd`` None and are left out of the test curve."""
+                        baseline: float | None = None, *, key: str = "bpd",
+                        label: str = "bits/dim", baseline_label: str = "uniform baseline"
+                        ) -> None:
+    """Train and test ``train_<key>`` / ``test_<key>`` (in ``label``) against the epoch;
+    epochs without an evaluation (see ``--eval-every``) have ``test_<key>`` None and are
+    left out of the test curve."""
     fig = _figure(6.0, 4.0)
     ax = fig.add_subplot(1, 1, 1)
-    ax.plot([h["epoch"] for h in history], [h["train_bpd"] for h in history], "o-",
+    ax.plot([h["epoch"] for h in history], [h[f"train_{key}"] for h in history], "o-",
             label="train")
-    tested = [h for h in history if h.get("test_bpd") is not None]
-    ax.plot([h["epoch"] for h in tested], [h["test_bpd"] for h in tested], "s-", label="test")
+    tested = [h for h in history if h.get(f"test_{key}") is not None]
+    ax.plot([h["epoch"] for h in tested], [h[f"test_{key}"] for h in tested], "s-",
+            label="test")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("bits/dim")
+    ax.set_ylabel(label)
     if title:
-        ax.set_title(title + (f"  (uniform baseline {baseline:.3f})" if baseline else ""),
+        ax.set_title(title + (f"  ({baseline_label} = {baseline:.3f})" if baseline else ""),
                      fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend()

@@ -5,10 +5,11 @@ Every model is a :class:`dqkernels.trainer.Task` in the module named by :data:`T
 checkpoints, see :mod:`dqkernels.trainer`) and the model's own. Into ``--out`` a run
 writes:
 
-* ``metrics.jsonl``: one JSON object per epoch (train and test bits/dim, extra metrics,
-  learning rate, times);
-* ``learning_curve.png``: train and test bits/dim against the epoch;
-* ``samples.png``: a grid of ``--grid`` images drawn from the model;
+* ``metrics.jsonl``: one JSON object per epoch (the train and test metric in the task's
+  units, e.g. ``train_bpd``/``test_bpd`` in bits/dim for images; extra metrics, learning
+  rate, times);
+* ``learning_curve.png``: the train and test metric against the epoch;
+* the task's outputs, e.g. ``samples.png`` (a grid of ``--grid`` images) for image models;
 * ``checkpoint-<step>.pt``: everything needed to continue exactly (``--resume``), written
   atomically at the end of every epoch (the last two are kept).
 

@@ -322,24 +322,6 @@ def test_train_flow_cli(tmp_path, capsys, dequant, objective, extra):
     assert (out / "learning_curve.png").stat().st_size > 0
 
 
-def test_train_flow_exact_resume(tmp_path):
-    """Dequantization noise is drawn from the global RNG: an ARD run stopped after one step
-    and resumed ends with the same parameters as one that never stopped."""
-    import dqkernels.cli
-    from dqkernels import trainer
-    common = ["train", "flow", *_FLOW_TINY, "--dequant", "ard", "--epochs", "1",
-              "--grid", "0", "--seed", "3"]
-    assert dqkernels.cli.main([*common, "--out", str(tmp_path / "a")]) == 0
-    assert dqkernels.cli.main([*common, "--out", str(tmp_path / "b"), "--max-steps", "1"]) == 0
-    assert dqkernels.cli.main(["train", "flow", "--out", str(tmp_path / "b"), "--resume",
-                               "--no-progress"]) == 0
-    a = trainer.load_checkpoint(trainer.latest_checkpoint(str(tmp_path / "a")))
-    b = trainer.load_checkpoint(trainer.latest_checkpoint(str(tmp_path / "b")))
-    assert a["step"] == b["step"] == 3
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
-
-
 def test_train_flow_bad_flags(tmp_path, capsys):
     import dqkernels.cli
     for flags, message in ((["--alpha", "1.0"], r"--alpha must be in \[0, 1\); got 1.0"),
@@ -355,28 +337,15 @@ def test_train_flow_ddp_two_gloo_processes(tmp_path):
     """The ARD flow under torchrun with 2 CPU processes: ActNorm's data-dependent init is
     all-reduced and DDP averages the gradients, so both ranks end with identical
     parameters (every parameter is used in the forward: DDP would fail otherwise)."""
-    import os
-    import subprocess
-    import sys
-
     import torch.distributed as dist
+    from train_runs import assert_ranks_match, torchrun
     if not (dist.is_available() and dist.is_gloo_available()):
         pytest.skip("no gloo")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("WORLD_SIZE", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--standalone", "-m", "dqkernels.cli", "train", "flow", *_FLOW_TINY,
-           "--limit", "32", "--dequant", "ard", "--epochs", "1", "--grid", "0",
-           "--out", str(tmp_path / "ddp"), "--dump-params", str(tmp_path / "rank{rank}.pt")]
-    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    torchrun("-m", "dqkernels.cli", "train", "flow", *_FLOW_TINY, "--limit", "32", "--dequant",
+             "ard", "--epochs", "1", "--grid", "0", "--out", tmp_path / "ddp",
+             "--dump-params", tmp_path / "rank{rank}.pt")
+    r0 = assert_ranks_match(tmp_path, single=None)
     assert len(r0) > 20
-    for k in r0:
-        assert torch.equal(r0[k], r1[k]), k
     # training moved the ARD parameters away from their initial values on both ranks
     shift = r0["dequantizer.out_shift"]
     assert not torch.equal(shift, torch.zeros_like(shift))

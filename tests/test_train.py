@@ -81,7 +81,8 @@ def test_train_pixelcnn_smoke(tmp_path, capsys):
     for name in ("samples.png", "learning_curve.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     ckpt = torch.load(tmp_path / "checkpoint-1.pt", weights_only=True)
-    assert ckpt["epoch"] == 1 and ckpt["args"]["width"] == 8 and ckpt["task"] == "pixelcnn"
+    assert ckpt["run"]["epoch"] == 1 and ckpt["args"]["width"] == 8
+    assert ckpt["task"] == "pixelcnn"
     # the training module holds the PixelCNN as .net
     model = PixelCNN(**ckpt["model_config"])
     model.load_state_dict({k.removeprefix("net."): v for k, v in ckpt["model"].items()})

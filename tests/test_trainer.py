@@ -1,7 +1,7 @@
-"""The shared trainer (dqkernels.trainer) behind ``dqk train <model>``: exact resume,
-checkpoints, signals, non-finite losses, the Task contract, bf16/compile, DDP on CPU."""
+"""The shared trainer (dqkernels.trainer) behind ``dqk train <model>``, on a tiny PixelCNN:
+resume rules, checkpoints, signals, non-finite losses, bf16/compile, DDP on CPU. The
+exact-resume and contract tests over every task are in test_trainer_tasks.py."""
 import argparse
-import json
 import math
 import os
 import pickle
@@ -13,12 +13,13 @@ import time
 import numpy as np
 import pytest
 import torch
+from train_runs import (ROOT, assert_ranks_match, checkpoint_names, final_checkpoint, records,
+                        strip_times, subprocess_env, torchrun)
 
 import dqkernels.cli
 from dqkernels import backends, trainer
 from dqkernels.tasks.pixelcnn import PixelCNNTask
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # a tiny PixelCNN on 40 digits: batches of 16, 16, 8 -> 3 steps per epoch
 TINY = ["--limit", "40", "--batch-size", "16", "--width", "8", "--blocks", "1",
@@ -27,22 +28,6 @@ TINY = ["--limit", "40", "--batch-size", "16", "--width", "8", "--blocks", "1",
 
 def _cli(out, *extra):
     return dqkernels.cli.main(["train", "pixelcnn", *TINY, "--out", str(out), *extra])
-
-
-def _ckpts(out):
-    return [os.path.basename(p) for _, p in trainer.list_checkpoints(str(out))]
-
-
-def _final(out):
-    return trainer.load_checkpoint(trainer.latest_checkpoint(str(out)))
-
-
-def _records(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-def _strip_times(rec):
-    return {k: v for k, v in rec.items() if not k.endswith("_s") and k != "images_per_s"}
 
 
 def _run_task(task, out, *argv):
@@ -56,72 +41,49 @@ def _run_task(task, out, *argv):
 # ----------------------------------------------------------------------------- exact resume
 
 
-def test_exact_resume_bit_identical(tmp_path, capsys):
-    """Stopped mid-epoch 1 (step 2), then at the end of epoch 1 plus one step (step 4),
-    then resumed to the end: the same parameters, optimizer state and metrics, bit for bit,
-    as a run that never stopped. Dropout 0.3 makes the RNG restore matter."""
-    common = ["--epochs", "2", "--dropout", "0.3", "--seed", "7"]
-    assert _cli(tmp_path / "a", *common) == 0
-    assert _cli(tmp_path / "b", *common, "--max-steps", "2") == 0
-    assert _ckpts(tmp_path / "b") == ["checkpoint-2.pt"]
-    assert not (tmp_path / "b" / "metrics.jsonl").read_text()  # no epoch finished yet
-    out = capsys.readouterr().out
-    assert "stopped after 2 steps (--max-steps 2)" in out
-    assert f"dqk train pixelcnn --out {tmp_path / 'b'} --resume" in out
-    # resume: flags left out come from the checkpoint (width 8, dropout 0.3, seed 7, ...)
-    rc = dqkernels.cli.main(["train", "pixelcnn", "--out", str(tmp_path / "b"), "--resume",
-                             "--max-steps", "4", "--no-progress"])
-    assert rc == 0
-    assert _ckpts(tmp_path / "b") == ["checkpoint-3.pt", "checkpoint-4.pt"]
-    assert len(_records(tmp_path / "b")) == 1
-    assert _cli(tmp_path / "b", *common, "--resume") == 0
-
-    a, b = _final(tmp_path / "a"), _final(tmp_path / "b")
-    assert a["step"] == b["step"] == 6 and a["epoch"] == b["epoch"] == 2
-    assert a["model"].keys() == b["model"].keys()
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
-    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
-        for k in pa:
-            assert torch.equal(pa[k], pb[k]), k
-    assert torch.equal(a["shuffle_state"], b["shuffle_state"])
-    ra, rb = _records(tmp_path / "a"), _records(tmp_path / "b")
-    assert [_strip_times(r) for r in ra] == [_strip_times(r) for r in rb]
-    assert [r["epoch"] for r in rb] == [1, 2]
-    assert _ckpts(tmp_path / "b") == ["checkpoint-4.pt", "checkpoint-6.pt"]  # the last two
-    assert _ckpts(tmp_path / "a") == ["checkpoint-3.pt", "checkpoint-6.pt"]
-    assert not list((tmp_path / "b").glob(".*tmp"))
-    # the parameters really moved after epoch 1
-    first = trainer.load_checkpoint(str(tmp_path / "a" / "checkpoint-3.pt"))
-    assert not torch.equal(first["model"]["net.head2.weight"], b["model"]["net.head2.weight"])
-
-
 def test_resume_without_rng_restore_differs(tmp_path, monkeypatch):
     """The control of the test above: skip restoring the RNG states and the dropout masks
     after the resume differ, so the final parameters do too."""
     common = ["--epochs", "1", "--dropout", "0.3"]
     assert _cli(tmp_path / "a", *common) == 0
     assert _cli(tmp_path / "b", *common, "--max-steps", "1") == 0
-    monkeypatch.setattr(trainer, "_restore_rng", lambda state, device: None)
+    monkeypatch.setattr(trainer.rng, "restore_rng", lambda state, device: None)
     torch.manual_seed(12345)
     assert _cli(tmp_path / "b", *common, "--resume") == 0
-    a, b = _final(tmp_path / "a")["model"], _final(tmp_path / "b")["model"]
+    a, b = final_checkpoint(tmp_path / "a")["model"], final_checkpoint(tmp_path / "b")["model"]
     assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_from_format_1_checkpoint(tmp_path):
+    """A checkpoint written before the run state was one object (format 1: its fields at
+    the top level, no last evaluation, no weight sum) still resumes exactly."""
+    common = ["--epochs", "1", "--dropout", "0.3"]
+    assert _cli(tmp_path / "a", *common) == 0
+    assert _cli(tmp_path / "b", *common, "--max-steps", "2") == 0
+    path = tmp_path / "b" / "checkpoint-2.pt"
+    ck = torch.load(path, weights_only=True)
+    run = ck.pop("run")
+    del run["last_eval"], run["accumulators"]["weight"]
+    ck.update(run, format=1)
+    torch.save(ck, path)
+    assert _cli(tmp_path / "b", *common, "--resume") == 0
+    a, b = final_checkpoint(tmp_path / "a")["model"], final_checkpoint(tmp_path / "b")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_resume_at_epoch_end_pending_evaluation(tmp_path):
     """SIGINT-style stop right after the last step of an epoch (before its evaluation):
     the checkpoint says the evaluation is pending and the resumed run does it."""
-    task = _SignalAtStep(PixelCNNTask(), step=3, signum=signal.SIGINT)
+    task = _SignalAtStep(step=3, signum=signal.SIGINT)
     assert _run_task(task, tmp_path / "b", "--epochs", "2", "--dropout", "0.2") == 130
-    ck = _final(tmp_path / "b")
+    ck = final_checkpoint(tmp_path / "b")["run"]
     assert (ck["step"], ck["epoch"], ck["batch"]) == (3, 0, 3)
     assert _cli(tmp_path / "b", "--epochs", "2", "--dropout", "0.2", "--resume") == 0
     assert _cli(tmp_path / "a", "--epochs", "2", "--dropout", "0.2") == 0
-    a, b = _final(tmp_path / "a")["model"], _final(tmp_path / "b")["model"]
+    a, b = final_checkpoint(tmp_path / "a")["model"], final_checkpoint(tmp_path / "b")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert [_strip_times(r) for r in _records(tmp_path / "a")] == \
-        [_strip_times(r) for r in _records(tmp_path / "b")]
+    assert [strip_times(r) for r in records(tmp_path / "a")] == \
+        [strip_times(r) for r in records(tmp_path / "b")]
 
 
 def test_resume_argument_rules(tmp_path, capsys):
@@ -140,7 +102,7 @@ def test_resume_argument_rules(tmp_path, capsys):
     assert "note: resumed with --eval-batch-size 100 (was 256)" in capsys.readouterr().out
     # --overwrite starts afresh and removes the old checkpoints
     assert _cli(tmp_path, "--epochs", "1", "--max-steps", "2", "--overwrite") == 0
-    assert _ckpts(tmp_path) == ["checkpoint-2.pt"]
+    assert checkpoint_names(tmp_path) == ["checkpoint-2.pt"]
     # --resume PATH; --resume with nothing to resume
     assert _cli(tmp_path, "--epochs", "1", "--resume", str(tmp_path / "checkpoint-2.pt")) == 0
     assert _cli(tmp_path / "empty", "--resume") == 2
@@ -153,36 +115,24 @@ def test_metrics_trimmed_on_resume(tmp_path):
     """Records of epochs after the checkpoint (from a run that went on after it) are
     dropped on resume, the others kept; the file stays one record per epoch."""
     assert _cli(tmp_path, "--epochs", "3", "--checkpoint-every", "1") == 0
-    assert [r["epoch"] for r in _records(tmp_path)] == [1, 2, 3]
+    assert [r["epoch"] for r in records(tmp_path)] == [1, 2, 3]
     # back to the checkpoint at step 8 (epoch 3, batch 2 of 3): epoch 3's record goes
     os.unlink(tmp_path / "checkpoint-9.pt")
     rc = _cli(tmp_path, "--epochs", "3", "--resume", "--max-steps", "8")
     assert rc == 0
-    assert [r["epoch"] for r in _records(tmp_path)] == [1, 2]
+    assert [r["epoch"] for r in records(tmp_path)] == [1, 2]
     assert _cli(tmp_path, "--epochs", "3", "--resume") == 0
-    assert [r["epoch"] for r in _records(tmp_path)] == [1, 2, 3]
+    assert [r["epoch"] for r in records(tmp_path)] == [1, 2, 3]
 
 
 # ----------------------------------------------------------------------------- test tasks
 
 
-class _Wrap(trainer.Task):
-    """A task that delegates to another and changes its module's forward."""
-
-    def __init__(self, inner):
-        self.inner = inner
-        self.name = inner.name
-        self.description = inner.description
-        self.defaults = inner.defaults
-
-    def add_arguments(self, parser):
-        self.inner.add_arguments(parser)
-
-    def check_args(self, args):
-        self.inner.check_args(args)
+class _Wrap(PixelCNNTask):
+    """The PixelCNN task with a hook on its module's forward."""
 
     def build(self, args, data):
-        module = self.inner.build(args, data)
+        module = super().build(args, data)
         original = module.forward
         state = {"calls": 0}
 
@@ -196,16 +146,9 @@ class _Wrap(trainer.Task):
     def hook(self, step, out, module):
         return out
 
-    def evaluate(self, model, x, args, *, final):
-        return self.inner.evaluate(model, x, args, final=final)
-
-    def sample(self, model, n, generator):
-        return self.inner.sample(model, n, generator)
-
 
 class _SignalAtStep(_Wrap):
-    def __init__(self, inner, step, signum):
-        super().__init__(inner)
+    def __init__(self, step, signum):
         self.step, self.signum = step, signum
 
     def hook(self, step, out, module):
@@ -215,8 +158,7 @@ class _SignalAtStep(_Wrap):
 
 
 class _BadAtStep(_Wrap):
-    def __init__(self, inner, step, what):
-        super().__init__(inner)
+    def __init__(self, step, what):
         self.step, self.what = step, what
 
     def hook(self, step, out, module):
@@ -243,7 +185,7 @@ class _Extras(_Wrap):
 
 @pytest.mark.parametrize("what", ["loss", "grad"])
 def test_non_finite_stops_and_keeps_last_good_checkpoint(tmp_path, capsys, what):
-    task = _BadAtStep(PixelCNNTask(), step=3, what=what)
+    task = _BadAtStep(step=3, what=what)
     rc = _run_task(task, tmp_path, "--epochs", "2", "--checkpoint-every", "1")
     assert rc == 1
     err = capsys.readouterr().err
@@ -253,39 +195,39 @@ def test_non_finite_stops_and_keeps_last_good_checkpoint(tmp_path, capsys, what)
         assert "the gradient norm became nan" in err and "at step 3 (epoch 1" in err
     assert f"the last good checkpoint is {tmp_path / 'checkpoint-2.pt'}" in err
     assert "the update was not applied" in err
-    assert _ckpts(tmp_path) == ["checkpoint-1.pt", "checkpoint-2.pt"]
-    good = _final(tmp_path)
+    assert checkpoint_names(tmp_path) == ["checkpoint-1.pt", "checkpoint-2.pt"]
+    good = final_checkpoint(tmp_path)
     assert all(torch.isfinite(v).all() for v in good["model"].values())
 
 
 def test_non_finite_at_first_step_names_no_checkpoint(tmp_path, capsys):
-    rc = _run_task(_BadAtStep(PixelCNNTask(), step=1, what="loss"), tmp_path, "--epochs", "1")
+    rc = _run_task(_BadAtStep(step=1, what="loss"), tmp_path, "--epochs", "1")
     assert rc == 1
     assert "no checkpoint had been written yet" in capsys.readouterr().err
-    assert _ckpts(tmp_path) == []
+    assert checkpoint_names(tmp_path) == []
 
 
 def test_sigint_in_process_checkpoints_and_exits_130(tmp_path, capfd):
-    task = _SignalAtStep(PixelCNNTask(), step=2, signum=signal.SIGINT)
+    task = _SignalAtStep(step=2, signum=signal.SIGINT)
     handler = signal.getsignal(signal.SIGINT)
     assert _run_task(task, tmp_path, "--epochs", "5") == 130
     assert signal.getsignal(signal.SIGINT) is handler  # restored
     err = capfd.readouterr().err  # (the handler's note goes straight to file descriptor 2)
     assert "got SIGINT" in err and "stopped by SIGINT at step 2 (epoch 1, batch 2/3)" in err
     assert f"resume with: dqk train pixelcnn --out {tmp_path} --resume" in err
-    assert _ckpts(tmp_path) == ["checkpoint-2.pt"]
+    assert checkpoint_names(tmp_path) == ["checkpoint-2.pt"]
 
 
 def test_extras_eval_every_backend_and_bf16(tmp_path):
     _Extras.seen = []
     previous = backends.get_backend()
-    rc = _run_task(_Extras(PixelCNNTask()), tmp_path, "--epochs", "3", "--eval-every", "2",
+    rc = _run_task(_Extras(), tmp_path, "--epochs", "3", "--eval-every", "2",
                    "--backend", "torch", "--bf16", "--max-steps", "7")
     assert rc == 0
     assert backends.get_backend() == previous  # the run's backend is undone
     assert len(_Extras.seen) == 7
     assert all(s == ("torch", True, torch.bfloat16) for s in _Extras.seen)
-    recs = _records(tmp_path)
+    recs = records(tmp_path)
     assert [r["epoch"] for r in recs] == [1, 2]
     assert recs[0]["test_bpd"] is None and math.isfinite(recs[1]["test_bpd"])
     D = 64
@@ -295,9 +237,9 @@ def test_extras_eval_every_backend_and_bf16(tmp_path):
         assert r["images"] == 40 and r["step"] == 3 * r["epoch"]
     # the third epoch, the last: evaluated although 3 % 2 != 0
     _Extras.seen = []
-    assert _run_task(_Extras(PixelCNNTask()), tmp_path, "--epochs", "3", "--eval-every", "2",
+    assert _run_task(_Extras(), tmp_path, "--epochs", "3", "--eval-every", "2",
                      "--backend", "torch", "--bf16", "--resume") == 0
-    assert math.isfinite(_records(tmp_path)[2]["test_bpd"])
+    assert math.isfinite(records(tmp_path)[2]["test_bpd"])
 
 
 def test_final_evaluation_flag_and_grad_clip(tmp_path, monkeypatch):
@@ -307,7 +249,7 @@ def test_final_evaluation_flag_and_grad_clip(tmp_path, monkeypatch):
     class Recording(_Wrap):
         def evaluate(self, model, x, args, *, final):
             finals.append(final)
-            return self.inner.evaluate(model, x, args, final=final)
+            return super().evaluate(model, x, args, final=final)
 
     real = torch.nn.utils.clip_grad_norm_
 
@@ -316,7 +258,7 @@ def test_final_evaluation_flag_and_grad_clip(tmp_path, monkeypatch):
         return real(params, max_norm, *a, **k)
 
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
-    assert _run_task(Recording(PixelCNNTask()), tmp_path, "--epochs", "2",
+    assert _run_task(Recording(), tmp_path, "--epochs", "2",
                      "--eval-batch-size", "200", "--grad-clip", "0.5") == 0
     assert finals == [False, False, True, True]  # 360 test images in chunks of 200
     assert norms == [0.5] * 6
@@ -332,9 +274,9 @@ def test_bad_task_output(tmp_path):
             return {"loss": out["loss"].sum()}
 
     with pytest.raises(TypeError, match="forward must return a dict with 'loss'"):
-        _run_task(NotADict(PixelCNNTask()), tmp_path / "a", "--epochs", "1")
+        _run_task(NotADict(), tmp_path / "a", "--epochs", "1")
     with pytest.raises(ValueError, match=r"'loss' must be per example, shape \(16,\); got \(\)"):
-        _run_task(WrongShape(PixelCNNTask()), tmp_path / "b", "--epochs", "1")
+        _run_task(WrongShape(), tmp_path / "b", "--epochs", "1")
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -363,11 +305,11 @@ def test_common_argument_errors(tmp_path, capsys):
         assert _cli(tmp_path, *argv) == 2, argv
         assert message in capsys.readouterr().err, argv
     args = argparse.Namespace(epochs=1, batch_size=10, eval_batch_size=1, eval_every=1,
-                              limit=None, max_steps=None, warmup_steps=0, grid=0,
+                              limit=None, max_steps=None, warmup_steps=0,
                               checkpoint_every=0, seed=0, lr=1.0, grad_clip=None,
                               compile=None)
     with pytest.raises(trainer.UsageError, match="--batch-size 10 .* not divisible by the 3 "):
-        trainer._check_common_args(args, world=3)
+        trainer.check_common_args(args, world=3)
 
 
 def test_help_lists_models_and_flags(capsys):
@@ -385,8 +327,9 @@ def test_bf16_and_compile_smoke(tmp_path):
     assert _cli(tmp_path / "compiled", "--epochs", "1", "--max-steps", "2",
                 "--compile", "aot_eager") == 0
     for d in ("bf16", "compiled"):
-        ck = _final(tmp_path / d)
-        assert ck["step"] == 2 and all(torch.isfinite(v).all() for v in ck["model"].values())
+        ck = final_checkpoint(tmp_path / d)
+        assert ck["run"]["step"] == 2
+        assert all(torch.isfinite(v).all() for v in ck["model"].values())
 
 
 def _write_fake_cifar(directory, n_train=(3, 2), n_test=2):
@@ -417,20 +360,13 @@ def test_train_on_fake_cifar10(tmp_path, capsys):
 # ----------------------------------------------------------------------------- processes
 
 
-def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("WORLD_SIZE", None)
-    return env
-
-
 def test_sigterm_subprocess_checkpoints_and_exits_143(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "dqkernels.cli", "train", "pixelcnn", "--epochs", "10000",
            "--limit", "16", "--batch-size", "8", "--width", "4", "--blocks", "0",
            "--mixtures", "1", "--grid", "0", "--no-progress", "--device", "cpu",
            "--checkpoint-every", "1", "--out", str(out)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -446,14 +382,14 @@ def test_sigterm_subprocess_checkpoints_and_exits_143(tmp_path):
     assert proc.returncode == 143, (stdout, stderr)
     assert "stopped by SIGTERM at step" in stderr
     assert f"resume with: dqk train pixelcnn --out {out} --resume" in stderr
-    ck = _final(out)
+    ck = final_checkpoint(out)["run"]
     assert ck["step"] >= 1 and ck["epoch"] < 10000
     assert len(trainer.list_checkpoints(str(out))) <= 2
     assert not list(out.glob(".*tmp"))
     # it resumes from there
     rc = dqkernels.cli.main(["train", "pixelcnn", "--out", str(out), "--resume",
                              "--max-steps", str(ck["step"] + 1), "--no-progress"])
-    assert rc == 0 and _final(out)["step"] == ck["step"] + 1
+    assert rc == 0 and final_checkpoint(out)["run"]["step"] == ck["step"] + 1
 
 
 def test_ddp_two_gloo_processes_match_single_process(tmp_path):
@@ -464,27 +400,18 @@ def test_ddp_two_gloo_processes_match_single_process(tmp_path):
              "--width", "8", "--blocks", "1", "--mixtures", "2", "--grid", "0",
              "--no-progress", "--device", "cpu", "--eval-batch-size", "100"]
     ddp_out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--standalone", "-m", "dqkernels.cli", "train", "pixelcnn", *flags,
-           "--out", str(ddp_out), "--dump-params", str(tmp_path / "rank{rank}.pt")]
-    env = _env()
-    env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = torchrun("-m", "dqkernels.cli", "train", "pixelcnn", *flags, "--out", ddp_out,
+                    "--dump-params", tmp_path / "rank{rank}.pt")
     assert proc.stdout.count("pixelcnn on digits") == 1  # rank 0 prints
     assert "x 2 processes" in proc.stdout
 
     assert dqkernels.cli.main(["train", "pixelcnn", *flags, "--out", str(tmp_path / "one"),
                                "--dump-params", str(tmp_path / "single.pt")]) == 0
-    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
-    one = torch.load(tmp_path / "single.pt", weights_only=True)
-    for k in r0:
-        assert torch.equal(r0[k], r1[k]), k
-        torch.testing.assert_close(r0[k], one[k], rtol=1e-5, atol=1e-5)
-    ck = _final(ddp_out)
-    assert len(ck["rng"]) == 2 and ck["world_size"] == 2
-    assert not torch.equal(ck["rng"][0]["torch"], ck["rng"][1]["torch"])  # per-rank noise
-    for a, b in zip(_records(ddp_out), _records(tmp_path / "one")):
+    assert_ranks_match(tmp_path)
+    ck = final_checkpoint(ddp_out)
+    assert len(ck["run"]["rng"]) == 2 and ck["world_size"] == 2
+    rngs = ck["run"]["rng"]
+    assert not torch.equal(rngs[0]["torch"], rngs[1]["torch"])  # per-rank noise
+    for a, b in zip(records(ddp_out), records(tmp_path / "one")):
         assert a["train_bpd"] == pytest.approx(b["train_bpd"], rel=1e-5)
         assert a["test_bpd"] == pytest.approx(b["test_bpd"], rel=1e-5)

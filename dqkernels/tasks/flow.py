@@ -17,12 +17,13 @@ import math
 
 import torch
 
-from dqkernels.trainer import Task, UsageError
+from dqkernels.tasks.images import ImageTask
+from dqkernels.trainer import UsageError
 
 __all__ = ["TASK", "FlowTask"]
 
 
-class FlowTask(Task):
+class FlowTask(ImageTask):
     name = "flow"
     defaults = {"epochs": 15, "batch_size": 64, "lr": 1e-3, "warmup_steps": 100,
                 "grad_clip": 100.0}
@@ -35,6 +36,7 @@ class FlowTask(Task):
         from dqkernels.models.dequantization import ARD_NETS, DEQUANTIZERS, OBJECTIVES
         from dqkernels.models.flow import COUPLINGS
 
+        super().add_arguments(parser)
         g = parser.add_argument_group("flow model")
         g.add_argument("--dequant", choices=DEQUANTIZERS, default="ard",
                        help="dequantizer q(u|x): uniform noise, a variational flow (Flow++) "
@@ -79,6 +81,7 @@ class FlowTask(Task):
                        help="temperature of the sample grid (default 1.0)")
 
     def check_args(self, args) -> None:
+        super().check_args(args)
         for name in ("scales", "steps", "width", "components", "dequant_steps",
                      "context_channels", "eval_samples", "epoch_eval_samples", "eval_rows"):
             if getattr(args, name) < 1:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from dqkernels.trainer import Task, UsageError
+from dqkernels.tasks.images import ImageTask
+from dqkernels.trainer import UsageError
 
 __all__ = ["PixelCNNTask", "LevelPixelCNN", "TASK"]
 
@@ -31,12 +32,13 @@ class LevelPixelCNN(nn.Module):
         return {"loss": self.net.nll(self.grid(levels))}
 
 
-class PixelCNNTask(Task):
+class PixelCNNTask(ImageTask):
     name = "pixelcnn"
     description = "a small PixelCNN with the fused discretized logistic mixture likelihood"
     defaults = {"epochs": 30, "batch_size": 64, "lr": 2e-3}
 
     def add_arguments(self, parser) -> None:
+        super().add_arguments(parser)
         g = parser.add_argument_group("pixelcnn")
         g.add_argument("--width", type=int, default=96, help="hidden channels (default 96)")
         g.add_argument("--blocks", type=int, default=5, help="residual blocks (default 5)")
@@ -46,6 +48,7 @@ class PixelCNNTask(Task):
                        help="logistic mixture components per pixel (default 5)")
 
     def check_args(self, args) -> None:
+        super().check_args(args)
         for name in ("width", "mixtures"):
             if getattr(args, name) < 1:
                 raise UsageError(f"--{name} must be >= 1; got {getattr(args, name)}")

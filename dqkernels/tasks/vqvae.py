@@ -7,8 +7,10 @@ counts and sums add ``1/m`` per sample). Both take the nearest code at evaluatio
 
 Units: the training loss is ``recon + commitment`` (so train bits/dim leave out the rate,
 a constant); test bits/dim are the bound ``recon + rate`` with ``rate = h*w*log K`` (a
-uniform prior over the codes). At the end the run also evaluates the test set once more
-for the codebook's statistics and writes, besides the trainer's files:
+uniform prior over the codes). The final evaluation also gathers the codebook's
+statistics over the test set with the nearest codes (summed over the DDP ranks: recon
+bits/dim, the usage of every code), logged under ``test_extras``; the run writes, besides
+the trainer's files:
 
 * ``reconstructions.png``: test images (top half) above draws from ``p(x | their codes)``;
 * ``codebook_usage.png``: test-set usage per code (sorted) and the EMA counts, dead codes red;
@@ -26,15 +28,16 @@ import os
 
 import torch
 
-from dqkernels.trainer import Task, UsageError
+from dqkernels.tasks.images import ImageTask
+from dqkernels.trainer import UsageError
 
-__all__ = ["TASK", "VQVAETask", "codebook_statistics"]
+__all__ = ["TASK", "VQVAETask", "codebook_counts", "codebook_metrics", "codebook_statistics"]
 
 LN2 = math.log(2.0)
 RECON_IMAGES = 32
 
 
-class VQVAETask(Task):
+class VQVAETask(ImageTask):
     name = "vqvae"
     description = "a VQ-VAE (EMA codebook) trained by hard or soft EM, dmol decoder"
     defaults = {"epochs": 40, "batch_size": 64, "lr": 2e-3, "grid": 64}
@@ -42,6 +45,7 @@ class VQVAETask(Task):
     def add_arguments(self, parser) -> None:
         from dqkernels.nn.vector_quantizer import EM_MODES
 
+        super().add_arguments(parser)
         g = parser.add_argument_group("vqvae model")
         g.add_argument("--em", choices=EM_MODES, default="hard",
                        help="hard: nearest code (VQ-VAE, default); soft: the mean of "
@@ -80,6 +84,7 @@ class VQVAETask(Task):
                        help="logistic mixture components per pixel (default %(default)s)")
 
     def check_args(self, args) -> None:
+        super().check_args(args)
         for name in ("codes", "code_dim", "samples", "width", "mixtures"):
             if getattr(args, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 1; got "
@@ -123,20 +128,30 @@ class VQVAETask(Task):
     def sample(self, model, n, generator):
         return model.sample(n, generator)
 
-    def extra_outputs(self, model, data, out_dir, args) -> list[str]:
+    def eval_step(self, model, x, args, *, final):
+        stats = super().eval_step(model, x, args, final=final)
+        if final:  # the codebook's statistics over the split, with the nearest codes
+            stats.update(codebook_counts(model, x))
+        return stats
+
+    def eval_metrics(self, model, totals, count, args, *, final):
+        return codebook_metrics(model, totals, count) if "usage" in totals else {}
+
+    def extra_outputs(self, model, data, out_dir, args, metrics) -> list[str]:
         from dqkernels.plots import save_codebook_usage, save_image_grid
 
         dev = model.decoder[0].weight.device
-        stats = codebook_statistics(model, data.test, args.eval_batch_size)
+        if "usage" not in metrics:  # (a run resumed from an older checkpoint after the end)
+            metrics = codebook_statistics(model, data.test, args.eval_batch_size)
         path = os.path.join(out_dir, "vq_test_metrics.json")
         with open(path, "w") as f:
-            json.dump({k: v for k, v in stats.items() if k != "usage"}, f, indent=1)
+            json.dump({k: metrics[k] for k in _STAT_KEYS}, f, indent=1)
         written = [path]
         q = model.quantizer
-        print(f"test: bound {stats['bound_bpd']:.4f} bits/dim = recon "
-              f"{stats['recon_bpd']:.4f} + rate {stats['rate_bpd']:.4f}; code perplexity "
-              f"{stats['perplexity']:.1f} of {q.num_codes}, used {stats['used_codes']}/"
-              f"{q.num_codes}, dead {stats['dead_codes']} (EMA count < {q.dead_threshold:g})",
+        print(f"test: bound {metrics['bound_bpd']:.4f} bits/dim = recon "
+              f"{metrics['recon_bpd']:.4f} + rate {metrics['rate_bpd']:.4f}; code perplexity "
+              f"{metrics['perplexity']:.1f} of {q.num_codes}, used {metrics['used_codes']}/"
+              f"{q.num_codes}, dead {metrics['dead_codes']} (EMA count < {q.dead_threshold:g})",
               flush=True)
 
         n = min(RECON_IMAGES, data.test.shape[0])
@@ -150,9 +165,9 @@ class VQVAETask(Task):
                             f"(bottom), {q.em} EM")
             written.append(path)
         path = os.path.join(out_dir, "codebook_usage.png")
-        save_codebook_usage(stats["usage"], q.cluster_size, path,
+        save_codebook_usage(metrics["usage"], q.cluster_size, path,
                             f"{q.em} EM, K={q.num_codes}: test perplexity "
-                            f"{stats['perplexity']:.1f}, {stats['used_codes']} codes used",
+                            f"{metrics['perplexity']:.1f}, {metrics['used_codes']} codes used",
                             dead_threshold=q.dead_threshold)
         written.append(path)
         return written
@@ -170,34 +185,55 @@ class VQVAETask(Task):
                 f"mixtures per pixel")
 
 
+# what vq_test_metrics.json holds (codebook_metrics adds the usage counts)
+_STAT_KEYS = ("images", "bound_nats", "recon_nats", "rate_nats", "bound_bpd", "recon_bpd",
+              "rate_bpd", "perplexity", "used_codes", "num_codes", "dead_codes",
+              "dead_threshold")
+
+
 @torch.no_grad()
-def codebook_statistics(model, levels: torch.Tensor, batch_size: int = 256) -> dict:
-    """Evaluate ``model`` (a :class:`~dqkernels.models.VQVAE`, eval mode) on ``levels``
-    ``[N, C, H, W]``: mean bound, recon and rate in nats and bits/dim, the usage count of
-    every code over all the latents (``usage``, int64 ``[K]``), its perplexity, used codes,
-    and the dead codes of the EMA counts."""
-    dev = model.decoder[0].weight.device
-    K = model.num_codes
-    usage = torch.zeros(K, dtype=torch.int64, device=dev)
-    recon = 0.0
-    N = levels.shape[0]
-    for i in range(0, N, batch_size):
-        x = levels[i:i + batch_size].to(dev).long()
-        codes = model.codes(x)
-        usage += torch.bincount(codes.reshape(-1), minlength=K)
-        recon += float(model.nll(model.grid(x), model.decode(codes)).double().sum())
+def codebook_counts(model, x: torch.Tensor) -> dict:
+    """Additive statistics of the levels ``x`` under the nearest codes: the summed
+    ``-log p(x | codes)`` in nats (float64, ``"recon_codes"``) and how many latents chose
+    each code (int64 ``[K]``, ``"usage"``)."""
+    codes = model.codes(x)
+    usage = torch.bincount(codes.reshape(-1), minlength=model.num_codes)
+    recon = model.nll(model.grid(x), model.decode(codes)).double().sum()
+    return {"recon_codes": recon, "usage": usage}
+
+
+def codebook_metrics(model, totals: dict, count: int) -> dict:
+    """From :func:`codebook_counts` summed over ``count`` images: the mean bound, recon and
+    rate in nats and bits/dim, the usage counts, their perplexity, the used codes, and the
+    dead codes of the EMA counts."""
+    usage = totals["usage"]
+    recon = float(totals["recon_codes"]) / max(count, 1)
     dims = model.in_channels * model.image_size[0] * model.image_size[1]
-    recon = recon / max(N, 1)
     p = usage.double() / max(int(usage.sum()), 1)
     entropy = float(-(p[p > 0] * p[p > 0].log()).sum())
     return {
-        "images": N, "bound_nats": recon + model.rate, "recon_nats": recon,
+        "images": count, "bound_nats": recon + model.rate, "recon_nats": recon,
         "rate_nats": model.rate, "bound_bpd": (recon + model.rate) / (dims * LN2),
         "recon_bpd": recon / (dims * LN2), "rate_bpd": model.rate / (dims * LN2),
         "perplexity": math.exp(entropy), "used_codes": int((usage > 0).sum()),
-        "num_codes": K, "dead_codes": int(model.quantizer.dead_mask().sum()),
+        "num_codes": model.num_codes, "dead_codes": int(model.quantizer.dead_mask().sum()),
         "dead_threshold": model.quantizer.dead_threshold, "usage": usage.cpu(),
     }
+
+
+@torch.no_grad()
+def codebook_statistics(model, levels: torch.Tensor, batch_size: int = 256) -> dict:
+    """Evaluate ``model`` (a :class:`~dqkernels.models.VQVAE`, eval mode) on ``levels``
+    ``[N, C, H, W]`` in batches: :func:`codebook_metrics` of the whole set."""
+    dev = model.decoder[0].weight.device
+    totals: dict = {}
+    for i in range(0, levels.shape[0], batch_size):
+        counts = codebook_counts(model, levels[i:i + batch_size].to(dev).long())
+        totals = {k: v + totals[k] if k in totals else v for k, v in counts.items()}
+    if not totals:
+        totals = {"recon_codes": 0.0,
+                  "usage": torch.zeros(model.num_codes, dtype=torch.int64, device=dev)}
+    return codebook_metrics(model, totals, levels.shape[0])
 
 
 TASK = VQVAETask()

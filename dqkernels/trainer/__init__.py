@@ -1,0 +1,51 @@
+"""The trainer every model of dqkernels shares (``dqk train <model>``).
+
+A model plugs in as a :class:`Task` (``dqkernels/tasks/<name>.py``): its data, units,
+evaluation and outputs. The trainer owns everything else:
+
+* data: the task's training split, held on the device; every epoch a fresh permutation
+  from a generator seeded with ``--seed``, cut into global batches of ``--batch-size``
+  (each torchrun process takes its slice);
+* optimisation: Adam, ``--warmup-steps`` of linear warm-up then cosine decay to 0 over
+  all ``--epochs``, optional ``--grad-clip`` (global norm), ``--bf16`` autocast around the
+  forward, ``--compile`` (``torch.compile`` of the training module), the dqkernels
+  ``--backend`` set for the whole run;
+* units: the module returns per-example losses in nats; the trainer minimises their
+  total over the total weight of the examples (:class:`Units`: e.g. bits/dim, nats per
+  example, nats per token) and logs the epoch's train metric and the test metric;
+* evaluation over the whole test split every ``--eval-every`` epochs and after the last:
+  batches dealt round-robin to the ranks, the task's additive statistics summed over
+  batches and ranks;
+* outputs in ``--out`` (rank 0 only): ``metrics.jsonl`` (one JSON object per epoch),
+  ``learning_curve.png``, the task's own files (samples, ...) and ``checkpoint-<step>.pt``
+  (the last two kept);
+* checkpoints written atomically at the end of every epoch, every ``--checkpoint-every``
+  steps, at ``--max-steps``, and on SIGINT/SIGTERM; they hold everything a run depends on
+  (model, optimizer, schedule and the :class:`RunState`: position, shuffle state, every
+  rank's RNG states, partial-epoch sums, history), so that ``--resume`` continues bit for
+  bit;
+* a non-finite loss or gradient norm stops the run before the bad update (exit 1), and
+  the last good checkpoint stays the newest;
+* multi-process data parallel training under ``torchrun``: DistributedDataParallel.
+
+Modules: :mod:`.task` (the contract), :mod:`.loop` (the loop, top to bottom), :mod:`.state`
+(the run state), :mod:`.checkpoint`, :mod:`.rng`, :mod:`.metrics` (files), :mod:`.args`
+(common flags, resume rules), :mod:`.dist`, :mod:`.signals`, :mod:`.schedule`.
+
+Exit status of :func:`train`: 0 done (or stopped at ``--max-steps``), 1 non-finite loss,
+2 bad arguments or input, 128 + signal number when stopped by SIGINT (130) or SIGTERM
+(143).
+"""
+from dqkernels.trainer.args import check_common_args, configure_parser
+from dqkernels.trainer.checkpoint import (KEEP_CHECKPOINTS, latest_checkpoint,
+                                          list_checkpoints, load_checkpoint, save_atomic)
+from dqkernels.trainer.loop import Run, train
+from dqkernels.trainer.schedule import WarmupCosine
+from dqkernels.trainer.state import RunState
+from dqkernels.trainer.task import (EXTRA_KEY, SAMPLE_KEY, OutputContext, Task, Units,
+                                    UsageError)
+
+__all__ = ["EXTRA_KEY", "KEEP_CHECKPOINTS", "SAMPLE_KEY", "OutputContext", "Run", "RunState",
+           "Task", "Units", "UsageError", "WarmupCosine", "check_common_args",
+           "configure_parser", "latest_checkpoint", "list_checkpoints", "load_checkpoint",
+           "save_atomic", "train"]
