@@ -363,13 +363,13 @@ def test_time_forward_long_calls_count_the_first_call():
     cfg = harness.TimingConfig(cpu_long_call_s=2.0, cpu_long_budget_s=10.0)
     cpu = torch.device("cpu")
     # a 4 s call: it is the first of min(3, 10 / 4) = 2 repeats; the other is a no-op here
-    ms, reps = harness.time_forward(lambda: calls.append(1), cpu, cfg, first_call_s=4.0)
+    ms, reps = harness.time_call(lambda: calls.append(1), cpu, cfg, first_call_s=4.0)
     assert reps == 2 and len(calls) == 1
     assert ms == pytest.approx(2000.0, rel=1e-3)       # median of 4 s and ~0 s
     calls.clear()
-    ms, reps = harness.time_forward(lambda: calls.append(1), cpu, cfg, first_call_s=30.0)
+    ms, reps = harness.time_call(lambda: calls.append(1), cpu, cfg, first_call_s=30.0)
     assert (ms, reps, calls) == (30000.0, 1, [])
     # a short call: the usual warm-up, then repeats
-    ms, reps = harness.time_forward(lambda: calls.append(1), cpu,
+    ms, reps = harness.time_call(lambda: calls.append(1), cpu,
                                     harness.TimingConfig(cpu_budget_s=0.001), first_call_s=0.1)
     assert reps >= 3 and len(calls) >= reps + 1 and ms < 100

@@ -23,19 +23,12 @@ imported where they are used.
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import fnmatch
-import gc
 import importlib
 import json
 import math
 import os
-import platform
-import re
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -43,7 +36,30 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-SCHEMA_VERSION = 1
+from dqkernels.bench.ceilings import measure_ceilings  # noqa: F401
+from dqkernels.bench.environment import (  # noqa: F401
+    device_name,
+    device_slug,
+    environment,
+    inductor_cache_settings,
+    slugify,
+)
+from dqkernels.bench.memory import call_measuring_memory, memory_note, peak_extra_memory  # noqa: F401
+from dqkernels.bench.records import (  # noqa: F401
+    CHECK_FIELDS,
+    DTYPES,
+    RECORD_KEYS,
+    SCHEMA_VERSION,
+    Record,
+    dtype_name,
+)
+from dqkernels.bench.records import short_error as _short_error
+from dqkernels.bench.timing import TimingConfig, time_call, timing_note  # noqa: F401
+from dqkernels.bench.timing import sync as _sync
+
+CPU_MEMORY_NOTE = memory_note("cpu", "one untimed fwd+bwd", "")
+CUDA_MEMORY_NOTE = memory_note("cuda", "one untimed fwd+bwd", "the returned gradients")
+
 
 # name -> module exposing ``OP`` (a BenchOp). New ops add a line here.
 OP_MODULES: dict[str, str] = {
@@ -67,16 +83,6 @@ def get_op(name: str) -> "BenchOp":
     if name not in OP_MODULES:
         raise ValueError(f"unknown op {name!r}; known: {', '.join(OP_MODULES)}")
     return importlib.import_module(OP_MODULES[name]).OP
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16",
-            torch.float64: "fp64"}.get(dtype, str(dtype).replace("torch.", ""))
-
-
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-          "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-          "fp64": torch.float64, "float64": torch.float64}
 
 
 # ----------------------------------------------------------------------------- op interface
@@ -110,8 +116,6 @@ class Baseline:
     note: str | None = None            # shown in the row, e.g. "chunked (8192 rows per chunk)"
 
 
-#: the record fields a forward-only op's :meth:`BenchOp.check` may fill
-CHECK_FIELDS = ("exact_frac", "out_rel_err")
 
 
 class BenchOp:
@@ -189,398 +193,7 @@ class BenchOp:
         return names
 
 
-# ----------------------------------------------------------------------------- timing
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_cpu(fn: Callable[[], Any], budget_s: float = 1.0, min_reps: int = 3,
-             max_reps: int = 200, warmup: int = 1) -> tuple[float, int]:
-    """Median wall time of ``fn`` in ms (``time.perf_counter``), with ``warmup`` calls
-    first, then as many repeats as fit in ``budget_s`` (at least ``min_reps``)."""
-    est = math.inf
-    for _ in range(max(1, warmup)):
-        t0 = time.perf_counter()
-        fn()
-        est = min(est, time.perf_counter() - t0)
-    if est < 0.25 * budget_s:
-        # one more warm-up when it is cheap (first-touch allocations, caches)
-        t0 = time.perf_counter()
-        fn()
-        est = min(est, time.perf_counter() - t0)
-    n = int(budget_s / max(est, 1e-7))
-    n = max(min_reps, min(max_reps, n))
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3, n
-
-
-def time_cuda(fn: Callable[[], Any], rep_ms: int = 100, warmup_ms: int = 25) -> tuple[float, int]:
-    """Median GPU time of ``fn`` in ms: ``triton.testing.do_bench`` (L2 flushed between
-    runs) when triton is importable, otherwise CUDA events with the same protocol."""
-    try:
-        from triton.testing import do_bench
-    except Exception:  # noqa: BLE001 - triton missing or broken: use events
-        do_bench = None
-    if do_bench is not None:
-        try:
-            ms = do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median")
-        except TypeError:  # older triton without return_mode
-            ms = do_bench(fn, warmup=warmup_ms, rep=rep_ms, quantiles=[0.5])
-            ms = ms[0] if isinstance(ms, (list, tuple)) else ms
-        return float(ms), -1
-    return _time_cuda_events(fn, rep_ms, warmup_ms)
-
-
-def _time_cuda_events(fn, rep_ms: int, warmup_ms: int) -> tuple[float, int]:
-    flush = torch.empty(256 * 2**20 // 4, dtype=torch.int32, device="cuda")
-    fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(5):
-        flush.zero_()
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    est = max(start.elapsed_time(end) / 5, 1e-4)
-    for _ in range(max(1, int(warmup_ms / est))):
-        fn()
-    n = max(5, min(10000, int(rep_ms / est)))
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-    for i in range(n):
-        flush.zero_()
-        starts[i].record()
-        fn()
-        ends[i].record()
-    torch.cuda.synchronize()
-    return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends)), n
-
-
-@dataclass
-class TimingConfig:
-    cpu_budget_s: float = 0.5        # per timed quantity on CPU (fwd gets half)
-    cpu_min_reps: int = 3
-    cpu_max_reps: int = 200
-    cuda_rep_ms: int = 100
-    cuda_warmup_ms: int = 25
-    # forward-only ops on CPU: a call of at least cpu_long_call_s is timed over
-    # min(3, cpu_long_budget_s / its time) repeats, at least 1, its checked call (the
-    # first) counting as one of them
-    cpu_long_call_s: float = 2.0
-    cpu_long_budget_s: float = 10.0
-
-
-def time_fn(fn, device: torch.device, cfg: TimingConfig, budget_scale: float = 1.0):
-    if device.type == "cuda":
-        return time_cuda(fn, rep_ms=max(1, int(cfg.cuda_rep_ms * budget_scale)),
-                         warmup_ms=cfg.cuda_warmup_ms)
-    return time_cpu(fn, budget_s=cfg.cpu_budget_s * budget_scale, min_reps=cfg.cpu_min_reps,
-                    max_reps=cfg.cpu_max_reps)
-
-
-def time_forward(fn, device: torch.device, cfg: TimingConfig,
-                 first_call_s: float) -> tuple[float, int]:
-    """:func:`time_fn` for a forward-only call that was just made once in
-    ``first_call_s`` seconds. On CPU a long call (at least ``cfg.cpu_long_call_s``) gets no
-    warm-up: that first call is the first of ``min(3, cpu_long_budget_s / first_call_s)``
-    timed repeats (at least 1), so that a sweep of calls of tens of seconds stays short."""
-    if device.type == "cuda" or first_call_s < cfg.cpu_long_call_s:
-        return time_fn(fn, device, cfg)
-    n = max(1, min(3, int(cfg.cpu_long_budget_s / first_call_s)))
-    times = [first_call_s]
-    for _ in range(n - 1):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3, n
-
-
-# ----------------------------------------------------------------------------- memory
-
-CPU_MEMORY_NOTE = ("CPU peak memory: high-water mark of the bytes allocated through "
-                   "PyTorch's CPU allocator during one untimed fwd+bwd, from the profiler's "
-                   "memory events (allocations made by OpenMP worker threads or outside "
-                   "torch's allocator are not seen)")
-CUDA_MEMORY_NOTE = ("CUDA peak memory: torch.cuda.max_memory_allocated() during one untimed "
-                    "fwd+bwd minus memory_allocated() before it: memory beyond the inputs, "
-                    "including the returned gradients")
-
-
-def call_measuring_memory(fn: Callable[[], Any], device: torch.device) -> tuple[Any, int | None]:
-    """Call ``fn`` once; return its output and the bytes it allocated at its high-water
-    mark beyond what was allocated before (None where that cannot be measured)."""
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        out = fn()
-        torch.cuda.synchronize(device)
-        return out, int(torch.cuda.max_memory_allocated(device) - base)
-    if device.type == "cpu":
-        return _cpu_peak_memory(fn)
-    return fn(), None
-
-
-def peak_extra_memory(fn: Callable[[], Any], device: torch.device) -> int | None:
-    """Bytes allocated by ``fn`` at its high-water mark beyond what was allocated before."""
-    out, peak = call_measuring_memory(fn, device)
-    del out
-    return peak
-
-
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Silence file descriptor 2 (C++ logging) for the duration; Python exceptions
-    still propagate."""
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError, AttributeError):
-        yield
-        return
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def _cpu_peak_memory(fn) -> tuple[Any, int | None]:
-    from torch.profiler import ProfilerActivity, profile
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "trace.json")
-        with _quiet_stderr():   # kineto prints profiler_start/stop lines on fd 2
-            with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-                out = fn()
-        prof.export_chrome_trace(path)
-        with open(path) as f:
-            trace = json.load(f)
-    events = [e for e in trace.get("traceEvents", [])
-              if e.get("name") == "[memory]" and e.get("args", {}).get("Device Type", 0) == 0]
-    if not events:
-        return out, None
-    events.sort(key=lambda e: e.get("ts", 0))
-    cur = peak = 0
-    for e in events:
-        cur += int(e["args"].get("Bytes", 0))
-        peak = max(peak, cur)
-    return out, int(peak)
-
-
-# ----------------------------------------------------------------------------- ceilings
-
-
-def measure_ceilings(device: torch.device, quick: bool = False) -> dict:
-    """Copy bandwidth (GB/s, bytes = read + write) and matmul rates (TFLOP/s) measured now."""
-    out: dict[str, Any] = {}
-    cfg = TimingConfig(cpu_budget_s=0.05 if quick else 1.0, cuda_rep_ms=20 if quick else 200)
-    if device.type == "cuda":
-        copy_bytes = (64 if quick else 1024) * 2**20
-        mm = [("fp32", torch.float32, 1024 if quick else 8192),
-              ("bf16", torch.bfloat16, 1024 if quick else 8192)]
-    else:
-        copy_bytes = (16 if quick else 256) * 2**20
-        mm = [("fp32", torch.float32, 256 if quick else 2048),
-              ("bf16", torch.bfloat16, 256 if quick else 2048)]
-    try:
-        src = torch.empty(copy_bytes // 4, dtype=torch.float32, device=device).uniform_()
-        dst = torch.empty_like(src)
-        ms, _ = time_fn(lambda: dst.copy_(src), device, cfg)
-        out["copy_buffer_bytes"] = copy_bytes
-        out["copy_gbps"] = 2 * copy_bytes / (ms * 1e-3) / 1e9
-        del src, dst
-    except Exception as exc:  # noqa: BLE001
-        out["copy_error"] = _short_error(exc)
-    prev = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")   # fp32 means IEEE fp32: TF32 off
-    try:
-        for name, dt, n in mm:
-            try:
-                a = torch.randn(n, n, device=device).to(dt)
-                b = torch.randn(n, n, device=device).to(dt)
-                ms, _ = time_fn(lambda: torch.mm(a, b), device, cfg)
-                out[f"matmul_{name}_n"] = n
-                out[f"matmul_{name}_tflops"] = 2 * n**3 / (ms * 1e-3) / 1e12
-                del a, b
-            except Exception as exc:  # noqa: BLE001
-                out[f"matmul_{name}_error"] = _short_error(exc)
-    finally:
-        torch.set_float32_matmul_precision(prev)
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return out
-
-
-# ----------------------------------------------------------------------------- environment
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    name = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return name or platform.processor() or platform.machine() or "cpu"
-
-
-def slugify(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
-
-
-def device_slug(device: torch.device, name: str | None = None) -> str:
-    """``nvidia-h100-80gb-hbm3``, ``cpu-amd-epyc``, ``cpu-intel-xeon-platinum-8480``..."""
-    name = name or device_name(device)
-    if device.type == "cuda":
-        return slugify(name)
-    short = re.sub(r"\((r|tm)\)", " ", name, flags=re.I)
-    short = re.sub(r"@.*$", " ", short)
-    short = re.sub(r"\b(cpu|processor|\d+-core)\b", " ", short, flags=re.I)
-    slug = slugify(short)
-    return slug if slug.startswith("cpu") else f"cpu-{slug}"
-
-
-def _git_commit() -> dict:
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    info: dict[str, Any] = {"commit": None, "dirty": None}
-    try:
-        commit = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=10)
-        if commit.returncode == 0:
-            info["commit"] = commit.stdout.strip()
-            status = subprocess.run(["git", "-C", root, "status", "--porcelain",
-                                     "--untracked-files=no"], capture_output=True, text=True,
-                                    timeout=10)
-            if status.returncode == 0:
-                info["dirty"] = bool(status.stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return info
-
-
-def environment(device: torch.device) -> dict:
-    """Versions and device facts for the JSON (no hostname, no user names)."""
-    env: dict[str, Any] = {
-        "device_type": device.type,
-        "device_name": device_name(device),
-        "device_slug": device_slug(device),
-        "date_utc": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-        "python": platform.python_version(),
-        "platform": f"{platform.system()} {platform.release()} {platform.machine()}",
-        "torch": torch.__version__,
-        "torch_cuda": torch.version.cuda,
-        "cudnn": None,
-        "triton": None,
-        "dqkernels": None,
-        "torch_num_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        # other work on the machine makes CPU timings noisy: recorded to judge a run
-        "loadavg_1m_at_start": None,
-    }
-    try:
-        env["loadavg_1m_at_start"] = round(os.getloadavg()[0], 2)
-    except (OSError, AttributeError):
-        pass
-    env.update({f"git_{k}": v for k, v in _git_commit().items()})
-    try:
-        env["cudnn"] = torch.backends.cudnn.version()
-    except Exception:  # noqa: BLE001
-        pass
-    try:
-        import triton
-        env["triton"] = triton.__version__
-    except Exception:  # noqa: BLE001
-        pass
-    try:
-        import dqkernels
-        from dqkernels import _ext, backends
-        env["dqkernels"] = dqkernels.__version__
-        env["dqkernels_build"] = {k: (v if isinstance(v, (int, float, str, bool, type(None)))
-                                      else str(v)) for k, v in _ext.build_info().items()}
-        env["backends"] = {}
-        for dt in (torch.float32, torch.bfloat16):
-            env["backends"][dtype_name(dt)] = {
-                b: backends.why_unavailable(b, device, dt) or "available"
-                for b in backends.BACKENDS}
-    except Exception as exc:  # noqa: BLE001
-        env["dqkernels_error"] = _short_error(exc)
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        env["gpu_memory_bytes"] = int(props.total_memory)
-        env["gpu_capability"] = f"{props.major}.{props.minor}"
-        env["gpu_sm_count"] = int(props.multi_processor_count)
-        try:
-            smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=20)
-            if smi.returncode == 0:
-                env["nvidia_driver"] = smi.stdout.strip().splitlines()[0]
-        except (OSError, subprocess.SubprocessError, IndexError):
-            pass
-    return env
-
-
 # ----------------------------------------------------------------------------- records
-
-
-@dataclass
-class Record:
-    """One row: one implementation of one op on one shape and dtype."""
-    op: str
-    case: str
-    shape: str
-    dims: dict
-    dtype: str
-    device: str
-    impl: str
-    status: str = "ok"                 # ok | error | skipped
-    error: str | None = None
-    ms: float | None = None            # fwd+bwd median
-    reps: int | None = None            # -1: chosen by triton's do_bench
-    fwd_ms: float | None = None        # forward only (grad enabled) median
-    fwd_reps: int | None = None
-    speedup_vs_eager: float | None = None
-    speedup_vs_compile: float | None = None
-    fwd_speedup_vs_eager: float | None = None
-    bytes_min: int | None = None       # fwd+bwd minimal bytes
-    gbps: float | None = None
-    frac_copy_bw: float | None = None
-    fwd_bytes_min: int | None = None
-    fwd_gbps: float | None = None
-    peak_mem_bytes: int | None = None  # extra memory of one fwd+bwd beyond the inputs
-    grad_rel_err: float | None = None  # ||g - g64|| / ||g64|| vs float64 reference
-    compile_s: float | None = None     # first call of the compiled function (compile)
-    kind: str | None = None            # eager | compile | backend | external
-    flops: float | None = None         # FLOP of one timed call (ops that define it)
-    tflops: float | None = None
-    frac_matmul: float | None = None   # tflops over the measured matmul rate of the dtype
-    vs: dict | None = None             # forward-only: {baseline: its ms / this ms}
-    exact_frac: float | None = None    # forward-only checks (BenchOp.check)
-    out_rel_err: float | None = None
-    note: str | None = None            # how the row ran, e.g. "chunked (8192 rows per chunk)"
-
-
-RECORD_KEYS = tuple(Record.__dataclass_fields__)
-
-
-def _short_error(exc: BaseException, limit: int = 300) -> str:
-    text = f"{type(exc).__name__}: {exc}".strip().replace("\n", " | ")
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _rel_err(got: Iterable[torch.Tensor], gold: Iterable[torch.Tensor]) -> float:
@@ -756,8 +369,8 @@ def _run_case(op: BenchOp, cfg: SweepConfig, shape: Shape, dtype: torch.dtype,
             if gold is not None:
                 rec.grad_rel_err = _rel_err(grads, gold)
             del grads
-            rec.ms, rec.reps = time_fn(step, device, cfg.timing)
-            rec.fwd_ms, rec.fwd_reps = time_fn(fwd, device, cfg.timing, budget_scale=0.5)
+            rec.ms, rec.reps = time_call(step, device, cfg.timing)
+            rec.fwd_ms, rec.fwd_reps = time_call(fwd, device, cfg.timing, budget_scale=0.5)
         except Exception as exc:  # noqa: BLE001 - one failing impl must not stop the sweep
             _record_failure(rec, exc, device)
         finally:
@@ -821,7 +434,7 @@ def _run_forward_case(op: BenchOp, cfg: SweepConfig, shape: Shape, dtype: torch.
                                        f"{', '.join(CHECK_FIELDS)}")
                     setattr(rec, key, float(value))
             del out
-            rec.ms, rec.reps = time_forward(call, device, cfg.timing, first_s)
+            rec.ms, rec.reps = time_call(call, device, cfg.timing, first_call_s=first_s)
         except Exception as exc:  # noqa: BLE001 - one failing impl must not stop the sweep
             _record_failure(rec, exc, device)
         finally:
@@ -870,18 +483,6 @@ def _inductor_caches(enabled: bool):
     with inductor_config.patch(force_disable_caches=True), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*force_disable_caches.*")
         yield
-
-
-def inductor_cache_settings() -> dict:
-    try:
-        from torch._functorch import config as functorch_config
-        from torch._inductor import config as inductor_config
-        return {"fx_graph_cache": bool(inductor_config.fx_graph_cache),
-                "autograd_cache": bool(getattr(functorch_config, "enable_autograd_cache",
-                                               False)),
-                "force_disable_caches": bool(inductor_config.force_disable_caches)}
-    except Exception:  # noqa: BLE001
-        return {}
 
 
 def _gold_grads(op: BenchOp, inputs: dict, names) -> list[torch.Tensor]:
