@@ -63,12 +63,13 @@ def time_cuda(fn: Callable[[], Any], rep_ms: int = 100, warmup_ms: int = 25,
     """Median GPU time of ``fn`` in ms: ``triton.testing.do_bench`` (L2 flushed between
     runs) when triton is importable and there is no ``setup``, otherwise CUDA events with
     the same protocol (``setup`` runs before the flush, outside the events)."""
-    do_bench = None
+    do_bench: Callable[..., Any] | None = None
     if setup is None:
         try:
-            from triton.testing import do_bench
+            from triton.testing import do_bench as triton_do_bench
+            do_bench = triton_do_bench
         except Exception:  # noqa: BLE001 - triton missing or broken: use events
-            do_bench = None
+            pass
     if do_bench is not None:
         try:
             ms = do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median")
@@ -137,21 +138,21 @@ def time_call(fn: Callable[[], Any], device: torch.device, cfg: TimingConfig,
                     max_reps=cfg.cpu_max_reps, setup=setup)
 
 
-def timing_note(cfg: TimingConfig, device_type: str, times_forward: bool,
-                restores: bool) -> str:
+def timing_note(cfg: TimingConfig, device_type: str, times_forward: bool, restores: bool,
+                long_calls: bool) -> str:
     """How :func:`time_call` timed a sweep, for the result's notes."""
-    restore = ("; the state is restored, untimed, before every call" if restores else "")
+    restore = "; the state is restored, untimed, before every call" if restores else ""
     if device_type == "cuda":
         if restores:
-            return ("timing: CUDA events (L2 flushed before each run, warm-up, median)"
-                    + restore)
+            return "timing: CUDA events (L2 flushed before each run, warm-up, median)" + restore
         return ("timing: triton.testing.do_bench (L2 flushed before each run, median) "
                 "or CUDA events with the same protocol when triton is missing")
-    fwd = " (half that for fwd_ms, which has no long-call rule)" if times_forward else ""
-    return ("timing: time.perf_counter; calls under "
-            f"{cfg.cpu_long_call_s:g} s: after the checked call, 1 more warm-up (2 when "
-            f"cheap), then repeats filling {cfg.cpu_budget_s:g} s{fwd} (at least "
-            f"{cfg.cpu_min_reps}), median; longer calls: min(3, {cfg.cpu_long_budget_s:g} s "
-            "/ call) repeats, at least 1, the first being the checked call itself "
-            "(made under the memory profiler unless --no-memory; no warm-up), median "
-            "(reps in the JSON)" + restore)
+    budget = f"{cfg.cpu_budget_s:g} s" + (" (half that for fwd_ms)" if times_forward else "")
+    warm = (f"after the checked call, 1 more warm-up (2 when cheap), then repeats filling "
+            f"{budget} (at least {cfg.cpu_min_reps}), median")
+    if not long_calls:
+        return "timing: time.perf_counter; " + warm + restore
+    return (f"timing: time.perf_counter; calls under {cfg.cpu_long_call_s:g} s: {warm}; "
+            f"longer calls: min(3, {cfg.cpu_long_budget_s:g} s / call) repeats, at least 1, "
+            "the first being the checked call itself (made under the memory profiler "
+            "unless --no-memory; no warm-up), median (reps in the JSON)" + restore)
