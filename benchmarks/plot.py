@@ -5,12 +5,12 @@
     python benchmarks/plot.py results.json -o speedup.png
 
 Writes next to the JSON (same name, .png) unless ``-o`` is given. ``--md`` also rewrites
-the markdown table from the JSON.
+the markdown table from the JSON. Takes the JSON of every schema version up to the
+current one (``dqkernels.bench.report.read_result``).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -19,7 +19,7 @@ try:
 except ImportError:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dqkernels.bench.harness import markdown_table, plot_results  # noqa: E402
+from dqkernels.bench.report import markdown_table, plot_results, read_result  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,8 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--out", default=None, help="PNG path (default: beside the JSON)")
     parser.add_argument("--md", action="store_true", help="also rewrite the markdown table")
     args = parser.parse_args(argv)
-    with open(args.json) as f:
-        result = json.load(f)
+    result = read_result(args.json)
     stem = os.path.splitext(args.json)[0]
     out = args.out or stem + ".png"
     plot_results(result, out)

@@ -1,22 +1,21 @@
 #!/usr/bin/env python
-"""Run the benchmark sweep: the same entry point as ``dqk bench`` (same arguments), plus
-``--cases`` to pick shape cases by name.
+"""Run the benchmark sweep: the same entry point as ``dqk bench`` (same arguments).
 
     python benchmarks/run.py --device cuda            # full sweep
     python benchmarks/run.py --device cpu --quick     # smoke run
     python benchmarks/run.py --device cpu --ops vq_nearest --dtypes fp32 \\
         --cases 'n65536-d64-*'                        # some shapes of one op
+    python benchmarks/run.py --list --select 'vq_*/n65536-d64-*'   # what that would run
 
 ``--cases`` takes comma-separated fnmatch patterns on the case names (the ``case``
-column of the results); it sets ``DQK_BENCH_CASES``, which the harness reads, so the
-same selection works for ``dqk bench`` through that variable.
+column of the results), ``--select`` patterns on ``op/case`` names; ``DQK_BENCH_CASES``
+stands for ``--cases`` when the flag is not given.
 
 Works from a source checkout without installing (the repository root is put on the
 path when ``dqkernels`` is not importable).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -29,12 +28,7 @@ from dqkernels.bench import main  # noqa: E402
 
 
 def run(argv: list[str] | None = None) -> int:
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--cases", default=None)
-    known, rest = pre.parse_known_args(argv)
-    if known.cases is not None:
-        os.environ["DQK_BENCH_CASES"] = known.cases
-    return main(rest)
+    return main(argv)
 
 
 if __name__ == "__main__":

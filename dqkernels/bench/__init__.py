@@ -3,8 +3,13 @@
 as ceilings. Results: ``<out>/<device-slug>/<op>.{json,md,png}``.
 
 Also reachable as ``python benchmarks/run.py`` (same arguments). Heavy imports (the
-harness, matplotlib, tqdm, triton) happen inside :func:`run`, so building the ``dqk``
+runner, matplotlib, tqdm, triton) happen inside :func:`run`, so building the ``dqk``
 parser stays cheap.
+
+The package: ``cases/<op>.py`` (one op's cases and implementations, see :mod:`.spec`),
+:mod:`.modes` (how a call is measured), :mod:`.selection` (which cases run),
+:mod:`.runner` (the sweep), :mod:`.timing`, :mod:`.memory`, :mod:`.ceilings`,
+:mod:`.environment`, :mod:`.records` and :mod:`.report` (JSON, markdown, PNG).
 """
 from __future__ import annotations
 
@@ -16,13 +21,13 @@ __all__ = ["add_arguments", "run", "main"]
 DEFAULT_OUT = "benchmarks/results"
 
 
-def _csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
+def _csv(text: str | None) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
 
 
 def _known_ops() -> list[str]:
-    from dqkernels.bench.harness import OP_MODULES
-    return list(OP_MODULES)
+    from dqkernels.bench.cases import op_names
+    return op_names()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,13 +35,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated ops to benchmark (default: all; known: "
                              + ", ".join(_known_ops()) + ")")
     parser.add_argument("--quick", action="store_true",
-                        help="tiny shapes and few repeats (smoke tests, CI)")
+                        help="the tiny cases only, few repeats (smoke tests, CI)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
                         help="device to benchmark (default: cuda if available, else cpu)")
     parser.add_argument("--dtypes", default="fp32,bf16",
                         help="comma-separated dtypes: fp32, bf16, fp16 (default: fp32,bf16)")
     parser.add_argument("--out", default=DEFAULT_OUT,
-                        help=f"output folder; files go to OUT/<device-slug>/ (default: {DEFAULT_OUT})")
+                        help="output folder; files go to OUT/<device-slug>/ (default: "
+                             f"{DEFAULT_OUT})")
     parser.add_argument("--no-compile", dest="compile", action="store_false",
                         help="skip the torch.compile baseline")
     parser.add_argument("--cold-compile", action="store_true",
@@ -57,6 +63,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cases", default=None,
                         help="comma-separated fnmatch patterns on shape case names, e.g. "
                              "'n65536-d64-*' (default: every case; also $DQK_BENCH_CASES)")
+    parser.add_argument("--select", default=None,
+                        help="comma-separated fnmatch patterns on op/case names, e.g. "
+                             "'vq_*/n65536-d64-*,dmol/cifar10' (an op alone: all its cases); "
+                             "instead of --ops and --cases, which mean their product")
+    parser.add_argument("--list", action="store_true",
+                        help="print the selected op/case names and shapes, run nothing")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="no progress bar")
@@ -65,47 +77,71 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from dqkernels.bench import harness as H
+    from dqkernels.bench import report
+    from dqkernels.bench.cases import get_op, op_names
+    from dqkernels.bench.ceilings import measure_ceilings
+    from dqkernels.bench.environment import environment
+    from dqkernels.bench.records import DTYPES
+    from dqkernels.bench.runner import SweepConfig, finalize, run_benchmark
+    from dqkernels.bench.selection import Selection
+    from dqkernels.bench.timing import TimingConfig
 
     device_type = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device_type == "cuda" and not torch.cuda.is_available():
+    if device_type == "cuda" and not torch.cuda.is_available() and not args.list:
         print("dqk bench: --device cuda but torch.cuda.is_available() is False "
               f"(torch {torch.__version__}, built with CUDA {torch.version.cuda})",
               file=sys.stderr)
         return 2
     device = torch.device(device_type)
 
-    ops = _csv(args.ops) if args.ops else H.op_names()
+    known = op_names()
+    for name in _csv(args.ops):
+        if name not in known:
+            print(f"dqk bench: unknown op {name!r}; known: {', '.join(known)}",
+                  file=sys.stderr)
+            return 2
     try:
-        dtypes = [H.DTYPES[d.lower()] for d in _csv(args.dtypes)]
+        dtypes = [DTYPES[d.lower()] for d in _csv(args.dtypes)]
     except KeyError as exc:
         print(f"dqk bench: unknown dtype {exc.args[0]!r}; use fp32, bf16, fp16",
               file=sys.stderr)
         return 2
-    for name in ops:
-        if name not in H.OP_MODULES:
-            print(f"dqk bench: unknown op {name!r}; known: {', '.join(H.OP_MODULES)}",
-                  file=sys.stderr)
-            return 2
+    try:
+        sel = Selection.from_flags(ops=_csv(args.ops) or None,
+                                   cases=_csv(args.cases) if args.cases else None,
+                                   select=_csv(args.select) or None, quick=args.quick,
+                                   dtypes=dtypes,
+                                   backends=_csv(args.backends) if args.backends else None)
+    except ValueError as exc:
+        print(f"dqk bench: {exc}", file=sys.stderr)
+        return 2
+    ops = sel.op_names(known)
+    if not ops:
+        print(f"dqk bench: no op matches {', '.join(sel.patterns)}; known: "
+              f"{', '.join(known)}", file=sys.stderr)
+        return 2
+    if args.list:
+        for name in ops:
+            for case in sel.cases(get_op(name), device_type):
+                print(f"{name}/{case.name}\t{case.label}")
+        return 0
 
-    timing = H.TimingConfig()
+    timing = TimingConfig()
     if args.quick:
-        timing = H.TimingConfig(cpu_budget_s=0.02, cpu_min_reps=3, cpu_max_reps=20,
-                                cuda_rep_ms=10, cuda_warmup_ms=5)
+        timing = TimingConfig(cpu_budget_s=0.02, cpu_min_reps=3, cpu_max_reps=20,
+                              cuda_rep_ms=10, cuda_warmup_ms=5)
     if args.budget is not None:
         timing.cpu_budget_s = args.budget
-    cfg = H.SweepConfig(device=device, dtypes=dtypes, quick=args.quick, compile=args.compile,
-                        backends=_csv(args.backends) if args.backends else None,
-                        timing=timing, check=args.check, memory=args.memory, seed=args.seed,
-                        progress=args.progress, cold_compile=args.cold_compile,
-                        cases=_csv(args.cases) if args.cases else None)
+    cfg = SweepConfig(device=device, selection=sel, compile=args.compile, timing=timing,
+                      check=args.check, memory=args.memory, seed=args.seed,
+                      progress=args.progress, cold_compile=args.cold_compile)
 
     if args.threads is not None:
         if args.threads < 1:
             print("dqk bench: --threads must be >= 1", file=sys.stderr)
             return 2
         torch.set_num_threads(args.threads)
-    env = H.environment(device)
+    env = environment(device)
     load, ncpu = env.get("loadavg_1m_at_start"), env.get("cpu_count")
     if device_type == "cpu" and load is not None and ncpu and load > 0.5 * ncpu:
         print(f"dqk bench: warning: the machine is busy (1-minute load {load} on {ncpu} "
@@ -113,12 +149,12 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
     print(f"dqk bench: {env['device_name']} ({env['device_slug']}), torch {env['torch']}; "
           "measuring ceilings...", file=sys.stderr)
-    ceilings = H.measure_ceilings(device, quick=args.quick)
+    ceilings = measure_ceilings(device, quick=args.quick)
     failed = 0
     for name in ops:
-        result = H.finalize(H.run_benchmark(name, cfg, ceilings=ceilings, env=env))
-        paths = H.write_outputs(result, args.out)
-        print(H.markdown_table(result))
+        result = finalize(run_benchmark(name, cfg, ceilings=ceilings, env=env))
+        paths = report.write_outputs(result, args.out)
+        print(report.markdown_table(result))
         print("wrote " + ", ".join(p for p in paths.values() if p), file=sys.stderr)
         bad = [r for r in result["records"] if r["status"] == "error"]
         for r in bad:

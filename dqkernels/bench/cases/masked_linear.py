@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dqkernels.bench.harness import BenchOp, Shape
+from dqkernels.bench.spec import BenchOp, Case
 from dqkernels.nn.masked_linear import made_degrees
 from dqkernels.ops.masked_linear import masked_linear
 from dqkernels.reference.masked_linear import linear_mask
@@ -24,14 +24,14 @@ def _layer_degrees(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor]:
     return side(n_in), side(n_out)
 
 
-def _shape(name: str, B: int, n_in: int, n_out: int, strict: bool) -> Shape:
+def _case(name: str, B: int, n_in: int, n_out: int, strict: bool, quick: bool = False) -> Case:
     di, do = _layer_degrees(n_in, n_out)
     density = linear_mask(di, do, strict).double().mean().item()
     useful = 2 * B * density * n_in * n_out * 3 / 1e9
     rel = ">" if strict else ">="
-    return Shape(name, {"B": B, "IN": n_in, "OUT": n_out, "strict": int(strict)},
-                 f"B={B} {n_in}->{n_out} ({rel}, density {density:.2f}, "
-                 f"{useful:.2g} useful GFLOP fwd+bwd)")
+    return Case(name, {"B": B, "IN": n_in, "OUT": n_out, "strict": int(strict)},
+                f"B={B} {n_in}->{n_out} ({rel}, density {density:.2f}, "
+                f"{useful:.2g} useful GFLOP fwd+bwd)", quick=quick)
 
 
 class MaskedLinearBench(BenchOp):
@@ -49,23 +49,24 @@ class MaskedLinearBench(BenchOp):
          "grad_bias"),
     )
 
-    def shapes(self, device_type: str, quick: bool) -> list[Shape]:
-        if quick:
-            return [_shape("tiny", 5, 37, 53, True)]
+    grad_inputs = ("x", "weight", "bias")
+
+    def cases(self) -> list[Case]:
         return [
-            _shape("made-in-h1024-b256", 256, D, 1024, False),
-            _shape("made-hid-h1024-b256", 256, 1024, 1024, False),
-            _shape("made-out-h1024-b256", 256, 1024, D, True),
-            _shape("made-in-h2048-b1024", 1024, D, 2048, False),
-            _shape("made-hid-h2048-b1024", 1024, 2048, 2048, False),
-            _shape("made-out-h2048-b1024", 1024, 2048, D, True),
+            _case("tiny", 5, 37, 53, True, quick=True),
+            _case("made-in-h1024-b256", 256, D, 1024, False),
+            _case("made-hid-h1024-b256", 256, 1024, 1024, False),
+            _case("made-out-h1024-b256", 256, 1024, D, True),
+            _case("made-in-h2048-b1024", 1024, D, 2048, False),
+            _case("made-hid-h2048-b1024", 1024, 2048, 2048, False),
+            _case("made-out-h2048-b1024", 1024, 2048, D, True),
         ]
 
-    def make_inputs(self, shape: Shape, dtype: torch.dtype, device: torch.device,
+    def make_inputs(self, case: Case, dtype: torch.dtype, device: torch.device,
                     seed: int) -> dict:
-        B, n_in, n_out = shape.dims["B"], shape.dims["IN"], shape.dims["OUT"]
-        strict = bool(shape.dims["strict"])
-        if shape.name == "tiny":
+        B, n_in, n_out = case.dims["B"], case.dims["IN"], case.dims["OUT"]
+        strict = bool(case.dims["strict"])
+        if case.name == "tiny":
             g = torch.Generator().manual_seed(seed + 7)
             di = torch.randint(0, 9, (n_in,), generator=g)
             do = torch.randint(0, 9, (n_out,), generator=g)
@@ -85,13 +86,10 @@ class MaskedLinearBench(BenchOp):
         out["strict"] = strict
         return out
 
-    def grad_inputs(self) -> tuple[str, ...]:
-        return ("x", "weight", "bias")
-
-    def reference_loss(self, x, weight, bias, gy, mask, in_degrees, out_degrees, strict):
+    def reference(self, x, weight, bias, gy, mask, in_degrees, out_degrees, strict):
         return (F.linear(x, weight * mask, bias) * gy).sum()
 
-    def backend_loss(self, backend, x, weight, bias, gy, mask, in_degrees, out_degrees, strict):
+    def kernel(self, backend, x, weight, bias, gy, mask, in_degrees, out_degrees, strict):
         y = masked_linear(x, weight, bias, in_degrees, out_degrees, strict=strict,
                           backend=backend)
         return (y * gy).sum()

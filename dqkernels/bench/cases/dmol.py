@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from dqkernels.bench.harness import BenchOp, Shape
+from dqkernels.bench.spec import BenchOp, Case
 from dqkernels.ops.dmol import dmol_nll
 from dqkernels.reference.dmol import dmol_nll_reference
 
@@ -12,9 +12,9 @@ NUM_LEVELS = 256
 MIN_LOG_SCALE = -7.0
 
 
-def _shape(name: str, B: int, C: int, H: int, W: int, M: int) -> Shape:
-    return Shape(name, {"B": B, "C": C, "H": H, "W": W, "M": M},
-                 f"B={B} C={C} {H}x{W} M={M}")
+def _case(name: str, B: int, C: int, H: int, W: int, M: int, **where) -> Case:
+    return Case(name, {"B": B, "C": C, "H": H, "W": W, "M": M}, f"B={B} C={C} {H}x{W} M={M}",
+                **where)
 
 
 class DmolBench(BenchOp):
@@ -30,26 +30,23 @@ class DmolBench(BenchOp):
         "params read + the fp32 [B,H,W] NLL written",
     )
 
-    def shapes(self, device_type: str, quick: bool) -> list[Shape]:
-        if quick:
-            return [_shape("tiny", 2, 3, 8, 8, 2), _shape("tiny-c1", 2, 1, 5, 7, 3)]
-        if device_type == "cuda":
-            return [
-                _shape("small", 16, 3, 16, 16, 5),
-                _shape("cifar10", 64, 3, 32, 32, 10),      # PixelCNN++ CIFAR-10
-                _shape("large", 128, 3, 64, 64, 10),
-                _shape("mnist-c1", 128, 1, 28, 28, 10),
-            ]
+    grad_inputs = ("params",)
+
+    def cases(self) -> list[Case]:
         return [
-            _shape("small", 16, 3, 16, 16, 5),
-            _shape("cifar10", 64, 3, 32, 32, 10),          # PixelCNN++ CIFAR-10
-            _shape("large", 32, 3, 64, 64, 10),
-            _shape("mnist-c1", 64, 1, 28, 28, 10),
+            _case("tiny", 2, 3, 8, 8, 2, quick=True),
+            _case("tiny-c1", 2, 1, 5, 7, 3, quick=True),
+            _case("small", 16, 3, 16, 16, 5),
+            _case("cifar10", 64, 3, 32, 32, 10),                    # PixelCNN++ CIFAR-10
+            _case("large", 128, 3, 64, 64, 10, device="cuda"),
+            _case("large", 32, 3, 64, 64, 10, device="cpu"),
+            _case("mnist-c1", 128, 1, 28, 28, 10, device="cuda"),
+            _case("mnist-c1", 64, 1, 28, 28, 10, device="cpu"),
         ]
 
-    def make_inputs(self, shape: Shape, dtype: torch.dtype, device: torch.device,
+    def make_inputs(self, case: Case, dtype: torch.dtype, device: torch.device,
                     seed: int) -> dict[str, torch.Tensor]:
-        B, C, H, W, M = (shape.dims[k] for k in "BCHWM")
+        B, C, H, W, M = (case.dims[k] for k in "BCHWM")
         J = 3 if C == 3 else 2
         g = torch.Generator().manual_seed(seed)
         k = torch.randint(0, NUM_LEVELS, (B, C, H, W), generator=g)
@@ -62,13 +59,10 @@ class DmolBench(BenchOp):
         params = params.to(device=device, dtype=dtype).requires_grad_(True)
         return {"x": x, "params": params}
 
-    def grad_inputs(self) -> tuple[str, ...]:
-        return ("params",)
-
-    def reference_loss(self, x, params):
+    def reference(self, x, params):
         return dmol_nll_reference(x, params, NUM_LEVELS, MIN_LOG_SCALE).sum()
 
-    def backend_loss(self, backend, x, params):
+    def kernel(self, backend, x, params):
         return dmol_nll(x, params, num_levels=NUM_LEVELS, min_log_scale=MIN_LOG_SCALE,
                         backend=backend).sum()
 

@@ -5,22 +5,22 @@ from __future__ import annotations
 
 import torch
 
-from dqkernels.bench.harness import BenchOp, Shape
+from dqkernels.bench.spec import BenchOp, Case
 from dqkernels.ops.mixlogcdf_coupling import mixlogcdf_coupling
 from dqkernels.reference.mixlogcdf_coupling import mixlogcdf_forward_reference
 
 NAMES = ("x", "logits", "means", "log_scales", "a", "b")
 
 
-def mix_shape(name: str, B: int, C: int, H: int, W: int, K: int) -> Shape:
-    return Shape(name, {"B": B, "C": C, "H": H, "W": W, "K": K},
-                 f"B={B} C={C} {H}x{W} K={K}")
+def mix_case(name: str, B: int, C: int, H: int, W: int, K: int, **where) -> Case:
+    return Case(name, {"B": B, "C": C, "H": H, "W": W, "K": K}, f"B={B} C={C} {H}x{W} K={K}",
+                **where)
 
 
-def mix_inputs(shape: Shape, dtype: torch.dtype, device: torch.device, seed: int):
+def mix_inputs(case: Case, dtype: torch.dtype, device: torch.device, seed: int):
     """Parameters like a trained Flow++ coupling's: components spread around the data,
     log-scales around -1, a small; per-component tensors [B, C, H, W, K] contiguous."""
-    B, C, H, W, K = (shape.dims[k] for k in "BCHWK")
+    B, C, H, W, K = (case.dims[k] for k in "BCHWK")
     g = torch.Generator().manual_seed(seed)
     t = {
         "x": torch.randn(B, C, H, W, generator=g),
@@ -53,26 +53,24 @@ class MixLogCDFCouplingBench(BenchOp):
         "3 per-component + 4 per-element tensors",
     )
 
-    def shapes(self, device_type: str, quick: bool) -> list[Shape]:
-        if quick:
-            return [mix_shape("tiny", 2, 3, 4, 5, 4)]
+    grad_inputs = NAMES
+
+    def cases(self) -> list[Case]:
         return [
-            mix_shape("flowpp-cifar10", 64, 3, 32, 32, 32),   # Flow++ CIFAR-10
-            mix_shape("flowpp-16x16", 64, 12, 16, 16, 32),    # after one squeeze
-            mix_shape("k4", 64, 3, 32, 32, 4),
+            mix_case("tiny", 2, 3, 4, 5, 4, quick=True),
+            mix_case("flowpp-cifar10", 64, 3, 32, 32, 32),   # Flow++ CIFAR-10
+            mix_case("flowpp-16x16", 64, 12, 16, 16, 32),    # after one squeeze
+            mix_case("k4", 64, 3, 32, 32, 4),
         ]
 
-    def make_inputs(self, shape, dtype, device, seed):
-        return mix_inputs(shape, dtype, device, seed)
+    def make_inputs(self, case, dtype, device, seed):
+        return mix_inputs(case, dtype, device, seed)
 
-    def grad_inputs(self) -> tuple[str, ...]:
-        return NAMES
-
-    def reference_loss(self, x, logits, means, log_scales, a, b):
+    def reference(self, x, logits, means, log_scales, a, b):
         y, ld = mixlogcdf_forward_reference(x, logits, means, log_scales, a, b)
         return y.sum() + ld.sum()
 
-    def backend_loss(self, backend, x, logits, means, log_scales, a, b):
+    def kernel(self, backend, x, logits, means, log_scales, a, b):
         y, ld = mixlogcdf_coupling(x, logits, means, log_scales, a, b, backend=backend)
         return y.sum() + ld.sum()
 

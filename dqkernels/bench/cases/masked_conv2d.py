@@ -1,13 +1,13 @@
 """The masked conv2d sweep: ``masked_conv2d`` forward+backward (loss = y.sum(), gradients
 to x, weight and bias) at PixelCNN shapes, against the dense masked convolution
 ``F.conv2d(x, weight * mask, bias, padding=k // 2)`` run eagerly and through
-``torch.compile`` (which the harness adds)."""
+``torch.compile`` (which the runner adds)."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from dqkernels.bench.harness import BenchOp, Shape
+from dqkernels.bench.spec import BenchOp, Case
 from dqkernels.ops.masked_conv2d import masked_conv2d
 from dqkernels.reference.masked_conv2d import centre_counts, conv2d_mask
 
@@ -22,15 +22,15 @@ def kept_macs(B: int, Cin: int, Cout: int, H: int, W: int, k: int, mask_type: st
     return B * H * W * per_pixel
 
 
-def _shape(name: str, B: int, Cin: int, Cout: int, S: int, k: int, mask_type: str,
-           groups: int) -> Shape:
+def _case(name: str, B: int, Cin: int, Cout: int, S: int, k: int, mask_type: str,
+          groups: int, **where) -> Case:
     macs = kept_macs(B, Cin, Cout, S, S, k, mask_type, groups)
     dims = {"B": B, "Cin": Cin, "Cout": Cout, "H": S, "W": S, "k": k,
             "type_b": _TYPES[mask_type], "groups": groups, "fwd_kept_flop": 2 * macs}
     cin = f"C={Cin}" if Cin == Cout else f"Cin={Cin} Cout={Cout}"
     label = (f"B={B} {cin} {S}x{S} k={k} {mask_type} g={groups} "
              f"({2 * macs / 1e9:.3g} GFLOP fwd)")
-    return Shape(name, dims, label)
+    return Case(name, dims, label, **where)
 
 
 class MaskedConv2dBench(BenchOp):
@@ -50,31 +50,30 @@ class MaskedConv2dBench(BenchOp):
         "that float32 means IEEE float32 for every implementation",
     )
 
-    def shapes(self, device_type: str, quick: bool) -> list[Shape]:
-        if quick:
-            return [_shape("tiny", 2, 5, 7, 9, 3, "B", 3)]
-        if device_type == "cuda":
-            return [
-                _shape("in-7x7-A", 64, 3, 128, 32, 7, "A", 3),      # PixelCNN input layer
-                _shape("c128-3x3-B", 64, 128, 128, 32, 3, "B", 3),  # hidden, RGB blocks
-                _shape("c256-3x3-B", 32, 256, 256, 32, 3, "B", 1),
-                _shape("c64-5x5-B", 64, 64, 64, 32, 5, "B", 1),
-                _shape("c256-5x5-A", 64, 256, 256, 16, 5, "A", 3),
-                _shape("c128-7x7-A", 32, 128, 128, 16, 7, "A", 1),
-            ]
+    grad_inputs = ("x", "weight", "bias")
+
+    def cases(self) -> list[Case]:
+        gpu, cpu = {"device": "cuda"}, {"device": "cpu"}
         return [
-            _shape("in-7x7-A", 16, 3, 64, 32, 7, "A", 3),
-            _shape("c64-3x3-B", 32, 64, 64, 32, 3, "B", 3),
-            _shape("c128-3x3-B", 16, 128, 128, 32, 3, "B", 1),
-            _shape("c128-5x5-A", 32, 128, 128, 16, 5, "A", 3),
-            _shape("c256-7x7-B", 16, 256, 256, 16, 7, "B", 1),
+            _case("tiny", 2, 5, 7, 9, 3, "B", 3, quick=True),
+            _case("in-7x7-A", 64, 3, 128, 32, 7, "A", 3, **gpu),      # PixelCNN input layer
+            _case("c128-3x3-B", 64, 128, 128, 32, 3, "B", 3, **gpu),  # hidden, RGB blocks
+            _case("c256-3x3-B", 32, 256, 256, 32, 3, "B", 1, **gpu),
+            _case("c64-5x5-B", 64, 64, 64, 32, 5, "B", 1, **gpu),
+            _case("c256-5x5-A", 64, 256, 256, 16, 5, "A", 3, **gpu),
+            _case("c128-7x7-A", 32, 128, 128, 16, 7, "A", 1, **gpu),
+            _case("in-7x7-A", 16, 3, 64, 32, 7, "A", 3, **cpu),
+            _case("c64-3x3-B", 32, 64, 64, 32, 3, "B", 3, **cpu),
+            _case("c128-3x3-B", 16, 128, 128, 32, 3, "B", 1, **cpu),
+            _case("c128-5x5-A", 32, 128, 128, 16, 5, "A", 3, **cpu),
+            _case("c256-7x7-B", 16, 256, 256, 16, 7, "B", 1, **cpu),
         ]
 
-    def make_inputs(self, shape: Shape, dtype: torch.dtype, device: torch.device,
+    def make_inputs(self, case: Case, dtype: torch.dtype, device: torch.device,
                     seed: int) -> dict:
         if device.type == "cuda":
             torch.backends.cudnn.allow_tf32 = False
-        d = shape.dims
+        d = case.dims
         mask_type = "B" if d["type_b"] else "A"
         g = torch.Generator().manual_seed(seed)
         x = torch.randn(d["B"], d["Cin"], d["H"], d["W"], generator=g)
@@ -88,14 +87,11 @@ class MaskedConv2dBench(BenchOp):
         out.update(mask=mask, mask_type=mask_type, groups=d["groups"])
         return out
 
-    def grad_inputs(self) -> tuple[str, ...]:
-        return ("x", "weight", "bias")
-
-    def reference_loss(self, x, weight, bias, mask, mask_type, groups):
+    def reference(self, x, weight, bias, mask, mask_type, groups):
         y = F.conv2d(x, weight * mask.to(weight.dtype), bias, padding=weight.shape[-1] // 2)
         return y.sum()
 
-    def backend_loss(self, backend, x, weight, bias, mask, mask_type, groups):
+    def kernel(self, backend, x, weight, bias, mask, mask_type, groups):
         return masked_conv2d(x, weight, bias, mask_type=mask_type, groups=groups,
                              backend=backend).sum()
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import torch
 
-from dqkernels.bench.harness import BenchOp, Shape
+from dqkernels.bench.spec import BenchOp, Case
 from dqkernels.ops.affine_coupling import affine_coupling
 from dqkernels.reference.affine_coupling import affine_coupling_reference
 
 
-def _shape(name: str, B: int, C: int, H: int, W: int) -> Shape:
-    return Shape(name, {"B": B, "C": C, "H": H, "W": W}, f"B={B} C={C} {H}x{W}")
+def _case(name: str, B: int, C: int, H: int, W: int, quick: bool = False) -> Case:
+    return Case(name, {"B": B, "C": C, "H": H, "W": W}, f"B={B} C={C} {H}x{W}", quick=quick)
 
 
 class AffineCouplingBench(BenchOp):
@@ -25,18 +25,19 @@ class AffineCouplingBench(BenchOp):
         "fwd_bytes_min = 4 tensors",
     )
 
-    def shapes(self, device_type: str, quick: bool) -> list[Shape]:
-        if quick:
-            return [_shape("tiny", 2, 3, 5, 7)]
+    grad_inputs = ("x", "shift", "scale_logit")
+
+    def cases(self) -> list[Case]:
         return [
-            _shape("glow-16x16", 64, 48, 16, 16),     # Glow, CIFAR-10 scale 2
-            _shape("glow-32x32", 64, 12, 32, 32),     # Glow, CIFAR-10 scale 1
-            _shape("large", 64, 96, 32, 32),
+            _case("tiny", 2, 3, 5, 7, quick=True),
+            _case("glow-16x16", 64, 48, 16, 16),     # Glow, CIFAR-10 scale 2
+            _case("glow-32x32", 64, 12, 32, 32),     # Glow, CIFAR-10 scale 1
+            _case("large", 64, 96, 32, 32),
         ]
 
-    def make_inputs(self, shape: Shape, dtype: torch.dtype, device: torch.device,
+    def make_inputs(self, case: Case, dtype: torch.dtype, device: torch.device,
                     seed: int) -> dict[str, torch.Tensor]:
-        B, C, H, W = (shape.dims[k] for k in "BCHW")
+        B, C, H, W = (case.dims[k] for k in "BCHW")
         g = torch.Generator().manual_seed(seed)
         out = {}
         for name, scale in (("x", 1.0), ("shift", 0.5), ("scale_logit", 1.0)):
@@ -44,14 +45,11 @@ class AffineCouplingBench(BenchOp):
             out[name] = t.to(device=device, dtype=dtype).requires_grad_(True)
         return out
 
-    def grad_inputs(self) -> tuple[str, ...]:
-        return ("x", "shift", "scale_logit")
-
-    def reference_loss(self, x, shift, scale_logit):
+    def reference(self, x, shift, scale_logit):
         y, ld = affine_coupling_reference(x, shift, scale_logit)
         return y.sum() + ld.sum()
 
-    def backend_loss(self, backend, x, shift, scale_logit):
+    def kernel(self, backend, x, shift, scale_logit):
         y, ld = affine_coupling(x, shift, scale_logit, backend=backend)
         return y.sum() + ld.sum()
 

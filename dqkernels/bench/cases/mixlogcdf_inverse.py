@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import torch
 
-from dqkernels.bench.harness import BenchOp
-from dqkernels.bench.mixlogcdf_coupling import NAMES, mix_bytes, mix_inputs, mix_shape
+from dqkernels.bench.cases.mixlogcdf_coupling import NAMES, mix_bytes, mix_case, mix_inputs
+from dqkernels.bench.spec import BenchOp
 from dqkernels.ops.mixlogcdf_coupling import mixlogcdf_coupling
-from dqkernels.reference.mixlogcdf_coupling import (mixlogcdf_forward_reference,
-                                                    mixlogcdf_inverse_reference)
+from dqkernels.reference.mixlogcdf_coupling import (
+    mixlogcdf_forward_reference,
+    mixlogcdf_inverse_reference,
+)
 
 
 class MixLogCDFInverseBench(BenchOp):
@@ -27,31 +29,28 @@ class MixLogCDFInverseBench(BenchOp):
         "bytes_min as mixlogcdf_coupling (the iterations re-read parameters from cache)",
     )
 
-    def shapes(self, device_type: str, quick: bool):
-        if quick:
-            return [mix_shape("tiny", 2, 3, 4, 5, 4)]
-        if device_type == "cuda":
-            return [mix_shape("flowpp-cifar10", 64, 3, 32, 32, 32),
-                    mix_shape("flowpp-16x16", 64, 12, 16, 16, 32)]
-        # 100 eager bisections take seconds per call on a CPU: a smaller batch there
-        return [mix_shape("flowpp-cifar10-b8", 8, 3, 32, 32, 32),
-                mix_shape("k4-b8", 8, 3, 32, 32, 4)]
+    grad_inputs = NAMES
 
-    def make_inputs(self, shape, dtype, device, seed):
-        t = mix_inputs(shape, dtype, device, seed)
+    def cases(self):
+        # 100 eager bisections take seconds per call on a CPU: a smaller batch there
+        return [mix_case("tiny", 2, 3, 4, 5, 4, quick=True),
+                mix_case("flowpp-cifar10", 64, 3, 32, 32, 32, device="cuda"),
+                mix_case("flowpp-16x16", 64, 12, 16, 16, 32, device="cuda"),
+                mix_case("flowpp-cifar10-b8", 8, 3, 32, 32, 32, device="cpu"),
+                mix_case("k4-b8", 8, 3, 32, 32, 4, device="cpu")]
+
+    def make_inputs(self, case, dtype, device, seed):
+        t = mix_inputs(case, dtype, device, seed)
         with torch.no_grad():
             y, _ = mixlogcdf_forward_reference(*[t[n].double() for n in NAMES])
         t["x"] = y.to(dtype).requires_grad_(True)     # the inverse's input
         return t
 
-    def grad_inputs(self):
-        return NAMES
-
-    def reference_loss(self, x, logits, means, log_scales, a, b):
+    def reference(self, x, logits, means, log_scales, a, b):
         root, ld = mixlogcdf_inverse_reference(x, logits, means, log_scales, a, b)
         return root.sum() + ld.sum()
 
-    def backend_loss(self, backend, x, logits, means, log_scales, a, b):
+    def kernel(self, backend, x, logits, means, log_scales, a, b):
         root, ld = mixlogcdf_coupling(x, logits, means, log_scales, a, b, inverse=True,
                                       backend=backend)
         return root.sum() + ld.sum()

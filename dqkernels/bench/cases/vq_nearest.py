@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from dqkernels.bench.harness import Baseline, BenchOp, Shape
+from dqkernels.bench.spec import BenchOp, Case, Impl
 
 N = 65536
 CHECK_ROWS = 256
@@ -25,9 +25,9 @@ CPU_CHUNK_BYTES = 2 << 30
 VQTORCH_BYTES_PER_ELEM = 24
 
 
-def _shape(name: str, n: int, d: int, k: int) -> Shape:
-    return Shape(name, {"N": n, "D": d, "K": k},
-                 f"N={n} D={d} K={k} ({2 * n * k * d / 1e9:.3g} GFLOP)")
+def _case(name: str, n: int, d: int, k: int, quick: bool = False) -> Case:
+    return Case(name, {"N": n, "D": d, "K": k},
+                f"N={n} D={d} K={k} ({2 * n * k * d / 1e9:.3g} GFLOP)", quick=quick)
 
 
 def chunk_rows(n: int, k: int, bytes_per_elem: int, device: torch.device) -> int:
@@ -65,22 +65,22 @@ def addmm_argmin(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     return torch.addmm(norms[None], z, codebook.T, alpha=-2.0).argmin(1)
 
 
-def _faiss_baseline(D: int, device: torch.device, dtype: torch.dtype) -> Baseline:
+def _faiss_baseline(D: int, device: torch.device, dtype: torch.dtype) -> Impl:
     if dtype != torch.float32:
-        return Baseline("faiss", None, "faiss IndexFlatL2 searches float32 vectors only",
+        return Impl("faiss", None, "faiss IndexFlatL2 searches float32 vectors only",
                         kind="external")
     try:
         import faiss
     except Exception as exc:  # noqa: BLE001 - any import failure is a skip reason
-        return Baseline("faiss", None, f"faiss not importable: {type(exc).__name__}: {exc}",
+        return Impl("faiss", None, f"faiss not importable: {type(exc).__name__}: {exc}",
                         kind="external")
     if device.type == "cuda":
         if not (hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0):
-            return Baseline("faiss", None,
+            return Impl("faiss", None,
                             f"faiss {faiss.__version__} has no GPU support here (a faiss-cpu "
                             "build or no GPU visible to it); a CPU search is no GPU baseline",
                             kind="external")
-        import faiss.contrib.torch_utils   # GPU indexes then take torch tensors
+        import faiss.contrib.torch_utils  # GPU indexes then take torch tensors
         res = faiss.StandardGpuResources()
         config = faiss.GpuIndexFlatConfig()
         config.device = device.index if device.index is not None else torch.cuda.current_device()
@@ -90,7 +90,7 @@ def _faiss_baseline(D: int, device: torch.device, dtype: torch.dtype) -> Baselin
             index.add(codebook)
             return index.search(z, 1)[1][:, 0]
 
-        return Baseline("faiss", gpu_search, kind="external",
+        return Impl("faiss", gpu_search, kind="external",
                         note="GpuIndexFlatL2, built per call")
     faiss.omp_set_num_threads(torch.get_num_threads())
 
@@ -99,14 +99,14 @@ def _faiss_baseline(D: int, device: torch.device, dtype: torch.dtype) -> Baselin
         index.add(codebook.numpy())
         return torch.from_numpy(index.search(z.numpy(), 1)[1][:, 0])
 
-    return Baseline("faiss", cpu_search, kind="external", note="IndexFlatL2, built per call")
+    return Impl("faiss", cpu_search, kind="external", note="IndexFlatL2, built per call")
 
 
-def _vqtorch_baseline(inputs: dict, device: torch.device) -> Baseline:
+def _vqtorch_baseline(inputs: dict, device: torch.device) -> Impl:
     try:
         from vector_quantize_pytorch import VectorQuantize
     except Exception as exc:  # noqa: BLE001 - any import failure is a skip reason
-        return Baseline("vqtorch", None, f"vector_quantize_pytorch not importable: "
+        return Impl("vqtorch", None, f"vector_quantize_pytorch not importable: "
                         f"{type(exc).__name__}: {exc}", kind="external")
     K, D = inputs["codebook"].shape
     N = inputs["z"].shape[0]
@@ -118,14 +118,14 @@ def _vqtorch_baseline(inputs: dict, device: torch.device) -> Baseline:
     def run(z, codebook, **_):
         return _by_rows(lambda zc: vq(zc[None])[1].reshape(-1), z, rows)
 
-    return Baseline("vqtorch", run, kind="external", note=chunk_note(rows, N))
+    return Impl("vqtorch", run, kind="external", note=chunk_note(rows, N))
 
 
 class VQNearestBench(BenchOp):
     name = "vq_nearest"
     description = ("vq_nearest forward: index of the nearest of K codes for each of N "
                    "vectors (argmin of the squared distance; exact for fp32).")
-    forward_only = True
+    mode = "forward"
     notes = (
         "inputs: codebook ~ randn(K, D); z = codebook[random code] + 0.5 * randn(N, D), "
         "each vector near one code as after training (its own code at squared distance "
@@ -153,15 +153,13 @@ class VQNearestBench(BenchOp):
         "CPU peak memory does not see faiss's own allocations (made outside torch)",
     )
 
-    def shapes(self, device_type: str, quick: bool) -> list[Shape]:
-        if quick:
-            return [_shape("tiny", 37, 13, 29)]
-        return [_shape(f"n{N}-d{d}-k{k}", N, d, k)
-                for d in (64, 256) for k in (512, 8192, 65536)]
+    def cases(self) -> list[Case]:
+        return [_case("tiny", 37, 13, 29, quick=True)] + [
+            _case(f"n{N}-d{d}-k{k}", N, d, k) for d in (64, 256) for k in (512, 8192, 65536)]
 
-    def make_inputs(self, shape: Shape, dtype: torch.dtype, device: torch.device,
+    def make_inputs(self, case: Case, dtype: torch.dtype, device: torch.device,
                     seed: int) -> dict:
-        n, d, k = shape.dims["N"], shape.dims["D"], shape.dims["K"]
+        n, d, k = case.dims["N"], case.dims["D"], case.dims["K"]
         g = torch.Generator().manual_seed(seed)
         codebook = torch.randn(k, d, generator=g)
         own = torch.randint(0, k, (n,), generator=g)
@@ -187,20 +185,20 @@ class VQNearestBench(BenchOp):
         note = chunk_note(rows, n)
         compiled = torch.compile(addmm_argmin, dynamic=False)
         return [
-            Baseline("eager-cdist",
+            Impl("eager-cdist",
                      lambda z, codebook, **_: _by_rows(lambda c: cdist_argmin(c, codebook),
                                                        z, rows), note=note),
-            Baseline("eager-addmm",
+            Impl("eager-addmm",
                      lambda z, codebook, **_: _by_rows(lambda c: addmm_argmin(c, codebook),
                                                        z, rows), note=note),
-            Baseline("compile",
+            Impl("compile",
                      lambda z, codebook, **_: _by_rows(lambda c: compiled(c, codebook),
                                                        z, rows), kind="compile", note=note),
             _faiss_baseline(d, device, dtype),
             _vqtorch_baseline(inputs, device),
         ]
 
-    def backend_forward(self, backend: str, z, codebook, **_):
+    def kernel(self, backend: str, z, codebook, **_):
         from dqkernels.ops.vq import vq_nearest
         return vq_nearest(z, codebook, backend=backend)
 
