@@ -129,18 +129,13 @@ def test_state_dict_keys_unchanged():
         "head2.weight": (20, 8, 1, 1), "head2.bias": (20,)}
 
 
-def test_bad_arguments():
-    with pytest.raises(ValueError, match=r"ResidualBlock: activation must be one of relu, "
-                       r"gelu, elu, gated; got 'tanh'"):
-        ResidualBlock(4, "tanh")
-    with pytest.raises(ValueError, match=r"ResidualBlock: pre_activation must be one of relu, "
-                       r"gelu, elu; got 'gated'"):
-        ResidualBlock(4, pre_activation="gated")
-    with pytest.raises(ValueError, match=r"ResidualBlock: width must be >= 1; got 0"):
-        ResidualBlock(0)
-    with pytest.raises(ValueError, match=r"ResidualBlock: kernel_size must be odd and "
-                       r"positive; got 2"):
-        ResidualBlock(4, kernel_size=2)
-    with pytest.raises(ValueError, match=r"ResidualBlock: dropout must be in \[0, 1\]; got "
-                       r"1.5"):
-        ResidualBlock(4, dropout=1.5)
+@pytest.mark.parametrize("kwargs, message", [
+    ({"activation": "tanh"}, r"activation must be one of relu, gelu, elu, gated; got 'tanh'"),
+    ({"pre_activation": "gated"}, r"pre_activation must be one of relu, gelu, elu; got "
+                                  r"'gated'"),
+    ({"width": 0}, r"width must be >= 1; got 0"),
+    ({"kernel_size": 2}, r"kernel_size must be odd and positive; got 2"),
+    ({"dropout": 1.5}, r"dropout must be in \[0, 1\]; got 1.5")])
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match="ResidualBlock: " + message):
+        ResidualBlock(**{"width": 4, **kwargs})
