@@ -1,5 +1,6 @@
-"""Models built on the dqkernels ops, one module per model family."""
-from dqkernels.models.pixelcnn import MaskedConv2d, PixelCNN, pixel_mask
+"""Models built on the dqkernels ops, one module per model family; their layers come from
+:mod:`dqkernels.nn`."""
+from dqkernels.models.pixelcnn import PixelCNN, pixel_mask
 from dqkernels.models.vqvae import VQVAE
 
-__all__ = ["MaskedConv2d", "PixelCNN", "VQVAE", "pixel_mask"]
+__all__ = ["PixelCNN", "VQVAE", "pixel_mask"]

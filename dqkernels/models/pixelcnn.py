@@ -1,14 +1,17 @@
 """A small PixelCNN with the discretized logistic mixture likelihood (PixelCNN++'s).
 
-Architecture (plain PyTorch; masked convolutions are ``nn.Conv2d`` whose weight is
-multiplied by a fixed mask buffer)::
+Architecture (layers from :mod:`dqkernels.nn`; the masked convolutions are
+:class:`~dqkernels.nn.MaskedConv2d` on the fused :func:`dqkernels.ops.masked_conv2d`, which
+skips the masked taps)::
 
     [x, 1]  --masked conv type A (7x7)-->  width
-            --num_blocks residual blocks: x + conv1x1(gate(masked conv type B (3x3)(elu(x))))
+            --num_blocks residual blocks (:class:`~dqkernels.nn.ResidualBlock`):
+                x + conv1x1(dropout(gate(masked conv type B (3x3)(elu(x)))))
             --elu, conv1x1, elu, conv1x1-->  dmol params [B, M*(1 + J*C), H, W]
 
 Masks are over pixels in raster order (rows top to bottom, left to right within a row):
-type A hides the centre pixel, type B shows it. The masks ignore channels: for C == 3 the
+type A hides the centre pixel, type B shows it. The masks ignore channels (``groups=1``
+of the op; see :func:`pixel_mask`): for C == 3 the
 dependence between the channels of one pixel is the dmol's own coupling of the means, as
 in PixelCNN++. A constant ones channel is appended to the input so the network can tell
 zero padding from mid-grey.
@@ -25,66 +28,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dqkernels.nn import MaskedConv2d, ResidualBlock
 from dqkernels.ops import dmol_nll, dmol_sample
 from dqkernels.reference.dmol import params_per_mixture
+from dqkernels.reference.masked_conv2d import conv2d_mask
 
-__all__ = ["MaskedConv2d", "ResidualBlock", "PixelCNN", "pixel_mask"]
+__all__ = ["PixelCNN", "pixel_mask"]
 
 
 def pixel_mask(kernel_size: int, mask_type: str) -> torch.Tensor:
-    """``[k, k]`` float mask: taps in rows above the centre, and left of the centre in its
-    row, are 1; the centre is 1 for type ``"B"`` and 0 for type ``"A"``."""
-    if kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size must be odd and positive; got {kernel_size}")
-    if mask_type not in ("A", "B"):
-        raise ValueError(f"mask_type must be 'A' or 'B'; got {mask_type!r}")
-    k, c = kernel_size, kernel_size // 2
-    mask = torch.ones(k, k)
-    mask[c, c + (mask_type == "B"):] = 0
-    mask[c + 1:] = 0
-    return mask
-
-
-class MaskedConv2d(nn.Conv2d):
-    """``nn.Conv2d`` (odd square kernel, "same" padding, stride 1) with a PixelCNN mask."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, mask_type: str,
-                 bias: bool = True):
-        super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2,
-                         bias=bias)
-        self.mask_type = mask_type
-        self.register_buffer("mask", pixel_mask(kernel_size, mask_type)[None, None],
-                             persistent=False)
-        with torch.no_grad():
-            self.weight.mul_(self.mask)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", mask_type={self.mask_type!r}"
-
-
-class ResidualBlock(nn.Module):
-    """``x + conv1x1(act(masked_conv_B(elu(x))))``; ``act`` is the gated unit
-    ``tanh(a) * sigmoid(b)`` when ``gated`` (the conv then has twice the outputs), else ReLU."""
-
-    def __init__(self, width: int, kernel_size: int = 3, gated: bool = True,
-                 dropout: float = 0.0):
-        super().__init__()
-        self.gated = gated
-        self.conv = MaskedConv2d(width, 2 * width if gated else width, kernel_size, "B")
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.out = nn.Conv2d(width, width, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv(F.elu(x))
-        if self.gated:
-            a, b = h.chunk(2, dim=1)
-            h = torch.tanh(a) * torch.sigmoid(b)
-        else:
-            h = F.relu(h)
-        return x + self.out(self.dropout(h))
+    """``[k, k]`` float mask of PixelCNN's convolutions (which ignore channels, ``groups=1``):
+    taps in rows above the centre, and left of the centre in its row, are 1; the centre is
+    1 for type ``"B"`` and 0 for type ``"A"``."""
+    return conv2d_mask(1, 1, kernel_size, mask_type, dtype=torch.float32)[0, 0]
 
 
 class PixelCNN(nn.Module):
@@ -101,7 +57,8 @@ class PixelCNN(nn.Module):
         gated: gated (tanh * sigmoid) residual blocks, else ReLU.
         dropout: dropout inside the residual blocks.
         min_log_scale: lower clamp of the log-scales (passed to the ops).
-        backend: dqkernels backend for the dmol ops (None: the one in force).
+        backend: dqkernels backend of the masked convolutions and the dmol ops (None: the
+            one in force).
 
     Inputs ``x`` are ``[B, C, H, W]`` grid values ``2k/(L-1) - 1``
     (see :func:`dqkernels.data.levels_to_grid`).
@@ -130,9 +87,12 @@ class PixelCNN(nn.Module):
         self.backend = backend
         self.num_params = num_mixtures * params_per_mixture(in_channels)
 
-        self.input = MaskedConv2d(in_channels + 1, width, first_kernel, "A")
-        self.blocks = nn.ModuleList(ResidualBlock(width, kernel_size, gated, dropout)
-                                    for _ in range(num_blocks))
+        self.input = MaskedConv2d(in_channels + 1, width, first_kernel, "A", backend=backend)
+        self.blocks = nn.ModuleList(
+            ResidualBlock(width, "gated" if gated else "relu", pre_activation="elu",
+                          kernel_size=kernel_size, masked=True, dropout=dropout,
+                          backend=backend)
+            for _ in range(num_blocks))
         self.head1 = nn.Conv2d(width, width, 1)
         self.head2 = nn.Conv2d(width, self.num_params, 1)
 

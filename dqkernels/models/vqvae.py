@@ -9,7 +9,8 @@ Architecture (channels ``width``, ``s = downsample`` stride-2 stages)::
       decoder: conv3x3 -> blocks x residual -> s x (relu, transposed conv4x4 stride 2)
                -> relu, conv1x1 -> dmol params [B, M*(1 + J*C), H, W]
 
-with residual blocks ``x + conv1x1(relu(conv3x3(relu(x))))``. Initialisation: He-normal
+with residual blocks ``x + conv1x1(relu(conv3x3(relu(x))))`` (pre-activation
+:class:`~dqkernels.nn.ResidualBlock`). Initialisation: He-normal
 weights (ReLU gain) and zero biases for every convolution, zero for the last conv of each
 residual branch (a block starts as the identity) and unit gain for the encoder's last
 conv, so the latents start with a spread of order 1. (With PyTorch's default init they
@@ -31,23 +32,17 @@ import math
 import torch
 import torch.nn as nn
 
+from dqkernels.nn.residual import ResidualBlock
 from dqkernels.nn.vector_quantizer import VectorQuantizer
 from dqkernels.ops import dmol_nll, dmol_sample
 from dqkernels.reference.dmol import params_per_mixture
 
-__all__ = ["VQVAE", "ResidualBlock"]
+__all__ = ["VQVAE"]
 
 
-class ResidualBlock(nn.Module):
+def _block(width: int) -> ResidualBlock:
     """``x + conv1x1(relu(conv3x3(relu(x))))``."""
-
-    def __init__(self, width: int):
-        super().__init__()
-        self.conv = nn.Conv2d(width, width, 3, padding=1)
-        self.out = nn.Conv2d(width, width, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.out(torch.relu(self.conv(torch.relu(x))))
+    return ResidualBlock(width, "relu", pre_activation="relu")
 
 
 class VQVAE(nn.Module):
@@ -108,12 +103,12 @@ class VQVAE(nn.Module):
         enc = [nn.Conv2d(in_channels, width, 3, padding=1)]
         for _ in range(downsample):
             enc += [nn.ReLU(), nn.Conv2d(width, width, 4, stride=2, padding=1)]
-        enc += [ResidualBlock(width) for _ in range(num_blocks)]
+        enc += [_block(width) for _ in range(num_blocks)]
         enc += [nn.ReLU(), nn.Conv2d(width, code_dim, 1)]
         self.encoder = nn.Sequential(*enc)
 
         dec = [nn.Conv2d(code_dim, width, 3, padding=1)]
-        dec += [ResidualBlock(width) for _ in range(num_blocks)]
+        dec += [_block(width) for _ in range(num_blocks)]
         for _ in range(downsample):
             dec += [nn.ReLU(), nn.ConvTranspose2d(width, width, 4, stride=2, padding=1)]
         dec += [nn.ReLU(), nn.Conv2d(width, num_mixtures * params_per_mixture(in_channels), 1)]

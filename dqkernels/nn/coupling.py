@@ -44,19 +44,12 @@ import torch
 import torch.nn as nn
 
 from dqkernels.nn._util import check_input
+from dqkernels.nn.residual import ResidualBlock, make_activation
 from dqkernels.ops import affine_coupling, mixlogcdf_coupling
 
 __all__ = ["AffineCoupling", "ConditioningNet", "MixLogCDFCoupling", "checkerboard_index"]
 
 MASKS = ("channel", "checkerboard")
-_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "elu": nn.ELU}
-
-
-def _activation(name: str) -> nn.Module:
-    if name not in _ACTIVATIONS:
-        raise ValueError(f"ConditioningNet: activation must be one of "
-                         f"{', '.join(_ACTIVATIONS)}; got {name!r}")
-    return _ACTIVATIONS[name]()
 
 
 def checkerboard_index(height: int, width: int, parity: int,
@@ -72,26 +65,14 @@ def checkerboard_index(height: int, width: int, parity: int,
     return index, (~trans).float().view(1, 1, height, width)
 
 
-class _ResidualBlock(nn.Module):
-    """``x + conv1x1(act(conv3x3(x)))``."""
-
-    def __init__(self, width: int, activation: str):
-        super().__init__()
-        self.conv = nn.Conv2d(width, width, 3, padding=1)
-        self.act = _activation(activation)
-        self.out = nn.Conv2d(width, width, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.out(self.act(self.conv(x)))
-
-
 class ConditioningNet(nn.Module):
     """``conv3x3 -> act -> conv1x1 -> act -> [residual blocks] -> zero-init conv3x3``.
 
     Args:
         in_channels, out_channels: of the input and the (parameter) output.
         hidden: width of the hidden layers.
-        num_blocks: residual blocks ``h + conv1x1(act(conv3x3(h)))`` before the output.
+        num_blocks: residual blocks ``h + conv1x1(act(conv3x3(h)))``
+            (:class:`~dqkernels.nn.ResidualBlock`) before the output.
         activation: ``"relu"``, ``"gelu"`` or ``"elu"``.
     """
 
@@ -102,10 +83,10 @@ class ConditioningNet(nn.Module):
             raise ValueError(f"ConditioningNet: need hidden >= 1 and num_blocks >= 0; got "
                              f"hidden={hidden}, num_blocks={num_blocks}")
         self.inp = nn.Conv2d(in_channels, hidden, 3, padding=1)
-        self.act1 = _activation(activation)
+        self.act1 = make_activation(activation, "ConditioningNet")
         self.mid = nn.Conv2d(hidden, hidden, 1)
-        self.act2 = _activation(activation)
-        self.blocks = nn.ModuleList(_ResidualBlock(hidden, activation)
+        self.act2 = make_activation(activation, "ConditioningNet")
+        self.blocks = nn.ModuleList(ResidualBlock(hidden, activation)
                                     for _ in range(num_blocks))
         self.out = nn.Conv2d(hidden, out_channels, 3, padding=1)
         nn.init.zeros_(self.out.weight)
