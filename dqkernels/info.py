@@ -45,7 +45,7 @@ def collect() -> dict:
         "backends": {},
     }
     for dev in _DEVICES:
-        table = {}
+        table: dict[str, str | None] = {}
         for b in backends.BACKENDS:
             table[b] = _reason(dev, cuda_ok, b, None)
         table["auto"] = _auto(dev, cuda_ok, None)

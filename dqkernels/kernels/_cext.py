@@ -5,8 +5,9 @@ Every binding takes each tensor as :func:`tensor_arg` makes it: the tuple ``(dat
 dtype code, device, sizes, element strides, tensor)`` (device: -1 for CPU, the CUDA device
 index, -2 elsewhere; dtype codes from ``dqkernels._C.dtype_codes()``, -1 for a dtype the
 kernels do not take; the tensor itself last, so that a temporary such as
-``tensor_arg(t.contiguous())`` lives as long as the call), or None for an absent tensor. The binding (python/binding.h) checks the
-tensors against each other and fills the kernel's arguments from their own sizes.
+``tensor_arg(t.contiguous())`` lives as long as the call), or None for an absent tensor.
+The binding (python/binding.h) checks the tensors against each other and fills the
+kernel's arguments from their own sizes.
 """
 from __future__ import annotations
 
