@@ -74,12 +74,19 @@ class Slots {
   bool have_k_ = false;
 };
 
-cp::Args affine_forward(ArgCheck& c, const TensorArg& x, const TensorArg& shift,
-                        const TensorArg& scale_logit, const TensorArg& y, const TensorArg& logdet,
-                        bool inverse) {
+// x, shift and scale_logit
+Slots affine_inputs(ArgCheck& c, const TensorArg& x, const TensorArg& shift,
+                    const TensorArg& scale_logit, bool inverse) {
   Slots s(c, x, inverse);
   s.elem(cp::kIn0 + 1, "shift", shift);
   s.elem(cp::kIn0 + 2, "scale_logit", scale_logit);
+  return s;
+}
+
+cp::Args affine_forward(ArgCheck& c, const TensorArg& x, const TensorArg& shift,
+                        const TensorArg& scale_logit, const TensorArg& y, const TensorArg& logdet,
+                        bool inverse) {
+  Slots s = affine_inputs(c, x, shift, scale_logit, inverse);
   s.elem(cp::kOut, "y", y);
   s.per_row(cp::kLogdet, "logdet", logdet);
   return s.args();
@@ -90,9 +97,7 @@ cp::Args affine_backward(ArgCheck& c, const TensorArg& x, const TensorArg& shift
                          const TensorArg& grad_logdet, const TensorArg& grad_x,
                          const TensorArg& grad_shift, const TensorArg& grad_scale_logit,
                          bool inverse) {
-  Slots s(c, x, inverse);
-  s.elem(cp::kIn0 + 1, "shift", shift);
-  s.elem(cp::kIn0 + 2, "scale_logit", scale_logit);
+  Slots s = affine_inputs(c, x, shift, scale_logit, inverse);
   s.elem(cp::kGradOut, "grad_y", grad_y);
   s.per_row(cp::kGradLogdet, "grad_logdet", grad_logdet);
   s.elem(cp::kGrad0, "grad_x", grad_x);
