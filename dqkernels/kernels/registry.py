@@ -4,8 +4,11 @@ An op family is a package ``dqkernels/kernels/<family>/`` with one module per ba
 has (``torch.py``, ``cpp.py``, ``cuda.py``, ``triton.py``) and, in its light ``__init__.py``,
 a tuple ``KERNELS`` of :class:`Kernels` declarations, one per backend module: the devices
 and dtypes that backend's kernels take and what else they need (the compiled extension,
-compiled CUDA kernels, triton, the triton interpreter on CPU). A family without (say) a
-triton module simply declares no triton kernels. Like xformers' operator classes, a
+compiled CUDA kernels, triton, the triton interpreter on CPU), built with
+:func:`torch_kernels`, :func:`cpp_kernels`, :func:`cuda_kernels`, :func:`triton_kernels`
+(or :class:`Kernels` directly); ``INTERFACE`` names the functions every backend module of
+the family provides. A family without (say) a triton module simply declares no triton
+kernels. Like xformers' operator classes, a
 declaration answers "can you run this input, and if not, why not" (:meth:`Kernels.why_not`).
 
 :mod:`dqkernels.backends` reads the declarations (``auto``, ``why_unavailable``, every
