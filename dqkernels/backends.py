@@ -1,9 +1,15 @@
-"""Backend registry and selection.
+"""Backend selection.
 
 Backends: ``torch`` (the readable reference, any device, float64 capable), ``cpp``
 (compiled kernels on CPU), ``cuda`` (compiled kernels on NVIDIA GPUs), ``triton`` (GPU; on
 CPU only under ``TRITON_INTERPRET=1``, for tests). ``auto`` picks the fastest one that
 can run on the tensors at hand.
+
+What a backend can run is declared per op family beside its kernels
+(:mod:`dqkernels.kernels.registry`; e.g. ``dqkernels/kernels/dmol/__init__.py``): devices,
+dtypes and what else it needs. Every function here reads those declarations; given a
+``family`` it answers for that op family (a family without, say, triton kernels has no
+triton backend), without one for "any family".
 
 The backend used by an op is, in order of precedence: the op's ``backend=`` argument,
 the innermost :func:`use_backend` context, :func:`set_backend`, the environment variable
@@ -13,28 +19,22 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import importlib.util
 import os
 
 import torch
 
-from dqkernels import _ext
+from dqkernels.kernels import registry
+from dqkernels.kernels.registry import BACKENDS, triton_installed, triton_interpreting
 
-BACKENDS = ("torch", "cpp", "cuda", "triton")
+__all__ = ["AUTO_ORDER", "BACKENDS", "CHOICES", "BackendUnavailableError", "available",
+           "get_backend", "resolve", "set_backend", "triton_installed", "triton_interpreting",
+           "use_backend", "why_unavailable"]
+
 CHOICES = BACKENDS + ("auto",)
 
-# What ``auto`` tries, fastest first, by device type. The triton interpreter is a test
-# tool, never an automatic choice.
+# What ``auto`` tries, fastest first, by device type (backends a family does not declare
+# are skipped). The triton interpreter is a test tool, never an automatic choice.
 AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpp", "torch")}
-
-_HALF = (torch.float16, torch.bfloat16, torch.float32)
-# dtypes each backend's kernels are compiled or written for
-DTYPES = {
-    "torch": _HALF + (torch.float64,),
-    "cpp": _HALF + (torch.float64,),
-    "cuda": _HALF + (torch.float64,),
-    "triton": _HALF,
-}
 
 
 class BackendUnavailableError(RuntimeError):
@@ -80,80 +80,80 @@ def use_backend(name: str):
         _context.reset(token)
 
 
-def triton_installed() -> bool:
-    return importlib.util.find_spec("triton") is not None
+def _why(backend: str, device: torch.device, dtype: torch.dtype, family: str) -> str | None:
+    kernels = registry.declared(family).get(backend)
+    if kernels is None:
+        return f"no {backend} kernels for {family}"
+    return kernels.why_not(device, dtype)
 
 
-def triton_interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def why_unavailable(backend: str, device: torch.device | str, dtype: torch.dtype) -> str | None:
-    """``None`` if ``backend`` can run an op on tensors of ``device`` and ``dtype``,
-    otherwise the reason, in words."""
-    device = torch.device(device)
-    if dtype not in DTYPES[backend]:
-        names = ", ".join(str(d).replace("torch.", "") for d in DTYPES[backend])
-        return f"dtype {str(dtype).replace('torch.', '')} is not supported (it takes {names})"
-    if backend == "torch":
-        return None
-    if backend == "cpp":
-        if not _ext.has_cpu_kernels():
-            return f"not built: {_ext.LOAD_ERROR}"
-        if device.type != "cpu":
-            return f"runs on CPU tensors only; these are on {device}"
-        return None
-    if backend == "cuda":
-        if device.type != "cuda":
-            return f"runs on CUDA tensors only; these are on {device}"
-        if not _ext.has_cpu_kernels():
-            return f"not built: {_ext.LOAD_ERROR}"
-        if not _ext.has_cuda_kernels():
-            return ("dqkernels._C was built without CUDA kernels (nvcc was not found, or "
-                    "DQK_CUDA=0 at build time)")
-        return None
-    if backend == "triton":
-        if not triton_installed():
-            return "triton is not installed"
-        if device.type == "cuda":
+def _why_any_family(backend: str, device: torch.device, dtype: torch.dtype) -> str | None:
+    reasons: dict[str, list[str]] = {}   # reason -> families
+    for family, decls in registry.families().items():
+        kernels = decls.get(backend)
+        if kernels is None:
+            continue
+        why = kernels.why_not(device, dtype)
+        if why is None:
             return None
-        if device.type == "cpu":
-            if triton_interpreting():
-                return None
-            return "needs a GPU; on CPU it runs only under TRITON_INTERPRET=1 (for tests)"
-        return f"does not run on {device.type} tensors"
-    raise ValueError(f"unknown backend {backend!r}")
+        reasons.setdefault(why, []).append(family)
+    if not reasons:
+        return f"no {backend} kernels for any op family"
+    if len(reasons) == 1:
+        return next(iter(reasons))
+    return "; ".join(f"{', '.join(fams)}: {why}" for why, fams in reasons.items())
 
 
-def available(device: torch.device | str, dtype: torch.dtype) -> list[str]:
-    """Every backend that can run on tensors of ``device`` and ``dtype``."""
-    return [b for b in BACKENDS if why_unavailable(b, device, dtype) is None]
+def why_unavailable(backend: str, device: torch.device | str, dtype: torch.dtype,
+                    family: str | None = None) -> str | None:
+    """``None`` if ``backend`` can run op ``family``'s kernels (``None``: those of some op
+    family) on tensors of ``device`` and ``dtype``, otherwise the reason, in words."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}")
+    device = torch.device(device)
+    if family is None:
+        return _why_any_family(backend, device, dtype)
+    return _why(backend, device, dtype, family)
 
 
-def _rejections(device, dtype) -> str:
+def available(device: torch.device | str, dtype: torch.dtype,
+              family: str | None = None) -> list[str]:
+    """Every backend that can run on tensors of ``device`` and ``dtype`` (op ``family``'s
+    kernels; ``None``: those of some op family)."""
+    return [b for b in BACKENDS if why_unavailable(b, device, dtype, family) is None]
+
+
+def _rejections(device: torch.device, dtype: torch.dtype, family: str | None) -> str:
     lines = []
     for b in BACKENDS:
-        why = why_unavailable(b, device, dtype)
+        why = why_unavailable(b, device, dtype, family)
         lines.append(f"  {b}: {why if why else 'available'}")
     return "\n".join(lines)
 
 
-def resolve(op: str, device: torch.device, dtype: torch.dtype, backend: str | None = None) -> str:
-    """Turn a requested backend (or the one in force) into one that can run, or raise
-    :class:`BackendUnavailableError` explaining every backend."""
+def resolve(op: str, device: torch.device | str, dtype: torch.dtype, backend: str | None = None,
+            family: str | None = None) -> str:
+    """Turn a requested backend (or the one in force) into one that can run op ``family``'s
+    kernels (``None``: those of some op family) on tensors of ``device`` and ``dtype``, or
+    raise :class:`BackendUnavailableError` explaining every backend. ``op`` names the
+    caller in messages."""
     name = get_backend() if backend is None else _check_name(backend, "backend")
     device = torch.device(device)
     if name == "auto":
         for b in AUTO_ORDER.get(device.type, ("torch",)):
-            if why_unavailable(b, device, dtype) is None:
+            if family is None:
+                if _why_any_family(b, device, dtype) is None:
+                    return b
+            elif b in registry.declared(family) and _why(b, device, dtype, family) is None:
                 return b
         raise BackendUnavailableError(
             f"{op}: no backend can run on {device} tensors of dtype {dtype}:\n"
-            + _rejections(device, dtype))
-    why = why_unavailable(name, device, dtype)
+            + _rejections(device, dtype, family))
+    why = _why_any_family(name, device, dtype) if family is None else \
+        _why(name, device, dtype, family)
     if why is not None:
         raise BackendUnavailableError(
             f"{op}: backend {name!r} cannot run on {device} tensors of dtype "
             f"{str(dtype).replace('torch.', '')}: {why}.\nAll backends here:\n"
-            + _rejections(device, dtype))
+            + _rejections(device, dtype, family))
     return name

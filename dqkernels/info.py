@@ -1,4 +1,5 @@
-"""``dqk info``: versions, what was built, which backends run here and why the others don't."""
+"""``dqk info``: versions, what was built, which backends run here and why the others don't,
+and what each op family's backends declare (:mod:`dqkernels.kernels.registry`)."""
 from __future__ import annotations
 
 import json
@@ -7,6 +8,9 @@ import platform
 import torch
 
 from dqkernels import _ext, backends
+from dqkernels.kernels import registry
+
+_DEVICES = ("cpu", "cuda")
 
 
 def collect() -> dict:
@@ -40,20 +44,46 @@ def collect() -> dict:
         "default_backend": backends.get_backend(),
         "backends": {},
     }
-    for dev in ("cpu", "cuda"):
-        table = {}
+    for dev in _DEVICES:
+        table: dict[str, str | None] = {}
         for b in backends.BACKENDS:
-            why = backends.why_unavailable(b, dev, torch.float32)
-            if dev == "cuda" and not cuda_ok and b != "cpp":
-                why = "no CUDA device is visible to torch" + (f"; also: {why}" if why else "")
-            table[b] = why or "available"
-        try:
-            table["auto"] = backends.resolve("info", torch.device(dev), torch.float32, "auto") \
-                if (dev == "cpu" or cuda_ok) else None
-        except backends.BackendUnavailableError:
-            table["auto"] = None
+            table[b] = _reason(dev, cuda_ok, b, None)
+        table["auto"] = _auto(dev, cuda_ok, None)
         info["backends"][dev] = table
+    info["families"] = {}
+    for family, decls in sorted(registry.families().items()):
+        entry: dict = {"declared": {b: {"devices": list(k.devices) or ["any"],
+                                         "dtypes": list(k.dtypes),
+                                         "needs": [n.name for n in k.needs]}
+                                     for b, k in decls.items()}}
+        for dev in _DEVICES:
+            entry[dev] = {b: _reason(dev, cuda_ok, b, family) for b in backends.BACKENDS}
+            entry[dev]["auto"] = _auto(dev, cuda_ok, family)
+        info["families"][family] = entry
     return info
+
+
+def _reason(dev: str, cuda_ok: bool, backend: str, family: str | None) -> str:
+    why = backends.why_unavailable(backend, dev, torch.float32, family)
+    if dev == "cuda" and not cuda_ok and backend != "cpp":
+        why = "no CUDA device is visible to torch" + (f"; also: {why}" if why else "")
+    return why or "available"
+
+
+def _auto(dev: str, cuda_ok: bool, family: str | None) -> str | None:
+    """What ``auto`` picks for float32 tensors on ``dev`` (None: nothing runs there)."""
+    if dev == "cuda" and not cuda_ok:
+        return None
+    try:
+        return backends.resolve("info", torch.device(dev), torch.float32, "auto", family)
+    except backends.BackendUnavailableError:
+        return None
+
+
+def _short_dtypes(declared: dict | None) -> str:
+    if declared is None:
+        return "-"
+    return ",".join(d.replace("float", "f") for d in declared["dtypes"])
 
 
 def add_arguments(parser) -> None:
@@ -90,6 +120,13 @@ def format_report(info: dict) -> str:
                      + (f", auto -> {auto}:" if auto else ":"))
         for b in backends.BACKENDS:
             lines.append(f"  {b:<7} {table[b]}")
+    lines.append("op families: the dtypes each backend's kernels take (-: no kernels), and "
+                 "auto for float32 tensors on cpu / cuda:")
+    lines.append(f"  {'family':<14} " + "".join(f"{b:<18}" for b in backends.BACKENDS) + "auto")
+    for family, entry in info["families"].items():
+        cells = "".join(f"{_short_dtypes(entry['declared'].get(b)):<18}" for b in backends.BACKENDS)
+        autos = " / ".join(entry[dev]["auto"] or "none" for dev in _DEVICES)
+        lines.append(f"  {family:<14} {cells}{autos}")
     return "\n".join(lines)
 
 

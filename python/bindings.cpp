@@ -1,116 +1,155 @@
-// pybind11 bindings exposing the csrc kernels as dqkernels._C. Tensors cross as raw
-// addresses, sizes and element strides (the package's kernels/ modules build them from
-// torch tensors), so neither this file nor csrc needs torch at build time.
+// pybind11 bindings exposing the csrc kernels as dqkernels._C. Tensors cross as
+// TensorArg (python/binding.h; built by dqkernels/kernels/_cext.py: tensor_arg); each
+// binding checks its tensors against each other and fills the kernel's Args from their own
+// sizes (csrc/common/tensor.h), so neither this file nor csrc needs torch at build time.
+// This file holds the module, the error mapping and the dmol kernels' bindings; the other op
+// families bind themselves (python/bindings_*.cpp).
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <stdexcept>
 #include <string>
-#include <vector>
 
-#include "../csrc/coupling/coupling.h"
 #include "../csrc/dmol/dmol.h"
+#include "binding.h"
 
 namespace py = pybind11;
 
-// Masked autoregressive ops bind themselves (python/bindings_masked_*.cpp).
-void bind_masked_linear(py::module_& m);
-void bind_masked_conv2d(py::module_& m);
-void bind_vq(py::module_& m);
-
+namespace dqk {
 namespace {
 
-using Strides = std::vector<int64_t>;
+namespace dm = dmol;
 
-template <size_t N>
-void copy_strides(const char* name, const Strides& from, int64_t (&to)[N], size_t expected) {
-  if (from.size() != expected) {
-    throw std::invalid_argument(std::string(name) + ": expected " + std::to_string(expected) +
-                                " strides, got " + std::to_string(from.size()));
-  }
-  for (size_t i = 0; i < expected; ++i) to[i] = from[i];
-}
-
-const void* cptr(uintptr_t p) { return reinterpret_cast<const void*>(p); }
-void* mptr(uintptr_t p) { return reinterpret_cast<void*>(p); }
-
-// sizes = (B, C, H, W, M, L)
-dqk::dmol::Args make_args(int dtype, const Strides& sizes, double min_log_scale) {
-  if (dtype < 0 || dtype > 3) throw std::invalid_argument("dtype code must be 0..3");
-  if (sizes.size() != 6) throw std::invalid_argument("sizes must be (B, C, H, W, M, L)");
-  dqk::dmol::Args a;
-  a.dtype = static_cast<dqk::DType>(dtype);
-  a.B = sizes[0]; a.C = sizes[1]; a.H = sizes[2]; a.W = sizes[3]; a.M = sizes[4]; a.L = sizes[5];
-  if (a.C != 1 && a.C != 3) throw std::invalid_argument("C must be 1 or 3");
-  if (a.M < 1 || a.L < 2) throw std::invalid_argument("need M >= 1 and L >= 2");
-  a.min_log_scale = min_log_scale;
+// What every dmol entry point shares: params [B, M*(1 + J*C), H, W] (J = 3 for C = 3, 2 for
+// C = 1) and the scalars.
+dm::Args base_args(ArgCheck& c, const TensorArg& params, int64_t C, int64_t L, double mls) {
+  c.floating("params", params, {kAny, kAny, kAny, kAny});
+  c.require(C == 1 || C == 3, "the channel count C must be 1 or 3; got " + std::to_string(C));
+  c.require(L >= 2, "num_levels must be >= 2; got " + std::to_string(L));
+  dm::Args a;
+  a.dtype = params.dtype;
+  a.B = params.size(0);
+  a.C = C;
+  a.H = params.size(2);
+  a.W = params.size(3);
+  a.L = L;
+  a.min_log_scale = mls;
+  const int64_t P = params.size(1), per = C == 3 ? 10 : 3;
+  c.require(P > 0 && P % per == 0,
+            "params has " + std::to_string(P) + " channels, which fits no mixture count for C=" +
+                std::to_string(C) + ": expected a positive multiple of " + std::to_string(per));
+  a.M = P / per;
+  c.require(a.B > 0 && a.H > 0 && a.W > 0,
+            "the kernels take no empty tensors; got params of "
+            "shape " +
+                shape_str(params.sizes, 4));
+  a.params = params.data;
+  params.copy_strides(a.p_stride);
   return a;
 }
 
-dqk::dmol::Args forward_args(int dtype, const Strides& sizes, double mls, uintptr_t x,
-                             const Strides& xs, uintptr_t p, const Strides& ps, uintptr_t out,
-                             const Strides& os) {
-  auto a = make_args(dtype, sizes, mls);
-  a.x = cptr(x); copy_strides("x", xs, a.x_stride, 4);
-  a.params = cptr(p); copy_strides("params", ps, a.p_stride, 4);
-  a.out = mptr(out); copy_strides("out", os, a.out_stride, 3);
+// x [B, C, H, W] and params; C is x's
+dm::Args nll_args(ArgCheck& c, const TensorArg& x, const TensorArg& params, int64_t L, double mls) {
+  c.floating("x", x, {kAny, kAny, kAny, kAny});
+  dm::Args a = base_args(c, params, x.size(1), L, mls);
+  c.tensor("x", x, {a.B, a.C, a.H, a.W}, a.dtype);
+  a.x = x.data;
+  x.copy_strides(a.x_stride);
   return a;
 }
 
-dqk::dmol::Args backward_args(int dtype, const Strides& sizes, double mls, uintptr_t x,
-                              const Strides& xs, uintptr_t p, const Strides& ps, uintptr_t go,
-                              const Strides& gs, uintptr_t gp, const Strides& gps) {
-  auto a = make_args(dtype, sizes, mls);
-  a.x = cptr(x); copy_strides("x", xs, a.x_stride, 4);
-  a.params = cptr(p); copy_strides("params", ps, a.p_stride, 4);
-  a.grad_out = cptr(go); copy_strides("grad_out", gs, a.g_stride, 3);
-  a.grad_params = mptr(gp); copy_strides("grad_params", gps, a.gp_stride, 4);
+// + out [B, H, W] in the accumulate dtype
+dm::Args forward_args(ArgCheck& c, const TensorArg& x, const TensorArg& params,
+                      const TensorArg& out, int64_t L, double mls) {
+  dm::Args a = nll_args(c, x, params, L, mls);
+  c.tensor("out", out, {a.B, a.H, a.W}, accumulate_dtype(a.dtype));
+  a.out = out.data;
+  out.copy_strides(a.out_stride);
   return a;
 }
 
-dqk::dmol::Args sample_args(int dtype, const Strides& sizes, double mls, uintptr_t p,
-                            const Strides& ps, uintptr_t u, const Strides& us, uintptr_t out,
-                            const Strides& os) {
-  auto a = make_args(dtype, sizes, mls);
-  a.params = cptr(p); copy_strides("params", ps, a.p_stride, 4);
-  a.u = cptr(u); copy_strides("u", us, a.u_stride, 4);
-  a.out = mptr(out); copy_strides("out", os, a.out_stride, 4);
+// grad_params: params' shape and dtype
+void set_grad_params(ArgCheck& c, dm::Args& a, const TensorArg& params, const char* name,
+                     const TensorArg& grad_params) {
+  c.tensor(name, grad_params, {a.B, params.size(1), a.H, a.W}, a.dtype);
+  a.grad_params = grad_params.data;
+  grad_params.copy_strides(a.gp_stride);
+}
+
+dm::Args backward_args(ArgCheck& c, const TensorArg& x, const TensorArg& params,
+                       const TensorArg& grad_out, const TensorArg& grad_params, int64_t L,
+                       double mls) {
+  dm::Args a = nll_args(c, x, params, L, mls);
+  c.tensor("grad_out", grad_out, {a.B, a.H, a.W}, accumulate_dtype(a.dtype));
+  a.grad_out = grad_out.data;
+  grad_out.copy_strides(a.g_stride);
+  set_grad_params(c, a, params, "grad_params", grad_params);
   return a;
 }
 
-// Coupling kernels: sizes = (B, n1, n2, n3, K); slots = 16 (address, strides) pairs in
-// the order of csrc/coupling/coupling.h (address 0 = unused).
-dqk::coupling::Args coupling_args(int dtype, const Strides& sizes, bool inverse,
-                                  const std::vector<uintptr_t>& ptrs,
-                                  const std::vector<Strides>& strides) {
-  namespace c = dqk::coupling;
-  if (dtype < 0 || dtype > 3) throw std::invalid_argument("dtype code must be 0..3");
-  if (sizes.size() != 5) throw std::invalid_argument("sizes must be (B, n1, n2, n3, K)");
-  if (ptrs.size() != c::kSlots || strides.size() != c::kSlots)
-    throw std::invalid_argument("coupling kernels take 16 (address, strides) slots");
-  c::Args a;
-  a.dtype = static_cast<dqk::DType>(dtype);
-  a.B = sizes[0]; a.n1 = sizes[1]; a.n2 = sizes[2]; a.n3 = sizes[3]; a.K = sizes[4];
-  if (a.B < 1 || a.n1 < 1 || a.n2 < 1 || a.n3 < 1 || a.K < 1)
-    throw std::invalid_argument("coupling kernels need positive sizes");
-  a.inverse = inverse;
-  for (int i = 0; i < c::kSlots; ++i) {
-    a.t[i].p = mptr(ptrs[i]);
-    if (strides[i].size() > 5) throw std::invalid_argument("at most 5 strides per slot");
-    for (size_t j = 0; j < strides[i].size(); ++j) a.t[i].st[j] = strides[i][j];
-  }
+// the forward's out and, for a unit upstream gradient, grad_unit (params' shape and dtype)
+dm::Args forward_backward_args(ArgCheck& c, const TensorArg& x, const TensorArg& params,
+                               const TensorArg& out, const TensorArg& grad_unit, int64_t L,
+                               double mls) {
+  dm::Args a = forward_args(c, x, params, out, L, mls);
+  set_grad_params(c, a, params, "grad_unit", grad_unit);
   return a;
 }
 
-dqk::coupling::Kind coupling_kind(int kind) {
-  if (kind < 0 || kind > 4) throw std::invalid_argument("coupling kind must be 0..4");
-  return static_cast<dqk::coupling::Kind>(kind);
+// params, u [B, 1 + C, H, W] in the accumulate dtype, out [B, C, H, W] in params' dtype
+dm::Args sample_args(ArgCheck& c, const TensorArg& params, const TensorArg& u, const TensorArg& out,
+                     int64_t L, double mls) {
+  c.floating("out", out, {kAny, kAny, kAny, kAny});
+  dm::Args a = base_args(c, params, out.size(1), L, mls);
+  c.tensor("out", out, {a.B, a.C, a.H, a.W}, a.dtype);
+  c.tensor("u", u, {a.B, 1 + a.C, a.H, a.W}, accumulate_dtype(a.dtype));
+  a.u = u.data;
+  u.copy_strides(a.u_stride);
+  a.out = out.data;
+  out.copy_strides(a.out_stride);
+  return a;
 }
 
 }  // namespace
 
+void bind_dmol(py::module_& m) {
+  const char* nll = "x, params, out, num_levels, min_log_scale";
+  auto forward = entry(m, "dmol_nll_forward", forward_args, nll);
+  forward.cpu<int>(cpu_launch<dm::Args, dm::nll_forward_cpu>, "num_threads");
+  auto backward = entry(m, "dmol_nll_backward", backward_args,
+                        "x, params, grad_out, grad_params, num_levels, min_log_scale");
+  backward.cpu<int>(cpu_launch<dm::Args, dm::nll_backward_cpu>, "num_threads");
+  entry(m, "dmol_nll_forward_backward", forward_backward_args,
+        "x, params, out, grad_unit, num_levels, min_log_scale")
+      .cpu<int>(cpu_launch<dm::Args, dm::nll_forward_backward_cpu>, "num_threads");
+  auto sample = entry(m, "dmol_sample", sample_args, "params, u, out, num_levels, min_log_scale");
+  sample.cpu<int>(cpu_launch<dm::Args, dm::sample_cpu>, "num_threads");
+#ifdef DQK_WITH_CUDA
+  forward.cuda<uintptr_t>(cuda_launch<dm::Args, dm::nll_forward_cuda>, "stream");
+  backward.cuda<uintptr_t>(cuda_launch<dm::Args, dm::nll_backward_cuda>, "stream");
+  sample.cuda<uintptr_t>(cuda_launch<dm::Args, dm::sample_cuda>, "stream");
+#endif
+}
+
+// the other op families bind themselves (python/bindings_*.cpp)
+void bind_coupling(py::module_& m);
+void bind_masked_linear(py::module_& m);
+void bind_masked_conv2d(py::module_& m);
+void bind_vq(py::module_& m);
+
+}  // namespace dqk
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "dqkernels compiled kernels (C++/OpenMP on CPU, CUDA on NVIDIA GPUs)";
+
+  // dqk::TypeError (a tensor of the wrong dtype) is Python's TypeError; std::invalid_argument
+  // is ValueError (pybind11's own mapping)
+  py::register_local_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const dqk::TypeError& e) {
+      PyErr_SetString(PyExc_TypeError, e.what());
+    }
+  });
 
   m.def("built_with_cuda", []() {
 #ifdef DQK_WITH_CUDA
@@ -136,87 +175,18 @@ PYBIND11_MODULE(_C, m) {
     d["compiler"] = std::string(DQK_CXX_COMPILER);
     return d;
   });
+  m.def(
+      "dtype_codes",
+      []() {
+        py::dict d;
+        for (dqk::DType t : dqk::kDTypes) d[dqk::dtype_name(t)] = static_cast<int>(t);
+        return d;
+      },
+      "torch dtype name -> the code tensors of that dtype carry (csrc/common/dtype.h)");
 
-  auto gil = py::call_guard<py::gil_scoped_release>();
-  const char* fwd_sig = "(dtype, sizes=(B,C,H,W,M,L), min_log_scale, x, x_strides, params, "
-                        "params_strides, out, out_strides[, num_threads | stream])";
-
-  m.def("dmol_nll_forward_cpu",
-        [](int dt, const Strides& sz, double mls, uintptr_t x, const Strides& xs, uintptr_t p,
-           const Strides& ps, uintptr_t out, const Strides& os, int nt) {
-          dqk::dmol::nll_forward_cpu(forward_args(dt, sz, mls, x, xs, p, ps, out, os), nt);
-        },
-        fwd_sig, gil);
-  m.def("dmol_nll_backward_cpu",
-        [](int dt, const Strides& sz, double mls, uintptr_t x, const Strides& xs, uintptr_t p,
-           const Strides& ps, uintptr_t go, const Strides& gs, uintptr_t gp, const Strides& gps,
-           int nt) {
-          dqk::dmol::nll_backward_cpu(backward_args(dt, sz, mls, x, xs, p, ps, go, gs, gp, gps),
-                                      nt);
-        },
-        gil);
-  m.def("dmol_nll_forward_backward_cpu",
-        [](int dt, const Strides& sz, double mls, uintptr_t x, const Strides& xs, uintptr_t p,
-           const Strides& ps, uintptr_t out, const Strides& os, uintptr_t gp,
-           const Strides& gps, int nt) {
-          auto a = forward_args(dt, sz, mls, x, xs, p, ps, out, os);
-          a.grad_params = mptr(gp);
-          copy_strides("grad_params", gps, a.gp_stride, 4);
-          dqk::dmol::nll_forward_backward_cpu(a, nt);
-        },
-        gil);
-  m.def("dmol_sample_cpu",
-        [](int dt, const Strides& sz, double mls, uintptr_t p, const Strides& ps, uintptr_t u,
-           const Strides& us, uintptr_t out, const Strides& os, int nt) {
-          dqk::dmol::sample_cpu(sample_args(dt, sz, mls, p, ps, u, us, out, os), nt);
-        },
-        gil);
-  m.def("coupling_cpu",
-        [](int kind, int dt, const Strides& sz, bool inverse, const std::vector<uintptr_t>& ptrs,
-           const std::vector<Strides>& strides, int nt, bool scalar_only) {
-          dqk::coupling::run_cpu(coupling_kind(kind), coupling_args(dt, sz, inverse, ptrs, strides),
-                                 nt, scalar_only);
-        },
-        "(kind, dtype, sizes=(B,n1,n2,n3,K), inverse, ptrs[16], strides[16], num_threads, "
-        "scalar_only)",
-        gil);
-#ifdef DQK_WITH_CUDA
-  m.def("coupling_cuda",
-        [](int kind, int dt, const Strides& sz, bool inverse, const std::vector<uintptr_t>& ptrs,
-           const std::vector<Strides>& strides, uintptr_t work, int64_t chunk, uintptr_t stream) {
-          auto a = coupling_args(dt, sz, inverse, ptrs, strides);
-          a.work = mptr(work);
-          a.chunk = chunk;
-          dqk::coupling::run_cuda(coupling_kind(kind), a, reinterpret_cast<void*>(stream));
-        },
-        "(kind, dtype, sizes=(B,n1,n2,n3,K), inverse, ptrs[16], strides[16], work, chunk, "
-        "stream)",
-        gil);
-  m.def("dmol_nll_forward_cuda",
-        [](int dt, const Strides& sz, double mls, uintptr_t x, const Strides& xs, uintptr_t p,
-           const Strides& ps, uintptr_t out, const Strides& os, uintptr_t stream) {
-          dqk::dmol::nll_forward_cuda(forward_args(dt, sz, mls, x, xs, p, ps, out, os),
-                                      reinterpret_cast<void*>(stream));
-        },
-        fwd_sig, gil);
-  m.def("dmol_nll_backward_cuda",
-        [](int dt, const Strides& sz, double mls, uintptr_t x, const Strides& xs, uintptr_t p,
-           const Strides& ps, uintptr_t go, const Strides& gs, uintptr_t gp, const Strides& gps,
-           uintptr_t stream) {
-          dqk::dmol::nll_backward_cuda(
-              backward_args(dt, sz, mls, x, xs, p, ps, go, gs, gp, gps),
-              reinterpret_cast<void*>(stream));
-        },
-        gil);
-  m.def("dmol_sample_cuda",
-        [](int dt, const Strides& sz, double mls, uintptr_t p, const Strides& ps, uintptr_t u,
-           const Strides& us, uintptr_t out, const Strides& os, uintptr_t stream) {
-          dqk::dmol::sample_cuda(sample_args(dt, sz, mls, p, ps, u, us, out, os),
-                                 reinterpret_cast<void*>(stream));
-        },
-        gil);
-#endif
-  bind_masked_linear(m);
-  bind_masked_conv2d(m);
-  bind_vq(m);
+  dqk::bind_dmol(m);
+  dqk::bind_coupling(m);
+  dqk::bind_masked_linear(m);
+  dqk::bind_masked_conv2d(m);
+  dqk::bind_vq(m);
 }

@@ -1,120 +1,126 @@
 // pybind11 bindings of the masked_conv2d kernels (csrc/masked/masked_conv2d*.{h,cpp,cu}).
-// Tensors cross as 8 (address, element strides) slots, address 0 = absent:
-//   0 x, 1 weight, 2 bias, 3 y, 4 grad_y, 5 grad_x, 6 grad_weight, 7 grad_bias
-// (4 strides each; bias and grad_bias 1). sizes = (B, Cin, Cout, H, W, k).
+// Tensors arrive as TensorArg (python/binding.h), each with its own strides:
+// x [B, Cin, H, W], weight [Cout, Cin, k, k] (k odd), bias [Cout] or None, y [B, Cout, H, W];
+// the backward's grad_y [B, Cout, H, W] and outputs grad_x, grad_weight, grad_bias (None: not
+// wanted).
 #include <pybind11/pybind11.h>
-#include <pybind11/stl.h>
 
-#include <stdexcept>
 #include <string>
-#include <vector>
 
 #include "../csrc/masked/masked_conv2d.h"
+#include "binding.h"
 
 namespace py = pybind11;
 
+namespace dqk {
 namespace {
 
-using Strides = std::vector<int64_t>;
-namespace mc = dqk::masked_conv2d;
+namespace mc = masked_conv2d;
 
-constexpr int kSlots = 8;
-
-template <size_t N>
-void put_strides(const Strides& from, int64_t (&to)[N], int slot) {
-  if (from.size() != N)
-    throw std::invalid_argument("masked_conv2d: slot " + std::to_string(slot) + " needs " +
-                                std::to_string(N) + " strides, got " +
-                                std::to_string(from.size()));
-  for (size_t i = 0; i < N; ++i) to[i] = from[i];
-}
-
-mc::Args make_args(int dtype, const Strides& sizes, bool type_b, int64_t groups,
-                   const std::vector<uintptr_t>& ptrs, const std::vector<Strides>& strides) {
-  if (dtype < 0 || dtype > 3) throw std::invalid_argument("dtype code must be 0..3");
-  if (sizes.size() != 6) throw std::invalid_argument("sizes must be (B, Cin, Cout, H, W, k)");
-  if (ptrs.size() != kSlots || strides.size() != kSlots)
-    throw std::invalid_argument("masked_conv2d kernels take 8 (address, strides) slots");
+mc::Args base_args(ArgCheck& c, const TensorArg& x, const TensorArg& weight, bool type_b,
+                   int64_t groups) {
+  c.floating("x", x, {kAny, kAny, kAny, kAny});
   mc::Args a;
-  a.dtype = static_cast<dqk::DType>(dtype);
-  a.B = sizes[0]; a.Cin = sizes[1]; a.Cout = sizes[2]; a.H = sizes[3]; a.W = sizes[4];
-  a.k = sizes[5];
-  if (a.B < 1 || a.Cin < 1 || a.Cout < 1 || a.H < 1 || a.W < 1)
-    throw std::invalid_argument("masked_conv2d kernels need positive sizes");
-  if (a.k < 1 || a.k % 2 == 0) throw std::invalid_argument("masked_conv2d: k must be odd");
-  if (groups < 1 || groups > a.Cin || groups > a.Cout)
-    throw std::invalid_argument("masked_conv2d: need 1 <= groups <= min(Cin, Cout)");
+  a.dtype = x.dtype;
+  a.B = x.size(0);
+  a.Cin = x.size(1);
+  a.H = x.size(2);
+  a.W = x.size(3);
+  c.tensor("weight", weight, {kAny, a.Cin, kAny, kAny}, a.dtype);
+  a.Cout = weight.size(0);
+  a.k = weight.size(2);
+  c.require(weight.size(3) == a.k, "weight must have a square kernel [Cout, Cin, k, k]; got " +
+                                       shape_str(weight.sizes, 4));
+  c.require(a.B > 0 && a.Cin > 0 && a.Cout > 0 && a.H > 0 && a.W > 0,
+            "the kernels take no empty tensors; got x " + shape_str(x.sizes, 4) + " and weight " +
+                shape_str(weight.sizes, 4));
+  c.require(a.k % 2 == 1, "the kernel size k must be odd; got " + std::to_string(a.k));
+  c.require(groups >= 1 && groups <= a.Cin && groups <= a.Cout,
+            "groups must be in [1, min(Cin, Cout)] = [1, " +
+                std::to_string(a.Cin < a.Cout ? a.Cin : a.Cout) + "]; got " +
+                std::to_string(groups));
   a.type_b = type_b;
   a.groups = groups;
-  auto p = [&](int s) { return reinterpret_cast<void*>(ptrs[s]); };
-  a.x = p(0); if (a.x) put_strides(strides[0], a.x_st, 0);
-  a.w = p(1); if (a.w) put_strides(strides[1], a.w_st, 1);
-  a.bias = p(2);
-  if (a.bias) { int64_t s[1]; put_strides(strides[2], s, 2); a.bias_st = s[0]; }
-  a.y = p(3); if (a.y) put_strides(strides[3], a.y_st, 3);
-  a.gy = p(4); if (a.gy) put_strides(strides[4], a.gy_st, 4);
-  a.gx = p(5); if (a.gx) put_strides(strides[5], a.gx_st, 5);
-  a.gw = p(6); if (a.gw) put_strides(strides[6], a.gw_st, 6);
-  a.gb = p(7);
-  if (a.gb) { int64_t s[1]; put_strides(strides[7], s, 7); a.gb_st = s[0]; }
-  if (!a.x || !a.w) throw std::invalid_argument("masked_conv2d: x and weight are required");
+  a.x = x.data;
+  x.copy_strides(a.x_st);
+  a.w = weight.data;
+  weight.copy_strides(a.w_st);
   return a;
 }
 
-void need_forward(const mc::Args& a) {
-  if (!a.y) throw std::invalid_argument("masked_conv2d forward: y is required");
+// a 1-D [Cout] tensor in x's dtype, or None: (address, stride)
+void* vector(ArgCheck& c, const mc::Args& a, const char* name, const TensorArg& t,
+             int64_t& stride) {
+  if (!c.optional(name, t, {a.Cout}, a.dtype)) return nullptr;
+  stride = t.stride(0);
+  return t.data;
 }
 
-void need_backward(const mc::Args& a) {
-  if (!a.gy) throw std::invalid_argument("masked_conv2d backward: grad_y is required");
+mc::Args forward_args(ArgCheck& c, const TensorArg& x, const TensorArg& weight,
+                      const TensorArg& bias, const TensorArg& y, bool type_b, int64_t groups) {
+  mc::Args a = base_args(c, x, weight, type_b, groups);
+  a.bias = vector(c, a, "bias", bias, a.bias_st);
+  c.tensor("y", y, {a.B, a.Cout, a.H, a.W}, a.dtype);
+  a.y = y.data;
+  y.copy_strides(a.y_st);
+  return a;
 }
+
+mc::Args backward_args(ArgCheck& c, const TensorArg& x, const TensorArg& weight,
+                       const TensorArg& grad_y, const TensorArg& grad_x,
+                       const TensorArg& grad_weight, const TensorArg& grad_bias, bool type_b,
+                       int64_t groups) {
+  mc::Args a = base_args(c, x, weight, type_b, groups);
+  c.tensor("grad_y", grad_y, {a.B, a.Cout, a.H, a.W}, a.dtype);
+  a.gy = grad_y.data;
+  grad_y.copy_strides(a.gy_st);
+  if (c.optional("grad_x", grad_x, {a.B, a.Cin, a.H, a.W}, a.dtype)) {
+    a.gx = grad_x.data;
+    grad_x.copy_strides(a.gx_st);
+  }
+  if (c.optional("grad_weight", grad_weight, {a.Cout, a.Cin, a.k, a.k}, a.dtype)) {
+    a.gw = grad_weight.data;
+    grad_weight.copy_strides(a.gw_st);
+  }
+  a.gb = vector(c, a, "grad_bias", grad_bias, a.gb_st);
+  return a;
+}
+
+#ifdef DQK_WITH_CUDA
+int64_t workspace(ArgCheck&, const mc::Args& a) { return mc::backward_cuda_workspace(a); }
+
+// work: a uint8 tensor of at least masked_conv2d_backward_cuda_workspace(...) bytes
+void backward_cuda(ArgCheck& c, mc::Args a, const TensorArg& work, uintptr_t stream) {
+  const int64_t bytes = mc::backward_cuda_workspace(a);
+  if (bytes > 0) {
+    c.tensor("work", work, {kAny}, DType::kUInt8);
+    c.contiguous("work", work);
+    c.require(work.size(0) >= bytes, "work must hold at least " + std::to_string(bytes) +
+                                         " bytes; got " + std::to_string(work.size(0)));
+    a.work = work.data;
+  }
+  mc::backward_cuda(a, cuda_stream(stream));
+}
+#endif
 
 }  // namespace
 
 void bind_masked_conv2d(py::module_& m) {
-  auto gil = py::call_guard<py::gil_scoped_release>();
-  const char* sig = "(dtype, sizes=(B,Cin,Cout,H,W,k), type_b, groups, ptrs[8], strides[8], ";
-  m.def("masked_conv2d_forward_cpu",
-        [](int dt, const Strides& sz, bool type_b, int64_t groups,
-           const std::vector<uintptr_t>& ptrs, const std::vector<Strides>& st, int nt) {
-          auto a = make_args(dt, sz, type_b, groups, ptrs, st);
-          need_forward(a);
-          mc::forward_cpu(a, nt);
-        },
-        (std::string(sig) + "num_threads)").c_str(), gil);
-  m.def("masked_conv2d_backward_cpu",
-        [](int dt, const Strides& sz, bool type_b, int64_t groups,
-           const std::vector<uintptr_t>& ptrs, const std::vector<Strides>& st, int nt) {
-          auto a = make_args(dt, sz, type_b, groups, ptrs, st);
-          need_backward(a);
-          mc::backward_cpu(a, nt);
-        },
-        (std::string(sig) + "num_threads)").c_str(), gil);
+  auto fwd = entry(m, "masked_conv2d_forward", forward_args,
+                   "x, weight, bias (None: no bias), y, type_b, groups");
+  fwd.cpu<int>(cpu_launch<mc::Args, mc::forward_cpu>, "num_threads");
+  const char* bwd_params =
+      "x, weight, grad_y, grad_x, grad_weight, grad_bias (each None: not wanted), type_b, "
+      "groups";
+  auto bwd = entry(m, "masked_conv2d_backward", backward_args, bwd_params);
+  bwd.cpu<int>(cpu_launch<mc::Args, mc::backward_cpu>, "num_threads");
 #ifdef DQK_WITH_CUDA
-  m.def("masked_conv2d_forward_cuda",
-        [](int dt, const Strides& sz, bool type_b, int64_t groups,
-           const std::vector<uintptr_t>& ptrs, const std::vector<Strides>& st,
-           uintptr_t stream) {
-          auto a = make_args(dt, sz, type_b, groups, ptrs, st);
-          need_forward(a);
-          mc::forward_cuda(a, reinterpret_cast<void*>(stream));
-        },
-        (std::string(sig) + "stream)").c_str(), gil);
-  m.def("masked_conv2d_backward_cuda_workspace",
-        [](int dt, const Strides& sz, bool type_b, int64_t groups,
-           const std::vector<uintptr_t>& ptrs, const std::vector<Strides>& st) {
-          return mc::backward_cuda_workspace(make_args(dt, sz, type_b, groups, ptrs, st));
-        },
-        (std::string(sig) + ") -> bytes of scratch for masked_conv2d_backward_cuda").c_str());
-  m.def("masked_conv2d_backward_cuda",
-        [](int dt, const Strides& sz, bool type_b, int64_t groups,
-           const std::vector<uintptr_t>& ptrs, const std::vector<Strides>& st, uintptr_t work,
-           uintptr_t stream) {
-          auto a = make_args(dt, sz, type_b, groups, ptrs, st);
-          need_backward(a);
-          a.work = reinterpret_cast<void*>(work);
-          mc::backward_cuda(a, reinterpret_cast<void*>(stream));
-        },
-        (std::string(sig) + "work, stream)").c_str(), gil);
+  fwd.cuda<uintptr_t>(cuda_launch<mc::Args, mc::forward_cuda>, "stream");
+  bwd.cuda<const TensorArg&, uintptr_t>(backward_cuda, "work, stream");
+  // masked_conv2d_backward_workspace_cuda(...): the bytes of work that
+  // masked_conv2d_backward_cuda needs (split-K partial sums of grad_weight and grad_bias)
+  entry(m, "masked_conv2d_backward_workspace", backward_args, bwd_params).cuda<>(workspace, "");
 #endif
 }
+
+}  // namespace dqk

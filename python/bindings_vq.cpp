@@ -1,120 +1,116 @@
-// pybind11 bindings of the VQ kernels (csrc/vq/vq.h). Tensors cross as addresses of
-// contiguous buffers; dqkernels/kernels/cpp_vq.py and cuda_vq.py build the calls.
+// pybind11 bindings of the VQ kernels (csrc/vq/vq.h). Tensors arrive as TensorArg
+// (python/binding.h) and must be contiguous: z [N, D], codebook [K, D], indices int64, the
+// accumulate-dtype sqdist and u, and the EMA state (float32 or float64).
 #include <pybind11/pybind11.h>
-#include <pybind11/stl.h>
 
-#include <stdexcept>
 #include <string>
-#include <vector>
 
 #include "../csrc/vq/vq.h"
+#include "binding.h"
 
 namespace py = pybind11;
 
+namespace dqk {
 namespace {
 
-namespace vq = dqk::vq;
-using Sizes = std::vector<int64_t>;
-
-dqk::DType dtype_of(int code, const char* what) {
-  if (code < 0 || code > 3)
-    throw std::invalid_argument(std::string(what) + ": dtype code must be 0..3");
-  return static_cast<dqk::DType>(code);
+// a contiguous tensor of the given shape and dtype
+const TensorArg& dense(ArgCheck& c, const char* name, const TensorArg& t,
+                       std::initializer_list<int64_t> shape, DType dtype) {
+  c.tensor(name, t, shape, dtype);
+  c.contiguous(name, t);
+  return t;
 }
 
-void need(const Sizes& s, size_t n, const char* names) {
-  if (s.size() != n) throw std::invalid_argument(std::string("sizes must be ") + names);
-  for (int64_t v : s)
-    if (v < 1) throw std::invalid_argument(std::string("vq kernels need sizes >= 1: ") + names);
+void need_sizes(ArgCheck& c, int64_t N, int64_t K, int64_t D, int64_t S) {
+  c.require(N > 0 && K > 0 && D > 0 && S > 0,
+            "the kernels need N, K, D, S >= 1; got N=" + std::to_string(N) + ", K=" +
+                std::to_string(K) + ", D=" + std::to_string(D) + ", S=" + std::to_string(S));
 }
 
-template <typename T>
-T* p(uintptr_t a) { return reinterpret_cast<T*>(a); }
-
-vq::NearestArgs nearest_args(int dt, const Sizes& s, uintptr_t z, uintptr_t e, uintptr_t idx,
-                             uintptr_t dist) {
-  need(s, 3, "(N, K, D)");
-  vq::NearestArgs a;
-  a.dtype = dtype_of(dt, "z");
-  a.N = s[0]; a.K = s[1]; a.D = s[2];
-  a.z = p<const void>(z); a.codebook = p<const void>(e);
-  a.indices = p<int64_t>(idx); a.sqdist = p<void>(dist);
+// z [N, D] and codebook [K, D], one floating dtype
+template <typename A>
+A pair_args(ArgCheck& c, const TensorArg& z, const TensorArg& codebook) {
+  c.floating("z", z, {kAny, kAny});
+  c.contiguous("z", z);
+  A a;
+  a.dtype = z.dtype;
+  a.N = z.size(0);
+  a.D = z.size(1);
+  a.K = dense(c, "codebook", codebook, {kAny, a.D}, a.dtype).size(0);
+  a.z = z.data;
+  a.codebook = codebook.data;
   return a;
 }
 
-vq::SampleArgs sample_args(int dt, const Sizes& s, uintptr_t z, uintptr_t e, uintptr_t u,
-                           double inv_t, uintptr_t out) {
-  need(s, 4, "(N, K, D, S)");
-  vq::SampleArgs a;
-  a.dtype = dtype_of(dt, "z");
-  a.N = s[0]; a.K = s[1]; a.D = s[2]; a.S = s[3];
-  a.z = p<const void>(z); a.codebook = p<const void>(e); a.u = p<const void>(u);
-  a.inv_temperature = inv_t;
-  a.out = p<int64_t>(out);
+vq::NearestArgs nearest_args(ArgCheck& c, const TensorArg& z, const TensorArg& codebook,
+                             const TensorArg& indices, const TensorArg& sqdist) {
+  auto a = pair_args<vq::NearestArgs>(c, z, codebook);
+  need_sizes(c, a.N, a.K, a.D, 1);
+  a.indices = dense(c, "indices", indices, {a.N}, DType::kInt64).ptr<int64_t>();
+  a.sqdist = dense(c, "sqdist", sqdist, {a.N}, accumulate_dtype(a.dtype)).data;
   return a;
 }
 
-vq::EmaArgs ema_args(int dt, int state_dt, const Sizes& s, uintptr_t cs, uintptr_t es,
-                     uintptr_t z, uintptr_t idx, double decay) {
-  need(s, 4, "(N, K, D, S)");
+vq::SampleArgs sample_args(ArgCheck& c, const TensorArg& z, const TensorArg& codebook,
+                           const TensorArg& u, const TensorArg& out, double inv_temperature) {
+  auto a = pair_args<vq::SampleArgs>(c, z, codebook);
+  a.S = dense(c, "u", u, {a.N, kAny}, accumulate_dtype(a.dtype)).size(1);
+  need_sizes(c, a.N, a.K, a.D, a.S);
+  a.u = u.data;
+  a.out = dense(c, "out", out, {a.N, a.S}, DType::kInt64).ptr<int64_t>();
+  a.inv_temperature = inv_temperature;
+  return a;
+}
+
+vq::EmaArgs ema_args(ArgCheck& c, const TensorArg& cluster_size, const TensorArg& embed_sum,
+                     const TensorArg& z, const TensorArg& indices, double decay) {
+  c.floating("embed_sum", embed_sum, {kAny, kAny});
   vq::EmaArgs a;
-  a.dtype = dtype_of(dt, "z");
-  a.state_dtype = dtype_of(state_dt, "state");
-  if (a.state_dtype != dqk::DType::kFloat32 && a.state_dtype != dqk::DType::kFloat64)
-    throw std::invalid_argument("vq ema: the state must be float32 or float64");
-  a.N = s[0]; a.K = s[1]; a.D = s[2]; a.S = s[3];
-  a.cluster_size = p<void>(cs); a.embed_sum = p<void>(es);
-  a.z = p<const void>(z); a.indices = p<const int64_t>(idx);
+  a.state_dtype = embed_sum.dtype;
+  if (a.state_dtype != DType::kFloat32 && a.state_dtype != DType::kFloat64)
+    c.type_fail(std::string("embed_sum must be float32 or float64 (the EMA state); got ") +
+                dtype_name(a.state_dtype));
+  a.K = embed_sum.size(0);
+  a.D = embed_sum.size(1);
+  dense(c, "embed_sum", embed_sum, {a.K, a.D}, a.state_dtype);
+  dense(c, "cluster_size", cluster_size, {a.K}, a.state_dtype);
+  c.floating("z", z, {kAny, a.D});
+  c.contiguous("z", z);
+  a.dtype = z.dtype;
+  a.N = z.size(0);
+  a.S = dense(c, "indices", indices, {a.N, kAny}, DType::kInt64).size(1);
+  need_sizes(c, a.N, a.K, a.D, a.S);
+  a.cluster_size = cluster_size.data;
+  a.embed_sum = embed_sum.data;
+  a.z = z.data;
+  a.indices = indices.ptr<const int64_t>();
   a.decay = decay;
   return a;
+}
+
+template <typename A, void (*Kernel)(const A&, int, int)>
+void run_cpu(ArgCheck&, const A& a, int nt, int isa) {
+  Kernel(a, nt, isa);
 }
 
 }  // namespace
 
 void bind_vq(py::module_& m) {
-  auto gil = py::call_guard<py::gil_scoped_release>();
   m.def("vq_cpu_isas", &vq::cpu_isas,
         "bit set of the CPU paths that run here (1: generic, 2: AVX2, 3: AVX-512, 4: "
         "AVX-512 with AVX512-BF16 for bf16 inputs)");
-  m.def("vq_nearest_cpu",
-        [](int dt, const Sizes& s, uintptr_t z, uintptr_t e, uintptr_t idx, uintptr_t dist,
-           int nt, int isa) { vq::nearest_cpu(nearest_args(dt, s, z, e, idx, dist), nt, isa); },
-        "(dtype, sizes=(N,K,D), z, codebook, indices, sqdist, num_threads, isa)", gil);
-  m.def("vq_sample_cpu",
-        [](int dt, const Sizes& s, uintptr_t z, uintptr_t e, uintptr_t u, double inv_t,
-           uintptr_t out, int nt, int isa) {
-          vq::sample_cpu(sample_args(dt, s, z, e, u, inv_t, out), nt, isa);
-        },
-        "(dtype, sizes=(N,K,D,S), z, codebook, u, inv_temperature, out, num_threads, isa)",
-        gil);
-  m.def("vq_ema_update_cpu",
-        [](int dt, int sdt, const Sizes& s, uintptr_t cs, uintptr_t es, uintptr_t z,
-           uintptr_t idx, double decay, int nt) {
-          vq::ema_update_cpu(ema_args(dt, sdt, s, cs, es, z, idx, decay), nt);
-        },
-        "(dtype, state_dtype, sizes=(N,K,D,S), cluster_size, embed_sum, z, indices, decay, "
-        "num_threads)",
-        gil);
+  // isa: the CPU instruction-set path (0: the best this CPU runs)
+  auto nearest = entry(m, "vq_nearest", nearest_args, "z, codebook, indices, sqdist");
+  nearest.cpu<int, int>(run_cpu<vq::NearestArgs, vq::nearest_cpu>, "num_threads, isa");
+  auto sample = entry(m, "vq_sample", sample_args, "z, codebook, u, out, inv_temperature");
+  sample.cpu<int, int>(run_cpu<vq::SampleArgs, vq::sample_cpu>, "num_threads, isa");
+  auto ema = entry(m, "vq_ema_update", ema_args, "cluster_size, embed_sum, z, indices, decay");
+  ema.cpu<int>(cpu_launch<vq::EmaArgs, vq::ema_update_cpu>, "num_threads");
 #ifdef DQK_WITH_CUDA
-  m.def("vq_nearest_cuda",
-        [](int dt, const Sizes& s, uintptr_t z, uintptr_t e, uintptr_t idx, uintptr_t dist,
-           uintptr_t stream) {
-          vq::nearest_cuda(nearest_args(dt, s, z, e, idx, dist), p<void>(stream));
-        },
-        "(dtype, sizes=(N,K,D), z, codebook, indices, sqdist, stream)", gil);
-  m.def("vq_sample_cuda",
-        [](int dt, const Sizes& s, uintptr_t z, uintptr_t e, uintptr_t u, double inv_t,
-           uintptr_t out, uintptr_t stream) {
-          vq::sample_cuda(sample_args(dt, s, z, e, u, inv_t, out), p<void>(stream));
-        },
-        "(dtype, sizes=(N,K,D,S), z, codebook, u, inv_temperature, out, stream)", gil);
-  m.def("vq_ema_update_cuda",
-        [](int dt, int sdt, const Sizes& s, uintptr_t cs, uintptr_t es, uintptr_t z,
-           uintptr_t idx, double decay, uintptr_t stream) {
-          vq::ema_update_cuda(ema_args(dt, sdt, s, cs, es, z, idx, decay), p<void>(stream));
-        },
-        "(dtype, state_dtype, sizes=(N,K,D,S), cluster_size, embed_sum, z, indices, decay, "
-        "stream)",
-        gil);
+  nearest.cuda<uintptr_t>(cuda_launch<vq::NearestArgs, vq::nearest_cuda>, "stream");
+  sample.cuda<uintptr_t>(cuda_launch<vq::SampleArgs, vq::sample_cuda>, "stream");
+  ema.cuda<uintptr_t>(cuda_launch<vq::EmaArgs, vq::ema_update_cuda>, "stream");
 #endif
 }
+
+}  // namespace dqk

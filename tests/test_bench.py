@@ -272,7 +272,7 @@ def test_vq_ema_update_quick_sweep(vq_quick):
 def test_vq_backend_failure_is_an_error_row(monkeypatch):
     """A kernel that raises (e.g. "vq: not built" before the C++ kernels land) gives an
     error row; the other rows still run."""
-    from dqkernels.kernels import torch_vq
+    from dqkernels.kernels.vq import torch as torch_vq
 
     def broken(*args):
         raise RuntimeError("vq: not built")

@@ -241,7 +241,7 @@ def test_cpp_isa_paths_and_thread_counts(monkeypatch):
     bf16 pairs through vdpbf16ps) gives the reference, odd K included; and results are
     bitwise identical for 1 and 2 threads."""
     require("cpp", "cpu")
-    from dqkernels.kernels import cpp_masked_linear
+    from dqkernels.kernels.masked_linear import cpp as cpp_masked_linear
     seed = fresh_seed()
     lead, n_in, n_out = (61,), 300, 77
     for isa in cpp_masked_linear.supported_isas():

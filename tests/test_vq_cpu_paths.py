@@ -1,6 +1,6 @@
 """The ``cpp`` VQ kernels (csrc/vq/vq_cpu.cpp) on every instruction-set path this CPU
 runs (generic, AVX2, AVX-512, AVX-512 with vdpbf16ps for bf16), forced through
-``dqkernels.kernels.cpp_vq.ISA``, against the float64 reference: odd shapes, one code,
+``dqkernels.kernels.vq.cpp.ISA``, against the float64 reference: odd shapes, one code,
 duplicated codes (ties to the lowest index), z equal to a code, near ties that a plain
 fp32 expansion gets wrong, values too large for the float expansion; sampling on the
 same sorted uniforms; the EMA update; thread-count invariance; a bad ISA."""
@@ -32,7 +32,7 @@ def cpu_paths() -> list[int]:
 @pytest.fixture(params=cpu_paths(), ids=lambda i: f"isa{i}")
 def isa(request, monkeypatch):
     require("cpp", "cpu")
-    from dqkernels.kernels import cpp_vq
+    from dqkernels.kernels.vq import cpp as cpp_vq
     monkeypatch.setattr(cpp_vq, "ISA", request.param)
     return request.param
 
@@ -231,7 +231,7 @@ def test_thread_counts_bitwise():
 
 def test_bad_isa_is_refused(monkeypatch):
     require("cpp", "cpu")
-    from dqkernels.kernels import cpp_vq
+    from dqkernels.kernels.vq import cpp as cpp_vq
     monkeypatch.setattr(cpp_vq, "ISA", 9)
     with pytest.raises(ValueError, match="instruction-set path 9 does not run on this CPU"):
         vq_nearest(torch.randn(3, 4), torch.randn(5, 4), backend="cpp")

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import BACKEND_DEVICES, TOL, fresh_seed, rel_err, require
-from dqkernels.kernels import triton_vq
+from dqkernels.kernels.vq import triton as triton_vq
 from dqkernels.ops import vq_ema_update, vq_nearest, vq_sample
 from dqkernels.reference.vq import (sqdist_matrix, vq_ema_update_reference,
                                     vq_nearest_reference, vq_sample_reference)

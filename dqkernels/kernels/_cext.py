@@ -1,22 +1,43 @@
-"""Turning torch tensors into the (address, sizes, element strides) the compiled kernels
-take. Shared by the ``cpp`` and ``cuda`` backends."""
+"""The one form in which tensors reach ``dqkernels._C``, and the launch arguments of its
+entry points. Shared by the ``cpp`` and ``cuda`` backends of every op family.
+
+Every binding takes each tensor as :func:`tensor_arg` makes it: the tuple ``(data address,
+dtype code, device, sizes, element strides, tensor)`` (device: -1 for CPU, the CUDA device
+index, -2 elsewhere; dtype codes from ``dqkernels._C.dtype_codes()``, -1 for a dtype the
+kernels do not take; the tensor itself last, so that a temporary such as
+``tensor_arg(t.contiguous())`` lives as long as the call), or None for an absent tensor.
+The binding (python/binding.h) checks the tensors against each other and fills the
+kernel's arguments from their own sizes.
+"""
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
-DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
+from dqkernels._ext import _C
+
+#: torch dtype -> the code csrc/common/dtype.h gives it
+DTYPE_CODES: dict[torch.dtype, int] = (
+    {} if _C is None else {getattr(torch, name): code for name, code in _C.dtype_codes().items()})
+
+TensorArg = tuple  # (int, int, int, tuple[int, ...], tuple[int, ...], torch.Tensor)
 
 
-def dtype_code(dtype: torch.dtype) -> int:
-    return DTYPE_CODES[dtype]
+def tensor_arg(t: torch.Tensor | None) -> TensorArg | None:
+    """``t`` as the bindings take it (None stays None)."""
+    if t is None:
+        return None
+    return (t.data_ptr(), DTYPE_CODES.get(t.dtype, -1),
+            -1 if t.is_cpu else (t.get_device() if t.is_cuda else -2), t.shape, t.stride(), t)
 
 
-def ptr(t: torch.Tensor) -> int:
-    return t.data_ptr()
-
-
-def strides(t: torch.Tensor) -> list[int]:
-    return list(t.stride())
+def strided_arg(t: torch.Tensor, sizes: Sequence[int], strides: Sequence[int]) -> TensorArg:
+    """``t``'s memory seen with other ``sizes`` and element ``strides`` (a view, without
+    making one): how the coupling kernels receive their merged layouts."""
+    return (t.data_ptr(), DTYPE_CODES.get(t.dtype, -1),
+            -1 if t.is_cpu else (t.get_device() if t.is_cuda else -2), tuple(sizes),
+            tuple(strides), t)
 
 
 def cpu_threads() -> int:
@@ -24,4 +45,5 @@ def cpu_threads() -> int:
 
 
 def cuda_stream(device: torch.device) -> int:
+    """The handle of torch's current stream on ``device``."""
     return torch.cuda.current_stream(device).cuda_stream

@@ -1,13 +1,13 @@
 """Shared helpers of the op layer: output allocation, argument checks, backend modules."""
 from __future__ import annotations
 
-import importlib
 import math
 import os
 
 import torch
 
 from dqkernels import backends
+from dqkernels.kernels import registry
 
 # Tests set this (or DQK_POISON_OUTPUTS=1) so that outputs start as NaN and an element a
 # kernel forgets to write cannot pass for a correct one.
@@ -28,10 +28,11 @@ def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 @torch.compiler.assume_constant_result
-def resolve_backend(op: str, device: torch.device, dtype: torch.dtype, backend) -> str:
-    """The backend an op runs on (constant under ``torch.compile``); see
-    :func:`dqkernels.backends.resolve`."""
-    return backends.resolve(op, device, dtype, backend)
+def resolve_backend(op: str, device: torch.device, dtype: torch.dtype, backend,
+                    family: str) -> str:
+    """The backend op ``op`` of op family ``family`` runs on (constant under
+    ``torch.compile``); see :func:`dqkernels.backends.resolve`."""
+    return backends.resolve(op, device, dtype, backend, family)
 
 
 def leading_size(t: torch.Tensor) -> int:
@@ -41,8 +42,9 @@ def leading_size(t: torch.Tensor) -> int:
 
 
 def kernels(backend: str, family: str):
-    """The module ``dqkernels.kernels.<backend>_<family>``."""
-    return importlib.import_module(f"dqkernels.kernels.{backend}_{family}")
+    """The module of ``backend``'s kernels of op ``family``
+    (``dqkernels.kernels.<family>.<backend>``)."""
+    return registry.module(family, backend)
 
 
 def _dt(dtype: torch.dtype) -> str:

@@ -15,6 +15,8 @@ from dqkernels.ops._common import (accumulate_dtype, check_same, check_tensor, k
 
 __all__ = ["affine_coupling"]
 
+_FAMILY = "affine"   # the op family: dqkernels/kernels/affine/
+
 
 @torch.library.custom_op("dqk::affine_coupling", mutates_args=())
 def _forward_op(x: torch.Tensor, shift: torch.Tensor, scale_logit: torch.Tensor,
@@ -22,7 +24,7 @@ def _forward_op(x: torch.Tensor, shift: torch.Tensor, scale_logit: torch.Tensor,
     y = new_output(x.shape, x.dtype, x.device)
     logdet = new_output((x.shape[0],), accumulate_dtype(x.dtype), x.device)
     if x.numel():
-        kernels(backend, "affine").forward(x, shift, scale_logit, y, logdet, inverse)
+        kernels(backend, _FAMILY).forward(x, shift, scale_logit, y, logdet, inverse)
     else:
         logdet.zero_()
     return y, logdet
@@ -40,7 +42,7 @@ def _backward_op(x: torch.Tensor, shift: torch.Tensor, scale_logit: torch.Tensor
                  backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     grads = [new_output(x.shape, x.dtype, x.device) for _ in range(3)]
     if x.numel():
-        kernels(backend, "affine").backward(x, shift, scale_logit, grad_y, grad_logdet,
+        kernels(backend, _FAMILY).backward(x, shift, scale_logit, grad_y, grad_logdet,
                                             *grads, inverse)
     return tuple(grads)
 
@@ -102,5 +104,5 @@ def affine_coupling(x: torch.Tensor, shift: torch.Tensor, scale_logit: torch.Ten
                              f"{tuple(t.shape)}")
     if not isinstance(inverse, bool):
         raise TypeError(f"{op}: inverse must be a bool; got {type(inverse).__name__}")
-    name = resolve_backend(op, x.device, x.dtype, backend)
+    name = resolve_backend(op, x.device, x.dtype, backend, _FAMILY)
     return _forward_op(x, shift, scale_logit, inverse, name)

@@ -18,6 +18,8 @@ from dqkernels.reference.dmol import params_per_mixture
 
 __all__ = ["dmol_nll", "dmol_sample", "num_mixtures"]
 
+_FAMILY = "dmol"   # the op family: dqkernels/kernels/dmol/
+
 _LAYOUT = "[B, C, H, W]"
 
 
@@ -56,7 +58,7 @@ def _nll_op(x: torch.Tensor, params: torch.Tensor, num_levels: int, min_log_scal
     B, _, H, W = x.shape
     out = new_output((B, H, W), accumulate_dtype(params.dtype), params.device)
     if out.numel():
-        kernels(backend, "dmol").nll_forward(x, params, out, num_levels, min_log_scale)
+        kernels(backend, _FAMILY).nll_forward(x, params, out, num_levels, min_log_scale)
     return out
 
 
@@ -71,7 +73,7 @@ def _nll_backward_op(x: torch.Tensor, params: torch.Tensor, grad_out: torch.Tens
                      num_levels: int, min_log_scale: float, backend: str) -> torch.Tensor:
     grad = new_output(params.shape, params.dtype, params.device)
     if grad.numel():
-        kernels(backend, "dmol").nll_backward(x, params, grad_out, grad, num_levels,
+        kernels(backend, _FAMILY).nll_backward(x, params, grad_out, grad, num_levels,
                                               min_log_scale)
     return grad
 
@@ -112,7 +114,7 @@ def _nll_fused_op(x: torch.Tensor, params: torch.Tensor, num_levels: int,
     out = new_output((B, H, W), accumulate_dtype(params.dtype), params.device)
     grad_unit = new_output(params.shape, params.dtype, params.device)
     if out.numel():
-        kernels(backend, "dmol").nll_forward_backward(x, params, out, grad_unit, num_levels,
+        kernels(backend, _FAMILY).nll_forward_backward(x, params, out, grad_unit, num_levels,
                                                       min_log_scale)
     return out, grad_unit
 
@@ -144,7 +146,7 @@ def _sample_op(params: torch.Tensor, u: torch.Tensor, num_channels: int, num_lev
     B, _, H, W = params.shape
     out = new_output((B, num_channels, H, W), params.dtype, params.device)
     if out.numel():
-        kernels(backend, "dmol").sample(params, u, out, num_channels, num_levels, min_log_scale)
+        kernels(backend, _FAMILY).sample(params, u, out, num_channels, num_levels, min_log_scale)
     return out
 
 
@@ -187,7 +189,7 @@ def dmol_nll(x: torch.Tensor, params: torch.Tensor, *, num_levels: int = 256,
             f"{tuple(x.shape)} and params {tuple(params.shape)}")
     num_levels = check_int(op, "num_levels", num_levels, 2)
     min_log_scale = check_finite_float(op, "min_log_scale", min_log_scale)
-    name = resolve_backend(op, params.device, params.dtype, backend)
+    name = resolve_backend(op, params.device, params.dtype, backend, _FAMILY)
     if name in FUSED_BACKWARD_BACKENDS and params.requires_grad and torch.is_grad_enabled():
         return _nll_fused_op(x, params, num_levels, min_log_scale, name)[0]
     return _nll_op(x, params, num_levels, min_log_scale, name)
@@ -210,7 +212,7 @@ def dmol_sample(params: torch.Tensor, num_channels: int, *, num_levels: int = 25
     num_levels = check_int(op, "num_levels", num_levels, 2)
     min_log_scale = check_finite_float(op, "min_log_scale", min_log_scale)
     params = params.detach()
-    name = resolve_backend(op, params.device, params.dtype, backend)
+    name = resolve_backend(op, params.device, params.dtype, backend, _FAMILY)
     B, _, H, W = params.shape
     u = torch.rand((B, 1 + C, H, W), generator=generator, device=params.device,
                    dtype=accumulate_dtype(params.dtype))

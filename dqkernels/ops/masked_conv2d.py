@@ -22,7 +22,7 @@ from dqkernels.reference.masked_conv2d import MASK_TYPES
 
 __all__ = ["masked_conv2d"]
 
-_FAMILY = "masked_conv2d"
+_FAMILY = "masked_conv2d"   # the op family: dqkernels/kernels/masked_conv2d/
 
 
 def _empty(t: torch.Tensor) -> torch.Tensor:
@@ -156,5 +156,5 @@ def masked_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
             raise ValueError(f"{op}: bias must have shape [Cout] = ({cout},); got "
                              f"{tuple(bias.shape)}")
     check_masked_conv2d_args(op, cin, cout, kh, mask_type, groups)
-    name = resolve_backend(op, x.device, x.dtype, backend)
+    name = resolve_backend(op, x.device, x.dtype, backend, _FAMILY)
     return _forward_op(x, weight, bias, mask_type, groups, name)

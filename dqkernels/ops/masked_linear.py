@@ -17,6 +17,8 @@ from dqkernels.ops._common import (_dt, accumulate_dtype, check_same, check_tens
 
 __all__ = ["masked_linear"]
 
+_FAMILY = "masked_linear"   # the op family: dqkernels/kernels/masked_linear/
+
 DEGREE_DTYPES = (torch.int32, torch.int64)
 
 
@@ -36,7 +38,7 @@ def _forward_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         else:
             y2.copy_(bias.expand(rows, n_out))
         return y
-    kernels(backend, "masked_linear").forward(x.reshape(rows, n_in), weight, bias, in_degrees,
+    kernels(backend, _FAMILY).forward(x.reshape(rows, n_in), weight, bias, in_degrees,
                                               out_degrees, strict, y2)
     return y
 
@@ -69,7 +71,7 @@ def _backward_op(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
             else:
                 gb.copy_(grad_y.reshape(rows, n_out).sum(dim=0, dtype=accumulate_dtype(x.dtype)))
         return gx, gw, gb
-    kernels(backend, "masked_linear").backward(
+    kernels(backend, _FAMILY).backward(
         grad_y.reshape(rows, n_out), x.reshape(rows, n_in), weight, in_degrees, out_degrees,
         strict, gx.view(rows, n_in) if need_x else None, gw if need_weight else None,
         gb if need_bias else None)
@@ -165,5 +167,5 @@ def masked_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     _check_degrees(op, "out_degrees", out_degrees, n_out, "out_features", x)
     if not isinstance(strict, bool):
         raise TypeError(f"{op}: strict must be a bool; got {type(strict).__name__}")
-    name = resolve_backend(op, x.device, x.dtype, backend)
+    name = resolve_backend(op, x.device, x.dtype, backend, _FAMILY)
     return _forward_op(x, weight, bias, in_degrees, out_degrees, strict, name)

@@ -18,6 +18,8 @@ from dqkernels.ops._common import (accumulate_dtype, check_same, check_tensor, k
 
 __all__ = ["mixlogcdf_coupling"]
 
+_FAMILY = "mixlog"   # the op family: dqkernels/kernels/mixlog/
+
 _NAMES = ("logits", "means", "log_scales", "a", "b")
 
 
@@ -37,7 +39,7 @@ def _forward_op(x: torch.Tensor, logits: torch.Tensor, means: torch.Tensor,
                 backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     y, logdet = _outputs(x)
     if x.numel():
-        kernels(backend, "mixlog").forward(x, logits, means, log_scales, a, b, y, logdet)
+        kernels(backend, _FAMILY).forward(x, logits, means, log_scales, a, b, y, logdet)
     else:
         logdet.zero_()
     return y, logdet
@@ -54,7 +56,7 @@ def _inverse_op(y: torch.Tensor, logits: torch.Tensor, means: torch.Tensor,
                 backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     x, logdet = _outputs(y)
     if y.numel():
-        kernels(backend, "mixlog").inverse(y, logits, means, log_scales, a, b, x, logdet)
+        kernels(backend, _FAMILY).inverse(y, logits, means, log_scales, a, b, x, logdet)
     else:
         logdet.zero_()
     return x, logdet
@@ -75,7 +77,7 @@ def _backward_op(x: torch.Tensor, logits: torch.Tensor, means: torch.Tensor,
     input, or for ``inverse=True`` the inverse's output (the root)."""
     grads = [new_output(t.shape, t.dtype, t.device) for t in (x, logits, means, log_scales, a, b)]
     if x.numel():
-        kernels(backend, "mixlog").backward(x, logits, means, log_scales, a, b, grad_out,
+        kernels(backend, _FAMILY).backward(x, logits, means, log_scales, a, b, grad_out,
                                             grad_logdet, *grads, inverse)
     return tuple(grads)
 
@@ -170,6 +172,6 @@ def mixlogcdf_coupling(x: torch.Tensor, logits: torch.Tensor, means: torch.Tenso
     _check(op, x, logits, means, log_scales, a, b)
     if not isinstance(inverse, bool):
         raise TypeError(f"{op}: inverse must be a bool; got {type(inverse).__name__}")
-    name = resolve_backend(op, x.device, x.dtype, backend)
+    name = resolve_backend(op, x.device, x.dtype, backend, _FAMILY)
     fn = _inverse_op if inverse else _forward_op
     return fn(x, logits, means, log_scales, a, b, name)

@@ -5,7 +5,7 @@ fake implementations; ``vq_nearest``'s distance output is differentiable. The ma
 defined in :mod:`dqkernels.reference.vq`. No backend builds the ``N x K`` distance matrix
 or a one-hot matrix: extra memory is O(N + K) (plus fixed-size tiles).
 
-Kernel modules ``dqkernels.kernels.<backend>_vq`` provide, on contiguous 2-D tensors with
+Kernel modules ``dqkernels.kernels.vq.<backend>`` provide, on contiguous 2-D tensors with
 ``N, K, D >= 1``:
 
 * ``nearest(z [N, D], codebook [K, D], indices int64 [N], sqdist [N])``: the first argmin of
@@ -29,6 +29,8 @@ from dqkernels.ops._common import (_dt, accumulate_dtype, check_finite_float, ch
 
 __all__ = ["vq_nearest", "vq_sample", "vq_ema_update"]
 
+_FAMILY = "vq"   # the op family: dqkernels/kernels/vq/
+
 STATE_DTYPES = (torch.float32, torch.float64)
 INDEX_DTYPES = (torch.int32, torch.int64)
 
@@ -50,7 +52,7 @@ def _nearest_op(z: torch.Tensor, codebook: torch.Tensor,
             idx.zero_()
             dist.zero_()
         else:
-            kernels(backend, "vq").nearest(z2.contiguous(), codebook.contiguous(), idx, dist)
+            kernels(backend, _FAMILY).nearest(z2.contiguous(), codebook.contiguous(), idx, dist)
     return idx.view(z.shape[:-1]), dist.view(z.shape[:-1])
 
 
@@ -112,7 +114,7 @@ def _sample_op(z: torch.Tensor, codebook: torch.Tensor, u: torch.Tensor,
         if D == 0:      # all distances 0: uniform over the codes
             out.copy_((u2 * K).floor().clamp_(max=K - 1).to(torch.int64))
         else:
-            kernels(backend, "vq").sample(z2.contiguous(), codebook.contiguous(),
+            kernels(backend, _FAMILY).sample(z2.contiguous(), codebook.contiguous(),
                                           u2.contiguous(), inv_temperature, out)
     return out.view(*z.shape[:-1], S)
 
@@ -143,7 +145,7 @@ def _ema_op(cluster_size: torch.Tensor, embed_sum: torch.Tensor, z: torch.Tensor
         cluster_size.mul_(decay)
         embed_sum.mul_(decay)
         return
-    kernels(backend, "vq").ema_update(cluster_size, embed_sum, z2.contiguous(),
+    kernels(backend, _FAMILY).ema_update(cluster_size, embed_sum, z2.contiguous(),
                                       idx.to(torch.int64).contiguous(), decay)
 
 
@@ -189,7 +191,7 @@ def vq_nearest(z: torch.Tensor, codebook: torch.Tensor, *,
     """
     op = "vq_nearest"
     _check_pair(op, z, codebook)
-    backend = resolve_backend(op, z.device, z.dtype, backend)
+    backend = resolve_backend(op, z.device, z.dtype, backend, _FAMILY)
     return _nearest_op(z, codebook, backend)
 
 
@@ -229,7 +231,7 @@ def vq_sample(z: torch.Tensor, codebook: torch.Tensor, num_samples: int, *,
     # plain comparisons (not math.isfinite), so that torch.compile can trace it
     if not 0 < temperature < float("inf"):
         raise ValueError(f"{op}: temperature must be > 0 and finite; got {temperature}")
-    backend = resolve_backend(op, z.device, z.dtype, backend)
+    backend = resolve_backend(op, z.device, z.dtype, backend, _FAMILY)
     acc = accumulate_dtype(z.dtype)
     u, order = _sorted_uniforms((*z.shape[:-1], num_samples), acc, z.device, generator)
     drawn = _sample_op(z, codebook, u, 1.0 / temperature, backend)
@@ -296,6 +298,6 @@ def vq_ema_update(cluster_size: torch.Tensor, embed_sum: torch.Tensor, z: torch.
         raise ValueError(f"{op}: decay must be in [0, 1]; got {decay}")
     if tuple(indices.shape) == lead:
         indices = indices.unsqueeze(-1)
-    backend = resolve_backend(op, z.device, z.dtype, backend)
+    backend = resolve_backend(op, z.device, z.dtype, backend, _FAMILY)
     _ema_op(cluster_size, embed_sum, z, indices, decay, backend)
 

@@ -1,7 +1,7 @@
 """Plain-PyTorch reference of the vector-quantisation ops, for tests (float64 gold values).
 
 These build the full ``N x K`` distance matrix on purpose: they are the readable
-definition, not a kernel (the ``torch`` backend in ``dqkernels/kernels/torch_vq.py``
+definition, not a kernel (the ``torch`` backend in ``dqkernels/kernels/vq/torch.py``
 computes the same things in bounded memory).
 
 * nearest: ``k*(n) = argmin_k |z_n - e_k|^2`` (first minimum: ties go to the lowest index)

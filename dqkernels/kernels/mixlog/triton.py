@@ -1,6 +1,6 @@
 """The ``triton`` backend of the mixture-of-logistics CDF coupling (Flow++).
 
-Same interface and math as :mod:`dqkernels.kernels.torch_mixlog` (see docs/INTERNALS.md,
+Same interface and math as :mod:`dqkernels.kernels.mixlog.torch` (see docs/INTERNALS.md,
 "Coupling kernels"); :mod:`dqkernels.reference.mixlogcdf_coupling` is the definition.
 
 Design
@@ -50,8 +50,8 @@ import triton
 import triton.language as tl
 
 from dqkernels.kernels._layout import element_layout
-from dqkernels.kernels.triton_affine import _split
-from dqkernels.kernels.triton_dmol import _exp_acc, _log1p_mid, _to_store
+from dqkernels.kernels.affine.triton import _split
+from dqkernels.kernels.dmol.triton import _exp_acc, _log1p_mid, _to_store
 
 # Launch configurations: (elements x padded components per tile, most elements of a row
 # per tile, num_warps). Not yet timed on a GPU: tune here.

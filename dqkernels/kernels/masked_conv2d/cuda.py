@@ -7,21 +7,20 @@ from __future__ import annotations
 import torch
 
 from dqkernels._ext import _C
-from dqkernels.kernels._cext import cuda_stream
-from dqkernels.kernels.cpp_masked_conv2d import (BIAS, GRAD_BIAS, GRAD_WEIGHT, GRAD_X, GRAD_Y,
-                                                 Y, pack)
+from dqkernels.kernels._cext import cuda_stream, tensor_arg
 
 
 def forward(x, weight, bias, y, mask_type, groups):
     with torch.cuda.device(x.device):
-        _C.masked_conv2d_forward_cuda(*pack(x, weight, mask_type, groups, {BIAS: bias, Y: y}),
+        _C.masked_conv2d_forward_cuda(tensor_arg(x), tensor_arg(weight), tensor_arg(bias),
+                                      tensor_arg(y), mask_type == "B", groups,
                                       cuda_stream(x.device))
 
 
 def backward(x, weight, grad_y, grad_x, grad_weight, grad_bias, mask_type, groups):
-    args = pack(x, weight, mask_type, groups, {GRAD_Y: grad_y, GRAD_X: grad_x,
-                                               GRAD_WEIGHT: grad_weight, GRAD_BIAS: grad_bias})
+    args = (tensor_arg(x), tensor_arg(weight), tensor_arg(grad_y), tensor_arg(grad_x),
+            tensor_arg(grad_weight), tensor_arg(grad_bias), mask_type == "B", groups)
     with torch.cuda.device(x.device):
-        nbytes = _C.masked_conv2d_backward_cuda_workspace(*args)
+        nbytes = _C.masked_conv2d_backward_workspace_cuda(*args)
         work = torch.empty((max(nbytes, 1),), dtype=torch.uint8, device=x.device)
-        _C.masked_conv2d_backward_cuda(*args, work.data_ptr(), cuda_stream(x.device))
+        _C.masked_conv2d_backward_cuda(*args, tensor_arg(work), cuda_stream(x.device))

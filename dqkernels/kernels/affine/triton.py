@@ -1,6 +1,6 @@
 """The ``triton`` backend of the affine coupling (Glow parametrisation).
 
-Same interface and math as :mod:`dqkernels.kernels.torch_affine` (see docs/INTERNALS.md,
+Same interface and math as :mod:`dqkernels.kernels.affine.torch` (see docs/INTERNALS.md,
 "Coupling kernels"); :mod:`dqkernels.reference.affine_coupling` is the definition.
 
 Design
@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from dqkernels.kernels._layout import element_layout
-from dqkernels.kernels.triton_dmol import _log1p_mid, _to_store
+from dqkernels.kernels.dmol.triton import _log1p_mid, _to_store
 
 # (elements per tile, most elements of a row per tile, num_warps). Not yet timed on a
 # GPU: tune here.

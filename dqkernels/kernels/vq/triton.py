@@ -1,6 +1,6 @@
 """The ``triton`` backend of the VQ ops (fp32, fp16, bf16 inputs).
 
-Same interface and semantics as :mod:`dqkernels.kernels.torch_vq` (the kernel module
+Same interface and semantics as :mod:`dqkernels.kernels.vq.torch` (the kernel module
 interface is in :mod:`dqkernels.ops.vq`); :mod:`dqkernels.reference.vq` is the definition.
 
 Design
@@ -59,7 +59,7 @@ import triton
 import triton.language as tl
 
 from dqkernels import backends
-from dqkernels.kernels.triton_masked_linear import _device_guard, _dot
+from dqkernels.kernels.masked_linear.triton import _device_guard, _dot
 
 # GPU launch configurations, per kernel and input dtype class: (BLOCK_N, BLOCK_K, BLOCK_D,
 # largest D kept as one resident z tile, num_warps, num_stages). fp32 runs the ieee dot on

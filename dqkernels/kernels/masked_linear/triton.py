@@ -1,6 +1,6 @@
 """The ``triton`` backend of the masked linear layer.
 
-Same interface and math as :mod:`dqkernels.kernels.torch_masked_linear`;
+Same interface and math as :mod:`dqkernels.kernels.masked_linear.torch`;
 :mod:`dqkernels.reference.masked_linear` is the definition (docs/INTERNALS.md, "Masked
 linear").
 
@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 
 from dqkernels import backends
-from dqkernels.kernels.triton_dmol import _to_store
+from dqkernels.kernels.dmol.triton import _to_store
 
 # Tile shape (not yet timed on a GPU: tune here). BM shrinks for short problems.
 _BM = 64

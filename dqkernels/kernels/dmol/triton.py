@@ -1,6 +1,6 @@
 """The ``triton`` backend of the dmol ops (discretized logistic mixture, PixelCNN++).
 
-Same interface and math as :mod:`dqkernels.kernels.torch_dmol` (see docs/INTERNALS.md);
+Same interface and math as :mod:`dqkernels.kernels.dmol.torch` (see docs/INTERNALS.md);
 :mod:`dqkernels.reference.dmol` is the definition.
 
 Design

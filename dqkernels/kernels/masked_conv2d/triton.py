@@ -1,7 +1,7 @@
 """The ``triton`` backend of ``masked_conv2d``: implicit GEMM with ``tl.dot`` over the
 kept taps only.
 
-Same interface as :mod:`dqkernels.kernels.torch_masked_conv2d`; the mask rule is
+Same interface as :mod:`dqkernels.kernels.masked_conv2d.torch`; the mask rule is
 :mod:`dqkernels.reference.masked_conv2d` (and docs/INTERNALS.md, "Masked conv2d").
 
 Design
