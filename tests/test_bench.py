@@ -721,3 +721,25 @@ def test_result_reader_versions():
     assert report.upgrade({**doc, "mode": "train-step"})["forward_only"] is False
     with pytest.raises(ValueError, match="newer"):
         report.upgrade({**doc, "schema": 2})
+
+
+def test_bench_times_the_backends_of_its_op_family():
+    """An op's benchmark rows are the backends its kernel family declares: a family with a
+    torch backend only gets no cpp row, and a requested cpp row says why."""
+    from dqkernels.bench.runner import SweepConfig, backend_rows
+    from dqkernels.bench.selection import Selection
+    from dqkernels.bench.spec import BenchOp
+    from dqkernels.kernels import registry
+
+    class TorchOnly(BenchOp):
+        name, family = "torch_only", "bench_torch_only"
+
+    registry.register("bench_torch_only", [registry.torch_kernels(registry.FLOATS)])
+    try:
+        cpu = torch.device("cpu")
+        assert TorchOnly().backends(cpu, torch.float32) == ["torch"]
+        cfg = SweepConfig(device=cpu, selection=Selection(backends=["torch", "cpp"]))
+        rows = dict(backend_rows(TorchOnly(), cfg, torch.float32))
+        assert rows["torch"] is None and "no cpp kernels for bench_torch_only" in rows["cpp"]
+    finally:
+        registry.unregister("bench_torch_only")

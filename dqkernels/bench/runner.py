@@ -147,7 +147,8 @@ def backend_rows(op: BenchOp, cfg: SweepConfig,
         for b in wanted:
             if b in names:
                 continue
-            why = B.why_unavailable(b, cfg.device, dtype) if b in B.BACKENDS else "unknown backend"
+            why = (B.why_unavailable(b, cfg.device, dtype, op.family) if b in B.BACKENDS
+                   else "unknown backend")
             if why is None and cfg.device.type == "cpu" and b == "triton":
                 why = "triton on CPU runs only in the interpreter; not benchmarked"
             rows.append((b, why))

@@ -66,6 +66,9 @@ class BenchOp:
     ``cases``, ``make_inputs``, ``reference`` and ``kernel`` (see the module docstring)."""
 
     name: str = ""
+    #: the op family of dqkernels.kernels whose backends are timed (None: any family,
+    #: e.g. a training step that runs several)
+    family: str | None = None
     #: how a call is measured: "forward+backward", "forward", "state-update", "train-step"
     mode: str = "forward+backward"
     #: one line for the report header: what is timed and what the loss is
@@ -119,10 +122,11 @@ class BenchOp:
         return None
 
     def backends(self, device: torch.device, dtype: torch.dtype) -> list[str]:
-        """dqkernels backends worth timing here (by default all that are available,
-        except ``triton`` on CPU, which only runs in the interpreter)."""
+        """dqkernels backends worth timing here (by default all that run the op's
+        ``family`` of kernels, except ``triton`` on CPU, which only runs in the
+        interpreter)."""
         from dqkernels import backends as B
-        names = B.available(device, dtype)
+        names = B.available(device, dtype, self.family)
         if device.type == "cpu":
             names = [b for b in names if b != "triton"]
         return names

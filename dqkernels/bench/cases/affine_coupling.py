@@ -16,6 +16,7 @@ def _case(name: str, B: int, C: int, H: int, W: int, quick: bool = False) -> Cas
 
 class AffineCouplingBench(BenchOp):
     name = "affine_coupling"
+    family = "affine"
     description = ("affine_coupling forward+backward: loss = y.sum() + logdet.sum(), "
                    "gradients to x, shift and scale_logit (each [B, C, H, W]).")
     notes = (

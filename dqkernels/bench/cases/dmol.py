@@ -19,6 +19,7 @@ def _case(name: str, B: int, C: int, H: int, W: int, M: int, **where) -> Case:
 
 class DmolBench(BenchOp):
     name = "dmol"
+    family = "dmol"
     description = ("dmol_nll forward+backward: loss = dmol_nll(x, params).sum(), gradient "
                    "with respect to params (256 levels, min_log_scale -7); params "
                    "[B, M*(1+3C) or M*(1+2C), H, W].")

@@ -35,6 +35,7 @@ def _case(name: str, B: int, Cin: int, Cout: int, S: int, k: int, mask_type: str
 
 class MaskedConv2dBench(BenchOp):
     name = "masked_conv2d"
+    family = "masked_conv2d"
     description = ("masked_conv2d forward+backward: loss = y.sum(), gradients to x, weight "
                    "and bias; PixelCNN masks (type A/B, centre channel blocks = groups).")
     notes = (

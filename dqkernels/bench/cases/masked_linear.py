@@ -36,6 +36,7 @@ def _case(name: str, B: int, n_in: int, n_out: int, strict: bool, quick: bool = 
 
 class MaskedLinearBench(BenchOp):
     name = "masked_linear"
+    family = "masked_linear"
     description = ("masked_linear forward+backward (MADE layer, sorted degrees): loss = "
                    "sum(y * gy), gradients to x, weight and bias.")
     notes = (

@@ -44,6 +44,7 @@ def mix_bytes(inputs, backward: bool) -> int:
 
 class MixLogCDFCouplingBench(BenchOp):
     name = "mixlogcdf_coupling"
+    family = "mixlog"
     description = ("mixlogcdf_coupling forward+backward: loss = y.sum() + logdet.sum(), "
                    "gradients to x, logits, means, log_scales, a, b (per-component tensors "
                    "[B, C, H, W, K]).")

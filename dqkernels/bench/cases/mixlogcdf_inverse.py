@@ -18,6 +18,7 @@ from dqkernels.reference.mixlogcdf_coupling import (
 
 class MixLogCDFInverseBench(BenchOp):
     name = "mixlogcdf_inverse"
+    family = "mixlog"
     description = ("mixlogcdf_coupling inverse: fwd = the root search for every element; "
                    "fwd+bwd adds the implicit-function backward (loss = x.sum() + "
                    "logdet.sum()).")

@@ -61,6 +61,7 @@ def index_add_update(cluster_size, embed_sum, z, indices, decay, **_):
 
 class VQEmaUpdateBench(BenchOp):
     name = "vq_ema_update"
+    family = "vq"
     description = ("vq_ema_update: in-place EMA of the codebook statistics (cluster_size "
                    "[K], embed_sum [K, D], float32) from N vectors and their codes.")
     mode = "state-update"

@@ -123,6 +123,7 @@ def _vqtorch_baseline(inputs: dict, device: torch.device) -> Impl:
 
 class VQNearestBench(BenchOp):
     name = "vq_nearest"
+    family = "vq"
     description = ("vq_nearest forward: index of the nearest of K codes for each of N "
                    "vectors (argmin of the squared distance; exact for fp32).")
     mode = "forward"
