@@ -1,0 +1,49 @@
+// Runs of 16-bit floats to and from float on the CPU, shared by the kernels that convert
+// fp16/bf16 rows into float buffers (masked_linear, vq, coupling, masked_conv2d).
+//
+// half_to_float, float_to_half and bf16_to_float are compiled per instruction set
+// (target_clones: the AVX-512 and AVX2 clones use F16C / wide shifts) and the clone is
+// picked once, when the module loads. Conversions to float are exact; float_to_half
+// rounds to nearest even, as Scalar<Half>::store does.
+#pragma once
+
+#include <stdint.h>
+#include <string.h>
+
+#include <type_traits>
+
+#include "cpu_types.h"
+
+namespace dqk {
+
+void half_to_float(const Half* src, float* dst, int64_t n);
+void float_to_half(const float* src, Half* dst, int64_t n);
+void bf16_to_float(const BFloat16* src, float* dst, int64_t n);
+
+// n contiguous values of storage type S to T (float or double)
+template <typename S, typename T>
+inline void load_run(const S* src, T* dst, int64_t n) {
+  if constexpr (std::is_same<S, T>::value) {
+    memcpy(dst, src, size_t(n) * sizeof(T));
+  } else if constexpr (std::is_same<S, Half>::value && std::is_same<T, float>::value) {
+    half_to_float(src, dst, n);
+  } else if constexpr (std::is_same<S, BFloat16>::value && std::is_same<T, float>::value) {
+    bf16_to_float(src, dst, n);
+  } else {
+    for (int64_t j = 0; j < n; ++j) dst[j] = T(Scalar<S>::load(src + j));
+  }
+}
+
+// n contiguous values of T (the accumulate type of S) to storage type S
+template <typename S, typename T>
+inline void store_run(const T* src, S* dst, int64_t n) {
+  if constexpr (std::is_same<S, T>::value) {
+    memcpy(dst, src, size_t(n) * sizeof(T));
+  } else if constexpr (std::is_same<S, Half>::value && std::is_same<T, float>::value) {
+    float_to_half(src, dst, n);
+  } else {
+    for (int64_t j = 0; j < n; ++j) Scalar<S>::store(dst + j, src[j]);
+  }
+}
+
+}  // namespace dqk
