@@ -219,6 +219,8 @@ struct VecTile {
   static constexpr int L = kBytes / int(sizeof(AccT)), MV = kMV, NR = L * kMV, MR = kMR;
   static constexpr int KP = 1;
   static constexpr bool kBf16 = false;
+  // the clone whose instruction set the tile needs
+  static constexpr int kIsa = kBytes >= 64 ? kIsaAvx512 : (kBytes == 32 ? kIsaAvx2 : kIsaGeneric);
   static DQK_ALWAYS_INLINE Pk pack(Elem e0, Elem) { return e0; }
   static DQK_ALWAYS_INLINE void madd(V& acc, const VB& b, Pk a) { acc += b * a; }
 };
@@ -235,6 +237,7 @@ struct Bf16Tile {
   typedef int32_t VB __attribute__((vector_size(64)));
   static constexpr int L = 16, MV = 2, NR = 32, MR = kMR, KP = 2;
   static constexpr bool kBf16 = true;
+  static constexpr int kIsa = kIsaAvx512Bf16;
   static DQK_ALWAYS_INLINE Pk pack(Elem e0, Elem e1) { return uint32_t(e0) | uint32_t(e1) << 16; }
   // vdpbf16ps through its builtin: the intrinsic's own target attribute would refuse to
   // inline into this (target-less) template, the builtin expands in the clone it lands in
@@ -580,6 +583,52 @@ struct RegIO {
   }
 };
 
+// Register mode: rows [0, mv) of A (row m + i is the epilogue's row) against one packed
+// B panel, out of line: a small function whose tile loop keeps its strides in registers
+// (inlined into a whole work item, the tile loop spills them). Compiled for the tile's
+// instruction set. The epilogue is copied in and out, so that it lives in registers.
+template <class P, class A, class Ep>
+struct Sweep {
+  using Pk = typename P::Pk;
+  static DQK_ALWAYS_INLINE void body(const Pk* b, int64_t steps, const A& a, int64_t mv,
+                                     int64_t m, Ep& ep_io) {
+    Ep ep = ep_io;
+    strip<P>(b, steps, a, mv,
+             [&](int64_t i) DQK_LAMBDA_INLINE { return RegIO<P, Ep>{ep, m + i}; });
+    ep_io = ep;
+  }
+  __attribute__((noinline)) static void generic(const Pk* b, int64_t steps, A a, int64_t mv,
+                                                int64_t m, Ep& ep) {
+    body(b, steps, a, mv, m, ep);
+  }
+#if DQK_GEMM_X86
+  DQK_TARGET_AVX2 __attribute__((noinline)) static void avx2(const Pk* b, int64_t steps, A a,
+                                                             int64_t mv, int64_t m, Ep& ep) {
+    body(b, steps, a, mv, m, ep);
+  }
+  DQK_TARGET_AVX512 __attribute__((noinline)) static void avx512(const Pk* b, int64_t steps,
+                                                                 A a, int64_t mv, int64_t m,
+                                                                 Ep& ep) {
+    body(b, steps, a, mv, m, ep);
+  }
+  DQK_TARGET_AVX512BF16 __attribute__((noinline)) static void avx512bf16(
+      const Pk* b, int64_t steps, A a, int64_t mv, int64_t m, Ep& ep) {
+    body(b, steps, a, mv, m, ep);
+  }
+#endif
+  static DQK_ALWAYS_INLINE void run(const Pk* b, int64_t steps, const A& a, int64_t mv,
+                                    int64_t m, Ep& ep) {
+#if DQK_GEMM_X86
+    if constexpr (P::kIsa == kIsaAvx512Bf16) avx512bf16(b, steps, a, mv, m, ep);
+    else if constexpr (P::kIsa == kIsaAvx512) avx512(b, steps, a, mv, m, ep);
+    else if constexpr (P::kIsa == kIsaAvx2) avx2(b, steps, a, mv, m, ep);
+    else generic(b, steps, a, mv, m, ep);
+#else
+    generic(b, steps, a, mv, m, ep);
+#endif
+  }
+};
+
 // Runs work item `index` of `op` (see the top of this file) in the workspace ws.
 template <class P, class Op>
 DQK_ALWAYS_INLINE void run_item(Op& op, const Grid& g, const Layout& lay, int64_t index,
@@ -607,7 +656,7 @@ DQK_ALWAYS_INLINE void run_item(Op& op, const Grid& g, const Layout& lay, int64_
       for (int64_t n = 0; n < it.pans * NR; ++n) cbuf[r * GW + n] = Acc(0);
   }
   if (op.begin(it)) {
-    int64_t lo[kMaxPanels], hi[kMaxPanels];
+    int64_t lo[kMaxPanels] = {}, hi[kMaxPanels] = {};
     const int passes = op.passes();
     for (int pass = 0; pass < passes; ++pass) {
       for (int64_t k0 = 0; k0 < g.K; k0 += g.KC) {
@@ -648,10 +697,8 @@ DQK_ALWAYS_INLINE void run_item(Op& op, const Grid& g, const Layout& lay, int64_
                 tile<P, MR>(bq, steps, aq.at(i), io);
               }
             } else {
-              auto ep = op.panel(it, q, it.m0 + mb, pass);   // a local: kept in registers
-              strip<P>(bq, steps, aq, mv, [&](int64_t i) DQK_LAMBDA_INLINE {
-                return RegIO<P, decltype(ep)>{ep, it.m0 + mb + i};
-              });
+              auto ep = op.panel(it, q, it.m0 + mb, pass);
+              Sweep<P, typename Op::A, decltype(ep)>::run(bq, steps, aq, mv, it.m0 + mb, ep);
               op.panel_end(it, q, it.m0 + mb, mv, pass, ep);
             }
           }
