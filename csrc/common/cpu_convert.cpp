@@ -1,22 +1,16 @@
 // The out-of-line conversions of cpu_convert.h, one clone per instruction set.
 #include "cpu_convert.h"
-
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define DQK_CONVERT_CLONES \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define DQK_CONVERT_CLONES
-#endif
+#include "macros.h"
 
 namespace dqk {
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 12
 // through the compiler's _Float16 (vcvtph2ps / vcvtps2ph in the F16C clones)
-DQK_CONVERT_CLONES void half_to_float(const Half* src, float* dst, int64_t n) {
+DQK_CPU_CLONES void half_to_float(const Half* src, float* dst, int64_t n) {
   const _Float16* p = reinterpret_cast<const _Float16*>(src);
   for (int64_t j = 0; j < n; ++j) dst[j] = float(p[j]);
 }
-DQK_CONVERT_CLONES void float_to_half(const float* src, Half* dst, int64_t n) {
+DQK_CPU_CLONES void float_to_half(const float* src, Half* dst, int64_t n) {
   _Float16* p = reinterpret_cast<_Float16*>(dst);
   for (int64_t j = 0; j < n; ++j) p[j] = _Float16(src[j]);
 }
@@ -29,7 +23,7 @@ void float_to_half(const float* src, Half* dst, int64_t n) {
 }
 #endif
 
-DQK_CONVERT_CLONES void bf16_to_float(const BFloat16* src, float* dst, int64_t n) {
+DQK_CPU_CLONES void bf16_to_float(const BFloat16* src, float* dst, int64_t n) {
   for (int64_t j = 0; j < n; ++j) dst[j] = bits_f32(uint32_t(src[j].bits) << 16);
 }
 

@@ -20,29 +20,23 @@ void half_to_float(const Half* src, float* dst, int64_t n);
 void float_to_half(const float* src, Half* dst, int64_t n);
 void bf16_to_float(const BFloat16* src, float* dst, int64_t n);
 
-// n contiguous values of storage type S to T (float or double)
-template <typename S, typename T>
-inline void load_run(const S* src, T* dst, int64_t n) {
-  if constexpr (std::is_same<S, T>::value) {
+// n contiguous values of type F to type T (float, double, Half, BFloat16; fp16/bf16 go
+// to and from their accumulate type float)
+template <typename F, typename T>
+inline void convert_run(const F* src, T* dst, int64_t n) {
+  constexpr bool to16 = std::is_same<T, Half>::value || std::is_same<T, BFloat16>::value;
+  if constexpr (std::is_same<F, T>::value) {
     memcpy(dst, src, size_t(n) * sizeof(T));
-  } else if constexpr (std::is_same<S, Half>::value && std::is_same<T, float>::value) {
+  } else if constexpr (std::is_same<F, Half>::value && std::is_same<T, float>::value) {
     half_to_float(src, dst, n);
-  } else if constexpr (std::is_same<S, BFloat16>::value && std::is_same<T, float>::value) {
-    bf16_to_float(src, dst, n);
-  } else {
-    for (int64_t j = 0; j < n; ++j) dst[j] = T(Scalar<S>::load(src + j));
-  }
-}
-
-// n contiguous values of T (the accumulate type of S) to storage type S
-template <typename S, typename T>
-inline void store_run(const T* src, S* dst, int64_t n) {
-  if constexpr (std::is_same<S, T>::value) {
-    memcpy(dst, src, size_t(n) * sizeof(T));
-  } else if constexpr (std::is_same<S, Half>::value && std::is_same<T, float>::value) {
+  } else if constexpr (std::is_same<F, float>::value && std::is_same<T, Half>::value) {
     float_to_half(src, dst, n);
+  } else if constexpr (std::is_same<F, BFloat16>::value && std::is_same<T, float>::value) {
+    bf16_to_float(src, dst, n);
+  } else if constexpr (to16) {
+    for (int64_t j = 0; j < n; ++j) Scalar<T>::store(dst + j, src[j]);
   } else {
-    for (int64_t j = 0; j < n; ++j) Scalar<S>::store(dst + j, src[j]);
+    for (int64_t j = 0; j < n; ++j) dst[j] = T(Scalar<F>::load(src + j));
   }
 }
 

@@ -117,6 +117,7 @@
 
 #include "cpu_isa.h"
 #include "cpu_types.h"
+#include "macros.h"
 
 #ifndef DQK_ALWAYS_INLINE
 #if defined(__GNUC__)
@@ -124,12 +125,6 @@
 #else
 #define DQK_ALWAYS_INLINE inline
 #endif
-#endif
-// for lambdas: [&](int64_t k) DQK_LAMBDA_INLINE { ... }
-#if defined(__GNUC__)
-#define DQK_LAMBDA_INLINE __attribute__((always_inline))
-#else
-#define DQK_LAMBDA_INLINE
 #endif
 
 // Instruction-set targets of the clones (GCC on x86-64; elsewhere only the generic path)

@@ -13,20 +13,11 @@
 
 #include "../common/cpu_convert.h"
 #include "../common/cpu_types.h"
+#include "../common/macros.h"
 #include "../common/cpu_vecmath.h"
 #include "coupling.h"
 #include "coupling_math.h"
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define DQK_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define DQK_CPU_CLONES
-#endif
-#if defined(__GNUC__)
-#define DQK_LAMBDA_INLINE __attribute__((always_inline))
-#else
-#define DQK_LAMBDA_INLINE
-#endif
 
 namespace dqk {
 namespace coupling {
@@ -156,7 +147,7 @@ bool contiguous_rows(const Args& a, std::initializer_list<int> slots) {
 }
 
 // fp16/bf16 rows go through float buffers of kConv elements and the float kernels
-// (load_run / store_run of common/cpu_convert.h: F16C for fp16 where the CPU has it)
+// (convert_run of common/cpu_convert.h: F16C for fp16 where the CPU has it)
 constexpr int64_t kConv = 1024;
 
 template <typename S>
@@ -185,11 +176,11 @@ void affine_forward(const Args& a, int nt) {
       Acc sum = Acc(0);
       for (int64_t j0 = q.j0; j0 < q.j1; j0 += kConv) {
         const int64_t m = q.j1 - j0 < kConv ? q.j1 - j0 : kConv;
-        load_run(x + off(a.t[0], q, j0), bx, m);
-        load_run(sh + off(a.t[1], q, j0), bs, m);
-        load_run(lo + off(a.t[2], q, j0), bl, m);
+        convert_run(x + off(a.t[0], q, j0), bx, m);
+        convert_run(sh + off(a.t[1], q, j0), bs, m);
+        convert_run(lo + off(a.t[2], q, j0), bl, m);
         sum += affine_row_f32(bx, bs, bl, by, m, a.inverse);
-        store_run(by, y + off(a.t[kOut], q, j0), m);
+        convert_run(by, y + off(a.t[kOut], q, j0), m);
       }
       part[n] = sum;
       continue;
@@ -241,15 +232,15 @@ void affine_backward(const Args& a, int nt) {
           o3[kConv];
       for (int64_t j0 = q.j0; j0 < q.j1; j0 += kConv) {
         const int64_t m = q.j1 - j0 < kConv ? q.j1 - j0 : kConv;
-        load_run(x + off(a.t[0], q, j0), bx, m);
-        load_run(sh + off(a.t[1], q, j0), bs, m);
-        load_run(lo + off(a.t[2], q, j0), bl, m);
-        load_run(gy + off(a.t[kGradOut], q, j0), bg, broadcast ? 1 : m);
+        convert_run(x + off(a.t[0], q, j0), bx, m);
+        convert_run(sh + off(a.t[1], q, j0), bs, m);
+        convert_run(lo + off(a.t[2], q, j0), bl, m);
+        convert_run(gy + off(a.t[kGradOut], q, j0), bg, broadcast ? 1 : m);
         affine_row_backward_f32(bx, bs, bl, bg, float(gld), o1, o2, o3, m, a.inverse,
                                 broadcast);
-        store_run(o1, gx + off(a.t[kGrad0], q, j0), m);
-        store_run(o2, gs + off(a.t[kGrad0 + 1], q, j0), m);
-        store_run(o3, gl + off(a.t[kGrad0 + 2], q, j0), m);
+        convert_run(o1, gx + off(a.t[kGrad0], q, j0), m);
+        convert_run(o2, gs + off(a.t[kGrad0 + 1], q, j0), m);
+        convert_run(o3, gl + off(a.t[kGrad0 + 2], q, j0), m);
       }
       continue;
     }

@@ -47,14 +47,10 @@
 
 #include "../common/cpu_convert.h"
 #include "../common/cpu_types.h"
+#include "../common/macros.h"
 #include "masked_conv2d.h"
 #include "masked_conv2d_math.h"
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define DQK_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define DQK_CPU_CLONES
-#endif
 #if defined(__GNUC__) && !defined(__clang__)
 // the 64-byte vector helpers are always inlined: no vector crosses a call boundary
 #pragma GCC diagnostic ignored "-Wpsabi"

@@ -286,7 +286,7 @@ TMat<Acc> as_acc(const Mat& m, int64_t rows, int64_t cols, std::vector<Acc>& buf
 #pragma omp parallel for schedule(static) num_threads(nt)
     for (int64_t r = 0; r < rows; ++r) {
       if (m.s1 == 1) {
-        load_run<S, Acc>(src + r * m.s0, dst + r * cols, cols);
+        convert_run(src + r * m.s0, dst + r * cols, cols);
       } else {
         for (int64_t c = 0; c < cols; ++c)
           dst[r * cols + c] = Acc(Scalar<S>::load(src + r * m.s0 + c * m.s1));
@@ -360,43 +360,31 @@ void run_gemm(const Problem<Src, Acc>& p, int isa, S* C, int64_t ldc, int nt) {
     const int64_t m0 = c * g.CH, mrows = std::min(g.CH, p.M - m0);
     const int64_t n0 = gi * GW, ncols = std::min(GW, p.N - n0);
     for (int64_t r = 0; r < mrows; ++r)
-      store_run<S, Acc>(cbuf + r * GW, C + (m0 + r) * ldc + n0, ncols);
+      convert_run(cbuf + r * GW, C + (m0 + r) * ldc + n0, ncols);
   });
 }
 
-// The three problems, on A/B matrices of Src values.
+// The three problems, on A/B matrices of Src values (Problem's fields in order: sizes,
+// A and its strides, B and its strides, mask side, strictness, degrees, bias).
 template <typename Src, typename Acc>
 Problem<Src, Acc> forward_problem(const Args& a, TMat<Src> X, TMat<Src> W, const Acc* bias) {
-  Problem<Src, Acc> p;
-  p.M = a.rows; p.N = a.out; p.K = a.in;
-  p.A = X.p; p.sam = X.s0; p.sak = X.s1;
-  p.B = W.p; p.sbk = W.s1; p.sbn = W.s0;           // B[k=i, n=j] = W[j, i]
-  p.side = kSideB; p.strict = a.strict;
-  p.dr = a.in_deg; p.dn = a.out_deg; p.n_is_hi = true;
-  p.bias = bias;
-  return p;
+  // A = x [row, in], B[k=i, n=j] = W[j, i]
+  return {a.rows, a.out, a.in, X.p, X.s0, X.s1, W.p, W.s1, W.s0,
+          kSideB, a.strict, a.in_deg, a.out_deg, true, bias};
 }
 
 template <typename Src, typename Acc>
 Problem<Src, Acc> grad_x_problem(const Args& a, TMat<Src> GY, TMat<Src> W) {
-  Problem<Src, Acc> p;
-  p.M = a.rows; p.N = a.in; p.K = a.out;
-  p.A = GY.p; p.sam = GY.s0; p.sak = GY.s1;
-  p.B = W.p; p.sbk = W.s0; p.sbn = W.s1;           // B[k=j, n=i] = W[j, i]
-  p.side = kSideB; p.strict = a.strict;
-  p.dr = a.out_deg; p.dn = a.in_deg; p.n_is_hi = false;
-  return p;
+  // A = gy [row, out], B[k=j, n=i] = W[j, i]
+  return {a.rows, a.in, a.out, GY.p, GY.s0, GY.s1, W.p, W.s0, W.s1,
+          kSideB, a.strict, a.out_deg, a.in_deg, false, nullptr};
 }
 
 template <typename Src, typename Acc>
 Problem<Src, Acc> grad_w_problem(const Args& a, TMat<Src> GY, TMat<Src> X) {
-  Problem<Src, Acc> p;
-  p.M = a.out; p.N = a.in; p.K = a.rows;
-  p.A = GY.p; p.sam = GY.s1; p.sak = GY.s0;        // A[m=j, k=r] = gy[r, j]
-  p.B = X.p; p.sbk = X.s0; p.sbn = X.s1;           // B[k=r, n=i] = x[r, i]
-  p.side = kSideC; p.strict = a.strict;
-  p.dr = a.out_deg; p.dn = a.in_deg; p.n_is_hi = false;
-  return p;
+  // A[m=j, k=r] = gy[r, j], B[k=r, n=i] = x[r, i]
+  return {a.out, a.in, a.rows, GY.p, GY.s1, GY.s0, X.p, X.s0, X.s1,
+          kSideC, a.strict, a.out_deg, a.in_deg, false, nullptr};
 }
 
 template <typename S>
@@ -430,13 +418,13 @@ void bias_grad(const Args& a, int nt) {
     for (int64_t r = 0; r < a.rows; ++r) {
       const S* src = gy + r * a.gy.s0 + j0 * a.gy.s1;
       if (a.gy.s1 == 1) {
-        load_run<S, Acc>(src, row, nj);
+        convert_run(src, row, nj);
       } else {
         for (int64_t j = 0; j < nj; ++j) row[j] = Acc(Scalar<S>::load(src + j * a.gy.s1));
       }
       for (int64_t j = 0; j < nj; ++j) acc[j] += row[j];
     }
-    store_run<S, Acc>(acc, gb + j0, nj);
+    convert_run(acc, gb + j0, nj);
   }
 }
 

@@ -148,7 +148,7 @@ DQK_ALWAYS_INLINE gemm::AInPlace<P> code_block(const T* e, int64_t kb, int64_t n
     (void)buf;
     return gemm::AInPlace<P>{src, D};
   } else {
-    load_run(src, buf, nb * D);
+    convert_run(src, buf, nb * D);
     return gemm::AInPlace<P>{buf, D};
   }
 }
@@ -265,6 +265,10 @@ struct Ws {
   }
 };
 
+// a buffer of the vq part o of a workspace
+template <typename X>
+DQK_ALWAYS_INLINE X* buf(unsigned char* o, int64_t off) { return reinterpret_cast<X*>(o + off); }
+
 // scale of the float expansion above which a row is re-scored exactly (no overflow)
 template <typename Acc>
 constexpr double big_scale() { return sizeof(Acc) == 4 ? 0x1p100 : 0x1p1000; }
@@ -293,34 +297,15 @@ struct VqOp : gemm::OpBase {
 
   const Job<T>& j;
   unsigned char* w;    // the thread's workspace (its header counts the waiting rows)
+  unsigned char* o;    // its vq part, laid out by ws
+  Ws ws;
   const Acc* norms;
   int64_t D, steps;
-  // the buffers of Ws
-  Acc *best, *second, *sbuf, *pthr;
-  IdxT* idx;
-  Pk* ebuf;
-  double *wbuf, *rowd, *pzd, *pbest;
-  int64_t *rowi, *pn, *pidx;
 
   VqOp(const Job<T>& job, unsigned char* wsp, const gemm::Layout& lay, int64_t CB)
-      : j(job), w(wsp), norms(static_cast<const Acc*>(job.norms)), D(job.D),
-        steps((job.D + P::KP - 1) / P::KP) {
-    const Ws ws(gemm::info_of<P>(), job.D, CB);
-    unsigned char* o = wsp + lay.op;
-    best = reinterpret_cast<Acc*>(o + ws.best);
-    second = reinterpret_cast<Acc*>(o + ws.second);
-    idx = reinterpret_cast<IdxT*>(o + ws.idx);
-    ebuf = reinterpret_cast<Pk*>(o + ws.ebuf);
-    sbuf = reinterpret_cast<Acc*>(o + ws.sbuf);
-    wbuf = reinterpret_cast<double*>(o + ws.wbuf);
-    rowd = reinterpret_cast<double*>(o + ws.rowd);
-    rowi = reinterpret_cast<int64_t*>(o + ws.rowi);
-    pn = reinterpret_cast<int64_t*>(o + ws.pn);
-    pthr = reinterpret_cast<Acc*>(o + ws.pthr);
-    pzd = reinterpret_cast<double*>(o + ws.pzd);
-    pbest = reinterpret_cast<double*>(o + ws.pbest);
-    pidx = reinterpret_cast<int64_t*>(o + ws.pidx);
-  }
+      : j(job), w(wsp), o(wsp + lay.op), ws(gemm::info_of<P>(), job.D, CB),
+        norms(static_cast<const Acc*>(job.norms)), D(job.D),
+        steps((job.D + P::KP - 1) / P::KP) {}
 
   // B panel q of the item: its rows as -2 z
   DQK_ALWAYS_INLINE void pack_b(const gemm::Item& it, int64_t q, int64_t, int64_t, int64_t,
@@ -332,7 +317,7 @@ struct VqOp : gemm::OpBase {
 
   DQK_ALWAYS_INLINE bool a_block(const gemm::Item&, int64_t m, int64_t mv, int64_t, int64_t,
                                  int64_t, int64_t, Pk*, A& a) const {
-    a = code_block<P>(j.e, m, mv, D, ebuf);
+    a = code_block<P>(j.e, m, mv, D, buf<Pk>(o, ws.ebuf));
     return true;
   }
 };
@@ -414,12 +399,11 @@ template <class P, typename T>
 struct CandOp : VqOp<P, T> {
   using Base = VqOp<P, T>;
   using typename Base::Pk;
-  using Base::Base;
-  static constexpr int TR = Base::TR;
+  using Base::Base, Base::o, Base::ws, Base::TR;
 
   DQK_ALWAYS_INLINE void pack_b(const gemm::Item& it, int64_t, int64_t, int64_t, int64_t,
                                 int64_t, Pk* dst) const {
-    const int64_t* pn = this->pn;
+    const int64_t* pn = buf<int64_t>(o, ws.pn);
     for (int64_t r = 0; r < it.ncols; ++r)
       gemm::pack_lane<P, TR>(dst + r, this->j.z + pn[r] * this->D, 1, this->D, this->steps,
                              gemm::KeepLane<gemm::KeepAll>{gemm::KeepAll{}, r},
@@ -430,13 +414,13 @@ struct CandOp : VqOp<P, T> {
     using Acc = typename P::Acc;
     CandEp<P, T> ep;
     ep.norms = this->norms;
-    const Acc* pthr = this->pthr;
+    const Acc* pthr = buf<Acc>(o, ws.pthr);
     for (int v = 0; v < P::MV; ++v) memcpy(&ep.thr[v], pthr + v * P::L, sizeof(ep.thr[v]));
-    ep.zd = this->pzd;
+    ep.zd = buf<double>(o, ws.pzd);
     ep.e = this->j.e;
     ep.D = this->D;
-    ep.xbest = this->pbest;
-    ep.xidx = this->pidx;
+    ep.xbest = buf<double>(o, ws.pbest);
+    ep.xidx = buf<int64_t>(o, ws.pidx);
     return ep;
   }
   DQK_ALWAYS_INLINE void panel_end(const gemm::Item&, int64_t, int64_t, int64_t, int,
@@ -452,14 +436,14 @@ DQK_ALWAYS_INLINE void nearest_flush(const Job<T>& j, const gemm::Grid& g, const
   int64_t& count = *reinterpret_cast<int64_t*>(w);
   if (count == 0) return;
   CandOp<P, T> op(j, w, lay, g.MC);
-  Acc* pthr = op.pthr;
+  Acc* pthr = buf<Acc>(op.o, op.ws.pthr);
   for (int64_t r = count; r < P::NR; ++r) pthr[r] = -std::numeric_limits<Acc>::infinity();
   gemm::Grid gc = g;   // one item: one panel of the waiting rows by all codes
   gc.N = count;
   gc.G = 1;
   gemm::run_item<P>(op, gc, lay, 0, w);
-  const int64_t* pn = op.pn;
-  const int64_t* pidx = op.pidx;
+  const int64_t* pn = buf<int64_t>(op.o, op.ws.pn);
+  const int64_t* pidx = buf<int64_t>(op.o, op.ws.pidx);
   for (int64_t r = 0; r < count; ++r) finish_row(j, pn[r], pidx[r]);
   count = 0;
 }
@@ -478,16 +462,15 @@ struct NearestOp : VqOp<P, T> {
   using Base = VqOp<P, T>;
   using typename Base::Acc;
   using typename Base::IdxT;
-  using Base::Base;
-  static constexpr int TR = Base::TR;
+  using Base::Base, Base::o, Base::ws, Base::TR;
   const gemm::Grid* grid = nullptr;
   const gemm::Layout* lay = nullptr;
   CloneFn<T> flush = nullptr;   // this path's clone, called with kFlush
 
   DQK_ALWAYS_INLINE bool begin(const gemm::Item& it) {
-    Acc* best = this->best;
-    Acc* second = this->second;
-    IdxT* idx = this->idx;
+    Acc* best = buf<Acc>(o, ws.best);
+    Acc* second = buf<Acc>(o, ws.second);
+    IdxT* idx = buf<IdxT>(o, ws.idx);
     for (int64_t r = 0; r < it.pans * TR; ++r) {
       best[r] = second[r] = std::numeric_limits<Acc>::infinity();
       idx[r] = 0;
@@ -497,12 +480,14 @@ struct NearestOp : VqOp<P, T> {
   DQK_ALWAYS_INLINE NearestEp<P> panel(const gemm::Item&, int64_t q, int64_t, int) const {
     NearestEp<P> ep;
     ep.norms = this->norms;
-    ep.load(this->best + q * TR, this->second + q * TR, this->idx + q * TR);
+    ep.load(buf<Acc>(o, ws.best) + q * TR, buf<Acc>(o, ws.second) + q * TR,
+            buf<IdxT>(o, ws.idx) + q * TR);
     return ep;
   }
   DQK_ALWAYS_INLINE void panel_end(const gemm::Item&, int64_t q, int64_t, int64_t, int,
                                    NearestEp<P>& ep) const {
-    ep.store(this->best + q * TR, this->second + q * TR, this->idx + q * TR);
+    ep.store(buf<Acc>(o, ws.best) + q * TR, buf<Acc>(o, ws.second) + q * TR,
+             buf<IdxT>(o, ws.idx) + q * TR);
   }
 
   // Screen each row with the rounding bound. Close rows wait (one panel of them) for a
@@ -510,9 +495,9 @@ struct NearestOp : VqOp<P, T> {
   DQK_ALWAYS_INLINE void end(const gemm::Item& it, Acc*, int64_t) const {
     const Job<T>& j = this->j;
     const int64_t D = j.D, K = j.K;
-    const Acc* best = this->best;
-    const Acc* second = this->second;
-    const IdxT* idx = this->idx;
+    const Acc* best = buf<Acc>(o, ws.best);
+    const Acc* second = buf<Acc>(o, ws.second);
+    const IdxT* idx = buf<IdxT>(o, ws.idx);
     constexpr double u = sizeof(Acc) == 4 ? 0x1p-24 : 0x1p-53;
     const double m = double(P::kBf16 || sizeof(Acc) == 8 ? 2 * D + 4 : D + 4);
     const double gamma = m * u / (1.0 - m * u);
@@ -520,11 +505,11 @@ struct NearestOp : VqOp<P, T> {
     const double sqrt_d = sqrt(double(D)), emax_sqrt = sqrt(j.emax);
     unsigned char* w = this->w;
     int64_t& count = *reinterpret_cast<int64_t*>(w);
-    int64_t* pn = this->pn;
-    Acc* pthr = this->pthr;
-    double* pzd = this->pzd;
-    double* pbest = this->pbest;
-    int64_t* pidx = this->pidx;
+    int64_t* pn = buf<int64_t>(o, ws.pn);
+    Acc* pthr = buf<Acc>(o, ws.pthr);
+    double* pzd = buf<double>(o, ws.pzd);
+    double* pbest = buf<double>(o, ws.pbest);
+    int64_t* pidx = buf<int64_t>(o, ws.pidx);
     for (int64_t r = 0; r < it.ncols; ++r) {
       const int64_t n = it.n0 + r;
       const T* zr = j.z + n * D;
@@ -614,19 +599,24 @@ template <class P, typename T>
 struct SampleOp : VqOp<P, T> {
   using Base = VqOp<P, T>;
   using typename Base::Acc;
-  using Base::Base;
-  static constexpr int TR = Base::TR;
+  using Base::Base, Base::o, Base::ws, Base::TR;
 
   int passes() const { return 2; }
 
+  // per row of the block: |z|^2, m, Z, cumulative weight; next target, last code
+  struct RowsState {
+    double *zn, *mn, *Z, *cum;
+    int64_t *next, *last;
+  };
+  DQK_ALWAYS_INLINE RowsState rows_state() const {
+    double* d = buf<double>(o, ws.rowd);
+    int64_t* i = buf<int64_t>(o, ws.rowi);
+    return RowsState{d, d + kRowBlock, d + 2 * kRowBlock, d + 3 * kRowBlock, i, i + kRowBlock};
+  }
+
   DQK_ALWAYS_INLINE bool begin(const gemm::Item& it) {
     const Job<T>& j = this->j;
-    double* zn = this->rowd;
-    double* mn = zn + kRowBlock;
-    double* Z = mn + kRowBlock;
-    double* cum = Z + kRowBlock;
-    int64_t* next = this->rowi;
-    int64_t* last = next + kRowBlock;
+    auto [zn, mn, Z, cum, next, last] = rows_state();
     for (int64_t r = 0; r < it.pans * TR; ++r) {   // padding lanes too (their values unused)
       double s = 0.0;
       if (r < it.ncols) {
@@ -643,21 +633,16 @@ struct SampleOp : VqOp<P, T> {
     return true;
   }
   DQK_ALWAYS_INLINE StoreEp<P> panel(const gemm::Item&, int64_t, int64_t kb, int) const {
-    return StoreEp<P>{this->norms, this->sbuf, kb};
+    return StoreEp<P>{this->norms, buf<Acc>(o, ws.sbuf), kb};
   }
   // the scores of codes [kb, kb + nb) over panel q are in sbuf
   DQK_ALWAYS_INLINE void panel_end(const gemm::Item& it, int64_t q, int64_t kb, int64_t nb,
                                    int pass, StoreEp<P>&) const {
     const Job<T>& j = this->j;
     const int64_t S = j.S;
-    const Acc* sbuf = this->sbuf;
-    double* wbuf = this->wbuf;
-    double* zn = this->rowd;
-    double* mn = zn + kRowBlock;
-    double* Z = mn + kRowBlock;
-    double* cum = Z + kRowBlock;
-    int64_t* next = this->rowi;
-    int64_t* last = next + kRowBlock;
+    const Acc* sbuf = buf<Acc>(o, ws.sbuf);
+    double* wbuf = buf<double>(o, ws.wbuf);
+    auto [zn, mn, Z, cum, next, last] = rows_state();
     const Acc* u = static_cast<const Acc*>(j.u);
     const double it_ = j.inv_t;
     const int64_t t0 = q * TR, rows = it.ncols, r0 = it.n0;
@@ -712,8 +697,8 @@ struct SampleOp : VqOp<P, T> {
   // targets left over go to the last code of positive weight
   DQK_ALWAYS_INLINE void end(const gemm::Item& it, Acc*, int64_t) const {
     const int64_t S = this->j.S;
-    const int64_t* next = this->rowi;
-    const int64_t* last = next + kRowBlock;
+    const RowsState st = rows_state();
+    const int64_t *next = st.next, *last = st.last;
     for (int64_t r = 0; r < it.ncols; ++r) {
       int64_t* o = this->j.out + (it.n0 + r) * S;
       for (int64_t s = next[r]; s < S; ++s) o[s] = last[r];
