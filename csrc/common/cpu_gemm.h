@@ -15,11 +15,14 @@
 // fp32 accumulator per lane). Tiles are VecTile<Acc, vector bytes, MV, MR> and
 // Bf16Tile<MR>; each kernel picks its shape per instruction set.
 //
-// Packing. pack<P, W>() writes a panel [steps][W] (W = NR for B, MR for A) from any
-// element source get(k, w) (the op's tensor, strides, conversion, scaling and mask):
-// entries past the valid lanes / k are zeros and are never asked for, so a masked or
-// out-of-range element is never read. Lanes-outer order reads along k (k contiguous),
-// k-outer order along the lanes (lanes contiguous).
+// Packing. pack<P, W>() writes a panel [steps][W] (W = NR for B, MR for A; entry (s, w)
+// holds k = KP s .. KP s + KP - 1 of lane w) from a strided tensor (element (k, w) at
+// src[k * sk + w * sw]), a keep(k, w) predicate (the mask: a masked element is packed as
+// 0 and never read) and a conversion of the stored value (AsIs; vq: -2 z). Lanes and k
+// past the valid ones are zeros and are never read. It runs lane by lane where the
+// source is contiguous along k, else k by k, with unit-stride loops where the stride is 1
+// (raw bf16 pairs: one 32-bit load). pack_lane() packs one lane (a gathered row),
+// pack_a() an A block in MR-row tiles.
 //
 // Blocking and the driver (run_item). C is cut into work items of CH rows of A by G
 // panels of B. An item runs K in blocks of KC: it packs its G panels once per block
@@ -60,48 +63,65 @@
 //   * bool tile_live(item, t, q)   buffered: must A tile t (item-relative) times panel q
 //        run? (a tile that does not run stays 0)
 //   registers only: Ep panel(item, q, m, pass) and panel_end(item, q, m, mv, pass, ep)
+//   The register-mode sweep of one panel (Sweep) is a separate small function per
+//   instruction set, so that the tile loop keeps its strides in registers.
 //
 // Instruction-set clones. A kernel's body is a struct with template <int kIsa> static
-// run(args...) (always inline) and Tile<kIsa>; Clones<Body, Args...> compiles run once per
-// path (generic x86-64, x86-64-v3 = AVX2, x86-64-v4 = AVX-512, v4 + avx512bf16) with GCC
-// target attributes, everything below run inlined into it, and holds the clones in a
-// table filled at compile time. pick_cpu_isa (cpu_isa.h, the CPU query cached when the
-// module loads) gives the path a call takes: the best one, or the one a test forces
-// through the kernels' isa arguments; Clones::fn(isa) and Clones::info(isa) are then one
-// table look-up. The engine's functions are always inlined: nothing in it is compiled
-// for the baseline alone.
+// run(args...) (always inline), Tile<kIsa> and runs<kIsa>(); Clones<Body, Args...>
+// compiles run once per path (generic x86-64, x86-64-v3 = AVX2, x86-64-v4 = AVX-512,
+// v4 + avx512bf16; the last is the AVX-512 clone where the tile is the same) with GCC
+// target attributes, the engine inlined into it, and holds the clones in a table filled
+// at compile time. pick_cpu_isa (cpu_isa.h; the CPU is asked once) gives the path a call
+// takes: the best one, or the one a test forces through the kernels' isa arguments;
+// Clones::fn(isa) and Clones::info(isa) are then one table look-up. The engine's
+// functions are always inlined: none of its vector code is compiled for the baseline
+// alone.
 //
-// A new kernel = engine + epilogue, e.g. h = sigmoid(v W + c) (v [M, K], W [K, N], all
-// float, contiguous; W's rows are B's k rows):
+// A new kernel = engine + epilogue, e.g. h = sigmoid(v W + c) (float, contiguous):
 //
+//   struct Sig { const float *v, *w, *c; float* h; int64_t M, N, K; };
 //   template <class P> struct SigmoidOp : gemm::OpBase {
 //     using Path = P; using A = gemm::APacked<P>;
 //     static constexpr bool kBuffered = true, kPackA = true;
-//     const float *v, *w, *c; float* h; int64_t K, N;
+//     const Sig& s;
+//     explicit SigmoidOp(const Sig& sig) : s(sig) {}
 //     void pack_b(const gemm::Item& it, int64_t q, int64_t k0, int64_t lo, int64_t hi,
-//                 int64_t kc, float* dst) const {
-//       const float* b = w + (k0 + lo) * N + it.n0 + q * P::NR;
-//       gemm::pack<P, P::NR>(dst, std::min<int64_t>(P::NR, N - it.n0 - q * P::NR),
-//                            std::min(hi, kc) - lo, hi - lo, false,
-//                            [&](int64_t k, int64_t j) { return b[k * N + j]; });
+//                 int64_t kc, float* dst) const {   // B = W: k strided by N, n in lanes
+//       const int64_t n = it.n0 + q * P::NR;
+//       gemm::pack<P, P::NR>(dst, s.w + (k0 + lo) * s.N + n, s.N, 1,
+//                            std::min<int64_t>(P::NR, s.N - n), std::min(hi, kc) - lo, hi - lo);
 //     }
-//     bool a_block(const gemm::Item& it, int64_t m, int64_t mv, int64_t k0, int64_t klo,
-//                  int64_t khi, int64_t kc, float* ap, A& a) const {
-//       return gemm::pack_a<P>(ap, mv, std::min(khi, kc) - klo, (khi - klo), true,
-//           [&](int64_t k, int64_t i) { return v[(m + i) * K + k0 + klo + k]; }, a);
+//     bool a_block(const gemm::Item&, int64_t m, int64_t mv, int64_t k0, int64_t klo,
+//                  int64_t khi, int64_t kc, float* ap, A& a) const {   // A = v
+//       return gemm::pack_a<P>(ap, s.v + m * s.K + k0 + klo, s.K, 1, mv,
+//                              std::min(khi, kc) - klo, khi - klo, a);
 //     }
-//     void end(const gemm::Item& it, float* cb, int64_t ldc) const {
+//     void end(const gemm::Item& it, float* cb, int64_t ldc) const {   // the epilogue
 //       for (int64_t r = 0; r < it.mrows; ++r)
 //         for (int64_t j = 0; j < it.ncols; ++j)
-//           h[(it.m0 + r) * N + it.n0 + j] = 1.f / (1.f + expf(-(cb[r * ldc + j] + c[it.n0 + j])));
+//           s.h[(it.m0 + r) * s.N + it.n0 + j] =
+//               1.f / (1.f + expf(-(cb[r * ldc + j] + s.c[it.n0 + j])));
 //     }
 //   };
-//   // body: template <int kIsa> static run(job, grid, layout, item, ws) { using P =
-//   //   gemm::VecTile<float, gemm::kVecBytes<kIsa>, 2, 12>; SigmoidOp<P> op{...};
-//   //   gemm::run_item<P>(op, grid, layout, item, ws); }
-//   // driver: info = Clones<Body, ...>::info(isa); grid = gemm::plan(M, N, K, info, nt);
-//   //   Layout lay(info, grid, true, true, 0); gemm::parallel_items(nt, grid.items(),
-//   //   nullptr, lay.bytes, [&](int64_t i, unsigned char* w) { fn(job, grid, lay, i, w); });
+//   struct SigBody {   // the op on each instruction set's tile
+//     template <int kIsa> static constexpr bool runs() { return DQK_GEMM_X86 || kIsa == 1; }
+//     template <int kIsa> using Tile = gemm::VecTile<float, gemm::kVecBytes<kIsa>, 2, 4>;
+//     template <int kIsa> static DQK_ALWAYS_INLINE void run(const Sig& s,
+//         const gemm::Grid& g, const gemm::Layout& lay, int64_t item, unsigned char* ws) {
+//       SigmoidOp<Tile<kIsa>> op(s);
+//       gemm::run_item<Tile<kIsa>>(op, g, lay, item, ws);
+//     }
+//   };
+//   void sigmoid_linear_cpu(const Sig& s, int nt, int isa) {
+//     using K = gemm::Clones<SigBody, const Sig&, const gemm::Grid&, const gemm::Layout&,
+//                            int64_t, unsigned char*>;
+//     isa = pick_cpu_isa(isa, "sigmoid_linear cpu");
+//     const auto fn = K::fn(isa);
+//     const gemm::Grid g = gemm::plan(s.M, s.N, s.K, K::info(isa), nt);
+//     const gemm::Layout lay(K::info(isa), g, true, true, 0);
+//     gemm::parallel_items(nt, g.items(), nullptr, lay.bytes,
+//                          [&](int64_t i, unsigned char* w) { fn(s, g, lay, i, w); });
+//   }
 #pragma once
 
 #include <stdint.h>
@@ -139,8 +159,10 @@
 #endif
 
 // The vector types below pass through always-inline functions only (no ABI is involved)
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wpsabi"
+#endif
 
 namespace dqk {
 namespace gemm {
@@ -215,7 +237,8 @@ struct VecTile {
   static constexpr int KP = 1;
   static constexpr bool kBf16 = false;
   // the clone whose instruction set the tile needs
-  static constexpr int kIsa = kBytes >= 64 ? kIsaAvx512 : (kBytes == 32 ? kIsaAvx2 : kIsaGeneric);
+  static constexpr int kIsa =
+      kBytes >= 64 ? kIsaAvx512 : (kBytes == 32 ? kIsaAvx2 : kIsaGeneric);
   static DQK_ALWAYS_INLINE Pk pack(Elem e0, Elem) { return e0; }
   static DQK_ALWAYS_INLINE void madd(V& acc, const VB& b, Pk a) { acc += b * a; }
 };
@@ -390,7 +413,9 @@ DQK_ALWAYS_INLINE void pack_lane(typename P::Pk* __restrict d, const S* col, int
         for (int64_t s = 0; s < full; ++s) {
           Pk pair;
           memcpy(&pair, col + 2 * s, sizeof(Pk));
-          if (!kAll) pair &= (keep(2 * s) ? Pk(0xffffu) : Pk(0)) | (keep(2 * s + 1) ? Pk(0xffff0000u) : Pk(0));
+          if (!kAll)
+            pair &= (keep(2 * s) ? Pk(0xffffu) : Pk(0)) |
+                    (keep(2 * s + 1) ? Pk(0xffff0000u) : Pk(0));
           d[s * W] = pair;
         }
         if (full < steps) d[full * W] = P::pack(el1(2 * full), z);
@@ -432,8 +457,10 @@ DQK_ALWAYS_INLINE void pack(typename P::Pk* __restrict dst, const S* src, int64_
         if (sw == 1) for (int64_t w = 0; w < wv; ++w) d[w] = el1(r0, k0, w);
         else for (int64_t w = 0; w < wv; ++w) d[w] = el(r0, k0, w);
       } else if (k1 < nval) {
-        if (sw == 1) for (int64_t w = 0; w < wv; ++w) d[w] = P::pack(el1(r0, k0, w), el1(r1, k1, w));
-        else for (int64_t w = 0; w < wv; ++w) d[w] = P::pack(el(r0, k0, w), el(r1, k1, w));
+        if (sw == 1)
+          for (int64_t w = 0; w < wv; ++w) d[w] = P::pack(el1(r0, k0, w), el1(r1, k1, w));
+        else
+          for (int64_t w = 0; w < wv; ++w) d[w] = P::pack(el(r0, k0, w), el(r1, k1, w));
       } else {
         for (int64_t w = 0; w < wv; ++w) d[w] = P::pack(el(r0, k0, w), z);
       }
@@ -761,7 +788,8 @@ struct Clones {
                                     nullptr};
 #endif
     const Fn f = isa >= 0 && isa < 5 ? table[isa] : nullptr;
-    if (!f) throw std::logic_error("gemm: no clone for instruction-set path " + std::to_string(isa));
+    if (!f)
+      throw std::logic_error("gemm: no clone for instruction-set path " + std::to_string(isa));
     return f;
   }
 
@@ -776,4 +804,6 @@ struct Clones {
 }  // namespace gemm
 }  // namespace dqk
 
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop
+#endif
