@@ -1,10 +1,10 @@
 // Runs of 16-bit floats to and from float on the CPU, shared by the kernels that convert
 // fp16/bf16 rows into float buffers (masked_linear, vq, coupling, masked_conv2d).
 //
-// half_to_float, float_to_half and bf16_to_float are compiled per instruction set
-// (target_clones: the AVX-512 and AVX2 clones use F16C / wide shifts) and the clone is
-// picked once, when the module loads. Conversions to float are exact; float_to_half
-// rounds to nearest even, as Scalar<Half>::store does.
+// half_to_float and float_to_half use F16C (16 or 8 at a time) where the CPU has it, the
+// path picked once from the cached CPU query; bf16_to_float is compiled per instruction
+// set (target_clones), the clone picked when the module loads. Conversions to float are
+// exact; float_to_half rounds to nearest even, as Scalar<Half>::store does.
 #pragma once
 
 #include <stdint.h>

@@ -600,8 +600,14 @@ struct RegIO {
   }
   template <int R>
   DQK_ALWAYS_INLINE void finish(typename P::V (&acc)[R][P::MV]) const {
+    int64_t m0 = m;
+#if defined(__GNUC__)
+    // computed here, not before the tile loop: its row indices would hold vector
+    // registers (GCC parks them there) through the loop and make it spill accumulators
+    __asm__ volatile("" : "+r"(m0));
+#endif
 #pragma GCC unroll 16
-    for (int i = 0; i < R; ++i) ep(m + i, acc[i]);
+    for (int i = 0; i < R; ++i) ep(m0 + i, acc[i]);
   }
 };
 
