@@ -530,10 +530,12 @@ inline Grid plan(int64_t M, int64_t N, int64_t K, const TileInfo& ti, int nt) {
 
 // Byte offsets in a thread's workspace (64-byte aligned): header, C buffer (buffered
 // ops: CH x G NR accumulators), packed A (kPackA: MC rows), packed B (G panels), the op's.
+// Made outside the parallel region: it checks the blocking (G <= kMaxPanels).
 struct Layout {
   int64_t cbuf = 0, apack = 0, bpack = 0, op = 0, bytes = 0;
   Layout() = default;
   Layout(const TileInfo& ti, const Grid& g, bool buffered, bool pack_a, int64_t op_bytes) {
+    if (g.G > kMaxPanels) throw std::invalid_argument("gemm: more than kMaxPanels per item");
     auto up = [](int64_t v) { return (v + 63) / 64 * 64; };
     int64_t o = kWsHeader;
     auto take = [&](int64_t n) { const int64_t at = o; o += up(n); return at; };

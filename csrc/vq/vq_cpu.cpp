@@ -45,7 +45,7 @@
 // (1) m = min d and Z = sum exp(-(d - m) / T) in double (rescaled per code block as m
 // falls); (2) cumulative weights in double in code order: the sorted targets u * Z go to
 // the first code whose cumulative weight exceeds them, leftovers to the last code of
-// positive weight. Distances and weights are computed over the tile's rows in lanes
+// positive weight. Distances and weights are computed over the panel's rows in lanes
 // (a branch-free double exp that vectorises); the cumulative scan runs per row.
 //
 // ema_update: the samples are sorted by code (a counting sort: O(N S + K) memory, row
