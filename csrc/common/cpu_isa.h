@@ -1,6 +1,6 @@
 // CPU instruction-set paths of the kernels that pick their vector code at run time
-// (masked_linear, vq): the codes their `isa` arguments take, which ones the running CPU
-// supports, and the path that runs for a request.
+// (the GEMM engine of cpu_gemm.h: masked_linear, vq): the codes their `isa` arguments
+// take, which ones the running CPU supports, and the path that runs for a request.
 #pragma once
 
 #include <stdexcept>
@@ -13,17 +13,20 @@ namespace dqk {
 // (other dtypes run the AVX-512 path).
 enum Isa { kIsaAuto = 0, kIsaGeneric = 1, kIsaAvx2 = 2, kIsaAvx512 = 3, kIsaAvx512Bf16 = 4 };
 
-// bit i set: path i runs on this CPU (generic always does)
+// bit i set: path i runs on this CPU (generic always does); the CPU is asked once
 inline int supported_cpu_isas() {
-  int bits = 1 << kIsaGeneric;
+  static const int bits = [] {
+    int b = 1 << kIsaGeneric;
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("x86-64-v3")) bits |= 1 << kIsaAvx2;
-  if (__builtin_cpu_supports("x86-64-v4")) {
-    bits |= 1 << kIsaAvx512;
-    if (__builtin_cpu_supports("avx512bf16")) bits |= 1 << kIsaAvx512Bf16;
-  }
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("x86-64-v3")) b |= 1 << kIsaAvx2;
+    if (__builtin_cpu_supports("x86-64-v4")) {
+      b |= 1 << kIsaAvx512;
+      if (__builtin_cpu_supports("avx512bf16")) b |= 1 << kIsaAvx512Bf16;
+    }
 #endif
+    return b;
+  }();
   return bits;
 }
 

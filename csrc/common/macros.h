@@ -11,6 +11,21 @@
 #define DQK_HD inline
 #endif
 
+// A CPU function compiled once per instruction set (AVX-512, AVX2, baseline), the clone
+// picked when the module loads (GCC on x86-64; elsewhere one plain function)
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define DQK_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define DQK_CPU_CLONES
+#endif
+
+// for lambdas the CPU kernels want inlined: [&](int64_t k) DQK_LAMBDA_INLINE { ... }
+#if defined(__GNUC__)
+#define DQK_LAMBDA_INLINE __attribute__((always_inline))
+#else
+#define DQK_LAMBDA_INLINE
+#endif
+
 namespace dqk {
 
 // Overloads pick the float or double libm/CUDA function for the accumulate type.

@@ -11,21 +11,13 @@
 #include <string>
 #include <vector>
 
+#include "../common/cpu_convert.h"
 #include "../common/cpu_types.h"
+#include "../common/macros.h"
 #include "../common/cpu_vecmath.h"
 #include "coupling.h"
 #include "coupling_math.h"
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define DQK_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define DQK_CPU_CLONES
-#endif
-#if defined(__GNUC__)
-#define DQK_LAMBDA_INLINE __attribute__((always_inline))
-#else
-#define DQK_LAMBDA_INLINE
-#endif
 
 namespace dqk {
 namespace coupling {
@@ -155,31 +147,8 @@ bool contiguous_rows(const Args& a, std::initializer_list<int> slots) {
 }
 
 // fp16/bf16 rows go through float buffers of kConv elements and the float kernels
+// (convert_run of common/cpu_convert.h: F16C for fp16 where the CPU has it)
 constexpr int64_t kConv = 1024;
-template <typename S> inline void to_f32(const S* src, float* dst, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) dst[j] = Scalar<S>::load(src + j);
-}
-template <typename S> inline void from_f32(const float* src, S* dst, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) Scalar<S>::store(dst + j, src[j]);
-}
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 12
-// fp16 through the compiler's _Float16 (F16C conversions in the AVX2/AVX-512 clones;
-// round to nearest even, as Scalar<Half>)
-DQK_CPU_CLONES void half_to_f32(const Half* src, float* dst, int64_t n) {
-  const _Float16* p = reinterpret_cast<const _Float16*>(src);
-  for (int64_t j = 0; j < n; ++j) dst[j] = float(p[j]);
-}
-DQK_CPU_CLONES void f32_to_half(const float* src, Half* dst, int64_t n) {
-  _Float16* p = reinterpret_cast<_Float16*>(dst);
-  for (int64_t j = 0; j < n; ++j) p[j] = _Float16(src[j]);
-}
-template <> inline void to_f32<Half>(const Half* src, float* dst, int64_t n) {
-  half_to_f32(src, dst, n);
-}
-template <> inline void from_f32<Half>(const float* src, Half* dst, int64_t n) {
-  f32_to_half(src, dst, n);
-}
-#endif
 
 template <typename S>
 void affine_forward(const Args& a, int nt) {
@@ -207,11 +176,11 @@ void affine_forward(const Args& a, int nt) {
       Acc sum = Acc(0);
       for (int64_t j0 = q.j0; j0 < q.j1; j0 += kConv) {
         const int64_t m = q.j1 - j0 < kConv ? q.j1 - j0 : kConv;
-        to_f32(x + off(a.t[0], q, j0), bx, m);
-        to_f32(sh + off(a.t[1], q, j0), bs, m);
-        to_f32(lo + off(a.t[2], q, j0), bl, m);
+        convert_run(x + off(a.t[0], q, j0), bx, m);
+        convert_run(sh + off(a.t[1], q, j0), bs, m);
+        convert_run(lo + off(a.t[2], q, j0), bl, m);
         sum += affine_row_f32(bx, bs, bl, by, m, a.inverse);
-        from_f32(by, y + off(a.t[kOut], q, j0), m);
+        convert_run(by, y + off(a.t[kOut], q, j0), m);
       }
       part[n] = sum;
       continue;
@@ -263,15 +232,15 @@ void affine_backward(const Args& a, int nt) {
           o3[kConv];
       for (int64_t j0 = q.j0; j0 < q.j1; j0 += kConv) {
         const int64_t m = q.j1 - j0 < kConv ? q.j1 - j0 : kConv;
-        to_f32(x + off(a.t[0], q, j0), bx, m);
-        to_f32(sh + off(a.t[1], q, j0), bs, m);
-        to_f32(lo + off(a.t[2], q, j0), bl, m);
-        to_f32(gy + off(a.t[kGradOut], q, j0), bg, broadcast ? 1 : m);
+        convert_run(x + off(a.t[0], q, j0), bx, m);
+        convert_run(sh + off(a.t[1], q, j0), bs, m);
+        convert_run(lo + off(a.t[2], q, j0), bl, m);
+        convert_run(gy + off(a.t[kGradOut], q, j0), bg, broadcast ? 1 : m);
         affine_row_backward_f32(bx, bs, bl, bg, float(gld), o1, o2, o3, m, a.inverse,
                                 broadcast);
-        from_f32(o1, gx + off(a.t[kGrad0], q, j0), m);
-        from_f32(o2, gs + off(a.t[kGrad0 + 1], q, j0), m);
-        from_f32(o3, gl + off(a.t[kGrad0 + 2], q, j0), m);
+        convert_run(o1, gx + off(a.t[kGrad0], q, j0), m);
+        convert_run(o2, gs + off(a.t[kGrad0 + 1], q, j0), m);
+        convert_run(o3, gl + off(a.t[kGrad0 + 2], q, j0), m);
       }
       continue;
     }

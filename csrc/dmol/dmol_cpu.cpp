@@ -10,15 +10,11 @@
 #endif
 
 #include "../common/cpu_types.h"
+#include "../common/macros.h"
 #include "dmol.h"
 #include "dmol_cpu_tile.h"
 #include "dmol_math.h"
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define DQK_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define DQK_CPU_CLONES
-#endif
 
 namespace dqk {
 namespace dmol {

@@ -45,15 +45,12 @@
 #include <type_traits>
 #include <vector>
 
+#include "../common/cpu_convert.h"
 #include "../common/cpu_types.h"
+#include "../common/macros.h"
 #include "masked_conv2d.h"
 #include "masked_conv2d_math.h"
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define DQK_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define DQK_CPU_CLONES
-#endif
 #if defined(__GNUC__) && !defined(__clang__)
 // the 64-byte vector helpers are always inlined: no vector crosses a call boundary
 #pragma GCC diagnostic ignored "-Wpsabi"
@@ -235,32 +232,17 @@ inline void dw_tile(const double* gyb, const double* xb, const DwGeo& d, int64_t
 
 // ----------------------------------------------------------------------------- helpers
 
-// Contiguous runs of storage values to and from float/double. fp16 goes through the
-// compiler's _Float16 where available (F16C conversions in the AVX2/AVX-512 clones; round
-// to nearest even, as Scalar<Half>); the rest is Scalar<S>, whose bf16 and float paths
-// vectorise.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 12
-#define DQK_MC_F16 1
-DQK_CPU_CLONES void half_run_to_float(const Half* src, float* dst, int64_t n) {
-  const _Float16* p = reinterpret_cast<const _Float16*>(src);
-  for (int64_t j = 0; j < n; ++j) dst[j] = float(p[j]);
-}
-DQK_CPU_CLONES void float_run_to_half(const float* src, Half* dst, int64_t n) {
-  _Float16* p = reinterpret_cast<_Float16*>(dst);
-  for (int64_t j = 0; j < n; ++j) p[j] = _Float16(src[j]);
-}
-#endif
-
+// Runs of storage values to and from float/double: unit-stride fp16 through
+// common/cpu_convert.h (F16C where the CPU has it; round to nearest even, as
+// Scalar<Half>); the rest is Scalar<S>, whose bf16 and float paths vectorise.
 template <typename S, typename T>
 inline void load_run(const S* src, int64_t stride, T* dst, int64_t n) {
-#ifdef DQK_MC_F16
   if constexpr (std::is_same<S, Half>::value && std::is_same<T, float>::value) {
     if (stride == 1) {
-      half_run_to_float(src, dst, n);
+      half_to_float(src, dst, n);
       return;
     }
   }
-#endif
   if (std::is_same<S, T>::value && stride == 1) {
     memcpy(dst, src, sizeof(T) * n);
     return;
@@ -323,14 +305,12 @@ void pad_pixels(const S* src, const int64_t* st, int64_t b0, int64_t nb, int64_t
 
 template <typename S, typename T>
 inline void store_line(S* dst, int64_t stride, const T* src, int64_t n) {
-#ifdef DQK_MC_F16
   if constexpr (std::is_same<S, Half>::value && std::is_same<T, float>::value) {
     if (stride == 1) {
-      float_run_to_half(src, dst, n);
+      float_to_half(src, dst, n);
       return;
     }
   }
-#endif
   if (std::is_same<S, T>::value && stride == 1) {
     memcpy(dst, src, sizeof(T) * n);
     return;
