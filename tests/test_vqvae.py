@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 from conftest import fresh_seed
-from run_files import records
+from train_runs import records
 
 import dqkernels.cli
 from dqkernels import trainer
