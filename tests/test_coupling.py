@@ -320,7 +320,7 @@ def test_logdet_is_log_det_of_full_jacobian(backend):
                 params = [t[i:i + 1] for t in args[1:]]
                 x = args[0][i:i + 1]
 
-                def f(v):
+                def f(v, op=op, x=x, params=params, inverse=inverse):
                     return op(v.view_as(x), *params, inverse=inverse, backend=backend)[0].reshape(-1)
 
                 J = torch.autograd.functional.jacobian(f, x.reshape(-1))
@@ -341,9 +341,9 @@ def test_gradcheck_float64(backend):
     aff = [t.requires_grad_() for t in affine_inputs((2, 3), seed=seed)]
     for inverse in (False, True):
         assert torch.autograd.gradcheck(
-            lambda *t: affine_coupling(*t, inverse=inverse, backend=backend), aff), seed
+            lambda *t, inverse=inverse: affine_coupling(*t, inverse=inverse, backend=backend), aff), seed
         assert torch.autograd.gradcheck(
-            lambda *t: mixlogcdf_coupling(*t, inverse=inverse, backend=backend), mix), seed
+            lambda *t, inverse=inverse: mixlogcdf_coupling(*t, inverse=inverse, backend=backend), mix), seed
 
 
 def test_reference_inverse_gradient_is_implicit_function():

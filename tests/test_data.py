@@ -312,7 +312,8 @@ def test_cifar_pickle_refuses_code(tmp_path):
     (pickle.dumps([1, 2], protocol=2), r"expected a pickled dict, found list"),
     (pickle.dumps({b"labels": [1]}, protocol=2), r"no b'data' entry"),
     (pickle.dumps({b"data": np.zeros((2, 3072), np.float32), b"labels": [0, 1]}, protocol=2),
-     r"b'data' must be a uint8 array \[N, 3072\]; found a float32 array of shape \(2, 3072\)"),
+     r"b'data' must be a uint8 array \[N, 3072\]; "
+     r"found a float32 array of shape \(2, 3072\)"),
     (pickle.dumps({b"data": np.zeros((2, 1024), np.uint8), b"labels": [0, 1]}, protocol=2),
      r"found a uint8 array of shape \(2, 1024\)"),
     (pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}, protocol=2),

@@ -233,7 +233,7 @@ def test_reference_gradcheck():
     for C in (1, 3):
         x, p = make_inputs(2, C, 2, 3, 3, 9, seed=fresh_seed())
         p.requires_grad_()
-        assert torch.autograd.gradcheck(lambda q: dmol_nll_reference(x, q, 9), (p,))
+        assert torch.autograd.gradcheck(lambda q, x=x: dmol_nll_reference(x, q, 9), (p,))
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpp"])
@@ -243,7 +243,7 @@ def test_op_gradcheck_float64(backend):
         x, p = make_inputs(2, C, 2, 3, 3, 9, seed=fresh_seed())
         p.requires_grad_()
         assert torch.autograd.gradcheck(
-            lambda q: dmol_nll(x, q, num_levels=9, backend=backend), (p,))
+            lambda q, x=x: dmol_nll(x, q, num_levels=9, backend=backend), (p,))
 
 
 # ----------------------------------------------------------------- custom op contract

@@ -43,6 +43,8 @@ class ActNorm(nn.Module):
     in float32 (float64 for float64 inputs).
     """
 
+    initialized: torch.Tensor  # a buffer, registered in __init__
+
     def __init__(self, num_channels: int, eps: float = 1e-6):
         super().__init__()
         if num_channels < 1:

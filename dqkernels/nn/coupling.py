@@ -90,6 +90,7 @@ class ConditioningNet(nn.Module):
                                     for _ in range(num_blocks))
         self.out = nn.Conv2d(hidden, out_channels, 3, padding=1)
         nn.init.zeros_(self.out.weight)
+        assert self.out.bias is not None  # built with a bias
         nn.init.zeros_(self.out.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

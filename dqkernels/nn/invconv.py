@@ -43,6 +43,12 @@ class InvConv1x1(nn.Module):
     in float32 (float64 for float64 inputs).
     """
 
+    # buffers (registered in __init__; declared here for the type checker)
+    perm: torch.Tensor
+    sign_s: torch.Tensor
+    lower_mask: torch.Tensor
+    eye: torch.Tensor
+
     def __init__(self, num_channels: int, lu: bool = False):
         super().__init__()
         if num_channels < 1:

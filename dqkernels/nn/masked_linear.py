@@ -64,6 +64,10 @@ class MaskedLinear(nn.Module):
     Initialised like :class:`torch.nn.Linear` (uniform in ``+-1/sqrt(in_features)``).
     """
 
+    # buffers (registered in __init__; declared here for the type checker)
+    in_degrees: torch.Tensor
+    out_degrees: torch.Tensor
+
     def __init__(self, in_features: int, out_features: int, in_degrees, out_degrees,
                  strict: bool, bias: bool = True, backend: str | None = None,
                  device=None, dtype=None):

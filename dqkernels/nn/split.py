@@ -47,6 +47,7 @@ class SplitPrior(nn.Module):
         self.keep_channels = num_channels - num_channels // 2   # kept (z1)
         self.conv = nn.Conv2d(self.keep_channels, 2 * self.out_channels, 3, padding=1)
         nn.init.zeros_(self.conv.weight)
+        assert self.conv.bias is not None  # built with a bias
         nn.init.zeros_(self.conv.bias)
 
     def prior(self, z1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -137,6 +137,11 @@ class VectorQuantizer(nn.Module):
         backend: dqkernels backend of the VQ ops (None: the one in force).
     """
 
+    # buffers (registered in __init__; declared here for the type checker)
+    cluster_size: torch.Tensor
+    embed_sum: torch.Tensor
+    initialized: torch.Tensor
+
     def __init__(self, num_codes: int, dim: int, *, em: str = "hard", num_samples: int = 10,
                  decay: float = 0.999, eps: float = 1e-5, beta: float = 0.25,
                  dead_threshold: float = 0.01, reinit_dead: bool = False,

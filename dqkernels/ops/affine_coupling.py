@@ -44,7 +44,8 @@ def _backward_op(x: torch.Tensor, shift: torch.Tensor, scale_logit: torch.Tensor
     if x.numel():
         kernels(backend, _FAMILY).backward(x, shift, scale_logit, grad_y, grad_logdet,
                                             *grads, inverse)
-    return tuple(grads)
+    gx, gshift, gscale_logit = grads
+    return gx, gshift, gscale_logit
 
 
 @_backward_op.register_fake

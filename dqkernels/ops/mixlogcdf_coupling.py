@@ -79,7 +79,8 @@ def _backward_op(x: torch.Tensor, logits: torch.Tensor, means: torch.Tensor,
     if x.numel():
         kernels(backend, _FAMILY).backward(x, logits, means, log_scales, a, b, grad_out,
                                             grad_logdet, *grads, inverse)
-    return tuple(grads)
+    gx, glogits, gmeans, glog_scales, ga, gb = grads
+    return gx, glogits, gmeans, glog_scales, ga, gb
 
 
 @_backward_op.register_fake

@@ -44,7 +44,7 @@ def _nearest_op(z: torch.Tensor, codebook: torch.Tensor,
                 backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     D = z.shape[-1]
     z2 = z.reshape(leading_size(z), D)
-    N, K = z2.shape[0], codebook.shape[0]
+    N = z2.shape[0]
     idx = _new_indices((N,), z.device)
     dist = new_output((N,), accumulate_dtype(z.dtype), z.device)
     if N > 0:
@@ -135,8 +135,8 @@ def _ema_op(cluster_size: torch.Tensor, embed_sum: torch.Tensor, z: torch.Tensor
     N = z2.shape[0]
     idx = indices.reshape(N, -1) if N > 0 else indices.reshape(0, 1)
     if N > 0 and idx.numel() > 0:
-        lo, hi = torch.aminmax(idx)
-        lo, hi = int(lo), int(hi)
+        lo_hi = torch.aminmax(idx)
+        lo, hi = int(lo_hi.min), int(lo_hi.max)
         if lo < 0 or hi >= K:
             bad = lo if lo < 0 else hi
             raise IndexError(f"vq_ema_update: indices must be in [0, {K}) (the codebook "
