@@ -8,6 +8,7 @@ Environment switches:
   DQK_REQUIRE_EXT=1        fail the install if the compiled module cannot be built
   DQK_BUILD_JOBS=N         parallel compile jobs (default: number of CPUs)
 """
+
 from __future__ import annotations
 
 import os
@@ -41,9 +42,12 @@ class CMakeBuild(build_ext):
         except (subprocess.CalledProcessError, OSError) as exc:
             if _flag("DQK_REQUIRE_EXT", "0") in ("1", "on", "true", "yes"):
                 raise
-            print(f"dqkernels: WARNING: building dqkernels._C failed ({exc}); the package "
-                  "will run on the torch backend only. `dqk info` explains what is "
-                  "missing. Set DQK_REQUIRE_EXT=1 to make this an error.", file=sys.stderr)
+            print(
+                f"dqkernels: WARNING: building dqkernels._C failed ({exc}); the package "
+                "will run on the torch backend only. `dqk info` explains what is "
+                "missing. Set DQK_REQUIRE_EXT=1 to make this an error.",
+                file=sys.stderr,
+            )
 
     def _cmake(self, ext: Extension) -> None:
         import pybind11
@@ -51,8 +55,15 @@ class CMakeBuild(build_ext):
         extdir = Path(self.get_ext_fullpath(ext.name)).parent.resolve()
         build_temp = Path(self.build_temp).resolve() / "cmake"
         build_temp.mkdir(parents=True, exist_ok=True)
-        cuda = {"auto": "AUTO", "1": "ON", "on": "ON", "true": "ON", "0": "OFF", "off": "OFF",
-                "false": "OFF"}.get(_flag("DQK_CUDA", "auto"))
+        cuda = {
+            "auto": "AUTO",
+            "1": "ON",
+            "on": "ON",
+            "true": "ON",
+            "0": "OFF",
+            "off": "OFF",
+            "false": "OFF",
+        }.get(_flag("DQK_CUDA", "auto"))
         if cuda is None:
             raise SystemExit(f"DQK_CUDA must be auto, 1 or 0; got {os.environ['DQK_CUDA']!r}")
         args = [

@@ -8,6 +8,7 @@ Writes next to the JSON (same name, .png) unless ``-o`` is given. ``--md`` also 
 the markdown table from the JSON. Takes the JSON of every schema version up to the
 current one (``dqkernels.bench.report.read_result``).
 """
+
 from __future__ import annotations
 
 import argparse

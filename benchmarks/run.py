@@ -14,6 +14,7 @@ stands for ``--cases`` when the flag is not given.
 Works from a source checkout without installing (the repository root is put on the
 path when ``dqkernels`` is not importable).
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """dqkernels: fused Triton and CUDA kernels for generative models of discrete data."""
+
 from dqkernels import backends, ops
 from dqkernels.backends import get_backend, set_backend, use_backend
 

@@ -1,4 +1,5 @@
 """Loads the compiled extension ``dqkernels._C``, remembering why it is missing."""
+
 from __future__ import annotations
 
 import importlib

@@ -15,6 +15,7 @@ The backend used by an op is, in order of precedence: the op's ``backend=`` argu
 the innermost :func:`use_backend` context, :func:`set_backend`, the environment variable
 ``DQK_BACKEND``, and finally ``auto``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -26,9 +27,20 @@ import torch
 from dqkernels.kernels import registry
 from dqkernels.kernels.registry import BACKENDS, triton_installed, triton_interpreting
 
-__all__ = ["AUTO_ORDER", "BACKENDS", "CHOICES", "BackendUnavailableError", "available",
-           "get_backend", "resolve", "set_backend", "triton_installed", "triton_interpreting",
-           "use_backend", "why_unavailable"]
+__all__ = [
+    "AUTO_ORDER",
+    "BACKENDS",
+    "CHOICES",
+    "BackendUnavailableError",
+    "available",
+    "get_backend",
+    "resolve",
+    "set_backend",
+    "triton_installed",
+    "triton_interpreting",
+    "use_backend",
+    "why_unavailable",
+]
 
 CHOICES = BACKENDS + ("auto",)
 
@@ -88,7 +100,7 @@ def _why(backend: str, device: torch.device, dtype: torch.dtype, family: str) ->
 
 
 def _why_any_family(backend: str, device: torch.device, dtype: torch.dtype) -> str | None:
-    reasons: dict[str, list[str]] = {}   # reason -> families
+    reasons: dict[str, list[str]] = {}  # reason -> families
     for family, decls in registry.families().items():
         kernels = decls.get(backend)
         if kernels is None:
@@ -104,8 +116,9 @@ def _why_any_family(backend: str, device: torch.device, dtype: torch.dtype) -> s
     return "; ".join(f"{', '.join(fams)}: {why}" for why, fams in reasons.items())
 
 
-def why_unavailable(backend: str, device: torch.device | str, dtype: torch.dtype,
-                    family: str | None = None) -> str | None:
+def why_unavailable(
+    backend: str, device: torch.device | str, dtype: torch.dtype, family: str | None = None
+) -> str | None:
     """``None`` if ``backend`` can run op ``family``'s kernels (``None``: those of some op
     family) on tensors of ``device`` and ``dtype``, otherwise the reason, in words."""
     if backend not in BACKENDS:
@@ -116,8 +129,9 @@ def why_unavailable(backend: str, device: torch.device | str, dtype: torch.dtype
     return _why(backend, device, dtype, family)
 
 
-def available(device: torch.device | str, dtype: torch.dtype,
-              family: str | None = None) -> list[str]:
+def available(
+    device: torch.device | str, dtype: torch.dtype, family: str | None = None
+) -> list[str]:
     """Every backend that can run on tensors of ``device`` and ``dtype`` (op ``family``'s
     kernels; ``None``: those of some op family)."""
     return [b for b in BACKENDS if why_unavailable(b, device, dtype, family) is None]
@@ -131,8 +145,13 @@ def _rejections(device: torch.device, dtype: torch.dtype, family: str | None) ->
     return "\n".join(lines)
 
 
-def resolve(op: str, device: torch.device | str, dtype: torch.dtype, backend: str | None = None,
-            family: str | None = None) -> str:
+def resolve(
+    op: str,
+    device: torch.device | str,
+    dtype: torch.dtype,
+    backend: str | None = None,
+    family: str | None = None,
+) -> str:
     """Turn a requested backend (or the one in force) into one that can run op ``family``'s
     kernels (``None``: those of some op family) on tensors of ``device`` and ``dtype``, or
     raise :class:`BackendUnavailableError` explaining every backend. ``op`` names the
@@ -148,12 +167,17 @@ def resolve(op: str, device: torch.device | str, dtype: torch.dtype, backend: st
                 return b
         raise BackendUnavailableError(
             f"{op}: no backend can run on {device} tensors of dtype {dtype}:\n"
-            + _rejections(device, dtype, family))
-    why = _why_any_family(name, device, dtype) if family is None else \
-        _why(name, device, dtype, family)
+            + _rejections(device, dtype, family)
+        )
+    why = (
+        _why_any_family(name, device, dtype)
+        if family is None
+        else _why(name, device, dtype, family)
+    )
     if why is not None:
         raise BackendUnavailableError(
             f"{op}: backend {name!r} cannot run on {device} tensors of dtype "
             f"{str(dtype).replace('torch.', '')}: {why}.\nAll backends here:\n"
-            + _rejections(device, dtype, family))
+            + _rejections(device, dtype, family)
+        )
     return name

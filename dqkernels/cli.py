@@ -3,6 +3,7 @@
 Each subcommand lives in its own module exposing ``add_arguments(parser)`` and
 ``run(args) -> int``; they are imported only when used, so ``dqk info`` stays fast.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,8 @@ SUBCOMMANDS = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="dqk", description="dqkernels: fused kernels for generative models of discrete data")
+        prog="dqk", description="dqkernels: fused kernels for generative models of discrete data"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, (module, help_) in SUBCOMMANDS.items():

@@ -1,5 +1,6 @@
 """``dqk info``: versions, what was built, which backends run here and why the others don't,
 and what each op family's backends declare (:mod:`dqkernels.kernels.registry`)."""
+
 from __future__ import annotations
 
 import json
@@ -19,6 +20,7 @@ def collect() -> dict:
 
     try:
         import triton
+
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
@@ -33,7 +35,8 @@ def collect() -> dict:
         "triton_interpret": backends.triton_interpreting(),
         "cuda_available": cuda_ok,
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-        if cuda_ok else [],
+        if cuda_ok
+        else [],
         "extension": {
             "built": _ext.has_cpu_kernels(),
             "cpu_kernels": _ext.has_cpu_kernels(),
@@ -52,10 +55,16 @@ def collect() -> dict:
         info["backends"][dev] = table
     info["families"] = {}
     for family, decls in sorted(registry.families().items()):
-        entry: dict = {"declared": {b: {"devices": list(k.devices) or ["any"],
-                                         "dtypes": list(k.dtypes),
-                                         "needs": [n.name for n in k.needs]}
-                                     for b, k in decls.items()}}
+        entry: dict = {
+            "declared": {
+                b: {
+                    "devices": list(k.devices) or ["any"],
+                    "dtypes": list(k.dtypes),
+                    "needs": [n.name for n in k.needs],
+                }
+                for b, k in decls.items()
+            }
+        }
         for dev in _DEVICES:
             entry[dev] = {b: _reason(dev, cuda_ok, b, family) for b in backends.BACKENDS}
             entry[dev]["auto"] = _auto(dev, cuda_ok, family)
@@ -104,24 +113,31 @@ def format_report(info: dict) -> str:
     if ext["built"]:
         lines.append("  CPU kernels: yes" + (" (OpenMP)" if ext.get("openmp") else " (no OpenMP)"))
         if ext["cuda_kernels"]:
-            lines.append(f"  CUDA kernels: yes (nvcc {ext.get('cuda_version')}, "
-                         f"architectures {ext.get('cuda_archs')})")
+            lines.append(
+                f"  CUDA kernels: yes (nvcc {ext.get('cuda_version')}, "
+                f"architectures {ext.get('cuda_archs')})"
+            )
         else:
             lines.append("  CUDA kernels: no (nvcc was not found at build time, or DQK_CUDA=0)")
         lines.append(f"  compiler: {ext.get('compiler')}")
     else:
         lines.append(f"  not available: {ext['load_error']}")
-        lines.append("  (reinstall with a C++ compiler, CMake and pybind11 available; "
-                     "DQK_REQUIRE_EXT=1 makes a failed build an error)")
+        lines.append(
+            "  (reinstall with a C++ compiler, CMake and pybind11 available; "
+            "DQK_REQUIRE_EXT=1 makes a failed build an error)"
+        )
     lines.append(f"default backend: {info['default_backend']}")
     for dev, table in info["backends"].items():
         auto = table.get("auto")
-        lines.append(f"backends for {dev} tensors (float32)"
-                     + (f", auto -> {auto}:" if auto else ":"))
+        lines.append(
+            f"backends for {dev} tensors (float32)" + (f", auto -> {auto}:" if auto else ":")
+        )
         for b in backends.BACKENDS:
             lines.append(f"  {b:<7} {table[b]}")
-    lines.append("op families: the dtypes each backend's kernels take (-: no kernels), and "
-                 "auto for float32 tensors on cpu / cuda:")
+    lines.append(
+        "op families: the dtypes each backend's kernels take (-: no kernels), and "
+        "auto for float32 tensors on cpu / cuda:"
+    )
     lines.append(f"  {'family':<14} " + "".join(f"{b:<18}" for b in backends.BACKENDS) + "auto")
     for family, entry in info["families"].items():
         cells = "".join(f"{_short_dtypes(entry['declared'].get(b)):<18}" for b in backends.BACKENDS)

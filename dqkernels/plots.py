@@ -3,6 +3,7 @@
 Matplotlib's object-oriented API on an Agg canvas: no pyplot state, no global backend
 switch, safe to call from any thread or process.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,7 +37,7 @@ def save_image_grid(levels: torch.Tensor, num_levels: int, path: str, title: str
     for k in range(n):
         r, q = divmod(k, cols)
         y, x = pad + r * (h + pad), pad + q * (w + pad)
-        img[y:y + h, x:x + w] = vals[k]
+        img[y : y + h, x : x + w] = vals[k]
     # about 6 inches on the long side at 100 dpi, at least 3 screen pixels per image pixel
     inches = min(12.0, max(6.0, 3 * max(img.shape[:2]) / 100))
     fig_w = inches * img.shape[1] / max(img.shape[:2])
@@ -54,33 +55,41 @@ def save_image_grid(levels: torch.Tensor, num_levels: int, path: str, title: str
     fig.savefig(path, dpi=100)
 
 
-def save_learning_curve(history: list[dict], path: str, title: str = "",
-                        baseline: float | None = None, *, key: str = "bpd",
-                        label: str = "bits/dim", baseline_label: str = "uniform baseline"
-                        ) -> None:
+def save_learning_curve(
+    history: list[dict],
+    path: str,
+    title: str = "",
+    baseline: float | None = None,
+    *,
+    key: str = "bpd",
+    label: str = "bits/dim",
+    baseline_label: str = "uniform baseline",
+) -> None:
     """Train and test ``train_<key>`` / ``test_<key>`` (in ``label``) against the epoch;
     epochs without an evaluation (see ``--eval-every``) have ``test_<key>`` None and are
     left out of the test curve."""
     fig = _figure(6.0, 4.0)
     ax = fig.add_subplot(1, 1, 1)
-    ax.plot([h["epoch"] for h in history], [h[f"train_{key}"] for h in history], "o-",
-            label="train")
+    ax.plot(
+        [h["epoch"] for h in history], [h[f"train_{key}"] for h in history], "o-", label="train"
+    )
     tested = [h for h in history if h.get(f"test_{key}") is not None]
-    ax.plot([h["epoch"] for h in tested], [h[f"test_{key}"] for h in tested], "s-",
-            label="test")
+    ax.plot([h["epoch"] for h in tested], [h[f"test_{key}"] for h in tested], "s-", label="test")
     ax.set_xlabel("epoch")
     ax.set_ylabel(label)
     if title:
-        ax.set_title(title + (f"  ({baseline_label} = {baseline:.3f})" if baseline else ""),
-                     fontsize=10)
+        ax.set_title(
+            title + (f"  ({baseline_label} = {baseline:.3f})" if baseline else ""), fontsize=10
+        )
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
 
-def save_codebook_usage(usage, ema_counts, path: str, title: str = "",
-                        dead_threshold: float | None = None) -> None:
+def save_codebook_usage(
+    usage, ema_counts, path: str, title: str = "", dead_threshold: float | None = None
+) -> None:
     """A VQ codebook's usage, two panels of bars over the codes sorted by usage (log y):
     left ``usage[k]`` (e.g. how many test latents chose code ``k``; unused codes have no
     bar and are counted in the panel title), right the codebook's EMA counts ``ema_counts[k]``
@@ -91,10 +100,12 @@ def save_codebook_usage(usage, ema_counts, path: str, title: str = "",
     usage = torch.as_tensor(usage).double().cpu().numpy()
     ema = torch.as_tensor(ema_counts).double().cpu().numpy()
     if usage.shape != ema.shape or usage.ndim != 1:
-        raise ValueError(f"save_codebook_usage: usage and ema_counts must both be [K]; got "
-                         f"{usage.shape} and {ema.shape}")
+        raise ValueError(
+            f"save_codebook_usage: usage and ema_counts must both be [K]; got "
+            f"{usage.shape} and {ema.shape}"
+        )
     K = usage.shape[0]
-    order = np.lexsort((-ema, -usage))          # by usage, then EMA count, descending
+    order = np.lexsort((-ema, -usage))  # by usage, then EMA count, descending
     dead = ema < dead_threshold if dead_threshold is not None else np.zeros(K, dtype=bool)
     colors = np.where(dead[order], "tab:red", "tab:blue")
     fig = _figure(11.0, 4.0)

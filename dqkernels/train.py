@@ -16,6 +16,7 @@ writes:
 Bits/dim is the NLL in nats summed over the images, divided by ``N * C*H*W * ln 2``.
 Multi-GPU: ``torchrun --nproc_per_node G -m dqkernels.cli train <model> ...``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,9 @@ def load_task(name: str):
     except ModuleNotFoundError as exc:
         # only the task module itself being absent is "not there yet"; a missing
         # dependency inside it is a real error
-        if exc.name is not None and (module_name == exc.name
-                                     or module_name.startswith(exc.name + ".")):
+        if exc.name is not None and (
+            module_name == exc.name or module_name.startswith(exc.name + ".")
+        ):
             return None
         raise
     return module.TASK
@@ -58,8 +60,9 @@ def available_tasks() -> dict:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from dqkernels.trainer import configure_parser
 
-    sub = parser.add_subparsers(dest="model", metavar="MODEL",
-                                title="models (dqk train MODEL --help for its flags)")
+    sub = parser.add_subparsers(
+        dest="model", metavar="MODEL", title="models (dqk train MODEL --help for its flags)"
+    )
     sub.required = True
     for name, task in available_tasks().items():
         p = sub.add_parser(name, help=task.description, description=task.description)

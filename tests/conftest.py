@@ -6,6 +6,7 @@
 - `BACKEND_DEVICES` lists (backend, device) pairs; pairs that cannot run here are skipped
   with the registry's reason, and CUDA ones carry the `gpu` marker.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,7 +26,7 @@ HAS_GPU = torch.cuda.is_available()
 TOL = {  # relative norm error allowed against the float64 reference, by input dtype
     torch.float64: 1e-8,  # conditioning: sigmoid differences at scales e^-7
     torch.float32: 2e-5,
-    torch.float16: 2e-3,   # outputs stored in fp16
+    torch.float16: 2e-3,  # outputs stored in fp16
     torch.bfloat16: 1.6e-2,  # outputs stored in bf16 (8 significant bits)
 }
 # Gradients in float32 inherit the rounding of the grid value x (6e-8) amplified by 1/s,
@@ -37,6 +38,7 @@ GRAD_TOL = {**TOL, torch.float32: 1e-4}
 def pytest_report_header(config):
     """What this build holds (``dqk info``), at the top of every test run's log."""
     from dqkernels.info import collect, format_report
+
     return ["dqk info:"] + ["  " + line for line in format_report(collect()).splitlines()]
 
 

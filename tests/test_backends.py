@@ -1,5 +1,6 @@
 """Backend selection: per call, context manager, global default, environment variable;
 errors that explain every rejected backend."""
+
 from __future__ import annotations
 
 import pytest
@@ -58,8 +59,11 @@ def test_auto_picks_fastest_available():
 
 def test_bad_environment_variable(monkeypatch):
     monkeypatch.setenv("DQK_BACKEND", "fast")
-    with pytest.raises(ValueError, match=r"environment variable DQK_BACKEND must be one of "
-                       r"torch, cpp, cuda, triton, auto; got 'fast'"):
+    with pytest.raises(
+        ValueError,
+        match=r"environment variable DQK_BACKEND must be one of "
+        r"torch, cpp, cuda, triton, auto; got 'fast'",
+    ):
         dmol_nll(*inputs())
 
 
@@ -68,14 +72,18 @@ def test_unavailable_backend_lists_every_backend_and_reason():
     with pytest.raises(backends.BackendUnavailableError) as err:
         dmol_nll(x, p, backend="cuda")
     msg = str(err.value)
-    assert "dmol_nll: backend 'cuda' cannot run on cpu tensors of dtype float32: runs on CUDA " \
-           "tensors only; these are on cpu." in msg
+    assert (
+        "dmol_nll: backend 'cuda' cannot run on cpu tensors of dtype float32: runs on CUDA "
+        "tensors only; these are on cpu." in msg
+    )
     for b in backends.BACKENDS:
         assert f"\n  {b}: " in msg
-    with pytest.raises(backends.BackendUnavailableError,
-                       match=r"backend 'triton' cannot run on cpu tensors of dtype float64: "
-                             r"dtype float64 is not supported \(it takes float16, bfloat16, "
-                             r"float32\)"):
+    with pytest.raises(
+        backends.BackendUnavailableError,
+        match=r"backend 'triton' cannot run on cpu tensors of dtype float64: "
+        r"dtype float64 is not supported \(it takes float16, bfloat16, "
+        r"float32\)",
+    ):
         dmol_nll(x.double(), p.double(), backend="triton")
 
 
@@ -97,6 +105,7 @@ def test_context_manager_restores_on_error():
 
 def test_info_reports_backends(capsys):
     from dqkernels.cli import main
+
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "torch    " + torch.__version__ in out
@@ -111,6 +120,7 @@ def test_cuda_kernels_built_when_required():
     import os
 
     from dqkernels import _ext
+
     if os.environ.get("DQK_CUDA", "").lower() not in ("1", "on", "true"):
         pytest.skip("DQK_CUDA=1 not set for this build")
     assert _ext.has_cpu_kernels(), _ext.LOAD_ERROR

@@ -6,6 +6,7 @@ op; the reading and redrawing of the committed results.
 Nothing here asserts on speed: timings in a test process mean nothing. It only checks
 that the runner runs end to end and writes well-formed results.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,8 +37,20 @@ def quick_result(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     # --no-memory: the profiler-based CPU memory probe costs ~0.4 s a call; it is
     # tested on its own below
-    rc = bench.main(["--quick", "--device", "cpu", "--no-compile", "--no-progress",
-                     "--no-memory", "--ops", "dmol", "--out", str(out)])
+    rc = bench.main(
+        [
+            "--quick",
+            "--device",
+            "cpu",
+            "--no-compile",
+            "--no-progress",
+            "--no-memory",
+            "--ops",
+            "dmol",
+            "--out",
+            str(out),
+        ]
+    )
     folders = [p for p in out.iterdir() if p.is_dir()]
     assert len(folders) == 1, folders
     return rc, folders[0]
@@ -81,8 +94,8 @@ def test_quick_sweep_json_content(quick_result):
     ok = {(r["case"], r["dtype"], r["impl"]): r for r in records if r["status"] == "ok"}
     cases = {(r["case"], r["dtype"]) for r in records}
     assert {d for _, d in cases} == {"fp32", "bf16"}
-    assert not any(r["impl"] == "compile" for r in records)        # --no-compile
-    assert not any(r["impl"] == "triton" for r in records)         # never on CPU
+    assert not any(r["impl"] == "compile" for r in records)  # --no-compile
+    assert not any(r["impl"] == "triton" for r in records)  # never on CPU
     for case, dtype in cases:
         for impl in ("eager", "torch"):
             r = ok.get((case, dtype, impl))
@@ -105,6 +118,7 @@ def test_quick_sweep_markdown(quick_result):
 
 def test_min_bytes_dmol():
     from dqkernels.bench.cases.dmol import OP
+
     shape = Case("t", {"B": 2, "C": 3, "H": 4, "W": 5, "M": 2})
     inputs = OP.make_inputs(shape, torch.float32, torch.device("cpu"), seed=0)
     x, p = inputs["x"], inputs["params"]
@@ -120,7 +134,7 @@ def test_cpu_peak_memory_sees_allocations():
     x = torch.randn(1000, requires_grad=True)
 
     def step():
-        y = x.repeat(256)                      # 1 MB intermediate
+        y = x.repeat(256)  # 1 MB intermediate
         return torch.autograd.grad((y * y).sum(), [x])
 
     peak = peak_extra_memory(step, torch.device("cpu"))
@@ -130,29 +144,54 @@ def test_cpu_peak_memory_sees_allocations():
 
 def test_device_slug():
     cpu = torch.device("cpu")
-    assert device_slug(cpu, "Intel(R) Xeon(R) Platinum 8480+ CPU @ 2.00GHz") == \
-        "cpu-intel-xeon-platinum-8480"
+    assert (
+        device_slug(cpu, "Intel(R) Xeon(R) Platinum 8480+ CPU @ 2.00GHz")
+        == "cpu-intel-xeon-platinum-8480"
+    )
     assert device_slug(cpu, "AMD EPYC 7763 64-Core Processor") == "cpu-amd-epyc-7763"
     cuda = torch.device("cuda")
     assert device_slug(cuda, "NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
 
 
 def test_unknown_op_and_dtype_are_rejected(tmp_path, capsys):
-    assert bench.main(["--quick", "--device", "cpu", "--ops", "nope", "--out",
-                       str(tmp_path)]) == 2
+    assert bench.main(["--quick", "--device", "cpu", "--ops", "nope", "--out", str(tmp_path)]) == 2
     assert "unknown op 'nope'" in capsys.readouterr().err
-    assert bench.main(["--quick", "--device", "cpu", "--dtypes", "int8", "--out",
-                       str(tmp_path)]) == 2
+    assert (
+        bench.main(["--quick", "--device", "cpu", "--dtypes", "int8", "--out", str(tmp_path)]) == 2
+    )
     assert "unknown dtype 'int8'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("op", ["affine_coupling", "mixlogcdf_coupling", "mixlogcdf_inverse",
-                                "masked_linear", "masked_conv2d", "flow_train_step"])
+@pytest.mark.parametrize(
+    "op",
+    [
+        "affine_coupling",
+        "mixlogcdf_coupling",
+        "mixlogcdf_inverse",
+        "masked_linear",
+        "masked_conv2d",
+        "flow_train_step",
+    ],
+)
 def test_quick_sweep_coupling_ops(op, tmp_path):
     """Each coupling, masked and end-to-end benchmark runs end to end: every
     implementation ok, gradients close to float64."""
-    rc = bench.main(["--quick", "--device", "cpu", "--no-compile", "--no-progress",
-                     "--no-memory", "--dtypes", "fp32", "--ops", op, "--out", str(tmp_path)])
+    rc = bench.main(
+        [
+            "--quick",
+            "--device",
+            "cpu",
+            "--no-compile",
+            "--no-progress",
+            "--no-memory",
+            "--dtypes",
+            "fp32",
+            "--ops",
+            op,
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert rc == 0
     (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     doc = json.loads((folder / f"{op}.json").read_text())
@@ -168,13 +207,15 @@ def test_quick_sweep_coupling_ops(op, tmp_path):
 def test_min_bytes_coupling():
     from dqkernels.bench.cases.affine_coupling import OP as AFF
     from dqkernels.bench.cases.mixlogcdf_coupling import OP as MIX
+
     shape = Case("s", {"B": 2, "C": 3, "H": 4, "W": 5, "K": 6})
     t = MIX.make_inputs(shape, torch.float32, torch.device("cpu"), 0)
     n, k = 2 * 3 * 4 * 5 * 4, 2 * 3 * 4 * 5 * 6 * 4
     assert MIX.min_bytes(t, backward=False) == 3 * k + 4 * n
     assert MIX.min_bytes(t, backward=True) == 9 * k + 11 * n
-    a = AFF.make_inputs(Case("s", {"B": 2, "C": 3, "H": 4, "W": 5}), torch.float32,
-                        torch.device("cpu"), 0)
+    a = AFF.make_inputs(
+        Case("s", {"B": 2, "C": 3, "H": 4, "W": 5}), torch.float32, torch.device("cpu"), 0
+    )
     assert AFF.min_bytes(a, backward=True) == 11 * n and AFF.min_bytes(a, backward=False) == 4 * n
 
 
@@ -196,13 +237,34 @@ def vq_quick(tmp_path_factory):
     ``benchmarks/run.py`` with ``--cases``."""
     out = tmp_path_factory.mktemp("vq")
     with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("DQK_BENCH_CASES", raising=False)     # only --cases picks here
-        rc = _run_py().run(["--quick", "--device", "cpu", "--no-compile", "--no-progress",
-                            "--no-memory", "--backends", "torch", "--ops",
-                            "vq_nearest,vq_ema_update", "--cases", "tiny", "--out", str(out)])
+        mp.delenv("DQK_BENCH_CASES", raising=False)  # only --cases picks here
+        rc = _run_py().run(
+            [
+                "--quick",
+                "--device",
+                "cpu",
+                "--no-compile",
+                "--no-progress",
+                "--no-memory",
+                "--backends",
+                "torch",
+                "--ops",
+                "vq_nearest,vq_ema_update",
+                "--cases",
+                "tiny",
+                "--out",
+                str(out),
+            ]
+        )
     (folder,) = [p for p in out.iterdir() if p.is_dir()]
-    return rc, {op: json.loads((folder / f"{op}.json").read_text())
-                for op in ("vq_nearest", "vq_ema_update")}, folder
+    return (
+        rc,
+        {
+            op: json.loads((folder / f"{op}.json").read_text())
+            for op in ("vq_nearest", "vq_ema_update")
+        },
+        folder,
+    )
 
 
 def _external_ok_or_missing(r, module):
@@ -220,10 +282,10 @@ def test_vq_nearest_quick_sweep(vq_quick):
     doc = docs["vq_nearest"]
     assert doc["forward_only"] is True
     assert doc["settings"]["cases"] == ["tiny"]
-    assert doc["ceilings"]["matmul_bf16_tflops"] > 0      # bf16 ceiling measured on CPU too
+    assert doc["ceilings"]["matmul_bf16_tflops"] > 0  # bf16 ceiling measured on CPU too
     recs = {(r["dtype"], r["impl"]): r for r in doc["records"]}
     assert {d for d, _ in recs} == {"fp32", "bf16"}
-    assert not any(r["impl"] == "compile" for r in doc["records"])   # --no-compile
+    assert not any(r["impl"] == "compile" for r in doc["records"])  # --no-compile
     for dtype in ("fp32", "bf16"):
         for impl in ("eager-cdist", "eager-addmm", "torch"):
             r = recs[(dtype, impl)]
@@ -234,11 +296,13 @@ def test_vq_nearest_quick_sweep(vq_quick):
             assert r["exact_frac"] == 1.0
             assert r["grad_rel_err"] is None
             assert set(r["vs"]) >= {"eager-cdist", "eager-addmm"}
-            assert r["vs"]["eager-addmm"] == pytest.approx(recs[(dtype, "eager-addmm")]["ms"]
-                                                           / r["ms"])
+            assert r["vs"]["eager-addmm"] == pytest.approx(
+                recs[(dtype, "eager-addmm")]["ms"] / r["ms"]
+            )
         fastest = min(recs[(dtype, i)]["ms"] for i in ("eager-cdist", "eager-addmm"))
         assert recs[(dtype, "torch")]["speedup_vs_eager"] == pytest.approx(
-            fastest / recs[(dtype, "torch")]["ms"])
+            fastest / recs[(dtype, "torch")]["ms"]
+        )
         if _external_ok_or_missing(recs[(dtype, "vqtorch")], "vector_quantize_pytorch"):
             assert recs[(dtype, "vqtorch")]["exact_frac"] == 1.0
     if _external_ok_or_missing(recs[("fp32", "faiss")], "faiss"):
@@ -263,8 +327,8 @@ def test_vq_ema_update_quick_sweep(vq_quick):
             assert r["status"] == "ok", r
             assert r["ms"] > 0 and r["gbps"] > 0 and r["frac_copy_bw"] > 0
             assert r["flops"] is None and r["tflops"] is None
-            assert r["out_rel_err"] < 1e-6, r       # float32 state, float64 gold
-            assert r["note"] is None                 # the tiny one-hot is not chunked
+            assert r["out_rel_err"] < 1e-6, r  # float32 state, float64 gold
+            assert r["note"] is None  # the tiny one-hot is not chunked
     md = (folder / "vq_ema_update.md").read_text()
     assert "| GB/s | % copy BW |" in md and "| out err |" in md
 
@@ -278,35 +342,47 @@ def test_vq_backend_failure_is_an_error_row(monkeypatch):
         raise RuntimeError("vq: not built")
 
     monkeypatch.setattr(torch_vq, "nearest", broken)
-    cfg = runner.SweepConfig(device=torch.device("cpu"),
-                             selection=Selection(quick=True, dtypes=[torch.float32],
-                                                 backends=["torch"]),
-                             compile=False, memory=False, progress=False,
-                             timing=TimingConfig(cpu_budget_s=0.005))
+    cfg = runner.SweepConfig(
+        device=torch.device("cpu"),
+        selection=Selection(quick=True, dtypes=[torch.float32], backends=["torch"]),
+        compile=False,
+        memory=False,
+        progress=False,
+        timing=TimingConfig(cpu_budget_s=0.005),
+    )
     recs = {r.impl: r for r in runner.run_op(get_op("vq_nearest"), cfg, {})}
     assert recs["torch"].status == "error"
     assert recs["torch"].error == "RuntimeError: vq: not built"
     assert recs["torch"].ms is None
     assert recs["eager-addmm"].status == "ok" and recs["eager-addmm"].exact_frac == 1.0
     assert "| torch | error: RuntimeError: vq: not built |" in report.markdown_table(
-        {"op": "vq_nearest", "environment": {}, "forward_only": True,
-         "records": [dataclasses.asdict(r) for r in recs.values()]})
+        {
+            "op": "vq_nearest",
+            "environment": {},
+            "forward_only": True,
+            "records": [dataclasses.asdict(r) for r in recs.values()],
+        }
+    )
 
 
 def test_vq_chunked_baselines(monkeypatch):
     """Over the CPU memory budget the eager, compile and one-hot rows run in row chunks,
     say so in their note, and still give the right answer."""
     from dqkernels.bench.cases import vq_nearest
-    monkeypatch.setattr(vq_nearest, "CPU_CHUNK_BYTES", 29 * 24 * 4)   # K=29: tiny budget
-    cfg = runner.SweepConfig(device=torch.device("cpu"),
-                             selection=Selection(quick=True, dtypes=[torch.float32],
-                                                 backends=[]),
-                             compile=True, memory=False, progress=False,
-                             timing=TimingConfig(cpu_budget_s=0.005))
+
+    monkeypatch.setattr(vq_nearest, "CPU_CHUNK_BYTES", 29 * 24 * 4)  # K=29: tiny budget
+    cfg = runner.SweepConfig(
+        device=torch.device("cpu"),
+        selection=Selection(quick=True, dtypes=[torch.float32], backends=[]),
+        compile=True,
+        memory=False,
+        progress=False,
+        timing=TimingConfig(cpu_budget_s=0.005),
+    )
     near = {r.impl: r for r in runner.run_op(get_op("vq_nearest"), cfg, {})}
     for impl in ("eager-cdist", "eager-addmm", "compile"):
         assert near[impl].status == "ok", near[impl]
-        assert near[impl].note == "chunked (16 rows per chunk)"     # 37 rows: 16 + 16 + 5
+        assert near[impl].note == "chunked (16 rows per chunk)"  # 37 rows: 16 + 16 + 5
         assert near[impl].exact_frac == 1.0
     assert near["compile"].compile_s > 0
     if near["vqtorch"].status == "ok":
@@ -323,6 +399,7 @@ def test_vq_checks_catch_wrong_outputs():
     from dqkernels.bench.cases.vq_ema_update import OP as EMA
     from dqkernels.bench.cases.vq_nearest import OP as NEAR
     from dqkernels.reference.vq import vq_ema_update_reference, vq_nearest_reference
+
     shape = Case("s", {"N": 300, "D": 7, "K": 50})
     inputs = NEAR.make_inputs(shape, torch.float32, torch.device("cpu"), seed=1)
     assert inputs["check_rows"].numel() == 256
@@ -345,17 +422,18 @@ def test_vq_checks_catch_wrong_outputs():
     assert EMA.min_bytes(e, backward=False) == 300 * 7 * 2 + 300 * 8 + 2 * (50 + 50 * 7) * 4
     gold = mode.gold(EMA, prep)
     # the gold is the reference's update in float64 (index_add: no N x K one-hot)
-    ref = vq_ema_update_reference(e["cluster_size"], e["embed_sum"], e["z"], e["indices"],
-                                  e["decay"])
+    ref = vq_ema_update_reference(
+        e["cluster_size"], e["embed_sum"], e["z"], e["indices"], e["decay"]
+    )
     assert all(torch.allclose(g, r, rtol=1e-12, atol=1e-12) for g, r in zip(gold, ref))
     cs, es = e["cluster_size"], e["embed_sum"]
     cs0, es0 = cs.clone(), es.clone()
-    assert mode.check(EMA, prep, (cs, es), gold)["out_rel_err"] > 1e-3      # no update
+    assert mode.check(EMA, prep, (cs, es), gold)["out_rel_err"] > 1e-3  # no update
     calls = mode.calls(EMA, mode.backend(EMA, "torch", prep), prep)
     assert calls.restore is not None and mode.restore_each_call
     assert mode.check(EMA, prep, calls.step(), gold)["out_rel_err"] < 1e-6
     assert not torch.equal(cs, cs0)
-    calls.step()                                                            # a second update
+    calls.step()  # a second update
     assert mode.check(EMA, prep, (cs, es), gold)["out_rel_err"] > 1e-3
     calls.restore()
     assert torch.equal(cs, cs0) and torch.equal(es, es0)
@@ -372,13 +450,11 @@ class _Named:
 
 
 def test_case_selection(monkeypatch):
-    cases = [Case(n, {"N": 1}) for n in ("n65536-d64-k512", "n65536-d256-k512",
-                                         "n65536-d64-k8192")]
+    cases = [Case(n, {"N": 1}) for n in ("n65536-d64-k512", "n65536-d256-k512", "n65536-d64-k8192")]
     op = _Named("vq_nearest", cases)
 
     def names(patterns):
-        sel = Selection() if patterns is None else Selection.from_flags(cases=patterns,
-                                                                        environ={})
+        sel = Selection() if patterns is None else Selection.from_flags(cases=patterns, environ={})
         return [c.name for c in sel.cases(op, "cpu")]
 
     assert names(None) == [c.name for c in cases]
@@ -393,7 +469,8 @@ def test_case_selection(monkeypatch):
     assert Selection.from_flags().case_patterns() is None
     sel = Selection(quick=False)
     assert [c.name for c in sel.cases(get_op("vq_nearest"), "cpu")] == [
-        f"n65536-d{d}-k{k}" for d in (64, 256) for k in (512, 8192, 65536)]
+        f"n65536-d{d}-k{k}" for d in (64, 256) for k in (512, 8192, 65536)
+    ]
 
 
 def test_selection_is_one_mechanism():
@@ -402,19 +479,24 @@ def test_selection_is_one_mechanism():
     known = ["dmol", "vq_ema_update", "vq_nearest"]
     sel = Selection.from_flags(ops=["vq_nearest", "dmol"], cases=["tiny*"], environ={})
     assert sel.patterns == ["vq_nearest/tiny*", "dmol/tiny*"]
-    assert sel.op_names(known) == ["vq_nearest", "dmol"]             # the order given
+    assert sel.op_names(known) == ["vq_nearest", "dmol"]  # the order given
     assert Selection.from_flags(environ={}).op_names(known) == known
     sel = Selection.from_flags(select=["vq_*/n65536-d64-*", "dmol"], environ={})
     assert sel.op_names(known) == ["vq_ema_update", "vq_nearest", "dmol"]
     assert sel.case_patterns() == ["n65536-d64-*", "*"]
     with pytest.raises(ValueError, match="--select"):
         Selection.from_flags(ops=["dmol"], select=["dmol/*"])
-    op = _Named("x", [Case("tiny", {"N": 1}, quick=True), Case("big", {"N": 9}),
-                      Case("big", {"N": 99}, device="cuda"), Case("cpu-only", {"N": 5},
-                                                                  device="cpu")])
+    op = _Named(
+        "x",
+        [
+            Case("tiny", {"N": 1}, quick=True),
+            Case("big", {"N": 9}),
+            Case("big", {"N": 99}, device="cuda"),
+            Case("cpu-only", {"N": 5}, device="cpu"),
+        ],
+    )
     full, quick = Selection(), Selection(quick=True)
-    assert [(c.name, c.dims["N"]) for c in full.cases(op, "cpu")] == [("big", 9),
-                                                                       ("cpu-only", 5)]
+    assert [(c.name, c.dims["N"]) for c in full.cases(op, "cpu")] == [("big", 9), ("cpu-only", 5)]
     assert [(c.name, c.dims["N"]) for c in full.cases(op, "cuda")] == [("big", 9), ("big", 99)]
     assert [c.name for c in quick.cases(op, "cpu")] == ["tiny"]
     assert Selection.from_flags(cases=["tiny"], environ={}).cases(op, "cpu") == []
@@ -433,11 +515,14 @@ def test_cli_select_and_list(tmp_path, capsys, monkeypatch):
     assert bench.main(["--list", "--quick", "--device", "cpu", "--select", "vq_*"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert [line.split("\t")[0] for line in out] == ["vq_ema_update/tiny", "vq_nearest/tiny"]
-    assert bench.main(["--list", "--device", "cpu", "--ops", "dmol,vq_nearest",
-                       "--cases", "*-d64-k512,small"]) == 0
+    assert (
+        bench.main(
+            ["--list", "--device", "cpu", "--ops", "dmol,vq_nearest", "--cases", "*-d64-k512,small"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out.splitlines()
-    assert [line.split("\t")[0] for line in out] == ["dmol/small",
-                                                      "vq_nearest/n65536-d64-k512"]
+    assert [line.split("\t")[0] for line in out] == ["dmol/small", "vq_nearest/n65536-d64-k512"]
     monkeypatch.setenv("DQK_BENCH_CASES", "cifar10")
     assert bench.main(["--list", "--device", "cuda", "--ops", "dmol"]) == 0
     assert capsys.readouterr().out.split("\t")[0] == "dmol/cifar10"
@@ -454,13 +539,14 @@ def test_time_call_long_calls_count_the_first_call():
     # a 4 s call: it is the first of min(3, 10 / 4) = 2 repeats; the other is a no-op here
     ms, reps = time_call(lambda: calls.append(1), cpu, cfg, first_call_s=4.0)
     assert reps == 2 and len(calls) == 1
-    assert ms == pytest.approx(2000.0, rel=1e-3)       # median of 4 s and ~0 s
+    assert ms == pytest.approx(2000.0, rel=1e-3)  # median of 4 s and ~0 s
     calls.clear()
     ms, reps = time_call(lambda: calls.append(1), cpu, cfg, first_call_s=30.0)
     assert (ms, reps, calls) == (30000.0, 1, [])
     # a short call: the usual warm-up, then repeats
-    ms, reps = time_call(lambda: calls.append(1), cpu, TimingConfig(cpu_budget_s=0.001),
-                         first_call_s=0.1)
+    ms, reps = time_call(
+        lambda: calls.append(1), cpu, TimingConfig(cpu_budget_s=0.001), first_call_s=0.1
+    )
     assert reps >= 3 and len(calls) >= reps + 1 and ms < 100
 
 
@@ -473,13 +559,18 @@ _CEILINGS = {"copy_gbps": 10.0, "matmul_fp32_tflops": 1.0}
 def _cfg(**kw) -> runner.SweepConfig:
     kw.setdefault("compile", False)
     kw.setdefault("memory", False)
-    return runner.SweepConfig(device=torch.device("cpu"), progress=False,
-                              selection=Selection(quick=True, dtypes=[torch.float32]),
-                              timing=TimingConfig(cpu_budget_s=0.002), **kw)
+    return runner.SweepConfig(
+        device=torch.device("cpu"),
+        progress=False,
+        selection=Selection(quick=True, dtypes=[torch.float32]),
+        timing=TimingConfig(cpu_budget_s=0.002),
+        **kw,
+    )
 
 
 class _ToyOp(BenchOp):
     """x, w [N]; the ``bad`` backend is off by a factor (its check must say so)."""
+
     name = "toy"
     grad_inputs = ("x", "w")
     N = 64
@@ -489,8 +580,10 @@ class _ToyOp(BenchOp):
 
     def make_inputs(self, case, dtype, device, seed):
         g = torch.Generator().manual_seed(seed)
-        return {k: torch.randn(case.dims["N"], generator=g).to(device, dtype).requires_grad_()
-                for k in ("x", "w")}
+        return {
+            k: torch.randn(case.dims["N"], generator=g).to(device, dtype).requires_grad_()
+            for k in ("x", "w")
+        }
 
     def kernel(self, backend, **inputs):
         out = self.reference(**inputs)
@@ -520,6 +613,7 @@ class _ToyForward(_ToyOp):
 
 class _ToyState(_ToyOp):
     """acc <- acc / 2 + x in place; every call records the state it starts from."""
+
     mode = "state-update"
     state_inputs = ("acc",)
 
@@ -541,8 +635,10 @@ class _ToyState(_ToyOp):
 
 def test_mode_forward_backward_on_a_toy_op():
     op = _ToyLoss()
-    recs = {r.impl: r for r in runner.run_case(op, _cfg(memory=True), op.cases()[0],
-                                               torch.float32, _CEILINGS)}
+    recs = {
+        r.impl: r
+        for r in runner.run_case(op, _cfg(memory=True), op.cases()[0], torch.float32, _CEILINGS)
+    }
     assert list(recs) == ["eager", "torch", "bad"]
     for r in recs.values():
         assert r.status == "ok", r
@@ -564,8 +660,7 @@ def test_mode_forward_backward_on_a_toy_op():
 
 def test_mode_forward_on_a_toy_op():
     op = _ToyForward()
-    recs = {r.impl: r for r in runner.run_case(op, _cfg(), op.cases()[0], torch.float32,
-                                               _CEILINGS)}
+    recs = {r.impl: r for r in runner.run_case(op, _cfg(), op.cases()[0], torch.float32, _CEILINGS)}
     assert list(recs) == ["eager", "torch", "bad"]
     for r in recs.values():
         assert r.status == "ok", r
@@ -575,22 +670,24 @@ def test_mode_forward_on_a_toy_op():
     assert recs["torch"].out_rel_err < 1e-6
     assert recs["bad"].out_rel_err == pytest.approx(0.5, rel=1e-4)
     # the compile row: torch.compile of the reference by default
-    base = op.baselines(op.make_inputs(op.cases()[0], torch.float32, torch.device("cpu"), 0),
-                        torch.device("cpu"), torch.float32)
+    base = op.baselines(
+        op.make_inputs(op.cases()[0], torch.float32, torch.device("cpu"), 0),
+        torch.device("cpu"),
+        torch.float32,
+    )
     assert [(b.name, b.kind) for b in base] == [("eager", "eager"), ("compile", "compile")]
 
 
 def test_mode_state_update_restores_the_state_before_every_call():
     op = _ToyState()
-    recs = {r.impl: r for r in runner.run_case(op, _cfg(), op.cases()[0], torch.float32,
-                                               _CEILINGS)}
+    recs = {r.impl: r for r in runner.run_case(op, _cfg(), op.cases()[0], torch.float32, _CEILINGS)}
     assert list(recs) == ["eager", "torch", "bad"]
     assert all(r.status == "ok" and r.ms > 0 for r in recs.values())
     assert recs["eager"].out_rel_err < 1e-6 and recs["torch"].out_rel_err < 1e-6
     assert recs["bad"].out_rel_err > 0.1
     # every call of the kernel (the checked one, the warm-ups, the timed ones) started
     # from the initial state
-    assert len(op.seen) >= 2 * (1 + 1 + 3)   # torch and bad: checked, warm-up, >= 3 timed
+    assert len(op.seen) >= 2 * (1 + 1 + 3)  # torch and bad: checked, warm-up, >= 3 timed
     assert all(torch.equal(s, torch.ones(64)) for s in op.seen)
     # the same op timed as a plain forward keeps updating its state: the test can fail
     op.seen.clear()
@@ -610,6 +707,7 @@ class _Scale(torch.nn.Module):
 
 class _ToyTrain(TrainStepOp):
     """A small MLP regression; the ``bad`` backend's model scales its output."""
+
     name = "toy_train"
 
     def __init__(self):
@@ -628,8 +726,10 @@ class _ToyTrain(TrainStepOp):
     def make_batch(self, model, case, dtype, device, seed):
         g = torch.Generator().manual_seed(seed)
         x = torch.randn(case.dims["B"], case.dims["D"], generator=g)
-        return {"x": x.to(device, dtype), "y": torch.randn(case.dims["B"], 1,
-                                                           generator=g).to(device, dtype)}
+        return {
+            "x": x.to(device, dtype),
+            "y": torch.randn(case.dims["B"], 1, generator=g).to(device, dtype),
+        }
 
     def loss(self, model, x, y):
         return (model(x) - y).square().mean()
@@ -643,8 +743,10 @@ class _ToyTrain(TrainStepOp):
 
 def test_mode_train_step_on_a_toy_model():
     op = _ToyTrain()
-    recs = {r.impl: r for r in runner.run_case(op, _cfg(compile=True), op.cases()[0],
-                                               torch.float32, _CEILINGS)}
+    recs = {
+        r.impl: r
+        for r in runner.run_case(op, _cfg(compile=True), op.cases()[0], torch.float32, _CEILINGS)
+    }
     assert list(recs) == ["eager", "compile", "cpp", "bad"]
     for r in recs.values():
         assert r.status == "ok", r
@@ -696,16 +798,19 @@ def test_committed_results_read_round_trip_and_regenerate(path, tmp_path):
     assert set(head) ^ set(head0) <= {"GB/s", "% copy BW"}
     assert len(rows) == len(rows0)
     for row, row0 in zip(rows, rows0):
-        assert {k: row[k] for k in head0 if k in row} == {k: v for k, v in row0.items()
-                                                         if k in head}
+        assert {k: row[k] for k in head0 if k in row} == {
+            k: v for k, v in row0.items() if k in head
+        }
 
 
 def test_plot_script_redraws_a_committed_result(tmp_path):
     import shutil
+
     src = RESULTS / "cpu-amd-epyc" / "vq_ema_update.json"
     shutil.copy(src, tmp_path / "r.json")
     spec = importlib.util.spec_from_file_location(
-        "dqk_benchmarks_plot", Path(__file__).resolve().parents[1] / "benchmarks" / "plot.py")
+        "dqk_benchmarks_plot", Path(__file__).resolve().parents[1] / "benchmarks" / "plot.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.main([str(tmp_path / "r.json"), "--md"]) == 0

@@ -2,6 +2,7 @@
 ``kernels._cext.tensor_arg`` makes them, fills the kernel's arguments from the tensors' own
 sizes and refuses tensors that disagree, before any kernel runs, with a ValueError (sizes,
 devices, layout) or TypeError (dtypes) naming the entry point and the argument."""
+
 from __future__ import annotations
 
 import subprocess
@@ -37,53 +38,166 @@ def raises(exc, match, fn, *args):
 
 def test_dmol():
     x, p, out = Z(2, 3, 4, 5), Z(2, 20, 4, 5), Z(2, 4, 5)
-    C.dmol_nll_forward_cpu(T(x), T(p), T(out), 256, -7.0, 1)   # agrees: runs
+    C.dmol_nll_forward_cpu(T(x), T(p), T(out), 256, -7.0, 1)  # agrees: runs
     assert torch.isfinite(out).all()
     f = C.dmol_nll_forward_cpu
-    raises(ValueError, r"^dmol_nll_forward_cpu: x must have shape \(64, 3, 64, 64\); got "
-           r"\(1, 3, 1, 1\)$", f, T(Z(1, 3, 1, 1)), T(Z(64, 20, 64, 64)), T(out), 256, -7.0, 1)
-    raises(ValueError, r"out must have shape \(2, 4, 5\); got \(1, 1, 1\)", f, T(x), T(p),
-           T(Z(1, 1, 1)), 256, -7.0, 1)
-    raises(ValueError, r"params has 21 channels, which fits no mixture count for C=3: expected "
-           r"a positive multiple of 10", f, T(x), T(Z(2, 21, 4, 5)), T(out), 256, -7.0, 1)
-    raises(ValueError, r"the channel count C must be 1 or 3; got 2", f, T(Z(2, 2, 4, 5)), T(p),
-           T(out), 256, -7.0, 1)
+    raises(
+        ValueError,
+        r"^dmol_nll_forward_cpu: x must have shape \(64, 3, 64, 64\); got "
+        r"\(1, 3, 1, 1\)$",
+        f,
+        T(Z(1, 3, 1, 1)),
+        T(Z(64, 20, 64, 64)),
+        T(out),
+        256,
+        -7.0,
+        1,
+    )
+    raises(
+        ValueError,
+        r"out must have shape \(2, 4, 5\); got \(1, 1, 1\)",
+        f,
+        T(x),
+        T(p),
+        T(Z(1, 1, 1)),
+        256,
+        -7.0,
+        1,
+    )
+    raises(
+        ValueError,
+        r"params has 21 channels, which fits no mixture count for C=3: expected "
+        r"a positive multiple of 10",
+        f,
+        T(x),
+        T(Z(2, 21, 4, 5)),
+        T(out),
+        256,
+        -7.0,
+        1,
+    )
+    raises(
+        ValueError,
+        r"the channel count C must be 1 or 3; got 2",
+        f,
+        T(Z(2, 2, 4, 5)),
+        T(p),
+        T(out),
+        256,
+        -7.0,
+        1,
+    )
     raises(ValueError, r"num_levels must be >= 2; got 1", f, T(x), T(p), T(out), 1, -7.0, 1)
-    raises(TypeError, r"^dmol_nll_forward_cpu: x must have dtype float32; got float16$", f,
-           T(x.half()), T(p), T(out), 256, -7.0, 1)
-    raises(TypeError, r"out must have dtype float32; got float64", f, T(x), T(p),
-           T(out.double()), 256, -7.0, 1)
-    raises(TypeError, r"params must be a floating tensor .*; got int64", f, T(x),
-           T(p.long()), T(out), 256, -7.0, 1)
-    raises(ValueError, r"x is on cuda:0; this entry point takes CPU tensors", f,
-           on_device(x, 0), T(p), T(out), 256, -7.0, 1)
+    raises(
+        TypeError,
+        r"^dmol_nll_forward_cpu: x must have dtype float32; got float16$",
+        f,
+        T(x.half()),
+        T(p),
+        T(out),
+        256,
+        -7.0,
+        1,
+    )
+    raises(
+        TypeError,
+        r"out must have dtype float32; got float64",
+        f,
+        T(x),
+        T(p),
+        T(out.double()),
+        256,
+        -7.0,
+        1,
+    )
+    raises(
+        TypeError,
+        r"params must be a floating tensor .*; got int64",
+        f,
+        T(x),
+        T(p.long()),
+        T(out),
+        256,
+        -7.0,
+        1,
+    )
+    raises(
+        ValueError,
+        r"x is on cuda:0; this entry point takes CPU tensors",
+        f,
+        on_device(x, 0),
+        T(p),
+        T(out),
+        256,
+        -7.0,
+        1,
+    )
     raises(ValueError, r"out is required; got None", f, T(x), T(p), None, 256, -7.0, 1)
-    raises(ValueError, r"x must have 4 dimensions; got 3", f, T(x[0]), T(p), T(out), 256,
-           -7.0, 1)
-    raises(ValueError, r"kernels take no empty tensors", f, T(Z(0, 3, 4, 5)),
-           T(Z(0, 20, 4, 5)), T(Z(0, 4, 5)), 256, -7.0, 1)
+    raises(ValueError, r"x must have 4 dimensions; got 3", f, T(x[0]), T(p), T(out), 256, -7.0, 1)
+    raises(
+        ValueError,
+        r"kernels take no empty tensors",
+        f,
+        T(Z(0, 3, 4, 5)),
+        T(Z(0, 20, 4, 5)),
+        T(Z(0, 4, 5)),
+        256,
+        -7.0,
+        1,
+    )
     g = C.dmol_nll_backward_cpu
-    raises(ValueError, r"dmol_nll_backward_cpu: grad_params must have shape \(2, 20, 4, 5\); "
-           r"got \(2, 10, 4, 5\)", g, T(x), T(p), T(out), T(Z(2, 10, 4, 5)), 256, -7.0, 1)
-    raises(ValueError, r"dmol_nll_forward_backward_cpu: grad_unit must have shape",
-           C.dmol_nll_forward_backward_cpu, T(x), T(p), T(out), T(p[:1]), 256, -7.0, 1)
+    raises(
+        ValueError,
+        r"dmol_nll_backward_cpu: grad_params must have shape \(2, 20, 4, 5\); "
+        r"got \(2, 10, 4, 5\)",
+        g,
+        T(x),
+        T(p),
+        T(out),
+        T(Z(2, 10, 4, 5)),
+        256,
+        -7.0,
+        1,
+    )
+    raises(
+        ValueError,
+        r"dmol_nll_forward_backward_cpu: grad_unit must have shape",
+        C.dmol_nll_forward_backward_cpu,
+        T(x),
+        T(p),
+        T(out),
+        T(p[:1]),
+        256,
+        -7.0,
+        1,
+    )
     s = C.dmol_sample_cpu
-    raises(ValueError, r"dmol_sample_cpu: u must have shape \(2, 4, 4, 5\); got \(2, 3, 4, 5\)",
-           s, T(p), T(Z(2, 3, 4, 5)), T(x), 256, -7.0, 1)
+    raises(
+        ValueError,
+        r"dmol_sample_cpu: u must have shape \(2, 4, 4, 5\); got \(2, 3, 4, 5\)",
+        s,
+        T(p),
+        T(Z(2, 3, 4, 5)),
+        T(x),
+        256,
+        -7.0,
+        1,
+    )
 
 
 def test_custom_op_refuses_mismatch_without_crashing():
     """issue 12's report: this call through torch.ops wrote 262,144 floats into a one-element
     output and aborted the process; run in a subprocess so a regression cannot take the test
     run down with it."""
-    code = ("import torch, dqkernels\n"
-            "try:\n"
-            "    torch.ops.dqk.dmol_nll(torch.zeros(1,3,1,1), torch.zeros(64,10,64,64), 256, "
-            "-7.0, 'cpp')\n"
-            "except ValueError as e:\n"
-            "    print('ValueError:', e)\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       timeout=300)
+    code = (
+        "import torch, dqkernels\n"
+        "try:\n"
+        "    torch.ops.dqk.dmol_nll(torch.zeros(1,3,1,1), torch.zeros(64,10,64,64), 256, "
+        "-7.0, 'cpp')\n"
+        "except ValueError as e:\n"
+        "    print('ValueError:', e)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "ValueError: dmol_nll_forward_cpu: x must have shape (64, 3, 64, 64)" in r.stdout
 
@@ -96,35 +210,156 @@ def test_affine_coupling():
     y = Z(2, 1, 3, 4)
     C.affine_coupling_forward_cpu(T(x), T(x), T(x), T(y), T(ld), False, 1, False)
     f = C.affine_coupling_forward_cpu
-    raises(ValueError, r"^affine_coupling_forward_cpu: shift must have shape \(2, 1, 3, 4\); "
-           r"got \(2, 1, 3, 5\)$", f, T(x), T(Z(2, 1, 3, 5)), T(x), T(y), T(ld), False, 1, False)
-    raises(ValueError, r"logdet must have shape \(2,\); got \(1,\)", f, T(x), T(x), T(x), T(y),
-           T(Z(1)), False, 1, False)
-    raises(TypeError, r"logdet must have dtype float64; got float32", f, T(x.double()),
-           T(x.double()), T(x.double()), T(y.double()), T(ld), False, 1, False)
-    raises(TypeError, r"scale_logit must have dtype float32; got bfloat16", f, T(x), T(x),
-           T(x.bfloat16()), T(y), T(ld), False, 1, False)
+    raises(
+        ValueError,
+        r"^affine_coupling_forward_cpu: shift must have shape \(2, 1, 3, 4\); "
+        r"got \(2, 1, 3, 5\)$",
+        f,
+        T(x),
+        T(Z(2, 1, 3, 5)),
+        T(x),
+        T(y),
+        T(ld),
+        False,
+        1,
+        False,
+    )
+    raises(
+        ValueError,
+        r"logdet must have shape \(2,\); got \(1,\)",
+        f,
+        T(x),
+        T(x),
+        T(x),
+        T(y),
+        T(Z(1)),
+        False,
+        1,
+        False,
+    )
+    raises(
+        TypeError,
+        r"logdet must have dtype float64; got float32",
+        f,
+        T(x.double()),
+        T(x.double()),
+        T(x.double()),
+        T(y.double()),
+        T(ld),
+        False,
+        1,
+        False,
+    )
+    raises(
+        TypeError,
+        r"scale_logit must have dtype float32; got bfloat16",
+        f,
+        T(x),
+        T(x),
+        T(x.bfloat16()),
+        T(y),
+        T(ld),
+        False,
+        1,
+        False,
+    )
     b = C.affine_coupling_backward_cpu
-    raises(ValueError, r"affine_coupling_backward_cpu: grad_shift is required", b, T(x), T(x),
-           T(x), T(y), T(ld), T(y), None, T(y), False, 1, False)
+    raises(
+        ValueError,
+        r"affine_coupling_backward_cpu: grad_shift is required",
+        b,
+        T(x),
+        T(x),
+        T(x),
+        T(y),
+        T(ld),
+        T(y),
+        None,
+        T(y),
+        False,
+        1,
+        False,
+    )
 
 
 def test_mixlog_coupling():
     x, k, ld = Z(2, 1, 3, 4), Z(2, 1, 3, 4, 5), Z(2)
-    C.mixlogcdf_forward_cpu(T(x), T(k), T(k), T(k), T(x), T(x), T(Z(2, 1, 3, 4)), T(ld),
-                            False, 1, False)
+    C.mixlogcdf_forward_cpu(
+        T(x), T(k), T(k), T(k), T(x), T(x), T(Z(2, 1, 3, 4)), T(ld), False, 1, False
+    )
     f = C.mixlogcdf_forward_cpu
-    raises(ValueError, r"^mixlogcdf_forward_cpu: means must have shape \(2, 1, 3, 4, 5\); got "
-           r"\(2, 1, 3, 4, 4\)$", f, T(x), T(k), T(Z(2, 1, 3, 4, 4)), T(k), T(x), T(x), T(x),
-           T(ld), False, 1, False)
-    raises(ValueError, r"logits must have shape \(2, 1, 3, 4, \*\); got \(2, 1, 3, 3, 5\)", f,
-           T(x), T(Z(2, 1, 3, 3, 5)), T(k), T(k), T(x), T(x), T(x), T(ld), False, 1, False)
-    raises(ValueError, r"logits must have 5 dimensions; got 4", f, T(x), T(x), T(k), T(k), T(x),
-           T(x), T(x), T(ld), False, 1, False)
+    raises(
+        ValueError,
+        r"^mixlogcdf_forward_cpu: means must have shape \(2, 1, 3, 4, 5\); got "
+        r"\(2, 1, 3, 4, 4\)$",
+        f,
+        T(x),
+        T(k),
+        T(Z(2, 1, 3, 4, 4)),
+        T(k),
+        T(x),
+        T(x),
+        T(x),
+        T(ld),
+        False,
+        1,
+        False,
+    )
+    raises(
+        ValueError,
+        r"logits must have shape \(2, 1, 3, 4, \*\); got \(2, 1, 3, 3, 5\)",
+        f,
+        T(x),
+        T(Z(2, 1, 3, 3, 5)),
+        T(k),
+        T(k),
+        T(x),
+        T(x),
+        T(x),
+        T(ld),
+        False,
+        1,
+        False,
+    )
+    raises(
+        ValueError,
+        r"logits must have 5 dimensions; got 4",
+        f,
+        T(x),
+        T(x),
+        T(k),
+        T(k),
+        T(x),
+        T(x),
+        T(x),
+        T(ld),
+        False,
+        1,
+        False,
+    )
     b = C.mixlogcdf_backward_cpu
-    raises(ValueError, r"mixlogcdf_backward_cpu: grad_log_scales must have 5 dimensions; got 4",
-           b, T(x), T(k), T(k), T(k), T(x), T(x),
-           T(x), T(ld), T(x), T(k), T(k), T(x), T(x), T(x), False, 1, False)
+    raises(
+        ValueError,
+        r"mixlogcdf_backward_cpu: grad_log_scales must have 5 dimensions; got 4",
+        b,
+        T(x),
+        T(k),
+        T(k),
+        T(k),
+        T(x),
+        T(x),
+        T(x),
+        T(ld),
+        T(x),
+        T(k),
+        T(k),
+        T(x),
+        T(x),
+        T(x),
+        False,
+        1,
+        False,
+    )
 
 
 def test_coupling_views_are_checked_as_views():
@@ -132,11 +367,23 @@ def test_coupling_views_are_checked_as_views():
     claims more elements than another is refused."""
     x, ld = Z(2, 12), Z(2)
     v = strided_arg(x, (2, 1, 1, 12), (12, 0, 0, 1))
-    C.affine_coupling_forward_cpu(v, v, v, strided_arg(Z(2, 12), (2, 1, 1, 12), (12, 0, 0, 1)),
-                                  T(ld), False, 1, False)
+    C.affine_coupling_forward_cpu(
+        v, v, v, strided_arg(Z(2, 12), (2, 1, 1, 12), (12, 0, 0, 1)), T(ld), False, 1, False
+    )
     big = strided_arg(x, (2, 1, 1, 13), (12, 0, 0, 1))
-    raises(ValueError, r"y must have shape \(2, 1, 1, 12\); got \(2, 1, 1, 13\)",
-           C.affine_coupling_forward_cpu, v, v, v, big, T(ld), False, 1, False)
+    raises(
+        ValueError,
+        r"y must have shape \(2, 1, 1, 12\); got \(2, 1, 1, 13\)",
+        C.affine_coupling_forward_cpu,
+        v,
+        v,
+        v,
+        big,
+        T(ld),
+        False,
+        1,
+        False,
+    )
 
 
 # ----------------------------------------------------------------------------- masked
@@ -147,46 +394,221 @@ def test_masked_linear():
     di, do = T(torch.arange(4)), T(torch.arange(3))
     C.masked_linear_forward_cpu(T(x), T(w), T(b), di, do, T(y), True, 1, 0)
     f = C.masked_linear_forward_cpu
-    raises(ValueError, r"^masked_linear_forward_cpu: bias must have shape \(3,\); got \(2,\)$",
-           f, T(x), T(w), T(Z(2)), di, do, T(y), True, 1, 0)
-    raises(ValueError, r"weight must have shape \(\*, 4\); got \(3, 5\)", f, T(x), T(Z(3, 5)),
-           T(b), di, do, T(y), True, 1, 0)
-    raises(ValueError, r"out_degrees must have shape \(3,\); got \(2,\)", f, T(x), T(w), T(b),
-           di, T(torch.arange(2)), T(y), True, 1, 0)
-    raises(TypeError, r"in_degrees must have dtype int64; got int32", f, T(x), T(w), T(b),
-           T(torch.arange(4, dtype=torch.int32)), do, T(y), True, 1, 0)
-    raises(ValueError, r"in_degrees must be contiguous; got strides \(2,\) for shape \(4,\)", f,
-           T(x), T(w), T(b), T(torch.arange(8)[::2]), do, T(y), True, 1, 0)
-    raises(ValueError, r"y must be contiguous; got strides \(1, 5\) for shape \(5, 3\)", f,
-           T(x), T(w), T(b), di, do, T(Z(3, 5).t()), True, 1, 0)
+    raises(
+        ValueError,
+        r"^masked_linear_forward_cpu: bias must have shape \(3,\); got \(2,\)$",
+        f,
+        T(x),
+        T(w),
+        T(Z(2)),
+        di,
+        do,
+        T(y),
+        True,
+        1,
+        0,
+    )
+    raises(
+        ValueError,
+        r"weight must have shape \(\*, 4\); got \(3, 5\)",
+        f,
+        T(x),
+        T(Z(3, 5)),
+        T(b),
+        di,
+        do,
+        T(y),
+        True,
+        1,
+        0,
+    )
+    raises(
+        ValueError,
+        r"out_degrees must have shape \(3,\); got \(2,\)",
+        f,
+        T(x),
+        T(w),
+        T(b),
+        di,
+        T(torch.arange(2)),
+        T(y),
+        True,
+        1,
+        0,
+    )
+    raises(
+        TypeError,
+        r"in_degrees must have dtype int64; got int32",
+        f,
+        T(x),
+        T(w),
+        T(b),
+        T(torch.arange(4, dtype=torch.int32)),
+        do,
+        T(y),
+        True,
+        1,
+        0,
+    )
+    raises(
+        ValueError,
+        r"in_degrees must be contiguous; got strides \(2,\) for shape \(4,\)",
+        f,
+        T(x),
+        T(w),
+        T(b),
+        T(torch.arange(8)[::2]),
+        do,
+        T(y),
+        True,
+        1,
+        0,
+    )
+    raises(
+        ValueError,
+        r"y must be contiguous; got strides \(1, 5\) for shape \(5, 3\)",
+        f,
+        T(x),
+        T(w),
+        T(b),
+        di,
+        do,
+        T(Z(3, 5).t()),
+        True,
+        1,
+        0,
+    )
     g = C.masked_linear_backward_cpu
     C.masked_linear_backward_cpu(T(y), T(x), T(w), di, do, None, None, T(b), True, 1, 0)
-    raises(ValueError, r"masked_linear_backward_cpu: grad_weight must have shape \(3, 4\); got "
-           r"\(4, 3\)", g, T(y), T(x), T(w), di, do, None, T(Z(4, 3)), None, True, 1, 0)
-    raises(ValueError, r"grad_y must have shape \(5, 3\); got \(5, 4\)", g, T(x), T(x), T(w), di,
-           do, None, None, None, True, 1, 0)
+    raises(
+        ValueError,
+        r"masked_linear_backward_cpu: grad_weight must have shape \(3, 4\); got "
+        r"\(4, 3\)",
+        g,
+        T(y),
+        T(x),
+        T(w),
+        di,
+        do,
+        None,
+        T(Z(4, 3)),
+        None,
+        True,
+        1,
+        0,
+    )
+    raises(
+        ValueError,
+        r"grad_y must have shape \(5, 3\); got \(5, 4\)",
+        g,
+        T(x),
+        T(x),
+        T(w),
+        di,
+        do,
+        None,
+        None,
+        None,
+        True,
+        1,
+        0,
+    )
 
 
 def test_masked_conv2d():
     x, w, b, y = Z(2, 3, 4, 5), Z(6, 3, 3, 3), Z(6), Z(2, 6, 4, 5)
     C.masked_conv2d_forward_cpu(T(x), T(w), T(b), T(y), False, 3, 1)
     f = C.masked_conv2d_forward_cpu
-    raises(ValueError, r"^masked_conv2d_forward_cpu: weight must have shape \(\*, 3, \*, \*\); "
-           r"got \(6, 2, 3, 3\)$", f, T(x), T(Z(6, 2, 3, 3)), T(b), T(y), False, 1, 1)
-    raises(ValueError, r"bias must have shape \(6,\); got \(5,\)", f, T(x), T(w), T(Z(5)), T(y),
-           False, 1, 1)
-    raises(ValueError, r"y must have shape \(2, 6, 4, 5\); got \(2, 6, 4, 4\)", f, T(x), T(w),
-           T(b), T(Z(2, 6, 4, 4)), False, 1, 1)
-    raises(ValueError, r"the kernel size k must be odd; got 2", f, T(x), T(Z(6, 3, 2, 2)), T(b),
-           T(y), False, 1, 1)
-    raises(ValueError, r"weight must have a square kernel", f, T(x), T(Z(6, 3, 3, 5)), T(b),
-           T(y), False, 1, 1)
-    raises(ValueError, r"groups must be in \[1, min\(Cin, Cout\)\] = \[1, 3\]; got 4", f, T(x),
-           T(w), T(b), T(y), False, 4, 1)
+    raises(
+        ValueError,
+        r"^masked_conv2d_forward_cpu: weight must have shape \(\*, 3, \*, \*\); "
+        r"got \(6, 2, 3, 3\)$",
+        f,
+        T(x),
+        T(Z(6, 2, 3, 3)),
+        T(b),
+        T(y),
+        False,
+        1,
+        1,
+    )
+    raises(
+        ValueError,
+        r"bias must have shape \(6,\); got \(5,\)",
+        f,
+        T(x),
+        T(w),
+        T(Z(5)),
+        T(y),
+        False,
+        1,
+        1,
+    )
+    raises(
+        ValueError,
+        r"y must have shape \(2, 6, 4, 5\); got \(2, 6, 4, 4\)",
+        f,
+        T(x),
+        T(w),
+        T(b),
+        T(Z(2, 6, 4, 4)),
+        False,
+        1,
+        1,
+    )
+    raises(
+        ValueError,
+        r"the kernel size k must be odd; got 2",
+        f,
+        T(x),
+        T(Z(6, 3, 2, 2)),
+        T(b),
+        T(y),
+        False,
+        1,
+        1,
+    )
+    raises(
+        ValueError,
+        r"weight must have a square kernel",
+        f,
+        T(x),
+        T(Z(6, 3, 3, 5)),
+        T(b),
+        T(y),
+        False,
+        1,
+        1,
+    )
+    raises(
+        ValueError,
+        r"groups must be in \[1, min\(Cin, Cout\)\] = \[1, 3\]; got 4",
+        f,
+        T(x),
+        T(w),
+        T(b),
+        T(y),
+        False,
+        4,
+        1,
+    )
     g = C.masked_conv2d_backward_cpu
     C.masked_conv2d_backward_cpu(T(x), T(w), T(y), None, None, T(b), True, 1, 1)
-    raises(ValueError, r"masked_conv2d_backward_cpu: grad_x must have shape \(2, 3, 4, 5\); got "
-           r"\(2, 6, 4, 5\)", g, T(x), T(w), T(y), T(y), None, None, True, 1, 1)
+    raises(
+        ValueError,
+        r"masked_conv2d_backward_cpu: grad_x must have shape \(2, 3, 4, 5\); got "
+        r"\(2, 6, 4, 5\)",
+        g,
+        T(x),
+        T(w),
+        T(y),
+        T(y),
+        None,
+        None,
+        True,
+        1,
+        1,
+    )
 
 
 # ----------------------------------------------------------------------------- vq
@@ -197,29 +619,101 @@ def test_vq():
     idx, dist = torch.zeros(7, dtype=torch.int64), Z(7)
     C.vq_nearest_cpu(T(z), T(e), T(idx), T(dist), 1, 0)
     f = C.vq_nearest_cpu
-    raises(ValueError, r"^vq_nearest_cpu: codebook must have shape \(\*, 4\); got \(5, 3\)$", f,
-           T(z), T(Z(5, 3)), T(idx), T(dist), 1, 0)
-    raises(TypeError, r"codebook must have dtype float64; got float16", f, T(z.double()),
-           T(e.half()), T(idx), T(dist.double()), 1, 0)
-    raises(TypeError, r"indices must have dtype int64; got int32", f, T(z), T(e),
-           T(idx.int()), T(dist), 1, 0)
+    raises(
+        ValueError,
+        r"^vq_nearest_cpu: codebook must have shape \(\*, 4\); got \(5, 3\)$",
+        f,
+        T(z),
+        T(Z(5, 3)),
+        T(idx),
+        T(dist),
+        1,
+        0,
+    )
+    raises(
+        TypeError,
+        r"codebook must have dtype float64; got float16",
+        f,
+        T(z.double()),
+        T(e.half()),
+        T(idx),
+        T(dist.double()),
+        1,
+        0,
+    )
+    raises(
+        TypeError,
+        r"indices must have dtype int64; got int32",
+        f,
+        T(z),
+        T(e),
+        T(idx.int()),
+        T(dist),
+        1,
+        0,
+    )
     raises(ValueError, r"z must be contiguous", f, T(Z(4, 7).t()), T(e), T(idx), T(dist), 1, 0)
-    raises(ValueError, r"sqdist must have shape \(7,\); got \(6,\)", f, T(z), T(e), T(idx),
-           T(Z(6)), 1, 0)
+    raises(
+        ValueError,
+        r"sqdist must have shape \(7,\); got \(6,\)",
+        f,
+        T(z),
+        T(e),
+        T(idx),
+        T(Z(6)),
+        1,
+        0,
+    )
     u, out = Z(7, 2), torch.zeros(7, 2, dtype=torch.int64)
     C.vq_sample_cpu(T(z), T(e), T(u), T(out), 1.0, 1, 0)
-    raises(ValueError, r"vq_sample_cpu: out must have shape \(7, 2\); got \(7, 3\)",
-           C.vq_sample_cpu, T(z), T(e), T(u), T(torch.zeros(7, 3, dtype=torch.int64)), 1.0, 1,
-           0)
+    raises(
+        ValueError,
+        r"vq_sample_cpu: out must have shape \(7, 2\); got \(7, 3\)",
+        C.vq_sample_cpu,
+        T(z),
+        T(e),
+        T(u),
+        T(torch.zeros(7, 3, dtype=torch.int64)),
+        1.0,
+        1,
+        0,
+    )
     cs, es, ind = Z(5), Z(5, 4), torch.zeros(7, 1, dtype=torch.int64)
     C.vq_ema_update_cpu(T(cs), T(es), T(z), T(ind), 0.9, 1)
     g = C.vq_ema_update_cpu
-    raises(ValueError, r"^vq_ema_update_cpu: cluster_size must have shape \(5,\); got \(3,\)$",
-           g, T(Z(3)), T(es), T(z), T(ind), 0.9, 1)
-    raises(TypeError, r"embed_sum must be float32 or float64 \(the EMA state\); got bfloat16", g,
-           T(cs.bfloat16()), T(es.bfloat16()), T(z), T(ind), 0.9, 1)
-    raises(ValueError, r"indices must have shape \(7, \*\); got \(6, 1\)", g, T(cs), T(es), T(z),
-           T(ind[:6]), 0.9, 1)
+    raises(
+        ValueError,
+        r"^vq_ema_update_cpu: cluster_size must have shape \(5,\); got \(3,\)$",
+        g,
+        T(Z(3)),
+        T(es),
+        T(z),
+        T(ind),
+        0.9,
+        1,
+    )
+    raises(
+        TypeError,
+        r"embed_sum must be float32 or float64 \(the EMA state\); got bfloat16",
+        g,
+        T(cs.bfloat16()),
+        T(es.bfloat16()),
+        T(z),
+        T(ind),
+        0.9,
+        1,
+    )
+    raises(
+        ValueError,
+        r"indices must have shape \(7, \*\); got \(6, 1\)",
+        g,
+        T(cs),
+        T(es),
+        T(z),
+        T(ind[:6]),
+        0.9,
+        1,
+    )
 
 
 # ----------------------------------------------------------------------------- the form
@@ -229,10 +723,18 @@ def test_malformed_arguments_are_type_errors():
     x, p, out = Z(2, 3, 4, 5), Z(2, 20, 4, 5), Z(2, 4, 5)
     f = C.dmol_nll_forward_cpu
     raises(TypeError, r"incompatible function arguments", f, x, T(p), T(out), 256, -7.0, 1)
-    raises(TypeError, r"incompatible function arguments", f, T(x)[:5], T(p), T(out), 256, -7.0,
-           1)
-    raises(TypeError, r"x must be a floating tensor .*; got a dtype the kernels do not take", f,
-           T(x.to(torch.complex64)), T(p), T(out), 256, -7.0, 1)
+    raises(TypeError, r"incompatible function arguments", f, T(x)[:5], T(p), T(out), 256, -7.0, 1)
+    raises(
+        TypeError,
+        r"x must be a floating tensor .*; got a dtype the kernels do not take",
+        f,
+        T(x.to(torch.complex64)),
+        T(p),
+        T(out),
+        256,
+        -7.0,
+        1,
+    )
 
 
 def test_tensor_arg_form():
@@ -248,23 +750,80 @@ def test_tensor_arg_form():
 def test_cuda_entry_points_refuse_cpu_tensors():
     """Checked before any CUDA call, so this runs without a GPU too."""
     x, p, out = Z(2, 3, 4, 5), Z(2, 20, 4, 5), Z(2, 4, 5)
-    raises(ValueError, r"^dmol_nll_forward_cuda: x is on cpu; this entry point takes CUDA "
-           r"tensors$", C.dmol_nll_forward_cuda, T(x), T(p), T(out), 256, -7.0, 0)
-    raises(ValueError, r"dmol_nll_forward_cuda: params is on cuda:1 but x is on cuda:0",
-           C.dmol_nll_forward_cuda, on_device(x, 0), on_device(p, 1), on_device(out, 0), 256,
-           -7.0, 0)
+    raises(
+        ValueError,
+        r"^dmol_nll_forward_cuda: x is on cpu; this entry point takes CUDA "
+        r"tensors$",
+        C.dmol_nll_forward_cuda,
+        T(x),
+        T(p),
+        T(out),
+        256,
+        -7.0,
+        0,
+    )
+    raises(
+        ValueError,
+        r"dmol_nll_forward_cuda: params is on cuda:1 but x is on cuda:0",
+        C.dmol_nll_forward_cuda,
+        on_device(x, 0),
+        on_device(p, 1),
+        on_device(out, 0),
+        256,
+        -7.0,
+        0,
+    )
     z, e = on_device(Z(7, 4), 0), on_device(Z(5, 3), 0)
-    raises(ValueError, r"vq_nearest_cuda: codebook must have shape \(\*, 4\)", C.vq_nearest_cuda,
-           z, e, on_device(torch.zeros(7, dtype=torch.int64), 0), on_device(Z(7), 0), 0)
+    raises(
+        ValueError,
+        r"vq_nearest_cuda: codebook must have shape \(\*, 4\)",
+        C.vq_nearest_cuda,
+        z,
+        e,
+        on_device(torch.zeros(7, dtype=torch.int64), 0),
+        on_device(Z(7), 0),
+        0,
+    )
     x4 = on_device(Z(2, 1, 3, 4), 0)
-    raises(ValueError, r"affine_coupling_forward_cuda: work must have shape \(2, 1\); got "
-           r"\(2, 2\)", C.affine_coupling_forward_cuda, x4, x4, x4, x4, on_device(Z(2), 0),
-           False, on_device(Z(2, 2), 0), 4096, 0)
-    raises(ValueError, r"masked_linear_forward_cuda: y must have shape \(5, 3\)",
-           C.masked_linear_forward_cuda, on_device(Z(5, 4), 0), on_device(Z(3, 4), 0), None,
-           on_device(torch.arange(4), 0), on_device(torch.arange(3), 0), on_device(Z(5, 4), 0),
-           True, 0)
+    raises(
+        ValueError,
+        r"affine_coupling_forward_cuda: work must have shape \(2, 1\); got "
+        r"\(2, 2\)",
+        C.affine_coupling_forward_cuda,
+        x4,
+        x4,
+        x4,
+        x4,
+        on_device(Z(2), 0),
+        False,
+        on_device(Z(2, 2), 0),
+        4096,
+        0,
+    )
+    raises(
+        ValueError,
+        r"masked_linear_forward_cuda: y must have shape \(5, 3\)",
+        C.masked_linear_forward_cuda,
+        on_device(Z(5, 4), 0),
+        on_device(Z(3, 4), 0),
+        None,
+        on_device(torch.arange(4), 0),
+        on_device(torch.arange(3), 0),
+        on_device(Z(5, 4), 0),
+        True,
+        0,
+    )
     xc = on_device(Z(2, 3, 4, 5), 0)
-    raises(ValueError, r"masked_conv2d_backward_workspace_cuda: grad_y must have shape",
-           C.masked_conv2d_backward_workspace_cuda, xc, on_device(Z(6, 3, 3, 3), 0), xc, None,
-           None, None, True, 1)
+    raises(
+        ValueError,
+        r"masked_conv2d_backward_workspace_cuda: grad_y must have shape",
+        C.masked_conv2d_backward_workspace_cuda,
+        xc,
+        on_device(Z(6, 3, 3, 3), 0),
+        xc,
+        None,
+        None,
+        None,
+        True,
+        1,
+    )

@@ -1,19 +1,22 @@
 """affine_coupling and mixlogcdf_coupling on every backend against the float64 references:
 values, gradients in both directions, the inverse's tolerance, Jacobians, the custom-op
 contract and bad input."""
+
 from __future__ import annotations
 
 import math
 
 import pytest
 import torch
-
 from conftest import BACKEND_DEVICES, GRAD_TOL, TOL, fresh_seed, rel_err, require
+
 from dqkernels.kernels import _coupling_c
 from dqkernels.ops import affine_coupling, mixlogcdf_coupling
 from dqkernels.reference.affine_coupling import affine_coupling_reference
-from dqkernels.reference.mixlogcdf_coupling import (mixlogcdf_forward_reference,
-                                                    mixlogcdf_inverse_reference)
+from dqkernels.reference.mixlogcdf_coupling import (
+    mixlogcdf_forward_reference,
+    mixlogcdf_inverse_reference,
+)
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 HALF = (torch.float16, torch.bfloat16)
@@ -44,8 +47,10 @@ def mix_inputs(B, S, K, *, seed, dtype=torch.float64, device="cpu", flat_regions
 
 def affine_inputs(shape, *, seed, dtype=torch.float64, device="cpu"):
     g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(shape, generator=g, dtype=torch.float64) * s).to(device, dtype)
-            for s in (1.0, 1.0, 2.0)]
+    return [
+        (torch.randn(shape, generator=g, dtype=torch.float64) * s).to(device, dtype)
+        for s in (1.0, 1.0, 2.0)
+    ]
 
 
 def fwd_tol(dtype):
@@ -81,8 +86,9 @@ def check_grads(op, args, backend, *, inverse, seed, reference):
         g32 = torch.autograd.grad([o32, ld32], l32, [gy.float(), gl.float()])
         tol_out = max(tol_out, 2 * rel_err(o32.to(dtype), rout.to(dtype)))
         tol_ld = max(tol_ld, 2 * rel_err(ld32, rld))
-        grad_tols = [max(t, 3 * rel_err(g.to(dtype), r.to(dtype)))
-                     for t, g, r in zip(grad_tols, g32, rgrads)]
+        grad_tols = [
+            max(t, 3 * rel_err(g.to(dtype), r.to(dtype))) for t, g, r in zip(grad_tols, g32, rgrads)
+        ]
     info = f"seed={seed} backend={backend} dtype={dtype} inverse={inverse}"
     e_out, e_ld = rel_err(out, rout.to(dtype)), rel_err(ld, rld)
     assert e_out <= tol_out, f"output rel err {e_out:.2e} > {tol_out:.1e} ({info})"
@@ -114,15 +120,16 @@ def test_affine_matches_reference(backend, device, dtype, inverse):
     shapes = [(3, 5, 7), (1, 1)] if small(backend) else [(3, 5, 7, 9), (1, 1), (2, 70001)]
     for shape in shapes:
         args = affine_inputs(shape, seed=seed, dtype=dtype, device=device)
-        check_grads(affine_coupling, args, backend, inverse=inverse, seed=seed,
-                    reference=_affine_ref)
+        check_grads(
+            affine_coupling, args, backend, inverse=inverse, seed=seed, reference=_affine_ref
+        )
 
 
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
 def test_affine_any_strides_and_roundtrip(backend, device):
     require(backend, device)
     seed = fresh_seed()
-    x = torch.randn(4, 6, 5, 3, device=device).permute(0, 3, 2, 1)     # [4, 3, 5, 6]
+    x = torch.randn(4, 6, 5, 3, device=device).permute(0, 3, 2, 1)  # [4, 3, 5, 6]
     shift = torch.randn(1, 3, 1, 6, device=device).expand(4, 3, 5, 6)  # stride 0
     logit = torch.randn(4, 3, 5, 12, device=device)[..., ::2]
     y, ld = affine_coupling(x, shift, logit, backend=backend)
@@ -142,17 +149,20 @@ def test_affine_any_strides_and_roundtrip(backend, device):
 def test_mixlog_matches_reference(backend, device, dtype, inverse):
     require(backend, device, dtype)
     seed = fresh_seed()
-    cases = ([(2, (3, 5), 3), (1, (1,), 1)] if small(backend)
-             else [(3, (5, 7), 4), (2, (3,), 33), (1, (1,), 1), (2, (300,), 32)])
+    cases = (
+        [(2, (3, 5), 3), (1, (1,), 1)]
+        if small(backend)
+        else [(3, (5, 7), 4), (2, (3,), 33), (1, (1,), 1), (2, (300,), 32)]
+    )
     for B, S, K in cases:
-        args = mix_inputs(B, S, K, seed=seed, dtype=dtype, device=device,
-                          flat_regions=not inverse)
-        if inverse:   # outputs of the forward, so the roots are the x drawn above
+        args = mix_inputs(B, S, K, seed=seed, dtype=dtype, device=device, flat_regions=not inverse)
+        if inverse:  # outputs of the forward, so the roots are the x drawn above
             with torch.no_grad():
                 y64, _ = mixlogcdf_forward_reference(*[t.double().cpu() for t in args])
             args[0] = y64.to(device, dtype)
-        check_grads(mixlogcdf_coupling, args, backend, inverse=inverse, seed=seed,
-                    reference=_mix_ref)
+        check_grads(
+            mixlogcdf_coupling, args, backend, inverse=inverse, seed=seed, reference=_mix_ref
+        )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=DT_IDS)
@@ -167,8 +177,9 @@ def test_mixlog_cpp_scalar_path(dtype, monkeypatch):
             args = mix_inputs(B, S, K, seed=seed, dtype=dtype, flat_regions=not inverse)
             if inverse:
                 args[0] = mixlogcdf_forward_reference(*[t.double() for t in args])[0].to(dtype)
-            check_grads(mixlogcdf_coupling, args, "cpp", inverse=inverse, seed=seed,
-                        reference=_mix_ref)
+            check_grads(
+                mixlogcdf_coupling, args, "cpp", inverse=inverse, seed=seed, reference=_mix_ref
+            )
 
 
 def inverse_errors(y, x, args64):
@@ -176,8 +187,7 @@ def inverse_errors(y, x, args64):
     y64 = y.double().cpu()
     xs, _ = mixlogcdf_inverse_reference(y64, *args64)
     fx, _ = mixlogcdf_forward_reference(x.double().cpu(), *args64)
-    return ((x.double().cpu() - xs).abs() / (1 + xs.abs()),
-            (fx - y64).abs() / (1 + y64.abs()))
+    return ((x.double().cpu() - xs).abs() / (1 + xs.abs()), (fx - y64).abs() / (1 + y64.abs()))
 
 
 def hard_inverse_cases(device, dtype):
@@ -189,17 +199,34 @@ def hard_inverse_cases(device, dtype):
     y = torch.linspace(-1e3, 1e3, n, **d64).view(1, n)
     for means in ([-100.0, 100.0], [-1e3, 0.0, 1e3], [0.0, 1e-3]):
         K = len(means)
-        cases.append((y, torch.zeros(1, n, K, **d64), torch.tensor(means, **d64).expand(1, n, K),
-                      torch.zeros(1, n, K, **d64)))
+        cases.append(
+            (
+                y,
+                torch.zeros(1, n, K, **d64),
+                torch.tensor(means, **d64).expand(1, n, K),
+                torch.zeros(1, n, K, **d64),
+            )
+        )
     # log-scales at both ends, weights far from uniform
     for ls in (-7.0, 7.0):
         y = torch.linspace(-30, 30, n, **d64).view(1, n)
-        cases.append((y, torch.tensor([8.0, -8.0, 0.0], **d64).expand(1, n, 3),
-                      torch.tensor([-5.0, 0.0, 5.0], **d64).expand(1, n, 3),
-                      torch.tensor([ls, ls, 0.0], **d64).expand(1, n, 3)))
+        cases.append(
+            (
+                y,
+                torch.tensor([8.0, -8.0, 0.0], **d64).expand(1, n, 3),
+                torch.tensor([-5.0, 0.0, 5.0], **d64).expand(1, n, 3),
+                torch.tensor([ls, ls, 0.0], **d64).expand(1, n, 3),
+            )
+        )
     # a single component: the inverse is closed-form
-    cases.append((torch.linspace(-500, 500, n, **d64).view(1, n), torch.zeros(1, n, 1, **d64),
-                  torch.full((1, n, 1), 3.0, **d64), torch.full((1, n, 1), -2.0, **d64)))
+    cases.append(
+        (
+            torch.linspace(-500, 500, n, **d64).view(1, n),
+            torch.zeros(1, n, 1, **d64),
+            torch.full((1, n, 1), 3.0, **d64),
+            torch.full((1, n, 1), -2.0, **d64),
+        )
+    )
     out = []
     for y, lg, mu, ls in cases:
         a = torch.zeros_like(y)
@@ -214,16 +241,21 @@ def test_mixlog_inverse_tolerance_hard_cases(backend, device, dtype):
     """DESIGN.md's bound on every element: forward error <= 1e-5 (1 + |x*|) or backward
     error <= 1e-4 (1 + |y|) in float32 (half types: 1e-2, their own rounding)."""
     require(backend, device, dtype)
-    fwd, bwd = {torch.float64: (1e-12, 1e-10), torch.float32: (1e-5, 1e-4),
-                torch.bfloat16: (1e-2, 1e-2)}[dtype]
+    fwd, bwd = {
+        torch.float64: (1e-12, 1e-10),
+        torch.float32: (1e-5, 1e-4),
+        torch.bfloat16: (1e-2, 1e-2),
+    }[dtype]
     for i, args in enumerate(hard_inverse_cases(device, dtype)):
         x, ld = mixlogcdf_coupling(*args, inverse=True, backend=backend)
         args64 = [t.double().cpu() for t in args[1:]]
         ef, eb = inverse_errors(args[0], x, args64)
         ok = (ef <= fwd) | (eb <= bwd)
-        assert bool(ok.all()), (f"case {i}: worst forward error {ef[~ok].max():.2e}, "
-                                f"backward error {eb[~ok].min():.2e} at y="
-                                f"{args[0].double().cpu()[~ok][:4].tolist()}")
+        assert bool(ok.all()), (
+            f"case {i}: worst forward error {ef[~ok].max():.2e}, "
+            f"backward error {eb[~ok].min():.2e} at y="
+            f"{args[0].double().cpu()[~ok][:4].tolist()}"
+        )
         assert torch.isfinite(ld).all()
 
 
@@ -317,18 +349,23 @@ def test_logdet_is_log_det_of_full_jacobian(backend):
     for op, args in ops:
         for inverse in (False, True):
             for i in range(B):
-                params = [t[i:i + 1] for t in args[1:]]
-                x = args[0][i:i + 1]
+                params = [t[i : i + 1] for t in args[1:]]
+                x = args[0][i : i + 1]
 
                 def f(v, op=op, x=x, params=params, inverse=inverse):
-                    return op(v.view_as(x), *params, inverse=inverse, backend=backend)[0].reshape(-1)
+                    return op(v.view_as(x), *params, inverse=inverse, backend=backend)[0].reshape(
+                        -1
+                    )
 
                 J = torch.autograd.functional.jacobian(f, x.reshape(-1))
                 _, ld = op(x, *params, inverse=inverse, backend=backend)
                 sign, logabs = torch.linalg.slogdet(J)
                 assert sign > 0
-                assert abs(logabs.item() - ld.item()) <= 1e-9 * (1 + abs(ld.item())), \
-                    (op.__name__, inverse, seed)
+                assert abs(logabs.item() - ld.item()) <= 1e-9 * (1 + abs(ld.item())), (
+                    op.__name__,
+                    inverse,
+                    seed,
+                )
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpp"])
@@ -341,9 +378,12 @@ def test_gradcheck_float64(backend):
     aff = [t.requires_grad_() for t in affine_inputs((2, 3), seed=seed)]
     for inverse in (False, True):
         assert torch.autograd.gradcheck(
-            lambda *t, inverse=inverse: affine_coupling(*t, inverse=inverse, backend=backend), aff), seed
+            lambda *t, inverse=inverse: affine_coupling(*t, inverse=inverse, backend=backend), aff
+        ), seed
         assert torch.autograd.gradcheck(
-            lambda *t, inverse=inverse: mixlogcdf_coupling(*t, inverse=inverse, backend=backend), mix), seed
+            lambda *t, inverse=inverse: mixlogcdf_coupling(*t, inverse=inverse, backend=backend),
+            mix,
+        ), seed
 
 
 def test_reference_inverse_gradient_is_implicit_function():
@@ -360,18 +400,23 @@ def test_reference_inverse_gradient_is_implicit_function():
 def test_opcheck(backend, device):
     require(backend, device)
     seed = fresh_seed()
-    aff = [t.requires_grad_() for t in affine_inputs((2, 3, 4), seed=seed, dtype=torch.float32,
-                                                     device=device)]
+    aff = [
+        t.requires_grad_()
+        for t in affine_inputs((2, 3, 4), seed=seed, dtype=torch.float32, device=device)
+    ]
     torch.library.opcheck(torch.ops.dqk.affine_coupling.default, (*aff, False, backend))
     torch.library.opcheck(torch.ops.dqk.affine_coupling.default, (*aff, True, backend))
-    mix = [t.requires_grad_() for t in mix_inputs(2, (3,), 2, seed=seed, dtype=torch.float32,
-                                                  device=device)]
+    mix = [
+        t.requires_grad_()
+        for t in mix_inputs(2, (3,), 2, seed=seed, dtype=torch.float32, device=device)
+    ]
     torch.library.opcheck(torch.ops.dqk.mixlogcdf_coupling.default, (*mix, backend))
     torch.library.opcheck(torch.ops.dqk.mixlogcdf_coupling_inverse.default, (*mix, backend))
     det = [t.detach() for t in mix]
-    torch.library.opcheck(torch.ops.dqk.mixlogcdf_coupling_backward.default,
-                          (*det, torch.randn_like(det[0]), torch.randn(2, device=device),
-                           True, backend))
+    torch.library.opcheck(
+        torch.ops.dqk.mixlogcdf_coupling_backward.default,
+        (*det, torch.randn_like(det[0]), torch.randn(2, device=device), True, backend),
+    )
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpp"])
@@ -384,8 +429,9 @@ def test_compile_fullgraph(backend):
     def loss(x, logits, means, log_scales, a, b, shift, scale):
         y, ld = mixlogcdf_coupling(x, logits, means, log_scales, a, b, backend=backend)
         z, ld2 = affine_coupling(y, shift, scale, backend=backend)
-        w, ld3 = mixlogcdf_coupling(z, logits, means, log_scales, a, b, inverse=True,
-                                    backend=backend)
+        w, ld3 = mixlogcdf_coupling(
+            z, logits, means, log_scales, a, b, inverse=True, backend=backend
+        )
         return w.square().sum() + (ld + ld2 + ld3).sum()
 
     compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
@@ -428,39 +474,63 @@ def test_nan_propagates(backend, device):
 def test_bad_input_messages():
     x = torch.randn(2, 3)
     m = torch.randn(2, 3, 4)
-    with pytest.raises(ValueError, match=r"mixlogcdf_coupling: means must have shape "
-                                         r"\[\*x.shape, K\]; K mismatch: logits has K=4 "
-                                         r"components and means has 5"):
+    with pytest.raises(
+        ValueError,
+        match=r"mixlogcdf_coupling: means must have shape "
+        r"\[\*x.shape, K\]; K mismatch: logits has K=4 "
+        r"components and means has 5",
+    ):
         mixlogcdf_coupling(x, m, torch.randn(2, 3, 5), m, x, x)
-    with pytest.raises(ValueError, match=r"logits must have shape \[\*x.shape, K\] = "
-                                         r"\[2, 3, 'K'\]; got \(2, 4, 4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"logits must have shape \[\*x.shape, K\] = "
+        r"\[2, 3, 'K'\]; got \(2, 4, 4\)",
+    ):
         mixlogcdf_coupling(x, torch.randn(2, 4, 4), m, m, x, x)
-    with pytest.raises(ValueError, match=r"log_scales must have shape \[\*x.shape, K\]; "
-                                         r"expected logits' shape \(2, 3, 4\); got \(3, 3, 4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"log_scales must have shape \[\*x.shape, K\]; "
+        r"expected logits' shape \(2, 3, 4\); got \(3, 3, 4\)",
+    ):
         mixlogcdf_coupling(x, m, m, torch.randn(3, 3, 4), x, x)
     with pytest.raises(ValueError, match=r"a must have x's shape \(2, 3\); got \(2, 1\)"):
         mixlogcdf_coupling(x, m, m, m, torch.randn(2, 1), x)
-    with pytest.raises(TypeError, match=r"x and b must have the same dtype; got x float32 "
-                                        r"and b float64"):
+    with pytest.raises(
+        TypeError,
+        match=r"x and b must have the same dtype; got x float32 "
+        r"and b float64",
+    ):
         mixlogcdf_coupling(x, m, m, m, x, x.double())
     with pytest.raises(TypeError, match=r"logits must be a floating tensor .*got dtype int64"):
         mixlogcdf_coupling(x, m.long(), m, m, x, x)
-    with pytest.raises(ValueError, match=r"x and means must be on the same device; got x on "
-                                         r"cpu and means on meta"):
+    with pytest.raises(
+        ValueError,
+        match=r"x and means must be on the same device; got x on "
+        r"cpu and means on meta",
+    ):
         mixlogcdf_coupling(x, m, m.to("meta"), m, x, x)
     with pytest.raises(ValueError, match=r"K >= 1 components"):
         e = torch.randn(2, 3, 0)
         mixlogcdf_coupling(x, e, e, e, x, x)
     with pytest.raises(TypeError, match=r"inverse must be a bool; got int"):
         mixlogcdf_coupling(x, m, m, m, x, x, inverse=1)
-    with pytest.raises(ValueError, match=r"affine_coupling: shift must have x's shape "
-                                         r"\(2, 3\); got \(3, 2\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"affine_coupling: shift must have x's shape "
+        r"\(2, 3\); got \(3, 2\)",
+    ):
         affine_coupling(x, x.t(), x)
-    with pytest.raises(TypeError, match=r"affine_coupling: x and scale_logit must have the "
-                                        r"same dtype; got x float32 and scale_logit float16"):
+    with pytest.raises(
+        TypeError,
+        match=r"affine_coupling: x and scale_logit must have the "
+        r"same dtype; got x float32 and scale_logit float16",
+    ):
         affine_coupling(x, x, x.half())
-    with pytest.raises(TypeError, match=r"affine_coupling: shift must be a torch.Tensor; got "
-                                        r"float"):
+    with pytest.raises(
+        TypeError,
+        match=r"affine_coupling: shift must be a torch.Tensor; got "
+        r"float",
+    ):
         affine_coupling(x, 1.0, x)
     with pytest.raises(ValueError, match=r"batch dimension"):
         affine_coupling(torch.tensor(1.0), torch.tensor(1.0), torch.tensor(1.0))
@@ -468,8 +538,12 @@ def test_bad_input_messages():
 
 def test_backend_rejections_explained():
     from dqkernels.backends import BackendUnavailableError
+
     x = torch.randn(2, 3)
-    with pytest.raises(BackendUnavailableError, match=r"(?s)affine_coupling: backend 'cuda' "
-                                                      r"cannot run on cpu tensors.*torch: "
-                                                      r"available"):
+    with pytest.raises(
+        BackendUnavailableError,
+        match=r"(?s)affine_coupling: backend 'cuda' "
+        r"cannot run on cpu tensors.*torch: "
+        r"available",
+    ):
         affine_coupling(x, x, x, backend="cuda")

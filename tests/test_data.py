@@ -1,5 +1,6 @@
 """Datasets: the image loaders (digits, binarized MNIST, CIFAR-10, MNIST), level <-> grid
 values, binary vectors, parallel text and token pairs, and the trainer's view of them."""
+
 import gzip
 import io
 import os
@@ -10,14 +11,33 @@ import numpy as np
 import pytest
 import torch
 
-from dqkernels.data import (BinaryVectors, TokenBatch, TokenPairDataset, TokenPairs,
-                            UnsafePickleError, binarized_mnist, binary_vectors, cifar10, digits,
-                            encode_pairs, grid_to_levels, levels_to_grid, load_dataset, mnist,
-                            multi30k, read_amat, read_cifar_binary, read_cifar_pickle, read_idx,
-                            read_parallel, read_text_lines)
+from dqkernels.data import (
+    BinaryVectors,
+    TokenBatch,
+    TokenPairDataset,
+    TokenPairs,
+    UnsafePickleError,
+    binarized_mnist,
+    binary_vectors,
+    cifar10,
+    digits,
+    encode_pairs,
+    grid_to_levels,
+    levels_to_grid,
+    load_dataset,
+    mnist,
+    multi30k,
+    read_amat,
+    read_cifar_binary,
+    read_cifar_pickle,
+    read_idx,
+    read_parallel,
+    read_text_lines,
+)
 
-SHARED_MNIST = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
-                            "binarized_mnist")
+SHARED_MNIST = os.path.join(
+    os.path.dirname(__file__), "..", "..", "shared", "data", "binarized_mnist"
+)
 
 
 # ----------------------------------------------------------------------------- digits
@@ -44,7 +64,8 @@ def test_digits_split_is_deterministic_and_disjoint():
 
     ref = torch.from_numpy(load_digits().data.astype(np.uint8).reshape(-1, 1, 8, 8))
     assert sorted(map(bytes, ref.numpy())) == sorted(
-        map(bytes, torch.cat([a.train, a.test]).numpy()))
+        map(bytes, torch.cat([a.train, a.test]).numpy())
+    )
     assert not torch.equal(a.test, ref[:360])
     # another seed gives another split
     c = digits(seed=1)
@@ -108,11 +129,14 @@ def test_read_amat_tolerates_other_whitespace(tmp_path):
     assert torch.equal(read_amat(path), torch.from_numpy(rows))
 
 
-@pytest.mark.parametrize("bad_line, message", [
-    (" ".join(["0"] * 783), r"line 2: expected 784 space-separated 0/1 values, found 783"),
-    (" ".join(["0"] * 783 + ["2"]), r"line 2: value '2' in column 784 is not 0 or 1"),
-    (" ".join(["x"] + ["1"] * 783), r"line 2: value 'x' is not a number"),
-])
+@pytest.mark.parametrize(
+    "bad_line, message",
+    [
+        (" ".join(["0"] * 783), r"line 2: expected 784 space-separated 0/1 values, found 783"),
+        (" ".join(["0"] * 783 + ["2"]), r"line 2: value '2' in column 784 is not 0 or 1"),
+        (" ".join(["x"] + ["1"] * 783), r"line 2: value 'x' is not a number"),
+    ],
+)
 def test_read_amat_malformed_row(tmp_path, bad_line, message):
     rows = _rows(3, 784)
     lines = _amat_text(rows).splitlines()
@@ -144,8 +168,9 @@ def _write_text(path, text: str, gz: bool) -> None:
 def _write_split_files(directory, sizes, gz):
     directory.mkdir(exist_ok=True)
     for i, (split, n) in enumerate(sizes.items()):
-        _write_text(directory / f"binarized_mnist_{split}.amat",
-                    _amat_text(_rows(n, 784, seed=i)), gz)
+        _write_text(
+            directory / f"binarized_mnist_{split}.amat", _amat_text(_rows(n, 784, seed=i)), gz
+        )
 
 
 @pytest.mark.parametrize("gz", [False, True])
@@ -197,8 +222,11 @@ class _Py2Pickler(pickle._Pickler):
 
     def save_bytes(self, obj):
         n = len(obj)
-        head = (pickle.SHORT_BINSTRING + bytes([n]) if n < 256
-                else pickle.BINSTRING + struct.pack("<i", n))
+        head = (
+            pickle.SHORT_BINSTRING + bytes([n])
+            if n < 256
+            else pickle.BINSTRING + struct.pack("<i", n)
+        )
         self.write(head + obj)
         self.memoize(obj)
 
@@ -211,10 +239,12 @@ class _Py2Pickler(pickle._Pickler):
 
 def _cifar_batch(n, seed):
     rng = np.random.RandomState(seed)
-    return {b"batch_label": f"batch {seed}".encode(),
-            b"labels": rng.randint(0, 10, n).tolist(),
-            b"data": rng.randint(0, 256, (n, 3072)).astype(np.uint8),
-            b"filenames": [f"img_{seed}_{i}.png".encode() for i in range(n)]}
+    return {
+        b"batch_label": f"batch {seed}".encode(),
+        b"labels": rng.randint(0, 10, n).tolist(),
+        b"data": rng.randint(0, 256, (n, 3072)).astype(np.uint8),
+        b"filenames": [f"img_{seed}_{i}.png".encode() for i in range(n)],
+    }
 
 
 def _pickle_batch(batch, style):
@@ -232,8 +262,9 @@ def _write_cifar(directory, sizes=(3, 2), test=2, fmt="py2"):
     batches = [_cifar_batch(n, seed) for seed, n in enumerate([*sizes, test])]
     for name, batch in zip(names, batches):
         if fmt == "bin":
-            records = np.concatenate([np.array(batch[b"labels"], np.uint8)[:, None],
-                                      batch[b"data"]], axis=1)
+            records = np.concatenate(
+                [np.array(batch[b"labels"], np.uint8)[:, None], batch[b"data"]], axis=1
+            )
             (directory / f"{name}.bin").write_bytes(records.tobytes())
         else:
             (directory / name).write_bytes(_pickle_batch(batch, fmt))
@@ -289,9 +320,11 @@ def test_cifar_pickle_refuses_code(tmp_path):
     path = tmp_path / "data_batch_1"
     path.write_bytes(pickle.dumps(batch, protocol=2))
     assert b"system" in path.read_bytes()
-    with pytest.raises(UnsafePickleError,
-                       match=r"data_batch_1: refused to unpickle the global posix\.system: a "
-                             r"CIFAR-10 batch holds only numpy arrays and plain data"):
+    with pytest.raises(
+        UnsafePickleError,
+        match=r"data_batch_1: refused to unpickle the global posix\.system: a "
+        r"CIFAR-10 batch holds only numpy arrays and plain data",
+    ):
         read_cifar_pickle(path)
     assert not marker.exists()
     # through the loader too, and as a ValueError (what the trainer reports as bad input)
@@ -300,27 +333,41 @@ def test_cifar_pickle_refuses_code(tmp_path):
         cifar10(tmp_path)
     assert not marker.exists()
     # other dangerous globals, and a codec other than the one pickle writes
-    for evil in (b"cbuiltins\neval\n(S'1'\ntR.", b"cnumpy\nload\n(S'x'\ntR.",
-                 b"c_codecs\nencode\n(Vx\nVrot13\ntR."):
+    for evil in (
+        b"cbuiltins\neval\n(S'1'\ntR.",
+        b"cnumpy\nload\n(S'x'\ntR.",
+        b"c_codecs\nencode\n(Vx\nVrot13\ntR.",
+    ):
         path.write_bytes(evil)
         with pytest.raises(UnsafePickleError):
             read_cifar_pickle(path)
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"not a pickle", r"not a CIFAR-10 python batch: unpickling failed"),
-    (pickle.dumps([1, 2], protocol=2), r"expected a pickled dict, found list"),
-    (pickle.dumps({b"labels": [1]}, protocol=2), r"no b'data' entry"),
-    (pickle.dumps({b"data": np.zeros((2, 3072), np.float32), b"labels": [0, 1]}, protocol=2),
-     r"b'data' must be a uint8 array \[N, 3072\]; "
-     r"found a float32 array of shape \(2, 3072\)"),
-    (pickle.dumps({b"data": np.zeros((2, 1024), np.uint8), b"labels": [0, 1]}, protocol=2),
-     r"found a uint8 array of shape \(2, 1024\)"),
-    (pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}, protocol=2),
-     r"b'labels' must be 2 integers"),
-    (pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"labels": [10]}, protocol=2),
-     r"labels must be in 0\.\.9; found 10\.\.10"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"not a pickle", r"not a CIFAR-10 python batch: unpickling failed"),
+        (pickle.dumps([1, 2], protocol=2), r"expected a pickled dict, found list"),
+        (pickle.dumps({b"labels": [1]}, protocol=2), r"no b'data' entry"),
+        (
+            pickle.dumps({b"data": np.zeros((2, 3072), np.float32), b"labels": [0, 1]}, protocol=2),
+            r"b'data' must be a uint8 array \[N, 3072\]; "
+            r"found a float32 array of shape \(2, 3072\)",
+        ),
+        (
+            pickle.dumps({b"data": np.zeros((2, 1024), np.uint8), b"labels": [0, 1]}, protocol=2),
+            r"found a uint8 array of shape \(2, 1024\)",
+        ),
+        (
+            pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}, protocol=2),
+            r"b'labels' must be 2 integers",
+        ),
+        (
+            pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"labels": [10]}, protocol=2),
+            r"labels must be in 0\.\.9; found 10\.\.10",
+        ),
+    ],
+)
 def test_cifar_pickle_malformed(tmp_path, content, message):
     path = tmp_path / "data_batch_1"
     path.write_bytes(content)
@@ -345,17 +392,26 @@ def test_cifar_binary_malformed(tmp_path):
 
 
 def test_cifar10_missing_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"cifar10: data directory .* does not exist.*"
-                                                r"data_batch_1\.\.5 and test_batch.*--data-dir"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"cifar10: data directory .* does not exist.*"
+        r"data_batch_1\.\.5 and test_batch.*--data-dir",
+    ):
         cifar10(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match=r"found neither the python version .* nor in "
-                                                r"its cifar-10-batches-py/"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"found neither the python version .* nor in "
+        r"its cifar-10-batches-py/",
+    ):
         cifar10(tmp_path / "empty")
     _write_cifar(tmp_path / "gap", sizes=(1, 1, 1))
     os.unlink(tmp_path / "gap" / "data_batch_2")
-    with pytest.raises(FileNotFoundError, match=r"data_batch_2 is missing .* while "
-                                                r"data_batch_3 is there"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"data_batch_2 is missing .* while "
+        r"data_batch_3 is there",
+    ):
         cifar10(tmp_path / "gap")
     _write_cifar(tmp_path / "notest", fmt="bin")
     os.unlink(tmp_path / "notest" / "test_batch.bin")
@@ -371,9 +427,14 @@ def _idx_bytes(arr):
     return bytes([0, 0, 8, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes()
 
 
-@pytest.mark.parametrize("gz, name", [(False, "{}-images-idx3-ubyte"),
-                                      (True, "{}-images-idx3-ubyte"),
-                                      (False, "{}-images.idx3-ubyte")])
+@pytest.mark.parametrize(
+    "gz, name",
+    [
+        (False, "{}-images-idx3-ubyte"),
+        (True, "{}-images-idx3-ubyte"),
+        (False, "{}-images.idx3-ubyte"),
+    ],
+)
 def test_mnist_idx(tmp_path, gz, name):
     rng = np.random.RandomState(0)
     train, test = rng.randint(0, 256, (5, 28, 28)), rng.randint(0, 256, (3, 28, 28))
@@ -388,8 +449,9 @@ def test_mnist_idx(tmp_path, gz, name):
     assert d.name == "mnist" and d.num_levels == 256
     assert d.train.shape == (5, 1, 28, 28) and d.test.shape == (3, 1, 28, 28)
     assert torch.equal(d.train[:, 0], torch.from_numpy(train.astype(np.uint8)))
-    assert torch.equal(load_dataset("mnist", str(tmp_path)).test[:, 0],
-                       torch.from_numpy(test.astype(np.uint8)))
+    assert torch.equal(
+        load_dataset("mnist", str(tmp_path)).test[:, 0], torch.from_numpy(test.astype(np.uint8))
+    )
 
 
 def test_read_idx_malformed(tmp_path):
@@ -501,22 +563,21 @@ def test_read_parallel_errors(tmp_path):
 def test_multi30k_layout(tmp_path):
     for stem, n in (("train", 3), ("val", 2), ("test_2016_flickr", 1)):
         for lang in ("en", "de"):
-            _write_lines(tmp_path / f"{stem}.{lang}", [f"{stem} {lang} {i}" for i in range(n)],
-                         gz=True)
+            _write_lines(
+                tmp_path / f"{stem}.{lang}", [f"{stem} {lang} {i}" for i in range(n)], gz=True
+            )
     m = multi30k(str(tmp_path))
     assert {k: len(v) for k, v in m.splits.items()} == {"train": 3, "valid": 2, "test": 1}
     assert m.splits["test"] == [("test_2016_flickr en 0", "test_2016_flickr de 0")]
 
 
-SHARED_MULTI30K = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
-                               "multi30k")
+SHARED_MULTI30K = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "multi30k")
 
 
 @pytest.mark.skipif(not os.path.isdir(SHARED_MULTI30K), reason="shared Multi30k not here")
 def test_multi30k_shared_files():
     m = multi30k(SHARED_MULTI30K)
-    assert {k: len(v) for k, v in m.splits.items()} == {"train": 29000, "valid": 1014,
-                                                         "test": 1000}
+    assert {k: len(v) for k, v in m.splits.items()} == {"train": 29000, "valid": 1014, "test": 1000}
     assert all(src and tgt for src, tgt in m.splits["test"])
 
 

@@ -1,4 +1,5 @@
 """Paper 1 models: the multi-scale flow, the dequantizers, the bounds, IW evaluation."""
+
 from __future__ import annotations
 
 import math
@@ -7,8 +8,13 @@ import re
 import pytest
 import torch
 
-from dqkernels.models.dequantization import (AutoregressiveDequantizer, DequantizationFlow,
-                                             UniformDequantizer, VariationalDequantizer, bound)
+from dqkernels.models.dequantization import (
+    AutoregressiveDequantizer,
+    DequantizationFlow,
+    UniformDequantizer,
+    VariationalDequantizer,
+    bound,
+)
 from dqkernels.models.flow import MultiScaleFlow
 
 
@@ -58,15 +64,17 @@ def test_bad_objective():
 # ----------------------------------------------------------------------------- flow
 
 
-@pytest.mark.parametrize("shape,scales", [((1, 8, 8), 2), ((3, 7, 6), 2), ((2, 4, 4), 3),
-                                          ((1, 5, 5), 1)])
+@pytest.mark.parametrize(
+    "shape,scales", [((1, 8, 8), 2), ((3, 7, 6), 2), ((2, 4, 4), 3), ((1, 5, 5), 1)]
+)
 @pytest.mark.parametrize("coupling", ["mixlog", "affine"])
 def test_flow_shapes_and_exact_sampling(shape, scales, coupling):
     torch.manual_seed(1)
     C, H, W = shape
-    flow = MultiScaleFlow(C, H, W, num_scales=scales, steps_per_scale=2, coupling=coupling,
-                          hidden=8, num_components=3).double()
-    flow(torch.randn(16, C, H, W, dtype=torch.float64))         # ActNorm init
+    flow = MultiScaleFlow(
+        C, H, W, num_scales=scales, steps_per_scale=2, coupling=coupling, hidden=8, num_components=3
+    ).double()
+    flow(torch.randn(16, C, H, W, dtype=torch.float64))  # ActNorm init
     _perturb(flow, 0.05, 2)
     flow.eval()
     lp = flow(torch.randn(3, C, H, W, dtype=torch.float64))
@@ -85,8 +93,9 @@ def test_flow_with_split_normalises():
     then scoring is consistent with it (the samples' mean log density is close to the
     entropy estimate from the same proposal)."""
     torch.manual_seed(14)
-    flow = MultiScaleFlow(1, 2, 2, num_scales=2, steps_per_scale=2, hidden=8,
-                          num_components=3).double()
+    flow = MultiScaleFlow(
+        1, 2, 2, num_scales=2, steps_per_scale=2, hidden=8, num_components=3
+    ).double()
     flow(torch.randn(64, 1, 2, 2, dtype=torch.float64))
     _perturb(flow, 0.1, 15)
     flow.eval()
@@ -94,8 +103,9 @@ def test_flow_with_split_normalises():
     sigma = 2.5
     g = torch.Generator().manual_seed(16)
     y = sigma * torch.randn(200_000, 1, 2, 2, generator=g, dtype=torch.float64)
-    log_q = (-0.5 * (y / sigma) ** 2 - math.log(sigma) - 0.5 * math.log(2 * math.pi)
-             ).flatten(1).sum(1)
+    log_q = (
+        (-0.5 * (y / sigma) ** 2 - math.log(sigma) - 0.5 * math.log(2 * math.pi)).flatten(1).sum(1)
+    )
     with torch.no_grad():
         mass = torch.exp(flow(y) - log_q).mean()
     assert abs(mass.item() - 1.0) < 0.03
@@ -104,8 +114,9 @@ def test_flow_with_split_normalises():
 def test_flow_normalises():
     """A 1-D-per-pixel flow on 1x2x1 images: integrate p(y) numerically over a grid."""
     torch.manual_seed(4)
-    flow = MultiScaleFlow(1, 2, 1, num_scales=1, steps_per_scale=2, hidden=8,
-                          num_components=3).double()
+    flow = MultiScaleFlow(
+        1, 2, 1, num_scales=1, steps_per_scale=2, hidden=8, num_components=3
+    ).double()
     flow(torch.randn(32, 1, 2, 1, dtype=torch.float64))
     _perturb(flow, 0.3, 5)
     flow.eval()
@@ -137,8 +148,9 @@ def test_iw_estimates_the_exact_probability_mass():
     agree, and the masses must sum to the mass of the logit's range."""
     torch.manual_seed(6)
     L = 3
-    flow = MultiScaleFlow(1, 2, 2, num_scales=1, steps_per_scale=2, hidden=8,
-                          num_components=3).eval()
+    flow = MultiScaleFlow(
+        1, 2, 2, num_scales=1, steps_per_scale=2, hidden=8, num_components=3
+    ).eval()
     model = DequantizationFlow(flow, UniformDequantizer(), L).eval()
     xs = torch.cartesian_prod(*[torch.arange(L)] * 4).view(-1, 1, 2, 2)
     nll = model.iw_nll(xs, 4000, max_rows=50_000).double()
@@ -153,27 +165,28 @@ def test_iw_estimates_the_exact_probability_mass():
     exact = -torch.log(normal.cdf(hi) - normal.cdf(lo)).flatten(1).sum(1)
     assert (nll - exact).abs().max() < 0.05
     total = torch.exp(-exact).sum()
-    range_mass = (normal.cdf(edge(torch.tensor(float(L)))) - normal.cdf(edge(torch.tensor(0.)))) ** 4
+    range_mass = (
+        normal.cdf(edge(torch.tensor(float(L)))) - normal.cdf(edge(torch.tensor(0.0)))
+    ) ** 4
     assert torch.allclose(total, range_mass)
     assert abs(torch.exp(-nll).sum().item() - range_mass.item()) < 0.01
 
 
 def test_iw_chunking_matches_one_pass():
     torch.manual_seed(7)
-    flow = MultiScaleFlow(1, 4, 4, num_scales=1, steps_per_scale=1, hidden=8,
-                          num_components=3)
+    flow = MultiScaleFlow(1, 4, 4, num_scales=1, steps_per_scale=1, hidden=8, num_components=3)
     model = DequantizationFlow(flow, UniformDequantizer(), 5)
     x = torch.randint(0, 5, (3, 1, 4, 4))
     model.train()
-    model(x)                   # ActNorm init
+    model(x)  # ActNorm init
     model.eval()
     torch.manual_seed(8)
     one = model.iw_nll(x, 12, max_rows=10_000)
     torch.manual_seed(8)
-    chunked = model.iw_nll(x, 12, max_rows=3 * 12)      # same draws, one chunk
+    chunked = model.iw_nll(x, 12, max_rows=3 * 12)  # same draws, one chunk
     assert torch.equal(one, chunked)
     torch.manual_seed(8)
-    small = model.iw_nll(x, 12, max_rows=3 * 5)         # chunks of 5, 5, 2 samples
+    small = model.iw_nll(x, 12, max_rows=3 * 5)  # chunks of 5, 5, 2 samples
     assert small.shape == (3,) and torch.isfinite(small).all()
     assert model.iw_nll(x[:0], 4).shape == (0,)
     with pytest.raises(ValueError, match="num_samples must be >= 1; got 0"):
@@ -184,17 +197,38 @@ def test_iw_chunking_matches_one_pass():
 
 
 def _dequantizers(C, H, W, L):
-    out = [("variational-mixlog", VariationalDequantizer(C, L, num_steps=3, hidden=8,
-                                                         num_components=3,
-                                                         context_channels=4)),
-           ("variational-affine", VariationalDequantizer(C, L, num_steps=2, coupling="affine",
-                                                         hidden=8, context_channels=4))]
+    out = [
+        (
+            "variational-mixlog",
+            VariationalDequantizer(
+                C, L, num_steps=3, hidden=8, num_components=3, context_channels=4
+            ),
+        ),
+        (
+            "variational-affine",
+            VariationalDequantizer(
+                C, L, num_steps=2, coupling="affine", hidden=8, context_channels=4
+            ),
+        ),
+    ]
     try:
-        out.append(("ard-conv", AutoregressiveDequantizer(C, H, W, L, num_steps=2, hidden=2 * C,
-                                                          context_channels=4)))
-        out.append(("ard-made", AutoregressiveDequantizer(C, H, W, L, num_steps=2, net="made",
-                                                          hidden=12, context_channels=4)))
-    except ImportError:                     # the masked layers are not there yet
+        out.append(
+            (
+                "ard-conv",
+                AutoregressiveDequantizer(
+                    C, H, W, L, num_steps=2, hidden=2 * C, context_channels=4
+                ),
+            )
+        )
+        out.append(
+            (
+                "ard-made",
+                AutoregressiveDequantizer(
+                    C, H, W, L, num_steps=2, net="made", hidden=12, context_channels=4
+                ),
+            )
+        )
+    except ImportError:  # the masked layers are not there yet
         pass
     return out
 
@@ -216,8 +250,9 @@ def test_dequantizer_log_q_is_the_change_of_variables(idx):
     u, log_q = deq(x, eps)
     assert ((u > 0) & (u < 1)).all()
     jac = torch.autograd.functional.jacobian(lambda e: deq(x, e)[0], eps).reshape(
-        C * H * W, C * H * W)
-    log_n = -0.5 * (eps ** 2).sum() - C * H * W * 0.5 * math.log(2 * math.pi)
+        C * H * W, C * H * W
+    )
+    log_n = -0.5 * (eps**2).sum() - C * H * W * 0.5 * math.log(2 * math.pi)
     expected = log_n - torch.linalg.slogdet(jac)[1]
     assert torch.allclose(log_q[0], expected, atol=1e-8, rtol=1e-8), name
 
@@ -228,24 +263,25 @@ def test_ard_layer_is_autoregressive(net):
     order (so its Jacobian is triangular in that order and one pass gives u and log q)."""
     pytest.importorskip("dqkernels.nn", reason="masked layers")
     from dqkernels import nn as dnn
+
     if not hasattr(dnn, "MaskedConv2d") or not hasattr(dnn, "MaskedLinear"):
         pytest.skip("masked layers not available")
     torch.manual_seed(11)
     C, H, W, L = 2, 3, 3, 4
-    deq = AutoregressiveDequantizer(C, H, W, L, num_steps=1, net=net, hidden=4 * C,
-                                    context_channels=3).double()
+    deq = AutoregressiveDequantizer(
+        C, H, W, L, num_steps=1, net=net, hidden=4 * C, context_channels=3
+    ).double()
     _perturb(deq, 0.3, 12)
     x = torch.randint(0, L, (1, C, H, W)).double()
     eps = torch.randn(1, C, H, W, dtype=torch.float64)
-    jac = torch.autograd.functional.jacobian(lambda e: deq(x, e)[0], eps).reshape(
-        C, H, W, C, H, W)
-    order = (torch.arange(H * W).view(1, H, W) * C + torch.arange(C).view(C, 1, 1))
+    jac = torch.autograd.functional.jacobian(lambda e: deq(x, e)[0], eps).reshape(C, H, W, C, H, W)
+    order = torch.arange(H * W).view(1, H, W) * C + torch.arange(C).view(C, 1, 1)
     o = order.reshape(-1)
     J = jac.reshape(C * H * W, C * H * W)
-    later = o.view(1, -1) > o.view(-1, 1)           # input j after output d
+    later = o.view(1, -1) > o.view(-1, 1)  # input j after output d
     assert (J[later] == 0).all()
     assert (J.diagonal() != 0).all()
-    assert (J[~later].abs() > 0).sum() > C * H * W   # it does use earlier inputs
+    assert (J[~later].abs() > 0).sum() > C * H * W  # it does use earlier inputs
 
 
 # ----------------------------------------------------------------------------- model
@@ -255,10 +291,8 @@ def test_ard_layer_is_autoregressive(net):
 def test_model_forward_backward_and_sample(objective):
     torch.manual_seed(13)
     L = 17
-    flow = MultiScaleFlow(1, 8, 8, num_scales=2, steps_per_scale=1, hidden=8,
-                          num_components=3)
-    deq = VariationalDequantizer(1, L, num_steps=2, hidden=8, num_components=3,
-                                 context_channels=4)
+    flow = MultiScaleFlow(1, 8, 8, num_scales=2, steps_per_scale=1, hidden=8, num_components=3)
+    deq = VariationalDequantizer(1, L, num_steps=2, hidden=8, num_components=3, context_channels=4)
     model = DequantizationFlow(flow, deq, L, objective=objective, num_samples=3)
     x = torch.randint(0, L, (5, 1, 8, 8))
     out = model(x)
@@ -293,24 +327,67 @@ def test_model_bad_arguments():
 
 # ----------------------------------------------------------------------------- dqk train flow
 
-_FLOW_TINY = ["--limit", "24", "--batch-size", "8", "--width", "8", "--steps", "1",
-              "--components", "3", "--dequant-steps", "2", "--context-channels", "2",
-              "--eval-samples", "3", "--epoch-eval-samples", "2", "--grid", "4",
-              "--no-progress", "--device", "cpu", "--warmup-steps", "0"]
+_FLOW_TINY = [
+    "--limit",
+    "24",
+    "--batch-size",
+    "8",
+    "--width",
+    "8",
+    "--steps",
+    "1",
+    "--components",
+    "3",
+    "--dequant-steps",
+    "2",
+    "--context-channels",
+    "2",
+    "--eval-samples",
+    "3",
+    "--epoch-eval-samples",
+    "2",
+    "--grid",
+    "4",
+    "--no-progress",
+    "--device",
+    "cpu",
+    "--warmup-steps",
+    "0",
+]
 
 
-@pytest.mark.parametrize("dequant,objective,extra", [
-    ("uniform", "elbo", []), ("uniform", "renyi", ["--samples", "2", "--alpha", "0.3"]),
-    ("variational", "iw", ["--samples", "2", "--coupling", "affine"]),
-    ("ard", "elbo", ["--bf16"]), ("ard", "iw", ["--ard-net", "made", "--samples", "2"])])
+@pytest.mark.parametrize(
+    "dequant,objective,extra",
+    [
+        ("uniform", "elbo", []),
+        ("uniform", "renyi", ["--samples", "2", "--alpha", "0.3"]),
+        ("variational", "iw", ["--samples", "2", "--coupling", "affine"]),
+        ("ard", "elbo", ["--bf16"]),
+        ("ard", "iw", ["--ard-net", "made", "--samples", "2"]),
+    ],
+)
 def test_train_flow_cli(tmp_path, capsys, dequant, objective, extra):
     import json
 
     import dqkernels.cli
+
     out = tmp_path / "run"
-    rc = dqkernels.cli.main(["train", "flow", *_FLOW_TINY, "--dequant", dequant,
-                             "--objective", objective, "--epochs", "1", "--out", str(out),
-                             *extra])
+    rc = dqkernels.cli.main(
+        [
+            "train",
+            "flow",
+            *_FLOW_TINY,
+            "--dequant",
+            dequant,
+            "--objective",
+            objective,
+            "--epochs",
+            "1",
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert f"{dequant} dequantization, {objective} objective" in text
@@ -324,11 +401,15 @@ def test_train_flow_cli(tmp_path, capsys, dequant, objective, extra):
 
 def test_train_flow_bad_flags(tmp_path, capsys):
     import dqkernels.cli
-    for flags, message in ((["--alpha", "1.0"], r"--alpha must be in \[0, 1\); got 1.0"),
-                           (["--samples", "0"], "--samples must be >= 1; got 0"),
-                           (["--scales", "0"], "--scales must be >= 1; got 0")):
-        rc = dqkernels.cli.main(["train", "flow", *_FLOW_TINY, "--out", str(tmp_path / "x"),
-                                 *flags])
+
+    for flags, message in (
+        (["--alpha", "1.0"], r"--alpha must be in \[0, 1\); got 1.0"),
+        (["--samples", "0"], "--samples must be >= 1; got 0"),
+        (["--scales", "0"], "--scales must be >= 1; got 0"),
+    ):
+        rc = dqkernels.cli.main(
+            ["train", "flow", *_FLOW_TINY, "--out", str(tmp_path / "x"), *flags]
+        )
         assert rc == 2
         assert re.search(message, capsys.readouterr().err)
 
@@ -339,11 +420,28 @@ def test_train_flow_ddp_two_gloo_processes(tmp_path):
     parameters (every parameter is used in the forward: DDP would fail otherwise)."""
     import torch.distributed as dist
     from train_runs import assert_ranks_match, torchrun
+
     if not (dist.is_available() and dist.is_gloo_available()):
         pytest.skip("no gloo")
-    torchrun("-m", "dqkernels.cli", "train", "flow", *_FLOW_TINY, "--limit", "32", "--dequant",
-             "ard", "--epochs", "1", "--grid", "0", "--out", tmp_path / "ddp",
-             "--dump-params", tmp_path / "rank{rank}.pt")
+    torchrun(
+        "-m",
+        "dqkernels.cli",
+        "train",
+        "flow",
+        *_FLOW_TINY,
+        "--limit",
+        "32",
+        "--dequant",
+        "ard",
+        "--epochs",
+        "1",
+        "--grid",
+        "0",
+        "--out",
+        tmp_path / "ddp",
+        "--dump-params",
+        tmp_path / "rank{rank}.pt",
+    )
     r0 = assert_ranks_match(tmp_path, single=None)
     assert len(r0) > 20
     # training moved the ARD parameters away from their initial values on both ranks
@@ -352,10 +450,8 @@ def test_train_flow_ddp_two_gloo_processes(tmp_path):
 
 
 def test_empty_batch_float64_sampling_and_margin():
-    flow = MultiScaleFlow(1, 4, 4, num_scales=1, steps_per_scale=1, hidden=4,
-                          num_components=2)
-    for deq in (UniformDequantizer(),
-                AutoregressiveDequantizer(1, 4, 4, 5, num_steps=1, hidden=4)):
+    flow = MultiScaleFlow(1, 4, 4, num_scales=1, steps_per_scale=1, hidden=4, num_components=2)
+    for deq in (UniformDequantizer(), AutoregressiveDequantizer(1, 4, 4, 5, num_steps=1, hidden=4)):
         model = DequantizationFlow(flow, deq, 5).double()
         out = model(torch.zeros(0, 1, 4, 4, dtype=torch.int64))
         assert out["loss"].shape == (0,)
@@ -369,8 +465,7 @@ def test_bf16_autocast_keeps_the_flow_in_its_dtype():
     """Under bf16 autocast the 1x1 convolutions must not drop the flow to bf16 (their
     logdet comes from the fp32 weight): log p(y) stays close to the fp32 value."""
     torch.manual_seed(17)
-    flow = MultiScaleFlow(1, 8, 8, num_scales=2, steps_per_scale=2, hidden=8,
-                          num_components=3)
+    flow = MultiScaleFlow(1, 8, 8, num_scales=2, steps_per_scale=2, hidden=8, num_components=3)
     y = torch.randn(4, 1, 8, 8)
     flow(y)
     _perturb(flow, 0.05, 18)
@@ -382,6 +477,7 @@ def test_bf16_autocast_keeps_the_flow_in_its_dtype():
     # the nets run in bf16 (their outputs are rounded), the flow's own maps do not
     assert (lp - ref).abs().max() < 0.5
     from dqkernels.nn import InvConv1x1
+
     for lu in (False, True):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             z, _ = InvConv1x1(4, lu=lu)(torch.randn(2, 4, 3, 3))

@@ -1,15 +1,20 @@
 """dmol_nll / dmol_sample on every backend against the float64 reference."""
+
 from __future__ import annotations
 
 import math
 
 import pytest
 import torch
-
 from conftest import BACKEND_DEVICES, GRAD_TOL, HAS_GPU, TOL, fresh_seed, rel_err, require
+
 from dqkernels.ops import dmol_nll, dmol_sample
-from dqkernels.reference.dmol import (dmol_level_log_probs, dmol_nll_reference,
-                                      dmol_sample_reference, params_per_mixture)
+from dqkernels.reference.dmol import (
+    dmol_level_log_probs,
+    dmol_nll_reference,
+    dmol_sample_reference,
+    params_per_mixture,
+)
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 # Gradients may be off by up to this multiple of eager float32 PyTorch's own error on the
@@ -45,8 +50,9 @@ def check_against_reference(x, params, L, backend, *, seed, mls=-7.0, grad_seed=
     nll = dmol_nll(x, p, num_levels=L, min_log_scale=mls, backend=backend)
     assert nll.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     assert nll.shape == (x.shape[0],) + tuple(x.shape[2:])
-    g = torch.randn(nll.shape, generator=torch.Generator().manual_seed(grad_seed),
-                    dtype=nll.dtype).to(nll.device)
+    g = torch.randn(
+        nll.shape, generator=torch.Generator().manual_seed(grad_seed), dtype=nll.dtype
+    ).to(nll.device)
     (grad,) = torch.autograd.grad(nll, p, g)
     assert grad.dtype == dtype and grad.shape == params.shape
 
@@ -82,8 +88,11 @@ def test_matches_reference(backend, device, dtype, C):
     require(backend, device, dtype)
     seed = fresh_seed()
     small = backend == "triton" and device == "cpu"  # the interpreter is slow
-    cases = [(2, 3, 5, 4, 256), (1, 1, 1, 1, 2)] if small else \
-        [(2, 3, 5, 4, 256), (1, 1, 1, 1, 2), (3, 7, 9, 10, 17), (2, 17, 19, 1, 5)]
+    cases = (
+        [(2, 3, 5, 4, 256), (1, 1, 1, 1, 2)]
+        if small
+        else [(2, 3, 5, 4, 256), (1, 1, 1, 1, 2), (3, 7, 9, 10, 17), (2, 17, 19, 1, 5)]
+    )
     for i, (B, H, W, M, L) in enumerate(cases):
         x, p = make_inputs(B, C, H, W, M, L, seed=seed + i, dtype=dtype, device=device)
         check_against_reference(x, p, L, backend, seed=seed + i)
@@ -95,8 +104,9 @@ def test_several_blocks(backend, device):
     require(backend, device)
     seed = fresh_seed()
     shape = (3, 11, 13) if device == "cpu" and backend == "triton" else (5, 37, 41)
-    x, p = make_inputs(shape[0], 3, shape[1], shape[2], 6, 256, seed=seed, dtype=torch.float32,
-                       device=device)
+    x, p = make_inputs(
+        shape[0], 3, shape[1], shape[2], 6, 256, seed=seed, dtype=torch.float32, device=device
+    )
     check_against_reference(x, p, 256, backend, seed=seed)
 
 
@@ -120,9 +130,9 @@ def test_any_strides(backend, device):
     P = M * params_per_mixture(C)
     x1, _ = make_inputs(1, C, 5, 6, M, L, seed=seed, dtype=torch.float32, device=device)
     wide = torch.randn(4, P + 7, 6, 5, device=device) * 2
-    params = wide[:, 3:3 + P].transpose(2, 3)                  # [4, P, 5, 6], strided
+    params = wide[:, 3 : 3 + P].transpose(2, 3)  # [4, P, 5, 6], strided
     assert not params.is_contiguous()
-    x = x1.expand(4, C, 5, 6)                                  # batch stride 0
+    x = x1.expand(4, C, 5, 6)  # batch stride 0
     check_against_reference(x, params, L, backend, seed=seed)
     cl = params.contiguous(memory_format=torch.channels_last)
     check_against_reference(x.contiguous(), cl, L, backend, seed=seed)
@@ -160,18 +170,29 @@ def test_extreme_inputs_finite_and_exact(backend, device):
     rest = p[:, M:].view(B, C, 3, M, H, W)
     x = torch.zeros(B, C, H, W, dtype=torch.float64)
     # 0: lowest bin, mean at the other end, scale at the clamp
-    x[0] = -1.0; rest[0, :, 0] = 1.0; rest[0, :, 1] = -7.0
+    x[0] = -1.0
+    rest[0, :, 0] = 1.0
+    rest[0, :, 1] = -7.0
     # 1: highest bin, scale far below the clamp (clamped), mean at the other end
-    x[1] = 1.0; rest[1, :, 0] = -1.0; rest[1, :, 1] = -50.0
+    x[1] = 1.0
+    rest[1, :, 0] = -1.0
+    rest[1, :, 1] = -50.0
     # 2: very peaked at x: interior bin, tiny scale, mean exactly at x
-    x[2] = 2 * 60 / 255 - 1; rest[2, :, 0] = x[2][:, None]; rest[2, :, 1] = -7.0
+    x[2] = 2 * 60 / 255 - 1
+    rest[2, :, 0] = x[2][:, None]
+    rest[2, :, 1] = -7.0
     # 3: very flat: scale e^12
-    x[3] = 2 * 100 / 255 - 1; rest[3, :, 1] = 12.0
+    x[3] = 2 * 100 / 255 - 1
+    rest[3, :, 1] = 12.0
     # 4: huge logits of both signs
     p[4, :M] = torch.tensor([1e4, -1e4, 5e3, 0.0]).view(M, 1, 1)
-    rest[4, :, 1] = -3.0; x[4] = 2 * 17 / 255 - 1
+    rest[4, :, 1] = -3.0
+    x[4] = 2 * 17 / 255 - 1
     # 5: strong coupling coefficients and means far outside [-1, 1]
-    rest[5, :, 2] = 20.0; rest[5, :, 0] = 30.0; rest[5, :, 1] = -2.0; x[5] = -1.0 + 2 * 3 / 255
+    rest[5, :, 2] = 20.0
+    rest[5, :, 0] = 30.0
+    rest[5, :, 1] = -2.0
+    x[5] = -1.0 + 2 * 3 / 255
     for dtype in (torch.float32, torch.float64):
         if backends_skip(backend, device, dtype):
             continue
@@ -185,6 +206,7 @@ def test_extreme_inputs_finite_and_exact(backend, device):
 
 def backends_skip(backend, device, dtype) -> bool:
     from dqkernels import backends
+
     return backends.why_unavailable(backend, device, dtype) is not None
 
 
@@ -193,8 +215,7 @@ def test_very_low_min_log_scale(backend, device):
     """min_log_scale far below -7: bins are 1e32 scales wide (exp(-delta) is 0) and
     everything stays finite. (Below about -88, 1/s itself overflows float32.)"""
     require(backend, device)
-    x, p = make_inputs(2, 3, 2, 3, 3, 256, seed=fresh_seed(), dtype=torch.float32,
-                       device=device)
+    x, p = make_inputs(2, 3, 2, 3, 3, 256, seed=fresh_seed(), dtype=torch.float32, device=device)
     p = p.clone()
     p[:, 3:].view(2, 3, 3, 3, 2, 3)[:, :, 1] = -80.0  # every log-scale
     p[:, 3:].view(2, 3, 3, 3, 2, 3)[:, :, 0] = x.view(2, 3, 1, 2, 3)  # means on the data
@@ -209,7 +230,8 @@ def test_very_low_min_log_scale(backend, device):
 def test_nan_propagates(backend, device):
     require(backend, device)
     x, p = make_inputs(1, 1, 2, 2, 2, 256, seed=1, dtype=torch.float32, device=device)
-    x = x.clone(); x[0, 0, 0, 0] = float("nan")
+    x = x.clone()
+    x[0, 0, 0, 0] = float("nan")
     out = dmol_nll(x, p, backend=backend)
     assert torch.isnan(out[0, 0, 0]) and torch.isfinite(out.view(-1)[1:]).all()
 
@@ -243,7 +265,8 @@ def test_op_gradcheck_float64(backend):
         x, p = make_inputs(2, C, 2, 3, 3, 9, seed=fresh_seed())
         p.requires_grad_()
         assert torch.autograd.gradcheck(
-            lambda q, x=x: dmol_nll(x, q, num_levels=9, backend=backend), (p,))
+            lambda q, x=x: dmol_nll(x, q, num_levels=9, backend=backend), (p,)
+        )
 
 
 # ----------------------------------------------------------------- custom op contract
@@ -252,24 +275,27 @@ def test_op_gradcheck_float64(backend):
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
 def test_opcheck(backend, device):
     require(backend, device)
-    x, p = make_inputs(2, 3, 3, 4, 2, 256, seed=fresh_seed(), dtype=torch.float32,
-                       device=device)
+    x, p = make_inputs(2, 3, 3, 4, 2, 256, seed=fresh_seed(), dtype=torch.float32, device=device)
     p.requires_grad_()
     torch.library.opcheck(torch.ops.dqk.dmol_nll.default, (x, p, 256, -7.0, backend))
     g = torch.randn(2, 3, 4, device=device)
-    torch.library.opcheck(torch.ops.dqk.dmol_nll_backward.default,
-                          (x, p.detach(), g, 256, -7.0, backend))
+    torch.library.opcheck(
+        torch.ops.dqk.dmol_nll_backward.default, (x, p.detach(), g, 256, -7.0, backend)
+    )
     u = torch.rand(2, 4, 3, 4, device=device)
-    torch.library.opcheck(torch.ops.dqk.dmol_sample.default,
-                          (p.detach(), u, 3, 256, -7.0, backend))
+    torch.library.opcheck(torch.ops.dqk.dmol_sample.default, (p.detach(), u, 3, 256, -7.0, backend))
     from dqkernels.ops.dmol import FUSED_BACKWARD_BACKENDS
+
     if backend in FUSED_BACKWARD_BACKENDS:
         torch.library.opcheck(torch.ops.dqk.dmol_nll_fused.default, (x, p, 256, -7.0, backend))
 
 
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64],
-                         ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize(
+    "dtype",
+    [torch.float32, torch.bfloat16, torch.float64],
+    ids=lambda d: str(d).replace("torch.", ""),
+)
 def test_backward_op_matches_reference(backend, device, dtype):
     """The backward op itself (the recomputing path; `cpp` otherwise takes the fused one
     through autograd), with a non-contiguous upstream gradient."""
@@ -281,13 +307,15 @@ def test_backward_op_matches_reference(backend, device, dtype):
         g = torch.randn(2, 7, 5, dtype=acc, device=device).transpose(1, 2)  # strided
         got = torch.ops.dqk.dmol_nll_backward(x, p, g, 256, -7.0, backend)
         p64 = p.double().cpu().requires_grad_()
-        (want,) = torch.autograd.grad(dmol_nll_reference(x.double().cpu(), p64), p64,
-                                      g.double().cpu())
+        (want,) = torch.autograd.grad(
+            dmol_nll_reference(x.double().cpu(), p64), p64, g.double().cpu()
+        )
         tol = GRAD_TOL[dtype]
         if dtype != torch.float64:  # flash-attention's rule, as in check_against_reference
             p32 = p.float().cpu().requires_grad_()
-            (g32,) = torch.autograd.grad(dmol_nll_reference(x.float().cpu(), p32), p32,
-                                         g.float().cpu())
+            (g32,) = torch.autograd.grad(
+                dmol_nll_reference(x.float().cpu(), p32), p32, g.float().cpu()
+            )
             tol = max(tol, GRAD_MULTIPLE * rel_err(g32.to(dtype), want.to(dtype)))
         assert rel_err(got, want.to(dtype)) <= tol, f"seed={seed} C={C} M={M}"
 
@@ -297,8 +325,7 @@ def test_backward_twice_with_retain_graph(backend, device):
     """A second backward through a retained graph gives the same gradient (the fused
     CPU path must not consume its saved unit gradient)."""
     require(backend, device)
-    x, p = make_inputs(2, 3, 3, 5, 3, 256, seed=fresh_seed(), dtype=torch.float32,
-                       device=device)
+    x, p = make_inputs(2, 3, 3, 5, 3, 256, seed=fresh_seed(), dtype=torch.float32, device=device)
     p.requires_grad_()
     loss = (dmol_nll(x, p, backend=backend) * 0.5).sum()
     (g1,) = torch.autograd.grad(loss, p, retain_graph=True)
@@ -358,12 +385,14 @@ def chi_square_pvalue(counts: torch.Tensor, probs: torch.Tensor, min_expected: f
     obs = torch.cat([counts[keep], counts[~keep].sum().view(1)])
     ex = torch.cat([exp[keep], exp[~keep].sum().view(1)])
     if ex[-1] < min_expected:  # fold a tiny pooled cell into the largest one
-        obs[ex.argmax()] += obs[-1]; ex[ex.argmax()] += ex[-1]
+        obs[ex.argmax()] += obs[-1]
+        ex[ex.argmax()] += ex[-1]
         obs, ex = obs[:-1], ex[:-1]
     stat = ((obs - ex) ** 2 / ex).sum()
     df = obs.numel() - 1
-    return torch.special.gammaincc(torch.tensor(df / 2, dtype=torch.float64),
-                                   stat.double() / 2).item()
+    return torch.special.gammaincc(
+        torch.tensor(df / 2, dtype=torch.float64), stat.double() / 2
+    ).item()
 
 
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
@@ -385,7 +414,7 @@ def test_sample_distribution(backend, device, C, L):
     k = torch.round((s.double() + 1) * (L - 1) / 2).long().view(n, C)
     assert torch.allclose(s.double().view(n, C), k.double() * 2 / (L - 1) - 1)
     idx = sum(k[:, c] * L ** (C - 1 - c) for c in range(C))
-    counts = torch.bincount(idx, minlength=L ** C).double()
+    counts = torch.bincount(idx, minlength=L**C).double()
     probs = dmol_level_log_probs(one.to(torch.float32).double(), C, L).exp().view(-1)
     pval = chi_square_pvalue(counts, probs)
     assert pval > 1e-4, f"chi-square p={pval:.2e} (seed={seed}, backend={backend})"
@@ -430,6 +459,7 @@ def test_nll_is_normalised():
     for C, L in [(1, 7), (3, 4)]:
         _, p = make_inputs(2, C, 2, 2, 3, L, seed=fresh_seed())
         lp = dmol_level_log_probs(p, C, L)
-        assert torch.allclose(lp.logsumexp(1), torch.zeros(2, 2, 2, dtype=torch.float64),
-                              atol=1e-12)
+        assert torch.allclose(
+            lp.logsumexp(1), torch.zeros(2, 2, 2, dtype=torch.float64), atol=1e-12
+        )
         assert math.isfinite(lp.min().item())

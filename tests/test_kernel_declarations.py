@@ -1,6 +1,7 @@
 """Backends declare what they support per op family (dqkernels.kernels.registry), and
 ``auto``, ``why_unavailable``, ``available``, every rejection message and ``dqk info`` read
 those declarations."""
+
 from __future__ import annotations
 
 import importlib
@@ -33,8 +34,10 @@ def test_family_without_a_backend_has_none(fake_family):
     with pytest.raises(backends.BackendUnavailableError) as err:
         backends.resolve("fake_op", "cpu", F32, "cpp", family="fake")
     msg = str(err.value)
-    assert msg.startswith("fake_op: backend 'cpp' cannot run on cpu tensors of dtype float32: "
-                          "no cpp kernels for fake.\nAll backends here:\n")
+    assert msg.startswith(
+        "fake_op: backend 'cpp' cannot run on cpu tensors of dtype float32: "
+        "no cpp kernels for fake.\nAll backends here:\n"
+    )
     assert "\n  torch: available" in msg
     for b in ("cpp", "cuda", "triton"):
         assert f"\n  {b}: no {b} kernels for fake" in msg
@@ -49,17 +52,25 @@ def test_fake_family_does_not_change_other_families(fake_family):
 
 def test_declared_dtypes_and_needs_decide():
     off = registry.Need("a switch", lambda device: "switched off for this test")
-    registry.register("narrow", [registry.torch_kernels(("float32",)),
-                                 registry.cpp_kernels(("float32",), needs=(off,))])
+    registry.register(
+        "narrow",
+        [registry.torch_kernels(("float32",)), registry.cpp_kernels(("float32",), needs=(off,))],
+    )
     try:
-        assert backends.why_unavailable("torch", "cpu", torch.float64, "narrow") == \
-            "dtype float64 is not supported (it takes float32)"
+        assert (
+            backends.why_unavailable("torch", "cpu", torch.float64, "narrow")
+            == "dtype float64 is not supported (it takes float32)"
+        )
         assert backends.why_unavailable("cpp", "cpu", F32, "narrow") in (
-            "switched off for this test", registry.EXTENSION.missing(torch.device("cpu")))
+            "switched off for this test",
+            registry.EXTENSION.missing(torch.device("cpu")),
+        )
         assert backends.resolve("op", "cpu", F32, "auto", family="narrow") == "torch"
-        with pytest.raises(backends.BackendUnavailableError,
-                           match=r"op: no backend can run on cpu tensors of dtype torch.float64:\n"
-                                 r"  torch: dtype float64 is not supported \(it takes float32\)"):
+        with pytest.raises(
+            backends.BackendUnavailableError,
+            match=r"op: no backend can run on cpu tensors of dtype torch.float64:\n"
+            r"  torch: dtype float64 is not supported \(it takes float32\)",
+        ):
             backends.resolve("op", "cpu", torch.float64, "auto", family="narrow")
     finally:
         registry.unregister("narrow")
@@ -74,18 +85,22 @@ def test_any_family_joins_differing_reasons(monkeypatch):
     assert backends.why_unavailable("torch", "cpu", F32) is None
     assert backends.why_unavailable("torch", "cpu", torch.float64) == (
         "a: dtype float64 is not supported (it takes float32); b, c: dtype float64 is not "
-        "supported (it takes float16)")
+        "supported (it takes float16)"
+    )
     assert backends.why_unavailable("cpp", "cpu", F32) == "no cpp kernels for any op family"
 
 
 def test_op_without_a_backend_says_so(monkeypatch):
     decls = registry.declared("dmol")
-    monkeypatch.setitem(registry._families, "dmol",
-                        {b: k for b, k in decls.items() if b != "triton"})
+    monkeypatch.setitem(
+        registry._families, "dmol", {b: k for b, k in decls.items() if b != "triton"}
+    )
     x, p = torch.zeros(1, 1, 2, 2), torch.zeros(1, 3, 2, 2)
-    with pytest.raises(backends.BackendUnavailableError,
-                       match=r"dmol_nll: backend 'triton' cannot run on cpu tensors of dtype "
-                             r"float32: no triton kernels for dmol\."):
+    with pytest.raises(
+        backends.BackendUnavailableError,
+        match=r"dmol_nll: backend 'triton' cannot run on cpu tensors of dtype "
+        r"float32: no triton kernels for dmol\.",
+    ):
         dmol_nll(x, p, backend="triton")
     assert dmol_nll(x, p, backend="auto").shape == (1, 2, 2)
 
@@ -125,14 +140,17 @@ def test_reading_declarations_imports_no_kernel_module():
         "info.collect()\n"
         "loaded = [m for m in sys.modules if m.startswith('dqkernels.kernels.') and\n"
         "          m.rsplit('.', 1)[-1] in ('torch', 'cpp', 'cuda', 'triton')]\n"
-        "print(loaded)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=300, check=True).stdout
-    assert out.strip() == "[]", out   # (torch itself may import triton)
+        "print(loaded)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
+    ).stdout
+    assert out.strip() == "[]", out  # (torch itself may import triton)
 
 
 def test_info_lists_families(capsys):
     from dqkernels.cli import main
+
     assert main(["info", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert set(data["families"]) == set(registry.families())

@@ -3,14 +3,15 @@ sorted, unsorted and random degrees, strict and not, odd and multi-block shapes,
 strides, empty inputs; skipping (masked weights and never-connected inputs may hold
 NaN); the autoregressive property; gradcheck; the custom-op contract; bad input; the
 MaskedLinear module and made_degrees."""
+
 from __future__ import annotations
 
 import math
 
 import pytest
 import torch
-
 from conftest import BACKEND_DEVICES, GRAD_TOL, TOL, fresh_seed, rel_err, require
+
 from dqkernels.nn import MaskedLinear, made_degrees
 from dqkernels.ops import masked_linear
 from dqkernels.reference.masked_linear import linear_mask, masked_linear_reference
@@ -62,12 +63,17 @@ def check(x, w, b, di, do, strict, backend, *, seed, info=""):
     assert y.dtype == dtype and y.shape == (*x.shape[:-1], w.shape[0])
     g = torch.Generator().manual_seed(seed + 1)
     gy = torch.randn(y.shape, generator=g, dtype=torch.float64).to(dtype)
-    grads = torch.autograd.grad(y, leaves, gy) if y.numel() else [torch.zeros_like(t) for t in leaves]
+    grads = (
+        torch.autograd.grad(y, leaves, gy) if y.numel() else [torch.zeros_like(t) for t in leaves]
+    )
     ref_leaves = [t.detach().double().cpu().requires_grad_() for t in (x, w, b) if t is not None]
     rb = ref_leaves[2] if b is not None else None
     ry = masked_linear_reference(ref_leaves[0], ref_leaves[1], rb, di.cpu(), do.cpu(), strict)
-    rgrads = (torch.autograd.grad(ry, ref_leaves, gy.double().cpu()) if ry.numel()
-              else [torch.zeros_like(t) for t in ref_leaves])
+    rgrads = (
+        torch.autograd.grad(ry, ref_leaves, gy.double().cpu())
+        if ry.numel()
+        else [torch.zeros_like(t) for t in ref_leaves]
+    )
     msg = f"seed={seed} backend={backend} dtype={dtype} strict={strict} {info}"
     e = rel_err(y, ry.to(dtype))
     assert e <= TOL[dtype], f"output rel err {e:.2e} > {TOL[dtype]:.1e} ({msg})"
@@ -97,7 +103,9 @@ def test_matches_reference(backend, device, dtype, strict):
         kind = DEGREE_KINDS[i % 3]
         di, do = degrees(kind, n_in, n_out, seed=seed + i, device=device)
         x, w, b = inputs(lead, n_in, n_out, seed=seed + i, dtype=dtype, device=device)
-        check(x, w, b, di, do, strict, backend, seed=seed + i, info=f"{lead} {n_in}->{n_out} {kind}")
+        check(
+            x, w, b, di, do, strict, backend, seed=seed + i, info=f"{lead} {n_in}->{n_out} {kind}"
+        )
 
 
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
@@ -122,8 +130,8 @@ def test_any_strides_int32_degrees_no_bias(backend, device):
     seed = fresh_seed()
     n_in, n_out = 23, 19
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n_in, 4, 3, generator=g).permute(2, 1, 0).to(device)         # [3, 4, 23]
-    w = torch.randn(n_in, n_out, generator=g).t().to(device)                     # [19, 23] view
+    x = torch.randn(n_in, 4, 3, generator=g).permute(2, 1, 0).to(device)  # [3, 4, 23]
+    w = torch.randn(n_in, n_out, generator=g).t().to(device)  # [19, 23] view
     b = torch.randn(2 * n_out, generator=g)[::2].to(device)
     di_full, do_full = degrees("random", 2 * n_in, 2 * n_out, seed=seed)
     di = di_full.to(torch.int32)[::2].to(device)
@@ -145,7 +153,9 @@ def test_broadcast_upstream_gradient(backend, device):
     y = masked_linear(*leaves, di, do, strict=False, backend=backend)
     grads = torch.autograd.grad(y.sum(), leaves)
     ref = [t.detach().double().cpu().requires_grad_() for t in (x, w, b)]
-    rgrads = torch.autograd.grad(masked_linear_reference(*ref, di.cpu(), do.cpu(), False).sum(), ref)
+    rgrads = torch.autograd.grad(
+        masked_linear_reference(*ref, di.cpu(), do.cpu(), False).sum(), ref
+    )
     for got, want in zip(grads, rgrads):
         assert rel_err(got, want) <= TOL[torch.float32], seed
 
@@ -242,6 +252,7 @@ def test_cpp_isa_paths_and_thread_counts(monkeypatch):
     bitwise identical for 1 and 2 threads."""
     require("cpp", "cpu")
     from dqkernels.kernels.masked_linear import cpp as cpp_masked_linear
+
     seed = fresh_seed()
     lead, n_in, n_out = (61,), 300, 77
     for isa in cpp_masked_linear.supported_isas():
@@ -307,17 +318,20 @@ def test_gradcheck_float64(backend):
         x, w, b = inputs((2, 3), 6, 5, seed=seed)
         leaves = [t.requires_grad_() for t in (x, w, b)]
         assert torch.autograd.gradcheck(
-            lambda *t, di=di, do=do, strict=strict: masked_linear(*t, di, do, strict=strict,
-                                                                  backend=backend),
-            leaves), seed
+            lambda *t, di=di, do=do, strict=strict: masked_linear(
+                *t, di, do, strict=strict, backend=backend
+            ),
+            leaves,
+        ), seed
 
 
 def test_reference_gradcheck():
     seed = fresh_seed()
     di, do = degrees("random", 5, 4, seed=seed)
     leaves = [t.requires_grad_() for t in inputs((3,), 5, 4, seed=seed)]
-    assert torch.autograd.gradcheck(
-        lambda *t: masked_linear_reference(*t, di, do, True), leaves), seed
+    assert torch.autograd.gradcheck(lambda *t: masked_linear_reference(*t, di, do, True), leaves), (
+        seed
+    )
 
 
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
@@ -355,14 +369,16 @@ def test_opcheck(backend, device):
     x, w, b = inputs((2, 3), 7, 6, seed=seed, dtype=torch.float32, device=device)
     x, w, b = (t.requires_grad_() for t in (x, w, b))
     for strict in (True, False):
-        torch.library.opcheck(torch.ops.dqk.masked_linear.default,
-                              (x, w, b, di, do, strict, backend))
-    torch.library.opcheck(torch.ops.dqk.masked_linear.default,
-                          (x, w, None, di, do, True, backend))
+        torch.library.opcheck(
+            torch.ops.dqk.masked_linear.default, (x, w, b, di, do, strict, backend)
+        )
+    torch.library.opcheck(torch.ops.dqk.masked_linear.default, (x, w, None, di, do, True, backend))
     gy = torch.randn(2, 3, 6, device=device)
     for need in ((True, True, True), (False, True, False), (True, False, False)):
-        torch.library.opcheck(torch.ops.dqk.masked_linear_backward.default,
-                              (gy, x.detach(), w.detach(), di, do, True, *need, backend))
+        torch.library.opcheck(
+            torch.ops.dqk.masked_linear_backward.default,
+            (gy, x.detach(), w.detach(), di, do, True, *need, backend),
+        )
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpp"])
@@ -397,14 +413,23 @@ def test_bad_input_messages():
     di = torch.arange(5)
     do = torch.arange(3)
     op = masked_linear
-    with pytest.raises(ValueError, match=r"masked_linear: in_degrees must have length 5 "
-                                         r"\(weight's in_features\); got 4"):
+    with pytest.raises(
+        ValueError,
+        match=r"masked_linear: in_degrees must have length 5 "
+        r"\(weight's in_features\); got 4",
+    ):
         op(x, w, b, di[:4], do, strict=True)
-    with pytest.raises(ValueError, match=r"out_degrees must have length 3 \(weight's "
-                                         r"out_features\); got 5"):
+    with pytest.raises(
+        ValueError,
+        match=r"out_degrees must have length 3 \(weight's "
+        r"out_features\); got 5",
+    ):
         op(x, w, b, di, di, strict=True)
-    with pytest.raises(TypeError, match=r"in_degrees must be an integer tensor \(int32 or "
-                                        r"int64\); got dtype float32"):
+    with pytest.raises(
+        TypeError,
+        match=r"in_degrees must be an integer tensor \(int32 or "
+        r"int64\); got dtype float32",
+    ):
         op(x, w, b, di.float(), do, strict=True)
     with pytest.raises(TypeError, match=r"out_degrees must be an integer tensor .*got dtype bool"):
         op(x, w, b, di, do > 0, strict=True)
@@ -412,28 +437,49 @@ def test_bad_input_messages():
         op(x, w, b, di, [0, 1, 2], strict=True)
     with pytest.raises(ValueError, match=r"in_degrees must be 1-D; got shape \(5, 1\)"):
         op(x, w, b, di.view(5, 1), do, strict=True)
-    with pytest.raises(ValueError, match=r"x and out_degrees must be on the same device; got "
-                                         r"x on cpu and out_degrees on meta"):
+    with pytest.raises(
+        ValueError,
+        match=r"x and out_degrees must be on the same device; got "
+        r"x on cpu and out_degrees on meta",
+    ):
         op(x, w, b, di, do.to("meta"), strict=True)
-    with pytest.raises(ValueError, match=r"x's last dimension must equal weight's in_features "
-                                         r"5; got x \(2, 4\) and weight \(3, 5\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"x's last dimension must equal weight's in_features "
+        r"5; got x \(2, 4\) and weight \(3, 5\)",
+    ):
         op(torch.randn(2, 4), w, b, di, do, strict=True)
-    with pytest.raises(ValueError, match=r"weight must have 2 dimensions \[out_features, "
-                                         r"in_features\]; got shape \(15,\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"weight must have 2 dimensions \[out_features, "
+        r"in_features\]; got shape \(15,\)",
+    ):
         op(x, w.flatten(), b, di, do, strict=True)
-    with pytest.raises(ValueError, match=r"bias must have shape \(3,\) \(weight's "
-                                         r"out_features\); got \(1, 3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"bias must have shape \(3,\) \(weight's "
+        r"out_features\); got \(1, 3\)",
+    ):
         op(x, w, b.view(1, 3), di, do, strict=True)
-    with pytest.raises(TypeError, match=r"x and weight must have the same dtype; got x float32 "
-                                        r"and weight float64"):
+    with pytest.raises(
+        TypeError,
+        match=r"x and weight must have the same dtype; got x float32 "
+        r"and weight float64",
+    ):
         op(x, w.double(), b, di, do, strict=True)
-    with pytest.raises(TypeError, match=r"x and bias must have the same dtype; got x float32 "
-                                        r"and bias float16"):
+    with pytest.raises(
+        TypeError,
+        match=r"x and bias must have the same dtype; got x float32 "
+        r"and bias float16",
+    ):
         op(x, w, b.half(), di, do, strict=True)
     with pytest.raises(TypeError, match=r"x must be a floating tensor .*got dtype int64"):
         op(x.long(), w, b, di, do, strict=True)
-    with pytest.raises(ValueError, match=r"x and weight must be on the same device; got x on "
-                                         r"cpu and weight on meta"):
+    with pytest.raises(
+        ValueError,
+        match=r"x and weight must be on the same device; got x on "
+        r"cpu and weight on meta",
+    ):
         op(x, w.to("meta"), b, di, do, strict=True)
     with pytest.raises(TypeError, match=r"strict must be a bool; got int"):
         op(x, w, b, di, do, strict=1)
@@ -445,11 +491,15 @@ def test_bad_input_messages():
 
 def test_backend_rejections_explained():
     from dqkernels.backends import BackendUnavailableError
+
     x = torch.randn(2, 3)
     w = torch.randn(4, 3)
-    with pytest.raises(BackendUnavailableError, match=r"(?s)masked_linear: backend 'cuda' "
-                                                      r"cannot run on cpu tensors.*torch: "
-                                                      r"available"):
+    with pytest.raises(
+        BackendUnavailableError,
+        match=r"(?s)masked_linear: backend 'cuda' "
+        r"cannot run on cpu tensors.*torch: "
+        r"available",
+    ):
         masked_linear(x, w, None, torch.arange(3), torch.arange(4), strict=True, backend="cuda")
 
 
@@ -484,8 +534,11 @@ def test_module_and_made_degrees_bad_input():
         MaskedLinear(3, 2, [1, 2, 3], [1, 2], strict="yes")
     with pytest.raises(ValueError, match=r"MaskedLinear: in_features must be >= 1; got 0"):
         MaskedLinear(0, 2, [], [1, 2], strict=True)
-    with pytest.raises(ValueError, match=r"made_degrees: order must be a permutation of "
-                                         r"range\(3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"made_degrees: order must be a permutation of "
+        r"range\(3\)",
+    ):
         made_degrees(3, [4], order=[0, 0, 1])
     with pytest.raises(ValueError, match=r"made_degrees: hidden_sizes\[1\] must be >= 1; got 0"):
         made_degrees(3, [4, 0])

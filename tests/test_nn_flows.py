@@ -1,20 +1,32 @@
 """Flow layers (dqkernels.nn): exact inverses, log-determinants against the full autograd
 Jacobian in float64, ActNorm's data-dependent init, SplitPrior's Gaussian, gradients, and
 bad input. Small shapes on CPU: the ``torch`` backend always, ``cpp`` where it runs."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.distributed as dist
+from conftest import fresh_seed
 from torch.func import functional_call
 
-from conftest import fresh_seed
 from dqkernels import backends
-from dqkernels.nn import (ActNorm, AffineCoupling, InvConv1x1, MixLogCDFCoupling, SplitPrior,
-                          Squeeze, checkerboard_index)
+from dqkernels.nn import (
+    ActNorm,
+    AffineCoupling,
+    InvConv1x1,
+    MixLogCDFCoupling,
+    SplitPrior,
+    Squeeze,
+    checkerboard_index,
+)
 
-COUPLINGS = [f"{op}-{mask}-{parity}" for op in ("affine", "mixlog")
-             for mask in ("channel", "checkerboard") for parity in (0, 1)]
+COUPLINGS = [
+    f"{op}-{mask}-{parity}"
+    for op in ("affine", "mixlog")
+    for mask in ("channel", "checkerboard")
+    for parity in (0, 1)
+]
 OTHERS = ["actnorm", "invconv", "invconv-lu", "squeeze"]
 
 
@@ -28,7 +40,7 @@ def require_backend(backend: str, dtype: torch.dtype) -> None:
 def cases(names, with_cpp: bool):
     out = []
     for name in names:
-        for backend in (("torch", "cpp") if with_cpp else ("torch",)):
+        for backend in ("torch", "cpp") if with_cpp else ("torch",):
             out.append(pytest.param(name, backend, id=f"{name}-{backend}"))
     return out
 
@@ -40,8 +52,13 @@ def perturb(layer: torch.nn.Module, scale: float = 0.3) -> None:
             p.add_(scale * torch.randn_like(p))
 
 
-def make(name: str, C: int, dtype: torch.dtype, backend: str = "torch",
-         init_data: torch.Tensor | None = None) -> torch.nn.Module:
+def make(
+    name: str,
+    C: int,
+    dtype: torch.dtype,
+    backend: str = "torch",
+    init_data: torch.Tensor | None = None,
+) -> torch.nn.Module:
     """A layer with non-trivial parameters (ActNorm initialised from ``init_data``)."""
     if name == "actnorm":
         layer = ActNorm(C).to(dtype)
@@ -57,8 +74,9 @@ def make(name: str, C: int, dtype: torch.dtype, backend: str = "torch",
         op, mask, parity = name.split("-")
         cls = AffineCoupling if op == "affine" else MixLogCDFCoupling
         kw = dict(num_components=3) if op == "mixlog" else {}
-        layer = cls(C, hidden=8, mask=mask, parity=int(parity), num_blocks=1,
-                    backend=backend, **kw).to(dtype)
+        layer = cls(
+            C, hidden=8, mask=mask, parity=int(parity), num_blocks=1, backend=backend, **kw
+        ).to(dtype)
         # 0.1 keeps the net's raw outputs within ~2: far larger ones can make the mixture
         # CDF flat to double precision, where no inverse can recover x (only y)
         perturb(layer, 0.1)
@@ -66,7 +84,7 @@ def make(name: str, C: int, dtype: torch.dtype, backend: str = "torch",
 
 
 def spatial(name: str) -> tuple[int, int]:
-    return (4, 4) if name == "squeeze" else (3, 5)    # odd H*W for the checkerboard
+    return (4, 4) if name == "squeeze" else (3, 5)  # odd H*W for the checkerboard
 
 
 # ----------------------------------------------------------------------------------------
@@ -98,8 +116,7 @@ def test_inverse_of_forward(name, backend, dtype):
         ok |= back <= (1e-9 if dtype == torch.float64 else 1e-4)
     assert ok.all(), f"seed {seed}: inverse error {err.max().item():.3g}"
     ld_tol = 1e-10 if dtype == torch.float64 else 1e-4
-    assert torch.allclose(ld_inv, -ld, rtol=ld_tol, atol=ld_tol), \
-        f"seed {seed}: {ld_inv} vs {-ld}"
+    assert torch.allclose(ld_inv, -ld, rtol=ld_tol, atol=ld_tol), f"seed {seed}: {ld_inv} vs {-ld}"
     if name != "squeeze":
         assert (ld.abs() > 1e-3).all(), f"seed {seed}: trivial logdet {ld}"
 
@@ -135,14 +152,16 @@ def test_logdet_is_log_abs_det_jacobian(name, backend):
         _, ld_inv = layer.inverse(y)
     J = jacobians(layer, x)
     expected = torch.linalg.slogdet(J)[1]
-    assert torch.allclose(ld, expected, rtol=1e-9, atol=1e-9), \
+    assert torch.allclose(ld, expected, rtol=1e-9, atol=1e-9), (
         f"seed {seed}: logdet {ld.tolist()} vs Jacobian {expected.tolist()}"
+    )
     # the inverse at the corresponding point (for mixlog through implicit differentiation):
     # its logdet, and its whole Jacobian is the inverse matrix
     J_inv = jacobians(layer.inverse, y)
     expected_inv = torch.linalg.slogdet(J_inv)[1]
-    assert torch.allclose(ld_inv, expected_inv, rtol=1e-8, atol=1e-8), \
+    assert torch.allclose(ld_inv, expected_inv, rtol=1e-8, atol=1e-8), (
         f"seed {seed}: inverse logdet {ld_inv.tolist()} vs Jacobian {expected_inv.tolist()}"
+    )
     eye = torch.eye(J.shape[1], dtype=J.dtype).expand_as(J)
     torch.testing.assert_close(J_inv @ J, eye, rtol=0, atol=1e-8, msg=f"seed {seed}")
 
@@ -183,7 +202,7 @@ def test_checkerboard_touches_only_its_pixels(op, parity):
 @pytest.mark.parametrize("parity", [0, 1])
 def test_channel_mask_keeps_conditioning_half(parity):
     torch.manual_seed(fresh_seed())
-    layer = make(f"affine-channel-{parity}", 5, torch.float64)   # odd C: 2 + 3
+    layer = make(f"affine-channel-{parity}", 5, torch.float64)  # odd C: 2 + 3
     x = torch.randn(2, 5, 3, 3, dtype=torch.float64)
     y, _ = layer(x)
     keep = slice(0, 2) if parity == 0 else slice(3, 5)
@@ -202,16 +221,15 @@ def test_fresh_couplings_start_near_identity(mask):
     aff = AffineCoupling(4, hidden=8, mask=mask, backend="torch").double()
     y, ld = aff(x)
     s = torch.sigmoid(torch.tensor(2.0, dtype=torch.float64))
-    n = 2 * 9 if mask == "channel" else 4 * 5      # transformed elements per batch element
-    torch.testing.assert_close(ld, torch.full((2,), n * torch.log(s).item(),
-                                              dtype=torch.float64))
+    n = 2 * 9 if mask == "channel" else 4 * 5  # transformed elements per batch element
+    torch.testing.assert_close(ld, torch.full((2,), n * torch.log(s).item(), dtype=torch.float64))
 
 
 def test_mixlog_parameters_are_bounded():
     torch.manual_seed(fresh_seed())
     layer = MixLogCDFCoupling(2, num_components=2, hidden=4, backend="torch").double()
     with torch.no_grad():
-        layer.net.out.bias.fill_(1e3)      # huge raw outputs
+        layer.net.out.bias.fill_(1e3)  # huge raw outputs
     x = torch.randn(2, 2, 3, 3, dtype=torch.float64)
     y, ld = layer(x)
     assert torch.isfinite(y).all() and torch.isfinite(ld).all()
@@ -230,15 +248,17 @@ def test_actnorm_data_dependent_init_and_state_dict():
     layer = ActNorm(3)
     assert not layer.initialized
     layer.eval()
-    y, ld = layer(x)                     # eval: no init, identity
+    y, ld = layer(x)  # eval: no init, identity
     assert torch.equal(y, x) and not layer.initialized
     layer.train()
     y, ld = layer(x)
     assert bool(layer.initialized)
-    torch.testing.assert_close(y.mean(dim=(0, 2, 3)), torch.zeros(3), rtol=0, atol=1e-5,
-                               msg=f"seed {seed}")
-    torch.testing.assert_close(y.std(dim=(0, 2, 3), unbiased=False), torch.ones(3),
-                               rtol=0, atol=1e-4, msg=f"seed {seed}")
+    torch.testing.assert_close(
+        y.mean(dim=(0, 2, 3)), torch.zeros(3), rtol=0, atol=1e-5, msg=f"seed {seed}"
+    )
+    torch.testing.assert_close(
+        y.std(dim=(0, 2, 3), unbiased=False), torch.ones(3), rtol=0, atol=1e-4, msg=f"seed {seed}"
+    )
     torch.testing.assert_close(ld, torch.full((8,), 25 * layer.logs.sum().item()))
     # a second training batch does not re-initialise
     before = [p.detach().clone() for p in layer.parameters()]
@@ -270,10 +290,11 @@ def test_actnorm_distributed_init_uses_global_statistics(monkeypatch):
     torch.manual_seed(fresh_seed())
     xa, xb = torch.randn(4, 3, 4, 4) * 2, torch.randn(6, 3, 4, 4) + 1
     import dqkernels.nn.actnorm as actnorm_module
+
     monkeypatch.setattr(actnorm_module, "_distributed", lambda: True)
     captured = []
     monkeypatch.setattr(dist, "all_reduce", lambda t, op=None: captured.append(t.clone()))
-    ActNorm(3).train()(xb)                        # rank 1's local statistics
+    ActNorm(3).train()(xb)  # rank 1's local statistics
     monkeypatch.setattr(dist, "all_reduce", lambda t, op=None: t.add_(captured[0]))
     rank0 = ActNorm(3).train()
     rank0(xa)
@@ -284,14 +305,17 @@ def test_actnorm_distributed_init_uses_global_statistics(monkeypatch):
     torch.testing.assert_close(rank0.logs, whole.logs)
 
 
-@pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
-                    reason="torch.distributed with gloo is not available")
+@pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()),
+    reason="torch.distributed with gloo is not available",
+)
 def test_actnorm_init_under_a_real_process_group(tmp_path):
     x = torch.randn(4, 2, 3, 3)
     plain = ActNorm(2).train()
     plain(x)
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
-                            world_size=1)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
     try:
         layer = ActNorm(2).train()
         layer(x)
@@ -311,8 +335,9 @@ def test_invconv_init_orthogonal_and_state_dict(lu):
     layer = InvConv1x1(5, lu=lu)
     w = layer.weight_matrix().double()
     torch.testing.assert_close(w @ w.T, torch.eye(5, dtype=torch.float64), rtol=0, atol=1e-6)
-    torch.testing.assert_close(layer.log_abs_det().double(),
-                               torch.zeros((), dtype=torch.float64), rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        layer.log_abs_det().double(), torch.zeros((), dtype=torch.float64), rtol=0, atol=1e-6
+    )
     perturb(layer, 0.1)
     other = InvConv1x1(5, lu=lu)
     other.load_state_dict(layer.state_dict())
@@ -334,7 +359,7 @@ def test_squeeze_layout():
 def test_split_prior_density_and_exact_inverse():
     seed = fresh_seed()
     torch.manual_seed(seed)
-    layer = SplitPrior(5).double()                 # keeps 3 channels, factors out 2
+    layer = SplitPrior(5).double()  # keeps 3 channels, factors out 2
     perturb(layer, 0.2)
     x = torch.randn(2, 5, 4, 3, dtype=torch.float64)
     z1, log_p, z2 = layer(x, return_z2=True)
@@ -358,7 +383,8 @@ def test_split_prior_density_and_exact_inverse():
     fresh = SplitPrior(4).double()
     torch.testing.assert_close(
         fresh(x[:, :4])[1],
-        torch.distributions.Normal(0.0, 1.0).log_prob(x[:, 2:4]).sum(dim=(1, 2, 3)))
+        torch.distributions.Normal(0.0, 1.0).log_prob(x[:, 2:4]).sum(dim=(1, 2, 3)),
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -374,10 +400,11 @@ def test_gradients_reach_every_parameter(name):
     for direction in ("forward", "inverse"):
         layer.zero_grad()
         y, ld = layer(x) if direction == "forward" else layer.inverse(x)
-        ((y ** 2).sum() + ld.sum()).backward()
+        ((y**2).sum() + ld.sum()).backward()
         for pname, p in layer.named_parameters():
-            assert p.grad is not None and torch.isfinite(p.grad).all(), \
+            assert p.grad is not None and torch.isfinite(p.grad).all(), (
                 f"seed {seed}: {direction} {pname}"
+            )
             assert p.grad.abs().sum() > 0, f"seed {seed}: {direction}: no gradient to {pname}"
     split = SplitPrior(4)
     perturb(split)
@@ -396,8 +423,10 @@ class _Direction(torch.nn.Module):
         return self.layer.inverse(x) if self.inverse else self.layer(x)
 
 
-@pytest.mark.parametrize("name", ["affine-channel-0", "affine-checkerboard-1",
-                                  "mixlog-channel-1", "mixlog-checkerboard-0"])
+@pytest.mark.parametrize(
+    "name",
+    ["affine-channel-0", "affine-checkerboard-1", "mixlog-channel-1", "mixlog-checkerboard-0"],
+)
 def test_gradcheck_tiny_coupling(name):
     seed = fresh_seed()
     torch.manual_seed(seed)
@@ -419,11 +448,13 @@ def test_gradcheck_tiny_coupling(name):
             return functional_call(module, dict(zip(names, ps)), (x,))
 
         # every parameter, along random directions (fast mode) ...
-        assert torch.autograd.gradcheck(f, (x, *params), fast_mode=True, atol=1e-6,
-                                        rtol=1e-5), f"seed {seed}, inverse={inverse}"
-        # ... and element by element with respect to the input
-        assert torch.autograd.gradcheck(module, (x,), atol=1e-6, rtol=1e-5), \
+        assert torch.autograd.gradcheck(f, (x, *params), fast_mode=True, atol=1e-6, rtol=1e-5), (
             f"seed {seed}, inverse={inverse}"
+        )
+        # ... and element by element with respect to the input
+        assert torch.autograd.gradcheck(module, (x,), atol=1e-6, rtol=1e-5), (
+            f"seed {seed}, inverse={inverse}"
+        )
 
 
 @pytest.mark.parametrize("name,backend", cases(COUPLINGS, True))
@@ -438,14 +469,15 @@ def test_inverse_gradients_with_respect_to_parameters(name, backend):
     x = torch.randn(2, 4, 3, 5, dtype=torch.float64)
     w = torch.randn_like(x)
     y, ld = layer(x)
-    forward_grads = torch.autograd.grad((w * y).sum() + ld.sum(), list(layer.parameters()),
-                                        retain_graph=True)
+    forward_grads = torch.autograd.grad(
+        (w * y).sum() + ld.sum(), list(layer.parameters()), retain_graph=True
+    )
     xr, ld_inv = layer.inverse(y)
-    grads = torch.autograd.grad((w * xr).sum() + (ld + ld_inv).sum(),
-                                list(layer.parameters()))
+    grads = torch.autograd.grad((w * xr).sum() + (ld + ld_inv).sum(), list(layer.parameters()))
     for (pname, _), g, fg in zip(layer.named_parameters(), grads, forward_grads):
-        assert g.abs().max() <= 1e-9 * (1 + fg.abs().max()), \
+        assert g.abs().max() <= 1e-9 * (1 + fg.abs().max()), (
             f"seed {seed}: {pname}: round-trip gradient {g.abs().max():.3g}"
+        )
 
 
 # ----------------------------------------------------------------------------------------
@@ -453,53 +485,92 @@ def test_inverse_gradients_with_respect_to_parameters(name, backend):
 
 
 def test_bad_input_messages():
-    with pytest.raises(ValueError, match=r"ActNorm: x must be \[B, 4, H, W\] or \[B, 4\]; "
-                       r"got shape \(2, 3, 4, 4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"ActNorm: x must be \[B, 4, H, W\] or \[B, 4\]; "
+        r"got shape \(2, 3, 4, 4\)",
+    ):
         ActNorm(4)(torch.randn(2, 3, 4, 4))
-    with pytest.raises(ValueError, match=r"InvConv1x1: x must be \[B, 4, H, W\] or \[B, 4\]; "
-                       r"got shape \(2, 4, 4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"InvConv1x1: x must be \[B, 4, H, W\] or \[B, 4\]; "
+        r"got shape \(2, 4, 4\)",
+    ):
         InvConv1x1(4, lu=True)(torch.randn(2, 4, 4))
-    with pytest.raises(ValueError, match=r"Squeeze: H and W must be divisible by the factor "
-                       r"2; got H=5, W=4"):
+    with pytest.raises(
+        ValueError,
+        match=r"Squeeze: H and W must be divisible by the factor "
+        r"2; got H=5, W=4",
+    ):
         Squeeze()(torch.randn(1, 1, 5, 4))
-    with pytest.raises(ValueError, match=r"Squeeze.inverse: the channel count must be "
-                       r"divisible by factor\*\*2 = 4; got C=6"):
+    with pytest.raises(
+        ValueError,
+        match=r"Squeeze.inverse: the channel count must be "
+        r"divisible by factor\*\*2 = 4; got C=6",
+    ):
         Squeeze().inverse(torch.randn(1, 6, 2, 2))
-    with pytest.raises(ValueError, match=r"Squeeze: x must be \[B, C, H, W\]; got shape "
-                       r"\(3, 4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"Squeeze: x must be \[B, C, H, W\]; got shape "
+        r"\(3, 4\)",
+    ):
         Squeeze()(torch.randn(3, 4))
     for cls in (AffineCoupling, MixLogCDFCoupling):
         name = cls.__name__
-        with pytest.raises(ValueError, match=rf"{name}: mask must be 'channel' or "
-                           r"'checkerboard'; got 'diagonal'"):
+        with pytest.raises(
+            ValueError,
+            match=rf"{name}: mask must be 'channel' or "
+            r"'checkerboard'; got 'diagonal'",
+        ):
             cls(4, mask="diagonal")
         with pytest.raises(ValueError, match=rf"{name}: parity must be 0 or 1; got 2"):
             cls(4, parity=2)
-        with pytest.raises(ValueError, match=rf"{name}: num_channels must be >= 2 for the "
-                           r"channel mask; got 1"):
+        with pytest.raises(
+            ValueError,
+            match=rf"{name}: num_channels must be >= 2 for the "
+            r"channel mask; got 1",
+        ):
             cls(1, mask="channel")
         layer = cls(4, hidden=4)
-        with pytest.raises(ValueError, match=rf"{name}: x must be \[B, 4, H, W\]; got shape "
-                           r"\(2, 3, 4, 4\)"):
+        with pytest.raises(
+            ValueError,
+            match=rf"{name}: x must be \[B, 4, H, W\]; got shape "
+            r"\(2, 3, 4, 4\)",
+        ):
             layer(torch.randn(2, 3, 4, 4))
         with pytest.raises(ValueError, match=rf"{name}.inverse: x must be \[B, 4, H, W\]"):
             layer.inverse(torch.randn(2, 4, 4))
-    with pytest.raises(ValueError, match=r"MixLogCDFCoupling: num_components must be >= 1; "
-                       r"got 0"):
+    with pytest.raises(
+        ValueError,
+        match=r"MixLogCDFCoupling: num_components must be >= 1; "
+        r"got 0",
+    ):
         MixLogCDFCoupling(4, num_components=0)
-    with pytest.raises(ValueError, match=r"ConditioningNet: activation must be one of relu, "
-                       r"gelu, elu; got 'tanh'"):
+    with pytest.raises(
+        ValueError,
+        match=r"ConditioningNet: activation must be one of relu, "
+        r"gelu, elu; got 'tanh'",
+    ):
         AffineCoupling(4, activation="tanh")
     with pytest.raises(ValueError, match=r"SplitPrior: num_channels must be >= 2; got 1"):
         SplitPrior(1)
-    with pytest.raises(ValueError, match=r"SplitPrior: x must be \[B, 4, H, W\]; got shape "
-                       r"\(2, 5, 3, 3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"SplitPrior: x must be \[B, 4, H, W\]; got shape "
+        r"\(2, 5, 3, 3\)",
+    ):
         SplitPrior(4)(torch.randn(2, 5, 3, 3))
-    with pytest.raises(ValueError, match=r"SplitPrior.inverse: z2 must have shape "
-                       r"\(2, 2, 3, 3\); got \(2, 2, 3, 4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"SplitPrior.inverse: z2 must have shape "
+        r"\(2, 2, 3, 3\); got \(2, 2, 3, 4\)",
+    ):
         SplitPrior(4).inverse(torch.randn(2, 2, 3, 3), z2=torch.randn(2, 2, 3, 4))
-    with pytest.raises(TypeError, match=r"ActNorm: x must be a floating tensor; got dtype "
-                       r"int64"):
+    with pytest.raises(
+        TypeError,
+        match=r"ActNorm: x must be a floating tensor; got dtype "
+        r"int64",
+    ):
         ActNorm(2)(torch.zeros(1, 2, dtype=torch.long))
 
 
@@ -522,17 +593,27 @@ def test_coupling_with_context(cls, mask):
     back, ld_inv = layer.inverse(y, context=ctx)
     assert torch.allclose(back, x, atol=1e-9) and torch.allclose(ld_inv, -ld)
     jac = torch.autograd.functional.jacobian(
-        lambda v: layer(v.view(1, C, 3, 5), context=ctx[:1])[0], x[:1]).reshape(C * 15, C * 15)
+        lambda v: layer(v.view(1, C, 3, 5), context=ctx[:1])[0], x[:1]
+    ).reshape(C * 15, C * 15)
     assert torch.allclose(ld[0], torch.linalg.slogdet(jac)[1])
     name = cls.__name__
-    with pytest.raises(ValueError, match=rf"{name}: this layer was built with "
-                       r"context_channels=3; pass context="):
+    with pytest.raises(
+        ValueError,
+        match=rf"{name}: this layer was built with "
+        r"context_channels=3; pass context=",
+    ):
         layer(x)
-    with pytest.raises(ValueError, match=rf"{name}.inverse: context must have shape "
-                       r"\(2, 3, 3, 5\); got \(2, 3, 3, 4\)"):
+    with pytest.raises(
+        ValueError,
+        match=rf"{name}.inverse: context must have shape "
+        r"\(2, 3, 3, 5\); got \(2, 3, 3, 4\)",
+    ):
         layer.inverse(y, context=ctx[..., :4])
-    with pytest.raises(ValueError, match=rf"{name}: context given, but this layer was built "
-                       r"with context_channels=0"):
+    with pytest.raises(
+        ValueError,
+        match=rf"{name}: context given, but this layer was built "
+        r"with context_channels=0",
+    ):
         cls(C, hidden=4, mask=mask)(x.float(), context=ctx.float())
     with pytest.raises(ValueError, match=rf"{name}: context_channels must be >= 0; got -1"):
         cls(C, context_channels=-1)

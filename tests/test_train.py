@@ -1,4 +1,5 @@
 """The PixelCNN model (autoregressive masks, nll, sampling) and ``dqk train pixelcnn``."""
+
 import json
 import math
 
@@ -36,15 +37,19 @@ def test_pixel_mask_is_the_ops_groups_1_mask():
             want[c, :c] = 1
             want[c, c] = float(t == "B")
             assert torch.equal(pixel_mask(k, t), want), (k, t)
-    model = PixelCNN(in_channels=3, num_levels=5, width=6, num_blocks=2, first_kernel=5,
-                     kernel_size=3)
+    model = PixelCNN(
+        in_channels=3, num_levels=5, width=6, num_blocks=2, first_kernel=5, kernel_size=3
+    )
     convs = [(n, m) for n, m in model.named_modules() if isinstance(m, MaskedConv2d)]
     assert [(n, m.mask_type, m.groups) for n, m in convs] == [
-        ("input", "A", 1), ("blocks.0.conv", "B", 1), ("blocks.1.conv", "B", 1)]
+        ("input", "A", 1),
+        ("blocks.0.conv", "B", 1),
+        ("blocks.1.conv", "B", 1),
+    ]
     for _, m in convs:
         mask = pixel_mask(m.kernel_size, m.mask_type).bool()
         assert torch.equal(m.mask(), mask.expand_as(m.weight))
-        assert not m.weight.detach()[~m.mask()].any()   # masked entries start at zero
+        assert not m.weight.detach()[~m.mask()].any()  # masked entries start at zero
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpp"])
@@ -56,8 +61,15 @@ def test_pixelcnn_is_autoregressive(C, gated, backend):
     require(backend, "cpu", torch.float64)
     torch.manual_seed(0)
     H, W = 5, 6
-    model = PixelCNN(in_channels=C, num_levels=17, width=8, num_blocks=3, num_mixtures=2,
-                     gated=gated, backend=backend).double()
+    model = PixelCNN(
+        in_channels=C,
+        num_levels=17,
+        width=8,
+        num_blocks=3,
+        num_mixtures=2,
+        gated=gated,
+        backend=backend,
+    ).double()
     x = (torch.rand(1, C, H, W, dtype=torch.float64) * 2 - 1).requires_grad_()
     params = model(x)
     assert params.shape == (1, 2 * (1 + (3 if C == 3 else 2) * C), H, W)
@@ -83,8 +95,9 @@ def test_pixelcnn_perturbing_later_pixels_changes_nothing_before(backend):
     seed = fresh_seed()
     torch.manual_seed(seed)
     C, H, W = 3, 5, 4
-    model = PixelCNN(in_channels=C, num_levels=256, width=8, num_blocks=2, num_mixtures=2,
-                     backend=backend)
+    model = PixelCNN(
+        in_channels=C, num_levels=256, width=8, num_blocks=2, num_mixtures=2, backend=backend
+    )
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, MaskedConv2d):
@@ -99,8 +112,7 @@ def test_pixelcnn_perturbing_later_pixels_changes_nothing_before(backend):
         upto = (flat <= p).view(H, W)
         assert torch.equal(out[..., upto], base[..., upto]), (p, seed)
         nxt = p + 1
-        assert not torch.equal(out[..., nxt // W, nxt % W], base[..., nxt // W, nxt % W]), (
-            p, seed)
+        assert not torch.equal(out[..., nxt // W, nxt % W], base[..., nxt // W, nxt % W]), (p, seed)
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpp"])
@@ -110,8 +122,19 @@ def test_pixelcnn_masked_convs_match_the_dense_reference(backend):
     require(backend, "cpu", torch.float64)
     seed = fresh_seed()
     torch.manual_seed(seed)
-    model = PixelCNN(in_channels=3, num_levels=256, width=8, num_blocks=2, num_mixtures=2,
-                     dropout=0.2, backend=backend).double().eval()
+    model = (
+        PixelCNN(
+            in_channels=3,
+            num_levels=256,
+            width=8,
+            num_blocks=2,
+            num_mixtures=2,
+            dropout=0.2,
+            backend=backend,
+        )
+        .double()
+        .eval()
+    )
     x = torch.rand(2, 3, 6, 5, dtype=torch.float64) * 2 - 1
     got = model(x)
 
@@ -133,8 +156,9 @@ def test_pixelcnn_step_compiles(backend):
     torch._dynamo.reset()
     seed = fresh_seed()
     torch.manual_seed(seed)
-    model = PixelCNN(in_channels=1, num_levels=17, width=8, num_blocks=2, num_mixtures=2,
-                     backend=backend)
+    model = PixelCNN(
+        in_channels=1, num_levels=17, width=8, num_blocks=2, num_mixtures=2, backend=backend
+    )
     x = torch.randint(0, 17, (4, 1, 6, 6)) * (2.0 / 16) - 1
 
     def loss(x):
@@ -159,8 +183,7 @@ def test_pixelcnn_nll_and_sample(C):
     x = torch.randint(0, L, (2, C, 4, 3)) * (2.0 / (L - 1)) - 1
     nll = model.nll(x)
     assert nll.shape == (2,) and torch.isfinite(nll).all() and (nll > 0).all()
-    torch.testing.assert_close(model.bits_per_dim(x),
-                               nll.sum() / (2 * C * 12 * math.log(2.0)))
+    torch.testing.assert_close(model.bits_per_dim(x), nll.sum() / (2 * C * 12 * math.log(2.0)))
     nll.sum().backward()
     assert all(p.grad is not None for p in model.parameters())
 
@@ -175,8 +198,22 @@ def test_pixelcnn_nll_and_sample(C):
 
 
 def test_train_pixelcnn_smoke(tmp_path, capsys):
-    rc = dqkernels.cli.main(["train", "pixelcnn", "--epochs", "1", "--limit", "64",
-                             "--width", "8", "--grid", "4", "--out", str(tmp_path)])
+    rc = dqkernels.cli.main(
+        [
+            "train",
+            "pixelcnn",
+            "--epochs",
+            "1",
+            "--limit",
+            "64",
+            "--width",
+            "8",
+            "--grid",
+            "4",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert rc == 0
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 1
@@ -198,9 +235,18 @@ def test_train_pixelcnn_smoke(tmp_path, capsys):
 
 
 def test_train_bad_data_dir(tmp_path, capsys):
-    rc = dqkernels.cli.main(["train", "pixelcnn", "--dataset", "binarized_mnist",
-                             "--data-dir", str(tmp_path / "missing"), "--out",
-                             str(tmp_path / "out")])
+    rc = dqkernels.cli.main(
+        [
+            "train",
+            "pixelcnn",
+            "--dataset",
+            "binarized_mnist",
+            "--data-dir",
+            str(tmp_path / "missing"),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert rc == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and "binarized_mnist_train.amat" in err

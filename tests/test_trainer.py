@@ -1,6 +1,7 @@
 """The shared trainer (dqkernels.trainer) behind ``dqk train <model>``, on a tiny PixelCNN:
 resume rules, checkpoints, signals, non-finite losses, bf16/compile, DDP on CPU. The
 exact-resume and contract tests over every task are in test_trainer_tasks.py."""
+
 import argparse
 import math
 import os
@@ -13,17 +14,39 @@ import time
 import numpy as np
 import pytest
 import torch
-from train_runs import (ROOT, assert_ranks_match, checkpoint_names, final_checkpoint, records,
-                        strip_times, subprocess_env, torchrun)
+from train_runs import (
+    ROOT,
+    assert_ranks_match,
+    checkpoint_names,
+    final_checkpoint,
+    records,
+    strip_times,
+    subprocess_env,
+    torchrun,
+)
 
 import dqkernels.cli
 from dqkernels import backends, trainer
 from dqkernels.tasks.pixelcnn import PixelCNNTask
 
-
 # a tiny PixelCNN on 40 digits: batches of 16, 16, 8 -> 3 steps per epoch
-TINY = ["--limit", "40", "--batch-size", "16", "--width", "8", "--blocks", "1",
-        "--mixtures", "2", "--grid", "0", "--no-progress", "--device", "cpu"]
+TINY = [
+    "--limit",
+    "40",
+    "--batch-size",
+    "16",
+    "--width",
+    "8",
+    "--blocks",
+    "1",
+    "--mixtures",
+    "2",
+    "--grid",
+    "0",
+    "--no-progress",
+    "--device",
+    "cpu",
+]
 
 
 def _cli(out, *extra):
@@ -82,8 +105,9 @@ def test_resume_at_epoch_end_pending_evaluation(tmp_path):
     assert _cli(tmp_path / "a", "--epochs", "2", "--dropout", "0.2") == 0
     a, b = final_checkpoint(tmp_path / "a")["model"], final_checkpoint(tmp_path / "b")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert [strip_times(r) for r in records(tmp_path / "a")] == \
-        [strip_times(r) for r in records(tmp_path / "b")]
+    assert [strip_times(r) for r in records(tmp_path / "a")] == [
+        strip_times(r) for r in records(tmp_path / "b")
+    ]
 
 
 def test_resume_argument_rules(tmp_path, capsys):
@@ -178,8 +202,13 @@ class _Extras(_Wrap):
     seen = []
 
     def hook(self, step, out, module):
-        _Extras.seen.append((backends.get_backend(), torch.is_autocast_enabled("cpu"),
-                             torch.get_autocast_dtype("cpu")))
+        _Extras.seen.append(
+            (
+                backends.get_backend(),
+                torch.is_autocast_enabled("cpu"),
+                torch.get_autocast_dtype("cpu"),
+            )
+        )
         return {"loss": out["loss"], "twice": 2 * out["loss"], "three": torch.tensor(3.0)}
 
 
@@ -221,8 +250,19 @@ def test_sigint_in_process_checkpoints_and_exits_130(tmp_path, capfd):
 def test_extras_eval_every_backend_and_bf16(tmp_path):
     _Extras.seen = []
     previous = backends.get_backend()
-    rc = _run_task(_Extras(), tmp_path, "--epochs", "3", "--eval-every", "2",
-                   "--backend", "torch", "--bf16", "--max-steps", "7")
+    rc = _run_task(
+        _Extras(),
+        tmp_path,
+        "--epochs",
+        "3",
+        "--eval-every",
+        "2",
+        "--backend",
+        "torch",
+        "--bf16",
+        "--max-steps",
+        "7",
+    )
     assert rc == 0
     assert backends.get_backend() == previous  # the run's backend is undone
     assert len(_Extras.seen) == 7
@@ -237,8 +277,21 @@ def test_extras_eval_every_backend_and_bf16(tmp_path):
         assert r["images"] == 40 and r["step"] == 3 * r["epoch"]
     # the third epoch, the last: evaluated although 3 % 2 != 0
     _Extras.seen = []
-    assert _run_task(_Extras(), tmp_path, "--epochs", "3", "--eval-every", "2",
-                     "--backend", "torch", "--bf16", "--resume") == 0
+    assert (
+        _run_task(
+            _Extras(),
+            tmp_path,
+            "--epochs",
+            "3",
+            "--eval-every",
+            "2",
+            "--backend",
+            "torch",
+            "--bf16",
+            "--resume",
+        )
+        == 0
+    )
     assert math.isfinite(records(tmp_path)[2]["test_bpd"])
 
 
@@ -258,8 +311,12 @@ def test_final_evaluation_flag_and_grad_clip(tmp_path, monkeypatch):
         return real(params, max_norm, *a, **k)
 
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
-    assert _run_task(Recording(), tmp_path, "--epochs", "2",
-                     "--eval-batch-size", "200", "--grad-clip", "0.5") == 0
+    assert (
+        _run_task(
+            Recording(), tmp_path, "--epochs", "2", "--eval-batch-size", "200", "--grad-clip", "0.5"
+        )
+        == 0
+    )
     assert finals == [False, False, True, True]  # 360 test images in chunks of 200
     assert norms == [0.5] * 6
 
@@ -304,10 +361,20 @@ def test_common_argument_errors(tmp_path, capsys):
     ]:
         assert _cli(tmp_path, *argv) == 2, argv
         assert message in capsys.readouterr().err, argv
-    args = argparse.Namespace(epochs=1, batch_size=10, eval_batch_size=1, eval_every=1,
-                              limit=None, max_steps=None, warmup_steps=0,
-                              checkpoint_every=0, seed=0, lr=1.0, grad_clip=None,
-                              compile=None)
+    args = argparse.Namespace(
+        epochs=1,
+        batch_size=10,
+        eval_batch_size=1,
+        eval_every=1,
+        limit=None,
+        max_steps=None,
+        warmup_steps=0,
+        checkpoint_every=0,
+        seed=0,
+        lr=1.0,
+        grad_clip=None,
+        compile=None,
+    )
     with pytest.raises(trainer.UsageError, match="--batch-size 10 .* not divisible by the 3 "):
         trainer.check_common_args(args, world=3)
 
@@ -316,16 +383,28 @@ def test_help_lists_models_and_flags(capsys):
     with pytest.raises(SystemExit):
         dqkernels.cli.main(["train", "pixelcnn", "--help"])
     text = capsys.readouterr().out
-    for flag in ("--resume", "--max-steps", "--grid", "--bf16", "--compile", "--width",
-                 "--checkpoint-every", "--eval-every", "--warmup-steps", "--grad-clip"):
+    for flag in (
+        "--resume",
+        "--max-steps",
+        "--grid",
+        "--bf16",
+        "--compile",
+        "--width",
+        "--checkpoint-every",
+        "--eval-every",
+        "--warmup-steps",
+        "--grad-clip",
+    ):
         assert flag in text, flag
     assert "--dump-params" not in text and "--samples" not in text
 
 
 def test_bf16_and_compile_smoke(tmp_path):
     assert _cli(tmp_path / "bf16", "--epochs", "1", "--max-steps", "2", "--bf16") == 0
-    assert _cli(tmp_path / "compiled", "--epochs", "1", "--max-steps", "2",
-                "--compile", "aot_eager") == 0
+    assert (
+        _cli(tmp_path / "compiled", "--epochs", "1", "--max-steps", "2", "--compile", "aot_eager")
+        == 0
+    )
     for d in ("bf16", "compiled"):
         ck = final_checkpoint(tmp_path / d)
         assert ck["run"]["step"] == 2
@@ -337,19 +416,43 @@ def _write_fake_cifar(directory, n_train=(3, 2), n_test=2):
     rng = np.random.RandomState(0)
     for k, n in enumerate([*n_train, n_test]):
         name = f"data_batch_{k + 1}" if k < len(n_train) else "test_batch"
-        batch = {b"batch_label": name.encode(), b"labels": rng.randint(0, 10, n).tolist(),
-                 b"data": rng.randint(0, 256, (n, 3072)).astype(np.uint8),
-                 b"filenames": [f"img{i}.png".encode() for i in range(n)]}
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": rng.randint(0, 10, n).tolist(),
+            b"data": rng.randint(0, 256, (n, 3072)).astype(np.uint8),
+            b"filenames": [f"img{i}.png".encode() for i in range(n)],
+        }
         with open(directory / name, "wb") as f:
             pickle.dump(batch, f, protocol=2)
 
 
 def test_train_on_fake_cifar10(tmp_path, capsys):
     _write_fake_cifar(tmp_path / "cifar" / "cifar-10-batches-py")
-    rc = dqkernels.cli.main(["train", "pixelcnn", "--dataset", "cifar10", "--data-dir",
-                             str(tmp_path / "cifar"), "--epochs", "1", "--batch-size", "2",
-                             "--width", "4", "--blocks", "0", "--mixtures", "1", "--grid", "1",
-                             "--no-progress", "--out", str(tmp_path / "out")])
+    rc = dqkernels.cli.main(
+        [
+            "train",
+            "pixelcnn",
+            "--dataset",
+            "cifar10",
+            "--data-dir",
+            str(tmp_path / "cifar"),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "2",
+            "--width",
+            "4",
+            "--blocks",
+            "0",
+            "--mixtures",
+            "1",
+            "--grid",
+            "1",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "5 train / 2 test images of 3x32x32, 256 levels" in out
@@ -362,12 +465,42 @@ def test_train_on_fake_cifar10(tmp_path, capsys):
 
 def test_sigterm_subprocess_checkpoints_and_exits_143(tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "dqkernels.cli", "train", "pixelcnn", "--epochs", "10000",
-           "--limit", "16", "--batch-size", "8", "--width", "4", "--blocks", "0",
-           "--mixtures", "1", "--grid", "0", "--no-progress", "--device", "cpu",
-           "--checkpoint-every", "1", "--out", str(out)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "dqkernels.cli",
+        "train",
+        "pixelcnn",
+        "--epochs",
+        "10000",
+        "--limit",
+        "16",
+        "--batch-size",
+        "8",
+        "--width",
+        "4",
+        "--blocks",
+        "0",
+        "--mixtures",
+        "1",
+        "--grid",
+        "0",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--checkpoint-every",
+        "1",
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not trainer.list_checkpoints(str(out)):  # the first step is done
@@ -387,8 +520,18 @@ def test_sigterm_subprocess_checkpoints_and_exits_143(tmp_path):
     assert len(trainer.list_checkpoints(str(out))) <= 2
     assert not list(out.glob(".*tmp"))
     # it resumes from there
-    rc = dqkernels.cli.main(["train", "pixelcnn", "--out", str(out), "--resume",
-                             "--max-steps", str(ck["step"] + 1), "--no-progress"])
+    rc = dqkernels.cli.main(
+        [
+            "train",
+            "pixelcnn",
+            "--out",
+            str(out),
+            "--resume",
+            "--max-steps",
+            str(ck["step"] + 1),
+            "--no-progress",
+        ]
+    )
     assert rc == 0 and final_checkpoint(out)["run"]["step"] == ck["step"] + 1
 
 
@@ -396,17 +539,58 @@ def test_ddp_two_gloo_processes_match_single_process(tmp_path):
     """torchrun with 2 CPU processes: both ranks end with identical parameters, equal (up
     to the reduction order) to one process on the same global batches; the sharded test
     evaluation agrees too; only rank 0 writes."""
-    flags = ["--limit", "16", "--batch-size", "8", "--epochs", "2", "--dropout", "0",
-             "--width", "8", "--blocks", "1", "--mixtures", "2", "--grid", "0",
-             "--no-progress", "--device", "cpu", "--eval-batch-size", "100"]
+    flags = [
+        "--limit",
+        "16",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "2",
+        "--dropout",
+        "0",
+        "--width",
+        "8",
+        "--blocks",
+        "1",
+        "--mixtures",
+        "2",
+        "--grid",
+        "0",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--eval-batch-size",
+        "100",
+    ]
     ddp_out = tmp_path / "ddp"
-    proc = torchrun("-m", "dqkernels.cli", "train", "pixelcnn", *flags, "--out", ddp_out,
-                    "--dump-params", tmp_path / "rank{rank}.pt")
+    proc = torchrun(
+        "-m",
+        "dqkernels.cli",
+        "train",
+        "pixelcnn",
+        *flags,
+        "--out",
+        ddp_out,
+        "--dump-params",
+        tmp_path / "rank{rank}.pt",
+    )
     assert proc.stdout.count("pixelcnn on digits") == 1  # rank 0 prints
     assert "x 2 processes" in proc.stdout
 
-    assert dqkernels.cli.main(["train", "pixelcnn", *flags, "--out", str(tmp_path / "one"),
-                               "--dump-params", str(tmp_path / "single.pt")]) == 0
+    assert (
+        dqkernels.cli.main(
+            [
+                "train",
+                "pixelcnn",
+                *flags,
+                "--out",
+                str(tmp_path / "one"),
+                "--dump-params",
+                str(tmp_path / "single.pt"),
+            ]
+        )
+        == 0
+    )
     assert_ranks_match(tmp_path)
     ck = final_checkpoint(ddp_out)
     assert len(ck["run"]["rng"]) == 2 and ck["world_size"] == 2

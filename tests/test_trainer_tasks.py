@@ -2,33 +2,107 @@
 are not about images (tests/toy_tasks.py: binary vectors, token pairs). Each must resume
 bit for bit; the non-image contract (units, weights, list statistics, DDP reduction) is
 checked on the toy tasks."""
+
 import os
 
 import pytest
 import torch
-from train_runs import (ROOT, assert_ranks_match, checkpoint_names, final_checkpoint, records,
-                        strip_times, torchrun)
+import toy_tasks
+from train_runs import (
+    ROOT,
+    assert_ranks_match,
+    checkpoint_names,
+    final_checkpoint,
+    records,
+    strip_times,
+    torchrun,
+)
 
 import dqkernels.cli
-import toy_tasks
 from dqkernels import trainer
-
 
 # Every case: 40 (24 for the flow) training examples in batches of 16 (8) -> 3 steps per
 # epoch, and noise in the forward drawn from the global RNG, so that the RNG restore
 # matters: dropout (pixelcnn, toy tasks), dequantization noise (flow), sampled codes and
 # dead-code re-initialisation (vqvae).
 CASES = {
-    "pixelcnn": ["--limit", "40", "--batch-size", "16", "--width", "8", "--blocks", "1",
-                 "--mixtures", "2", "--grid", "0", "--dropout", "0.3", "--seed", "7"],
-    "flow": ["--limit", "24", "--batch-size", "8", "--width", "8", "--steps", "1",
-             "--components", "3", "--dequant-steps", "2", "--context-channels", "2",
-             "--eval-samples", "3", "--epoch-eval-samples", "2", "--grid", "0",
-             "--dequant", "ard", "--seed", "3", "--warmup-steps", "0"],
-    "vqvae": ["--limit", "40", "--batch-size", "16", "--width", "8", "--blocks", "1",
-              "--codes", "8", "--code-dim", "4", "--mixtures", "1", "--grid", "0",
-              "--backend", "torch", "--em", "soft", "--samples", "2", "--reinit-dead",
-              "--dead-threshold", "0.9", "--decay", "0.5", "--seed", "5"],
+    "pixelcnn": [
+        "--limit",
+        "40",
+        "--batch-size",
+        "16",
+        "--width",
+        "8",
+        "--blocks",
+        "1",
+        "--mixtures",
+        "2",
+        "--grid",
+        "0",
+        "--dropout",
+        "0.3",
+        "--seed",
+        "7",
+    ],
+    "flow": [
+        "--limit",
+        "24",
+        "--batch-size",
+        "8",
+        "--width",
+        "8",
+        "--steps",
+        "1",
+        "--components",
+        "3",
+        "--dequant-steps",
+        "2",
+        "--context-channels",
+        "2",
+        "--eval-samples",
+        "3",
+        "--epoch-eval-samples",
+        "2",
+        "--grid",
+        "0",
+        "--dequant",
+        "ard",
+        "--seed",
+        "3",
+        "--warmup-steps",
+        "0",
+    ],
+    "vqvae": [
+        "--limit",
+        "40",
+        "--batch-size",
+        "16",
+        "--width",
+        "8",
+        "--blocks",
+        "1",
+        "--codes",
+        "8",
+        "--code-dim",
+        "4",
+        "--mixtures",
+        "1",
+        "--grid",
+        "0",
+        "--backend",
+        "torch",
+        "--em",
+        "soft",
+        "--samples",
+        "2",
+        "--reinit-dead",
+        "--dead-threshold",
+        "0.9",
+        "--decay",
+        "0.5",
+        "--seed",
+        "5",
+    ],
     "bernoulli": ["--limit", "40", "--batch-size", "16", "--dropout", "0.3", "--seed", "2"],
     "tokens": ["--limit", "40", "--batch-size", "16", "--dropout", "0.3", "--seed", "4"],
 }
@@ -39,9 +113,14 @@ COMMON = ["--no-progress", "--device", "cpu"]
 def reverse_dir(tmp_path_factory):
     """Raw parallel text for the token task: 40 / 10 / 21 pairs."""
     d = tmp_path_factory.mktemp("reverse")
-    toy_tasks.write_parallel_text(d, {"train": toy_tasks.reverse_pairs(40, 0),
-                                      "val": toy_tasks.reverse_pairs(10, 1),
-                                      "test": toy_tasks.reverse_pairs(21, 2)})
+    toy_tasks.write_parallel_text(
+        d,
+        {
+            "train": toy_tasks.reverse_pairs(40, 0),
+            "val": toy_tasks.reverse_pairs(10, 1),
+            "test": toy_tasks.reverse_pairs(21, 2),
+        },
+    )
     return str(d)
 
 
@@ -100,8 +179,17 @@ def test_exact_resume_bit_identical(name, tmp_path, capsys, reverse_dir):
 def test_units_and_records_of_non_image_tasks(tmp_path, capsys, reverse_dir):
     """Binary vectors report nats per example; token pairs nats per token (the module's
     weights), with the list statistic of the evaluation reduced to an exact-match rate."""
-    assert _train("bernoulli", *_flags("bernoulli", reverse_dir), "--epochs", "1",
-                  "--out", str(tmp_path / "b")) == 0
+    assert (
+        _train(
+            "bernoulli",
+            *_flags("bernoulli", reverse_dir),
+            "--epochs",
+            "1",
+            "--out",
+            str(tmp_path / "b"),
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "40 train / 360 test binary vectors of 64 dimensions" in text
     assert "test nats: " in text and "vec/s" in text
@@ -110,23 +198,41 @@ def test_units_and_records_of_non_image_tasks(tmp_path, capsys, reverse_dir):
     assert 0 < rec["test_nats"] < 64 * 0.7  # better than a fair coin per pixel
     assert (tmp_path / "b" / "components.png").stat().st_size > 0
 
-    assert _train("tokens", *_flags("tokens", reverse_dir), "--epochs", "1",
-                  "--out", str(tmp_path / "t")) == 0
+    assert (
+        _train(
+            "tokens", *_flags("tokens", reverse_dir), "--epochs", "1", "--out", str(tmp_path / "t")
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "40 train / 21 test sentence pairs (src -> tgt, vocabularies 9 / 9)" in text
     (rec,) = records(tmp_path / "t")
     assert {"train_nll", "test_nll", "pairs"} <= set(rec)
     assert 0 < rec["test_nll"] < 2 * torch.log(torch.tensor(9.0)).item()
     assert 0 <= rec["test_extras"]["exact_match"] <= 1
-    assert (tmp_path / "t" / "exact_match.txt").read_text().strip() == \
-        str(rec["test_extras"]["exact_match"])
+    assert (tmp_path / "t" / "exact_match.txt").read_text().strip() == str(
+        rec["test_extras"]["exact_match"]
+    )
 
 
 def test_per_token_loss_is_normalised_by_the_tokens(tmp_path, reverse_dir):
     """The training metric is the summed NLL over the summed target tokens: recomputed
     from the final model on the training pairs after an epoch with lr 0 it agrees."""
-    assert _train("tokens", *_flags("tokens", reverse_dir), "--epochs", "1", "--lr", "1e-30",
-                  "--dropout", "0", "--out", str(tmp_path / "t")) == 0
+    assert (
+        _train(
+            "tokens",
+            *_flags("tokens", reverse_dir),
+            "--epochs",
+            "1",
+            "--lr",
+            "1e-30",
+            "--dropout",
+            "0",
+            "--out",
+            str(tmp_path / "t"),
+        )
+        == 0
+    )
     task = toy_tasks.TASKS["tokens"]
     ck = final_checkpoint(tmp_path / "t")
     args = type("A", (), {"data_dir": reverse_dir})()
@@ -151,11 +257,17 @@ def test_contract_errors(tmp_path, reverse_dir):
         def eval_step(self, model, batch, args, *, final):
             return {"nll": 0.0}
 
-    with pytest.raises(ValueError, match="must return 'weight', the weight of each example "
-                                         r"in nats/token, shape \(16,\); got None"):
+    with pytest.raises(
+        ValueError,
+        match="must return 'weight', the weight of each example "
+        r"in nats/token, shape \(16,\); got None",
+    ):
         toy_tasks.run(NoWeight(), [*_flags("tokens", reverse_dir), "--out", str(tmp_path / "a")])
-    with pytest.raises(ValueError, match=r"NoLoss.eval_step must return 'loss', the summed "
-                                         r"loss in nats; got \['nll'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"NoLoss.eval_step must return 'loss', the summed "
+        r"loss in nats; got \['nll'\]",
+    ):
         toy_tasks.run(NoLoss(), [*_flags("bernoulli", reverse_dir), "--out", str(tmp_path / "b")])
 
 
@@ -164,13 +276,36 @@ def test_ddp_reduces_weights_and_list_statistics(tmp_path, reverse_dir):
     over the ranks before the loss is scaled and the evaluation's list statistic is
     concatenated over the ranks, so both ranks end with identical parameters equal (up to
     the reduction order) to one process, with the same test metrics."""
-    flags = [*_flags("tokens", reverse_dir), "--epochs", "2", "--dropout", "0",
-             "--eval-batch-size", "4"]
-    proc = torchrun(os.path.join(ROOT, "tests", "toy_tasks.py"), "tokens", *flags,
-                    "--out", tmp_path / "ddp", "--dump-params", tmp_path / "rank{rank}.pt")
+    flags = [
+        *_flags("tokens", reverse_dir),
+        "--epochs",
+        "2",
+        "--dropout",
+        "0",
+        "--eval-batch-size",
+        "4",
+    ]
+    proc = torchrun(
+        os.path.join(ROOT, "tests", "toy_tasks.py"),
+        "tokens",
+        *flags,
+        "--out",
+        tmp_path / "ddp",
+        "--dump-params",
+        tmp_path / "rank{rank}.pt",
+    )
     assert "x 2 processes" in proc.stdout
-    assert _train("tokens", *flags, "--out", str(tmp_path / "one"),
-                  "--dump-params", str(tmp_path / "single.pt")) == 0
+    assert (
+        _train(
+            "tokens",
+            *flags,
+            "--out",
+            str(tmp_path / "one"),
+            "--dump-params",
+            str(tmp_path / "single.pt"),
+        )
+        == 0
+    )
     assert_ranks_match(tmp_path)
     for a, b in zip(records(tmp_path / "ddp"), records(tmp_path / "one")):
         assert a["train_nll"] == pytest.approx(b["train_nll"], rel=1e-5)

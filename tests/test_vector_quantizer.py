@@ -1,6 +1,7 @@
 """dqkernels.nn.VectorQuantizer: straight-through estimate, commitment loss, EMA codebook
 (decay, Laplace smoothing), hard and soft EM, dead codes and their re-initialisation,
 usage metrics, dtypes, bad arguments, and the all-reduced statistics of 2 gloo processes."""
+
 import math
 import multiprocessing
 import os
@@ -42,7 +43,7 @@ def test_straight_through_gradient_and_value(em):
     w = torch.randn_like(z)
     (out.quantized * w).sum().backward()
     assert torch.equal(z.grad, w), seed  # the gradient of z is the output's gradient
-    expect = codebook[out.indices]          # [3, 4, D] or [3, 4, m, D]
+    expect = codebook[out.indices]  # [3, 4, D] or [3, 4, m, D]
     if em == "soft":
         assert out.indices.shape == (3, 4, 4)
         expect = expect.mean(-2)
@@ -60,7 +61,7 @@ def test_commitment_loss_is_beta_times_the_squared_distance_per_example():
     expect = 0.7 * ((z.detach() - zq) ** 2).sum((1, 2, 3))
     assert out.commitment.shape == (4,) and out.commitment.dtype == torch.float32
     torch.testing.assert_close(out.commitment.detach(), expect, rtol=1e-5, atol=1e-6)
-    out.commitment.sum().backward()   # reaches z only: d/dz = 2 beta (z - sg(z_q))
+    out.commitment.sum().backward()  # reaches z only: d/dz = 2 beta (z - sg(z_q))
     torch.testing.assert_close(z.grad, 2 * 0.7 * (z.detach() - zq), rtol=1e-5, atol=1e-6)
 
 
@@ -91,7 +92,7 @@ def test_soft_em_output_is_the_mean_of_the_sampled_codes():
     torch.manual_seed(11)
     drawn = vq_sample(z, codebook, 6, temperature=2.5)
     assert torch.equal(out.indices, drawn)
-    assert len(set(drawn.flatten().tolist())) > 1   # really a draw, not one code
+    assert len(set(drawn.flatten().tolist())) > 1  # really a draw, not one code
     torch.testing.assert_close(out.quantized, codebook[drawn].mean(1), rtol=1e-6, atol=1e-6)
 
 
@@ -108,12 +109,14 @@ def test_ema_update_follows_the_formula(em):
     cs, es = vq.cluster_size.clone(), vq.embed_sum.clone()
     z = torch.randn(6, 5, D)
     out = vq(z)
-    exp_cs, exp_es = vq_ema_update_reference(cs, es, z.reshape(-1, D),
-                                             out.indices.reshape(30, -1), decay)
+    exp_cs, exp_es = vq_ema_update_reference(
+        cs, es, z.reshape(-1, D), out.indices.reshape(30, -1), decay
+    )
     torch.testing.assert_close(vq.cluster_size.double(), exp_cs, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(vq.embed_sum.double(), exp_es, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(vq.codebook().double(), _laplace_codebook(exp_cs, exp_es, eps),
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        vq.codebook().double(), _laplace_codebook(exp_cs, exp_es, eps), rtol=1e-5, atol=1e-6
+    )
     # hand check of one code: counts over the 30 rows with weight 1/m per sample
     rows = out.indices.reshape(30, -1)
     k = int(rows[0, 0])
@@ -174,10 +177,10 @@ def test_batch_initialisation_draws_distinct_batch_vectors_once():
     assert vq.is_initialized() and bool(vq.initialized)
     codebook = vq.codebook()
     assert torch.equal(vq.cluster_size, torch.ones(8))
-    match = (codebook[:, None, :] == z[None]).all(-1)    # [K, N]
-    assert (match.sum(1) == 1).all()                      # every code is a batch vector
-    assert (match.sum(0) <= 1).all()                      # distinct ones
-    vq(torch.randn(20, 3) + 100)                          # a later batch does not re-init
+    match = (codebook[:, None, :] == z[None]).all(-1)  # [K, N]
+    assert (match.sum(1) == 1).all()  # every code is a batch vector
+    assert (match.sum(0) <= 1).all()  # distinct ones
+    vq(torch.randn(20, 3) + 100)  # a later batch does not re-init
     assert torch.equal(vq.codebook(), codebook)
     fresh = VectorQuantizer(8, 3)
     fresh.load_state_dict(vq.state_dict())
@@ -188,10 +191,13 @@ def test_dead_codes_counted_and_reinitialised():
     torch.manual_seed(fresh_seed())
     vq = VectorQuantizer(6, 2, decay=0.5, dead_threshold=0.1, init="normal")
     with torch.no_grad():
-        vq.embed_sum.copy_(torch.tensor([[0., 0.], [10., 0.], [0., 10.], [50., 50.],
-                                         [-50., 50.], [50., -50.]]))
+        vq.embed_sum.copy_(
+            torch.tensor(
+                [[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [50.0, 50.0], [-50.0, 50.0], [50.0, -50.0]]
+            )
+        )
     # every vector is near code 0, 1 or 2; codes 3..5 get nothing
-    z = torch.tensor([[0.1, 0.], [9.9, 0.], [0., 10.1], [0.2, 0.1]])
+    z = torch.tensor([[0.1, 0.0], [9.9, 0.0], [0.0, 10.1], [0.2, 0.1]])
     # counts 1 -> 0.5 -> 0.25 -> 0.125 -> 0.0625: dead after the 4th step
     for step in range(4):
         out = vq(z)
@@ -200,13 +206,14 @@ def test_dead_codes_counted_and_reinitialised():
     vq.reinit_dead = True
     kept = vq.embed_sum[:3].clone()
     out = vq(z)
-    assert int(out.dead_codes) == 3       # counted before the re-initialisation
+    assert int(out.dead_codes) == 3  # counted before the re-initialisation
     assert not vq.dead_mask().any()
     assert torch.equal(vq.cluster_size[3:], torch.ones(3))
-    for k in range(3, 6):                 # each re-initialised code is a batch vector
+    for k in range(3, 6):  # each re-initialised code is a batch vector
         assert (vq.embed_sum[k] == z).all(1).any()
-    torch.testing.assert_close(vq.embed_sum[:3], 0.5 * kept + 0.5 * torch.stack(
-        [z[[0, 3]].sum(0), z[1], z[2]]))
+    torch.testing.assert_close(
+        vq.embed_sum[:3], 0.5 * kept + 0.5 * torch.stack([z[[0, 3]].sum(0), z[1], z[2]])
+    )
 
 
 def test_state_stays_float32_under_bf16_autocast_and_half_conversion():
@@ -214,7 +221,7 @@ def test_state_stays_float32_under_bf16_autocast_and_half_conversion():
     vq = VectorQuantizer(16, 8, decay=0.9)
     z = torch.randn(32, 8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        zb = torch.nn.functional.linear(z, torch.eye(8))   # a bf16 activation
+        zb = torch.nn.functional.linear(z, torch.eye(8))  # a bf16 activation
         assert zb.dtype == torch.bfloat16
         out = vq(zb)
     assert out.quantized.dtype == torch.bfloat16
@@ -237,26 +244,41 @@ def test_bad_arguments():
         (dict(num_codes=0, dim=2), ValueError, "num_codes must be >= 1; got 0"),
         (dict(num_codes=2.0, dim=2), TypeError, "num_codes must be an int; got float"),
         (dict(num_codes=2, dim=0), ValueError, "dim must be >= 1; got 0"),
-        (dict(num_codes=2, dim=2, em="medium"), ValueError,
-         "em must be one of hard, soft; got 'medium'"),
+        (
+            dict(num_codes=2, dim=2, em="medium"),
+            ValueError,
+            "em must be one of hard, soft; got 'medium'",
+        ),
         (dict(num_codes=2, dim=2, num_samples=0), ValueError, "num_samples must be >= 1"),
         (dict(num_codes=2, dim=2, decay=1.5), ValueError, r"decay must be in \[0, 1\]; got 1.5"),
         (dict(num_codes=2, dim=2, eps=0.0), ValueError, r"eps must be in \(0, inf\); got 0"),
         (dict(num_codes=2, dim=2, beta=-1), ValueError, r"beta must be in \[0, inf\); got -1"),
-        (dict(num_codes=2, dim=2, temperature=0), ValueError,
-         r"temperature must be in \(0, inf\); got 0"),
-        (dict(num_codes=2, dim=2, dead_threshold=float("nan")), ValueError,
-         "dead_threshold must be in"),
-        (dict(num_codes=2, dim=2, init="zeros"), ValueError,
-         "init must be one of batch, normal; got 'zeros'"),
+        (
+            dict(num_codes=2, dim=2, temperature=0),
+            ValueError,
+            r"temperature must be in \(0, inf\); got 0",
+        ),
+        (
+            dict(num_codes=2, dim=2, dead_threshold=float("nan")),
+            ValueError,
+            "dead_threshold must be in",
+        ),
+        (
+            dict(num_codes=2, dim=2, init="zeros"),
+            ValueError,
+            "init must be one of batch, normal; got 'zeros'",
+        ),
         (dict(num_codes=2, dim=2, decay="0.9"), TypeError, "decay must be a number; got str"),
     ]
     for kwargs, exc, msg in cases:
         with pytest.raises(exc, match=msg):
             VectorQuantizer(**kwargs)
     vq = VectorQuantizer(4, 3)
-    with pytest.raises(ValueError, match=r"z must be \[B, \.\.\., 3\] \(channels last, D = 3\); "
-                                         r"got shape \(2, 4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"z must be \[B, \.\.\., 3\] \(channels last, D = 3\); "
+        r"got shape \(2, 4\)",
+    ):
         vq(torch.zeros(2, 4))
     with pytest.raises(ValueError, match=r"z must be \[B, \.\.\., 3\]"):
         vq(torch.zeros(3))
@@ -303,14 +325,18 @@ def _ddp_worker(rank, world, init_file, out_dir):
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=world, timeout=timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=60),
+    )
     try:
         torch.manual_seed(rank)  # per-rank randomness (as the trainer does) where used
         with use_backend("torch"):
             steps = _step_batches()
-            result = {name: _run_case(kw, [s[rank] for s in steps])
-                      for name, kw in _CASES.items()}
+            result = {name: _run_case(kw, [s[rank] for s in steps]) for name, kw in _CASES.items()}
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -325,6 +351,7 @@ def test_ddp_two_gloo_processes_hold_the_codebook_of_the_union():
     import tempfile
 
     import torch.distributed as dist
+
     if not (dist.is_available() and dist.is_gloo_available()):
         pytest.skip("no gloo")
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,6 +1,7 @@
 """The VQ ops (vq_nearest, vq_sample, vq_ema_update) on every backend against the float64
 reference in dqkernels/reference/vq.py, plus sampler statistics, the no-N x K memory
 property and bad input."""
+
 from __future__ import annotations
 
 import math
@@ -10,11 +11,15 @@ import textwrap
 
 import pytest
 import torch
-
 from conftest import BACKEND_DEVICES, TOL, fresh_seed, rel_err, require
+
 from dqkernels.ops import vq_ema_update, vq_nearest, vq_sample
-from dqkernels.reference.vq import (sqdist_matrix, vq_ema_update_reference, vq_probs_reference,
-                                    vq_sample_reference)
+from dqkernels.reference.vq import (
+    sqdist_matrix,
+    vq_ema_update_reference,
+    vq_probs_reference,
+    vq_sample_reference,
+)
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 # (N, K, D): odd sizes, K = 1, D = 1, several tiles, and N = 0
@@ -25,11 +30,11 @@ def _inputs(N, K, D, dtype, device, seed, dup=True):
     g = torch.Generator().manual_seed(seed)
     e = torch.randn(K, D, generator=g)
     if dup and K >= 4:
-        e[K - 1] = e[1]            # a duplicated code after its twin
+        e[K - 1] = e[1]  # a duplicated code after its twin
         e[K // 2] = e[1]
     z = torch.randn(N, D, generator=g)
     if N >= 3 and K >= 2:
-        z[0] = e[1]                # exactly on a duplicated code: the tie goes to index 1
+        z[0] = e[1]  # exactly on a duplicated code: the tie goes to index 1
         z[1] = e[K - 1]
         z[2] = e[0] + 1e-3 * torch.randn(D, generator=g)
     return z.to(device, dtype), e.to(device, dtype)
@@ -38,15 +43,17 @@ def _inputs(N, K, D, dtype, device, seed, dup=True):
 def _check_nearest(z, e, idx, dist):
     """The chosen code's float64 distance is the minimum (within 1e-5 relative), and the
     chosen index is the lowest one at exactly that distance (ties -> lowest index)."""
-    d = sqdist_matrix(z.cpu(), e.cpu())                      # float64 on the inputs as given
+    d = sqdist_matrix(z.cpu(), e.cpu())  # float64 on the inputs as given
     idx = idx.cpu().reshape(-1)
     assert idx.dtype == torch.int64
     assert bool(((idx >= 0) & (idx < e.shape[0])).all()), idx
     dmin = d.min(1).values
     chosen = d.gather(1, idx[:, None])[:, 0]
     bad = chosen > dmin * (1 + 1e-5)
-    assert not bool(bad.any()), (f"{int(bad.sum())} rows off the minimum, e.g. chosen "
-                                 f"{chosen[bad][:3].tolist()} vs {dmin[bad][:3].tolist()}")
+    assert not bool(bad.any()), (
+        f"{int(bad.sum())} rows off the minimum, e.g. chosen "
+        f"{chosen[bad][:3].tolist()} vs {dmin[bad][:3].tolist()}"
+    )
     first_equal = (d == chosen[:, None]).to(torch.int8).argmax(1)
     assert torch.equal(idx, first_equal), "a tie did not go to the lowest index"
     tol = TOL[torch.float64 if z.dtype == torch.float64 else torch.float32]
@@ -92,7 +99,7 @@ def test_nearest_near_ties_need_more_than_the_fp32_expansion(backend, device):
 def test_nearest_batch_dims_and_noncontiguous(backend, device):
     require(backend, device)
     z, e = _inputs(24, 9, 6, torch.float32, device, fresh_seed())
-    zb = z.reshape(2, 3, 4, 6).transpose(1, 2)              # [..., D], not contiguous
+    zb = z.reshape(2, 3, 4, 6).transpose(1, 2)  # [..., D], not contiguous
     idx, dist = vq_nearest(zb, e[:, :].t().contiguous().t(), backend=backend)
     assert idx.shape == (2, 4, 3)
     ref_idx, ref_dist = vq_nearest(zb.reshape(-1, 6).contiguous(), e, backend="torch")
@@ -149,8 +156,9 @@ def test_sample_kernel_matches_inverse_cdf(backend, device, dtype, N, K, D):
     ref = vq_sample_reference(z.cpu(), e.cpu(), u, T)
     same = (got == ref).double().mean().item()
     assert bool(((got >= 0) & (got < K)).all())
-    assert same >= (0.999 if dtype in (torch.float32, torch.float64) else 0.98), \
+    assert same >= (0.999 if dtype in (torch.float32, torch.float64) else 0.98), (
         f"seed {seed}: agreement {same}"
+    )
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpp"])
@@ -174,13 +182,18 @@ def test_sample_distribution_chi_square(backend, device):
     seed = fresh_seed()
     g = torch.Generator().manual_seed(seed)
     K, D = 6, 3
-    S = 2000 if (backend, device) == ("triton", "cpu") else 20000   # the interpreter is slow
+    S = 2000 if (backend, device) == ("triton", "cpu") else 20000  # the interpreter is slow
     e = torch.randn(K, D, generator=g)
     z = torch.randn(3, D, generator=g) * 0.7
     T = 2.0
-    draws = vq_sample(z.to(device), e.to(device), S, temperature=T,
-                      generator=torch.Generator(device).manual_seed(seed),
-                      backend=backend).cpu()
+    draws = vq_sample(
+        z.to(device),
+        e.to(device),
+        S,
+        temperature=T,
+        generator=torch.Generator(device).manual_seed(seed),
+        backend=backend,
+    ).cpu()
     p = vq_probs_reference(z, e, T)
     for n in range(3):
         counts = torch.bincount(draws[n], minlength=K).double()
@@ -212,10 +225,15 @@ def test_sample_draw_positions_match_their_uniforms(backend, device):
     require(backend, device)
     seed = fresh_seed()
     z, e = _inputs(40, 11, 5, torch.float32, device, seed, dup=False)
-    got = vq_sample(z, e, 6, temperature=0.7, backend=backend,
-                    generator=torch.Generator(device).manual_seed(seed)).cpu()
-    u = torch.rand(40, 6, generator=torch.Generator(device).manual_seed(seed),
-                   device=device).cpu()
+    got = vq_sample(
+        z,
+        e,
+        6,
+        temperature=0.7,
+        backend=backend,
+        generator=torch.Generator(device).manual_seed(seed),
+    ).cpu()
+    u = torch.rand(40, 6, generator=torch.Generator(device).manual_seed(seed), device=device).cpu()
     ref = vq_sample_reference(z.cpu(), e.cpu(), u, 0.7)
     assert (got == ref).double().mean().item() >= 0.99, f"seed {seed}"
 
@@ -260,7 +278,7 @@ def test_sample_empty_and_batch_dims():
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("state", [torch.float32, torch.float64], ids=["fp32", "fp64"])
-@pytest.mark.parametrize("S", [0, 1, 3])       # 0: indices [N] (hard EM)
+@pytest.mark.parametrize("S", [0, 1, 3])  # 0: indices [N] (hard EM)
 def test_ema_update_formula(backend, device, dtype, state, S):
     require(backend, device, dtype)
     seed = fresh_seed()
@@ -306,15 +324,18 @@ def test_opcheck(backend):
     torch.library.opcheck(torch.ops.dqk.vq_nearest.default, (z, e, backend))
     # with gradients: opcheck's AOT check sums every output into a float, which fails on
     # the int64 indices inside opcheck itself, so it is left out here
-    torch.library.opcheck(torch.ops.dqk.vq_nearest.default,
-                          (z.clone().requires_grad_(True), e, backend),
-                          test_utils=("test_schema", "test_autograd_registration",
-                                      "test_faketensor"))
+    torch.library.opcheck(
+        torch.ops.dqk.vq_nearest.default,
+        (z.clone().requires_grad_(True), e, backend),
+        test_utils=("test_schema", "test_autograd_registration", "test_faketensor"),
+    )
     u = _sorted_u(20, 3, torch.float32, 0)
     torch.library.opcheck(torch.ops.dqk.vq_sample.default, (z.detach(), e, u, 1.0, backend))
     idx = torch.randint(0, 6, (20, 2))
-    torch.library.opcheck(torch.ops.dqk.vq_ema_update.default,
-                          (torch.zeros(6), torch.zeros(6, 5), z.detach(), idx, 0.5, backend))
+    torch.library.opcheck(
+        torch.ops.dqk.vq_ema_update.default,
+        (torch.zeros(6), torch.zeros(6, 5), z.detach(), idx, 0.5, backend),
+    )
 
 
 # ----------------------------------------------------------------------------- memory
@@ -345,9 +366,17 @@ _MEMORY_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("what,backend", [("nearest", "torch"), ("nearest", "cpp"),
-                                          ("sample", "torch"), ("sample", "cpp"),
-                                          ("ema", "torch"), ("ema", "cpp")])
+@pytest.mark.parametrize(
+    "what,backend",
+    [
+        ("nearest", "torch"),
+        ("nearest", "cpp"),
+        ("sample", "torch"),
+        ("sample", "cpp"),
+        ("ema", "torch"),
+        ("ema", "cpp"),
+    ],
+)
 def test_no_n_by_k_memory(what, backend):
     """On N = K = 32768 (16384 for sampling; an N x K float32 matrix is 4 GiB, 1 GiB) the
     ops' peak resident memory grows by less than an eighth of that (the torch backend's
@@ -356,13 +385,17 @@ def test_no_n_by_k_memory(what, backend):
     require(backend, "cpu")
 
     def grow(which, be):
-        out = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, be, which, str(n)],
-                             capture_output=True, text=True, timeout=600)
+        out = subprocess.run(
+            [sys.executable, "-c", _MEMORY_SCRIPT, be, which, str(n)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert out.returncode == 0, out.stderr[-2000:]
         before, after = (int(v) for v in out.stdout.split()[-2:])
         return after - before, f"peak resident {before} -> {after} bytes"
 
-    n = 16384 if what == "sample" else 32768     # sampling costs two passes of exp
+    n = 16384 if what == "sample" else 32768  # sampling costs two passes of exp
     nk = n * n * 4
     grew, info = grow(what, backend)
     assert grew < nk / 8, f"{what} on {backend}: {info}"
@@ -382,9 +415,11 @@ def test_no_n_by_k_memory_gpu(backend):
     z, e = torch.randn(N, 64, device="cuda"), torch.randn(K, 64, device="cuda")
     idx = torch.randint(0, K, (N,), device="cuda")
     cs, es = torch.zeros(K, device="cuda"), torch.zeros(K, 64, device="cuda")
-    for call in (lambda: vq_nearest(z, e, backend=backend),
-                 lambda: vq_sample(z, e, 4, backend=backend),
-                 lambda: vq_ema_update(cs, es, z, idx, decay=0.9, backend=backend)):
+    for call in (
+        lambda: vq_nearest(z, e, backend=backend),
+        lambda: vq_sample(z, e, 4, backend=backend),
+        lambda: vq_ema_update(cs, es, z, idx, decay=0.9, backend=backend),
+    ):
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
@@ -399,14 +434,19 @@ def test_no_n_by_k_memory_gpu(backend):
 
 def test_bad_input_messages():
     e = torch.randn(5, 3)
-    with pytest.raises(ValueError, match=r"vq_nearest: z's last dimension \(4\) must equal "
-                                         r"the codebook's dimension D \(3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"vq_nearest: z's last dimension \(4\) must equal "
+        r"the codebook's dimension D \(3\)",
+    ):
         vq_nearest(torch.randn(2, 4), e)
-    with pytest.raises(TypeError, match="vq_nearest: z must be a floating tensor .* got dtype "
-                                        "int64"):
+    with pytest.raises(
+        TypeError, match="vq_nearest: z must be a floating tensor .* got dtype int64"
+    ):
         vq_nearest(torch.ones(2, 3, dtype=torch.int64), e)
-    with pytest.raises(TypeError, match="vq_sample: z must be a floating tensor .* got dtype "
-                                        "complex64"):
+    with pytest.raises(
+        TypeError, match="vq_sample: z must be a floating tensor .* got dtype complex64"
+    ):
         vq_sample(torch.ones(2, 3, dtype=torch.complex64), e, 2)
     with pytest.raises(TypeError, match="vq_nearest: z and codebook must have the same dtype"):
         vq_nearest(torch.randn(2, 3, dtype=torch.float64), e)
@@ -416,42 +456,61 @@ def test_bad_input_messages():
         vq_nearest(torch.randn(2, 3), torch.randn(0, 3))
     with pytest.raises(ValueError, match="vq_sample: num_samples must be >= 1; got 0"):
         vq_sample(torch.randn(2, 3), e, 0)
-    with pytest.raises(ValueError, match="vq_sample: temperature must be > 0 and finite; "
-                                         "got -1.0"):
+    with pytest.raises(ValueError, match="vq_sample: temperature must be > 0 and finite; got -1.0"):
         vq_sample(torch.randn(2, 3), e, 2, temperature=-1.0)
     cs, es, z = torch.zeros(5), torch.zeros(5, 3), torch.randn(4, 3)
-    with pytest.raises(IndexError, match=r"vq_ema_update: indices must be in \[0, 5\) \(the "
-                                         r"codebook size\); got 5"):
+    with pytest.raises(
+        IndexError,
+        match=r"vq_ema_update: indices must be in \[0, 5\) \(the "
+        r"codebook size\); got 5",
+    ):
         vq_ema_update(cs, es, z, torch.tensor([0, 1, 5, 2]), decay=0.9)
     with pytest.raises(IndexError, match=r"indices must be in \[0, 5\) .* got -1"):
         vq_ema_update(cs, es, z, torch.tensor([[0, -1], [1, 1], [2, 2], [3, 3]]), decay=0.9)
-    with pytest.raises(TypeError, match="vq_ema_update: indices must be an integer tensor "
-                                        r"\(int64 or int32\); got dtype float32"):
+    with pytest.raises(
+        TypeError,
+        match="vq_ema_update: indices must be an integer tensor "
+        r"\(int64 or int32\); got dtype float32",
+    ):
         vq_ema_update(cs, es, z, torch.zeros(4), decay=0.9)
     with pytest.raises(ValueError, match=r"indices must have shape \(4,\) or \(4,\) \+ \(S,\)"):
         vq_ema_update(cs, es, z, torch.zeros(3, dtype=torch.int64), decay=0.9)
-    with pytest.raises(TypeError, match="vq_ema_update: embed_sum must be float32 or float64 "
-                                        r"\(the EMA state is kept in full precision\); got "
-                                        "bfloat16"):
+    with pytest.raises(
+        TypeError,
+        match="vq_ema_update: embed_sum must be float32 or float64 "
+        r"\(the EMA state is kept in full precision\); got "
+        "bfloat16",
+    ):
         vq_ema_update(cs, es.bfloat16(), z, torch.zeros(4, dtype=torch.int64), decay=0.9)
-    with pytest.raises(ValueError, match=r"vq_ema_update: embed_sum must be contiguous \(it "
-                                         r"is updated in place\); got strides \(1, 5\)"):
-        vq_ema_update(cs, torch.zeros(3, 5).t(), z, torch.zeros(4, dtype=torch.int64),
-                      decay=0.9)
-    with pytest.raises(ValueError, match=r"vq_ema_update: embed_sum must be contiguous \(it "
-                                         r"is updated in place\); got strides \(1, 5\)"):
-        vq_ema_update(cs, torch.zeros(3, 5).t(), z, torch.zeros(4, dtype=torch.int64),
-                      decay=0.9)
+    with pytest.raises(
+        ValueError,
+        match=r"vq_ema_update: embed_sum must be contiguous \(it "
+        r"is updated in place\); got strides \(1, 5\)",
+    ):
+        vq_ema_update(cs, torch.zeros(3, 5).t(), z, torch.zeros(4, dtype=torch.int64), decay=0.9)
+    with pytest.raises(
+        ValueError,
+        match=r"vq_ema_update: embed_sum must be contiguous \(it "
+        r"is updated in place\); got strides \(1, 5\)",
+    ):
+        vq_ema_update(cs, torch.zeros(3, 5).t(), z, torch.zeros(4, dtype=torch.int64), decay=0.9)
     with pytest.raises(ValueError, match=r"vq_ema_update: decay must be in \[0, 1\]; got 1.5"):
         vq_ema_update(cs, es, z, torch.zeros(4, dtype=torch.int64), decay=1.5)
-    with pytest.raises(ValueError, match=r"vq_ema_update: z's last dimension must equal "
-                                         r"embed_sum's D \(3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"vq_ema_update: z's last dimension must equal "
+        r"embed_sum's D \(3\)",
+    ):
         vq_ema_update(cs, es, torch.randn(4, 2), torch.zeros(4, dtype=torch.int64), decay=0.9)
 
 
 def test_backend_rejection_explains():
     from dqkernels.backends import BackendUnavailableError
+
     z, e = torch.randn(2, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
-    with pytest.raises(BackendUnavailableError, match=r"vq_nearest: backend 'triton' cannot "
-                                                      r"run on cpu tensors of dtype float64"):
+    with pytest.raises(
+        BackendUnavailableError,
+        match=r"vq_nearest: backend 'triton' cannot "
+        r"run on cpu tensors of dtype float64",
+    ):
         vq_nearest(z, e, backend="triton")

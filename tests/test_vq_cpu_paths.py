@@ -4,12 +4,13 @@ runs (generic, AVX2, AVX-512, AVX-512 with vdpbf16ps for bf16), forced through
 duplicated codes (ties to the lowest index), z equal to a code, near ties that a plain
 fp32 expansion gets wrong, values too large for the float expansion; sampling on the
 same sorted uniforms; the EMA update; thread-count invariance; a bad ISA."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import TOL, fresh_seed, rel_err, require
+
 from dqkernels.ops.vq import vq_ema_update, vq_nearest, vq_sample
 from dqkernels.reference import vq as ref
 
@@ -23,8 +24,9 @@ SHAPES = [(1, 1, 1), (7, 1, 3), (37, 5, 3), (300, 129, 37), (513, 1000, 67), (65
 def cpu_paths() -> list[int]:
     try:
         from dqkernels._ext import _C
+
         bits = _C.vq_cpu_isas()
-    except Exception:   # not built: the tests skip through require()
+    except Exception:  # not built: the tests skip through require()
         return [1]
     return [i for i in range(1, 5) if bits & (1 << i)]
 
@@ -33,6 +35,7 @@ def cpu_paths() -> list[int]:
 def isa(request, monkeypatch):
     require("cpp", "cpu")
     from dqkernels.kernels.vq import cpp as cpp_vq
+
     monkeypatch.setattr(cpp_vq, "ISA", request.param)
     return request.param
 
@@ -85,8 +88,10 @@ def test_nearest_duplicates_and_exact_hits(isa, dtype):
     z[60:80] = e[11]
     z[80:120] = e[torch.randint(0, K, (40,), generator=g)]
     # near the duplicated codes so that they win often
-    z[120:] = (e[[4, 2, 39]].double().repeat(27, 1)[:80] +
-               0.05 * torch.randn(80, D, generator=g, dtype=torch.float64)).to(dtype)
+    z[120:] = (
+        e[[4, 2, 39]].double().repeat(27, 1)[:80]
+        + 0.05 * torch.randn(80, D, generator=g, dtype=torch.float64)
+    ).to(dtype)
     idx, dist = check_nearest(z, e, f"seed={seed} isa={isa} {dtype}")
     assert (idx[:20] == 4).all() and (idx[20:40] == 2).all() and (idx[40:60] == 39).all()
     assert (idx[60:80] == 11).all()
@@ -106,7 +111,7 @@ def test_nearest_near_ties_need_refinement(isa, dtype):
     c = torch.randint(192, 255, (D,), generator=g).double()
     e = c + torch.randint(-1, 2, (K, D), generator=g).double()
     z = c + torch.randint(-1, 2, (N, D), generator=g).double()
-    e[K - 1] = e[K // 2]   # and an exact tie
+    e[K - 1] = e[K // 2]  # and an exact tie
     ridx, _ = ref.vq_nearest_reference(z, e)
     if dtype != torch.float64:
         z32, e32 = z.float(), e.float()
@@ -149,8 +154,13 @@ def test_sample_matches_reference(isa, dtype):
     seed = fresh_seed()
     g = torch.Generator().manual_seed(seed)
     total = agree = 0
-    for N, K, D, S, T in [(1, 1, 1, 3, 1.0), (37, 5, 3, 1, 0.5), (301, 129, 37, 5, 1.0),
-                          (257, 1000, 67, 3, 2.0), (40, 17, 64, 8, 0.05)]:
+    for N, K, D, S, T in [
+        (1, 1, 1, 3, 1.0),
+        (37, 5, 3, 1, 0.5),
+        (301, 129, 37, 5, 1.0),
+        (257, 1000, 67, 3, 2.0),
+        (40, 17, 64, 8, 0.05),
+    ]:
         z = (0.15 * torch.randn(N, D, generator=g, dtype=torch.float64)).to(dtype)
         e = (0.15 * torch.randn(K, D, generator=g, dtype=torch.float64)).to(dtype)
         got, want = sample_pair(z, e, S, T, seed + N)
@@ -178,11 +188,17 @@ def test_sample_spread_and_peaked(isa):
     assert set(peaked.unique().tolist()) == {1, 5}, seed
 
 
-@pytest.mark.parametrize("zdt,sdt", [(torch.float32, torch.float32),
-                                     (torch.bfloat16, torch.float32),
-                                     (torch.float16, torch.float32),
-                                     (torch.float64, torch.float64),
-                                     (torch.float32, torch.float64)], ids=str)
+@pytest.mark.parametrize(
+    "zdt,sdt",
+    [
+        (torch.float32, torch.float32),
+        (torch.bfloat16, torch.float32),
+        (torch.float16, torch.float32),
+        (torch.float64, torch.float64),
+        (torch.float32, torch.float64),
+    ],
+    ids=str,
+)
 @pytest.mark.parametrize("S", [1, 3])
 def test_ema_update(zdt, sdt, S):
     require("cpp", "cpu")
@@ -192,11 +208,10 @@ def test_ema_update(zdt, sdt, S):
         z = torch.randn(N, D, generator=g, dtype=torch.float64).to(zdt)
         idx = torch.randint(0, K, (N, S), generator=g)
         if N > 10:
-            idx[: N // 3] = 3 % K    # a popular code
+            idx[: N // 3] = 3 % K  # a popular code
         cs = torch.rand(K, generator=g, dtype=torch.float64).to(sdt)
         es = torch.randn(K, D, generator=g, dtype=torch.float64).to(sdt)
-        want_cs, want_es = ref.vq_ema_update_reference(cs, es, z, idx if S > 1 else idx[:, 0],
-                                                        0.9)
+        want_cs, want_es = ref.vq_ema_update_reference(cs, es, z, idx if S > 1 else idx[:, 0], 0.9)
         vq_ema_update(cs, es, z, idx if S > 1 else idx[:, 0], decay=0.9, backend="cpp")
         tol = 1e-12 if sdt == torch.float64 else 1e-6
         info = f"seed={seed} N={N} K={K} D={D}"
@@ -218,8 +233,9 @@ def test_thread_counts_bitwise():
         for nt in (1, 2):
             torch.set_num_threads(nt)
             i, d = vq_nearest(z, e, backend="cpp")
-            s = vq_sample(z * 0.1, e * 0.1, 3, generator=torch.Generator().manual_seed(seed),
-                          backend="cpp")
+            s = vq_sample(
+                z * 0.1, e * 0.1, 3, generator=torch.Generator().manual_seed(seed), backend="cpp"
+            )
             cs, es = torch.ones(300), torch.ones(300, 33)
             vq_ema_update(cs, es, z, idx, decay=0.5, backend="cpp")
             outs.append((i, d, s, cs, es))
@@ -232,6 +248,7 @@ def test_thread_counts_bitwise():
 def test_bad_isa_is_refused(monkeypatch):
     require("cpp", "cpu")
     from dqkernels.kernels.vq import cpp as cpp_vq
+
     monkeypatch.setattr(cpp_vq, "ISA", 9)
     with pytest.raises(ValueError, match="instruction-set path 9 does not run on this CPU"):
         vq_nearest(torch.randn(3, 4), torch.randn(5, 4), backend="cpp")

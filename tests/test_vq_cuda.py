@@ -7,12 +7,13 @@ the reference CDF on the same uniforms; the EMA update in float32 and float64 st
 
 GPU only: every test skips cleanly without CUDA or without the compiled cuda kernels.
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import TOL, fresh_seed, rel_err, require
+
 from dqkernels.ops import vq_ema_update, vq_nearest, vq_sample
 from dqkernels.reference.vq import sqdist_matrix, vq_ema_update_reference
 
@@ -29,8 +30,7 @@ def dists(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     reference's ``[n, K, D]`` intermediate stays small."""
     K, D = codebook.shape
     step = max(1, (1 << 24) // max(1, K * D))
-    return torch.cat([sqdist_matrix(z[i:i + step], codebook)
-                      for i in range(0, z.shape[0], step)])
+    return torch.cat([sqdist_matrix(z[i : i + step], codebook) for i in range(0, z.shape[0], step)])
 
 
 def check_nearest(z, codebook, info=""):
@@ -44,10 +44,12 @@ def check_nearest(z, codebook, info=""):
     d = dists(z, codebook)
     ref = torch.argmin(d, dim=1)
     bad = (idx != ref).nonzero()[:, 0]
-    assert bad.numel() == 0, (f"{info}: {bad.numel()} rows differ, first {bad[:5].tolist()}: "
-                              f"got {idx[bad[:5]].tolist()}, ref {ref[bad[:5]].tolist()}, "
-                              f"d {d[bad[:5], idx[bad[:5]]].tolist()} vs "
-                              f"{d[bad[:5], ref[bad[:5]]].tolist()}")
+    assert bad.numel() == 0, (
+        f"{info}: {bad.numel()} rows differ, first {bad[:5].tolist()}: "
+        f"got {idx[bad[:5]].tolist()}, ref {ref[bad[:5]].tolist()}, "
+        f"d {d[bad[:5], idx[bad[:5]]].tolist()} vs "
+        f"{d[bad[:5], ref[bad[:5]]].tolist()}"
+    )
     chosen = d.gather(1, idx[:, None])[:, 0]
     tol = TOL[torch.float64] if z.dtype == torch.float64 else TOL[torch.float32]
     assert rel_err(dist, chosen) <= tol, f"{info}: sqdist {rel_err(dist, chosen)}"
@@ -59,11 +61,11 @@ def check_nearest(z, codebook, info=""):
 NEAREST_SHAPES = [
     (1, 1, 1),
     (7, 3, 5),
-    (129, 130, 17),      # one row and one code past a tile
-    (300, 1000, 64),     # vector loads, several code tiles
-    (257, 300, 12),      # D % 4 == 0 but not % 8: float vector path, 16-bit scalar path
+    (129, 130, 17),  # one row and one code past a tile
+    (300, 1000, 64),  # vector loads, several code tiles
+    (257, 300, 12),  # D % 4 == 0 but not % 8: float vector path, 16-bit scalar path
     (1000, 257, 256),
-    (64, 5000, 8),       # one row block: K split over blocks, then merged
+    (64, 5000, 8),  # one row block: K split over blocks, then merged
     (2000, 129, 33),
 ]
 
@@ -107,9 +109,10 @@ def test_nearest_duplicated_codes_lowest_index(dtype, N, K, D):
     base = torch.randn(max(2, K // 10), D, generator=g, device=DEV)
     e = base[torch.randint(0, base.shape[0], (K,), generator=g, device=DEV)].to(dtype)
     on = e[torch.randint(0, K, (N // 2,), generator=g, device=DEV)]
-    near = (e[torch.randint(0, K, (N - N // 2,), generator=g, device=DEV)].double()
-            + 1e-2 * torch.randn(N - N // 2, D, generator=g, device=DEV,
-                                 dtype=torch.float64)).to(dtype)
+    near = (
+        e[torch.randint(0, K, (N - N // 2,), generator=g, device=DEV)].double()
+        + 1e-2 * torch.randn(N - N // 2, D, generator=g, device=DEV, dtype=torch.float64)
+    ).to(dtype)
     z = torch.cat([on, near])
     idx = check_nearest(z, e, info=f"seed={seed} {dtype} duplicates")
     first = [int((e == e[k]).all(1).nonzero()[0, 0]) for k in idx[: N // 2].tolist()]
@@ -144,12 +147,13 @@ def test_nearest_near_ties_below_float_resolution():
     pairs, D, N = 150, 48, 3000
     a = torch.randn(pairs, D, generator=g, device=DEV)
     b = a.clone()
-    col = a.abs().argmax(1)   # |a| >= ~1: one ulp is >= 1.2e-7, the gaps stay resolvable
+    col = a.abs().argmax(1)  # |a| >= ~1: one ulp is >= 1.2e-7, the gaps stay resolvable
     rows = torch.arange(pairs, device=DEV)
     b[rows, col] = torch.nextafter(a[rows, col], torch.full_like(a[rows, col], float("inf")))
-    e = torch.stack([a, b], 1).reshape(2 * pairs, D)   # pairs at 2j, 2j + 1
-    z = e[torch.randint(0, 2 * pairs, (N,), generator=g, device=DEV)] \
-        + 0.3 * torch.randn(N, D, generator=g, device=DEV)
+    e = torch.stack([a, b], 1).reshape(2 * pairs, D)  # pairs at 2j, 2j + 1
+    z = e[torch.randint(0, 2 * pairs, (N,), generator=g, device=DEV)] + 0.3 * torch.randn(
+        N, D, generator=g, device=DEV
+    )
     idx = check_nearest(z, e, info=f"seed={seed} near ties")
     assert bool((idx % 2 == 1).any()) and bool((idx % 2 == 0).any())
 
@@ -182,8 +186,9 @@ def test_nearest_large_agrees_with_torch_backend(dtype):
     assert rel_err(dist, rdist) <= TOL[torch.float32], f"seed={seed}"
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2,
-                    reason="needs two GPUs")
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs two GPUs"
+)
 def test_nearest_on_second_device():
     require("cuda", DEV)
     z = torch.randn(300, 16, device="cuda:1")
@@ -196,13 +201,14 @@ def test_nearest_on_second_device():
 # ----------------------------------------------------------------------------- sample
 
 # CDF slack: float distances (relative error ~D u) divided by T, cumulative float sums
-SAMPLE_TOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-4,
-              torch.bfloat16: 1e-4}
+SAMPLE_TOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-4, torch.bfloat16: 1e-4}
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
-@pytest.mark.parametrize("N,K,D,S,T", [(1, 1, 1, 1, 1.0), (37, 70, 5, 3, 0.5),
-                                       (300, 257, 64, 8, 20.0), (33, 1000, 130, 40, 50.0)])
+@pytest.mark.parametrize(
+    "N,K,D,S,T",
+    [(1, 1, 1, 1, 1.0), (37, 70, 5, 3, 0.5), (300, 257, 64, 8, 20.0), (33, 1000, 130, 40, 50.0)],
+)
 def test_sample_draws_follow_reference_cdf(dtype, N, K, D, S, T):
     """Same generator state as the op: every draw k must satisfy
     cdf[k-1] <= u < cdf[k] of the float64 reference CDF, up to rounding."""
@@ -211,10 +217,20 @@ def test_sample_draws_follow_reference_cdf(dtype, N, K, D, S, T):
     g = torch.Generator(device=DEV).manual_seed(seed)
     z = torch.randn(N, D, generator=g, device=DEV).to(dtype)
     e = torch.randn(K, D, generator=g, device=DEV).to(dtype)
-    draws = vq_sample(z, e, S, temperature=T, backend="cuda",
-                      generator=torch.Generator(device=DEV).manual_seed(seed))
-    u = torch.rand((N, S), dtype=ACC.get(dtype, torch.float32), device=DEV,
-                   generator=torch.Generator(device=DEV).manual_seed(seed)).double()
+    draws = vq_sample(
+        z,
+        e,
+        S,
+        temperature=T,
+        backend="cuda",
+        generator=torch.Generator(device=DEV).manual_seed(seed),
+    )
+    u = torch.rand(
+        (N, S),
+        dtype=ACC.get(dtype, torch.float32),
+        device=DEV,
+        generator=torch.Generator(device=DEV).manual_seed(seed),
+    ).double()
     assert draws.shape == (N, S) and draws.dtype == torch.int64
     assert bool(((draws >= 0) & (draws < K)).all()), f"seed={seed}: unwritten draw"
     p = torch.softmax(-dists(z, e) / T, dim=1)
@@ -224,9 +240,11 @@ def test_sample_draws_follow_reference_cdf(dtype, N, K, D, S, T):
     lo = torch.where(draws > 0, cdf.gather(1, (draws - 1).clamp(min=0)), torch.zeros_like(hi))
     tol = SAMPLE_TOL[dtype]
     ok = (lo - tol <= u) & (u < hi + tol)
-    assert bool(ok.all()), (f"seed={seed}: {(~ok).sum().item()} draws outside their CDF "
-                            f"interval; first u={u[~ok][:3].tolist()} lo={lo[~ok][:3].tolist()} "
-                            f"hi={hi[~ok][:3].tolist()}")
+    assert bool(ok.all()), (
+        f"seed={seed}: {(~ok).sum().item()} draws outside their CDF "
+        f"interval; first u={u[~ok][:3].tolist()} lo={lo[~ok][:3].tolist()} "
+        f"hi={hi[~ok][:3].tolist()}"
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
@@ -240,8 +258,14 @@ def test_sample_cold_is_nearest(dtype):
     d = dists(z, e)
     top2 = d.topk(2, largest=False).values
     clear = (top2[:, 1] - top2[:, 0]) > 1e-3
-    draws = vq_sample(z, e, 5, temperature=1e-6, backend="cuda",
-                      generator=torch.Generator(device=DEV).manual_seed(seed))
+    draws = vq_sample(
+        z,
+        e,
+        5,
+        temperature=1e-6,
+        backend="cuda",
+        generator=torch.Generator(device=DEV).manual_seed(seed),
+    )
     nearest = torch.argmin(d, 1)
     assert torch.equal(draws[clear], nearest[clear, None].expand(-1, 5)), f"seed={seed}"
 
@@ -262,6 +286,7 @@ def test_sample_frequencies():
 
 
 # ----------------------------------------------------------------------------- EMA
+
 
 @pytest.mark.parametrize("state", [torch.float32, torch.float64], ids=DT_IDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)

@@ -6,16 +6,21 @@ weight), ema_update (S = 1 and 3, float32 and float64 state). On CPU these run u
 Triton interpreter (conftest sets TRITON_INTERPRET=1), whose tiles are 16 wide, so the
 shapes below span several row, code and D tiles and both the resident-z (D <= 16) and
 chunked-D paths."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import BACKEND_DEVICES, TOL, fresh_seed, rel_err, require
+
 from dqkernels.kernels.vq import triton as triton_vq
 from dqkernels.ops import vq_ema_update, vq_nearest, vq_sample
-from dqkernels.reference.vq import (sqdist_matrix, vq_ema_update_reference,
-                                    vq_nearest_reference, vq_sample_reference)
+from dqkernels.reference.vq import (
+    sqdist_matrix,
+    vq_ema_update_reference,
+    vq_nearest_reference,
+    vq_sample_reference,
+)
 
 PAIRS = [p for p in BACKEND_DEVICES if p.values[0] == "triton"]
 HALF = [torch.float16, torch.bfloat16]
@@ -36,8 +41,9 @@ def check_nearest(z, codebook, msg):
     got_d = sqdist_matrix(z.cpu(), codebook.cpu()).gather(1, idx.cpu()[:, None])[:, 0]
     assert (got_d <= ref_d * (1 + 1e-5) + 1e-30).all(), f"not the nearest code ({msg})"
     bad = (idx.cpu() != ref_i).nonzero()[:, 0].tolist()
-    assert not bad, f"rows {bad[:8]}: {idx.cpu()[bad[:8]].tolist()} vs " \
-                    f"{ref_i[bad[:8]].tolist()} ({msg})"
+    assert not bad, (
+        f"rows {bad[:8]}: {idx.cpu()[bad[:8]].tolist()} vs {ref_i[bad[:8]].tolist()} ({msg})"
+    )
     e = rel_err(dist, ref_d)
     assert e <= TOL[torch.float32], f"sqdist rel err {e:.2e} ({msg})"
     return idx
@@ -85,8 +91,7 @@ def test_nearest_identical_codebook(backend, device, dtype):
     seed = fresh_seed()
     g = torch.Generator().manual_seed(seed)
     z = randn(50, 18, g=g).to(device, dtype)
-    idx, dist = vq_nearest(z, torch.zeros(35, 18, dtype=dtype, device=device),
-                           backend="triton")
+    idx, dist = vq_nearest(z, torch.zeros(35, 18, dtype=dtype, device=device), backend="triton")
     assert (idx == 0).all()
     assert rel_err(dist, (z.double() ** 2).sum(1)) <= TOL[torch.float32], f"seed={seed}"
 
@@ -136,8 +141,10 @@ def test_nearest_leading_dims_and_grad(backend, device):
 
 @pytest.mark.parametrize("backend,device", PAIRS)
 @pytest.mark.parametrize("dtype", [torch.float32] + HALF, ids=DT_IDS)
-@pytest.mark.parametrize("N,K,D,S,T", [(45, 50, 21, 3, 1.0), (37, 23, 7, 1, 0.3),
-                                       (20, 70, 12, 20, 2.0), (1, 1, 3, 2, 1.0)])
+@pytest.mark.parametrize(
+    "N,K,D,S,T",
+    [(45, 50, 21, 3, 1.0), (37, 23, 7, 1, 0.3), (20, 70, 12, 20, 2.0), (1, 1, 3, 2, 1.0)],
+)
 def test_sample_matches_reference(backend, device, dtype, N, K, D, S, T):
     """The same generator state gives the same uniforms to vq_sample and to the
     reference's inverse CDF; >= 99% of draws agree (they differ only where rounding of
@@ -148,8 +155,9 @@ def test_sample_matches_reference(backend, device, dtype, N, K, D, S, T):
     z = randn(N, D, g=g, scale=0.4).to(dtype)
     codebook = randn(K, D, g=g, scale=0.4).to(dtype)
     gen = torch.Generator(device=device).manual_seed(seed)
-    out = vq_sample(z.to(device), codebook.to(device), S, temperature=T, generator=gen,
-                    backend="triton")
+    out = vq_sample(
+        z.to(device), codebook.to(device), S, temperature=T, generator=gen, backend="triton"
+    )
     assert out.dtype == torch.int64 and out.shape == (N, S)
     assert ((out >= 0) & (out < K)).all()
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -169,8 +177,7 @@ def test_sample_peaked(backend, device):
     codebook = randn(40, 8, g=g).float()
     pick = torch.randint(0, 40, (30,), generator=g)
     z = codebook[pick]
-    out = vq_sample(z.to(device), codebook.to(device), 4, temperature=1e-3,
-                    backend="triton")
+    out = vq_sample(z.to(device), codebook.to(device), 4, temperature=1e-3, backend="triton")
     assert (out.cpu() == pick[:, None]).all(), f"seed={seed}"
 
 
@@ -188,10 +195,10 @@ def test_sample_fallback_last_positive(backend, device):
     z = codebook[pick.to(device)].contiguous()
     u = torch.tensor([[0.5, 1.5, 2.0]], device=device).expand(20, 3).contiguous()
     out = torch.full((20, 3), -1, dtype=torch.int64, device=device)
-    triton_vq.sample(z, codebook, u, 1e3, out)      # T = 1e-3: only `pick` has weight
+    triton_vq.sample(z, codebook, u, 1e3, out)  # T = 1e-3: only `pick` has weight
     assert (out.cpu() == pick[:, None]).all(), f"seed={seed}"
     out.fill_(-1)
-    triton_vq.sample(z * 1e-3, codebook * 1e-3, u, 1.0, out)   # all weights ~1
+    triton_vq.sample(z * 1e-3, codebook * 1e-3, u, 1.0, out)  # all weights ~1
     assert (out[:, 1:].cpu() == K - 1).all(), f"seed={seed}"
     assert ((out[:, 0] >= 0) & (out[:, 0] < K - 1)).all(), f"seed={seed}"
 
@@ -235,5 +242,4 @@ def test_opcheck(backend, device):
     state = (torch.rand(9, generator=g).to(device), randn(9, 5, g=g).float().to(device))
     torch.library.opcheck(torch.ops.dqk.vq_nearest.default, (z, e, "triton"))
     torch.library.opcheck(torch.ops.dqk.vq_sample.default, (z, e, u, 1.0, "triton"))
-    torch.library.opcheck(torch.ops.dqk.vq_ema_update.default,
-                          (*state, z, idx, 0.9, "triton"))
+    torch.library.opcheck(torch.ops.dqk.vq_ema_update.default, (*state, z, idx, 0.9, "triton"))

@@ -12,6 +12,7 @@ contract the way the binary-vector and translation models do.
 
 Run as a script for torchrun: ``python tests/toy_tasks.py {bernoulli,tokens} [flags]``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,10 @@ class BernoulliMixture(nn.Module):
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         log_mix = torch.log_softmax(self.dropout(self.logits), 0)
         lp = -nn.functional.binary_cross_entropy_with_logits(
-            self.pixel_logits[None].expand(x.shape[0], -1, -1), x[:, None].expand(
-                -1, self.pixel_logits.shape[0], -1), reduction="none").sum(-1)
+            self.pixel_logits[None].expand(x.shape[0], -1, -1),
+            x[:, None].expand(-1, self.pixel_logits.shape[0], -1),
+            reduction="none",
+        ).sum(-1)
         return torch.logsumexp(log_mix + lp, dim=1)
 
     def forward(self, x: torch.Tensor) -> dict:
@@ -83,8 +86,12 @@ class BernoulliMixtureTask(Task):
             return []
         means = torch.sigmoid(model.pixel_logits).detach().cpu()
         path = os.path.join(ctx.out_dir, "components.png")
-        save_image_grid((means * 16).round().long().view(-1, 1, side, side), 17, path,
-                        f"{ctx.title}: component means")
+        save_image_grid(
+            (means * 16).round().long().view(-1, 1, side, side),
+            17,
+            path,
+            f"{ctx.title}: component means",
+        )
         return [path]
 
 
@@ -124,7 +131,7 @@ class TokenModel(nn.Module):
         ctx = (self.embed(batch.src) * mask).sum(1) / mask.sum(1).clamp(min=1)
         T = batch.tgt.shape[1]
         h = self.dropout(torch.tanh(ctx[:, None] + self.pos.weight[:T][None]))
-        return self.out(h)                                   # [B, T, V]
+        return self.out(h)  # [B, T, V]
 
     def nll(self, batch) -> torch.Tensor:
         logits = self.token_logits(batch)
@@ -148,8 +155,10 @@ class TokenTask(Task):
     def load_data(self, args):
         if args.data_dir is None:
             raise FileNotFoundError("tokens: --data-dir with {train,val,test}.{src,tgt} needed")
-        raw = {s: read_parallel(args.data_dir, stem, "src", "tgt", what="reverse")
-               for s, stem in (("train", "train"), ("valid", "val"), ("test", "test"))}
+        raw = {
+            s: read_parallel(args.data_dir, stem, "src", "tgt", what="reverse")
+            for s, stem in (("train", "train"), ("valid", "val"), ("test", "test"))
+        }
         vocab = {"<pad>": PAD, "<s>": BOS, "</s>": EOS}
         for pairs in raw.values():
             for pair in pairs:
@@ -160,8 +169,13 @@ class TokenTask(Task):
             return [vocab[w] for w in text.split()] + [EOS]
 
         splits = {s: encode_pairs(p, encode, encode, PAD) for s, p in raw.items()}
-        return TokenPairDataset("reverse", splits, len(vocab), len(vocab),
-                                extra_info={"vocab": sorted(vocab, key=vocab.get)})
+        return TokenPairDataset(
+            "reverse",
+            splits,
+            len(vocab),
+            len(vocab),
+            extra_info={"vocab": sorted(vocab, key=vocab.get)},
+        )
 
     def units(self, data):
         return Units.nats_per_token()
@@ -172,10 +186,15 @@ class TokenTask(Task):
     def eval_step(self, model, batch, args, *, final):
         nll = model.nll(batch)
         guess = model.token_logits(batch).argmax(-1)
-        hyps = [tuple(g[:n].tolist()) == tuple(t[:n].tolist())
-                for g, t, n in zip(guess, batch.tgt, batch.tgt_lengths.tolist())]
-        return {"loss": nll.double().sum(), "weight": batch.tgt_lengths.sum().double(),
-                "hyps": hyps}
+        hyps = [
+            tuple(g[:n].tolist()) == tuple(t[:n].tolist())
+            for g, t, n in zip(guess, batch.tgt, batch.tgt_lengths.tolist())
+        ]
+        return {
+            "loss": nll.double().sum(),
+            "weight": batch.tgt_lengths.sum().double(),
+            "hyps": hyps,
+        }
 
     def eval_metrics(self, model, totals, count, args, *, final):
         assert len(totals["hyps"]) == count

@@ -1,5 +1,6 @@
 """Training runs in tests: their files (checkpoints, metrics records) and processes
 (``dqk train`` in a subprocess, under torchrun)."""
+
 import json
 import os
 import subprocess
@@ -44,10 +45,23 @@ def subprocess_env(**extra) -> dict:
 def torchrun(*argv, nproc: int = 2, timeout: float = 300) -> subprocess.CompletedProcess:
     """``torchrun --nproc_per_node nproc --standalone argv`` on the CPU (gloo, one thread
     per process); fails the test with the output unless it exits 0."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-           "--standalone", *map(str, argv)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(OMP_NUM_THREADS="1"),
-                          capture_output=True, text=True, timeout=timeout)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--standalone",
+        *map(str, argv),
+    ]
+    proc = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        env=subprocess_env(OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
 

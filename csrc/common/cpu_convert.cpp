@@ -20,18 +20,16 @@ constexpr int kRne = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
 
 // half_to_float_SFX and float_to_half_SFX for one instruction set: W values per F16C
 // instruction, the tail one by one (the same instruction, so the same rounding)
-#define DQK_F16C_RUNS(SFX, ARCH, W, HV, LOADH, STOREH, LOADF, STOREF, TOF, TOH)             \
-  __attribute__((target(ARCH))) void half_to_float_##SFX(const Half* src, float* dst,     \
-                                                         int64_t n) {                    \
-    int64_t i = 0;                                                                        \
-    for (; i + W <= n; i += W) STOREF(dst + i, TOF(LOADH((const HV*)(src + i))));        \
-    for (; i < n; ++i) dst[i] = _cvtsh_ss(src[i].bits);                                  \
-  }                                                                                       \
-  __attribute__((target(ARCH))) void float_to_half_##SFX(const float* src, Half* dst,     \
-                                                         int64_t n) {                    \
-    int64_t i = 0;                                                                        \
-    for (; i + W <= n; i += W) STOREH((HV*)(dst + i), TOH(LOADF(src + i), kRne));         \
-    for (; i < n; ++i) dst[i].bits = _cvtss_sh(src[i], kRne);                             \
+#define DQK_F16C_RUNS(SFX, ARCH, W, HV, LOADH, STOREH, LOADF, STOREF, TOF, TOH)                    \
+  __attribute__((target(ARCH))) void half_to_float_##SFX(const Half* src, float* dst, int64_t n) { \
+    int64_t i = 0;                                                                                 \
+    for (; i + W <= n; i += W) STOREF(dst + i, TOF(LOADH((const HV*)(src + i))));                  \
+    for (; i < n; ++i) dst[i] = _cvtsh_ss(src[i].bits);                                            \
+  }                                                                                                \
+  __attribute__((target(ARCH))) void float_to_half_##SFX(const float* src, Half* dst, int64_t n) { \
+    int64_t i = 0;                                                                                 \
+    for (; i + W <= n; i += W) STOREH((HV*)(dst + i), TOH(LOADF(src + i), kRne));                  \
+    for (; i < n; ++i) dst[i].bits = _cvtss_sh(src[i], kRne);                                      \
   }
 
 // (maskz: the unmasked forms' undefined pass-through values trip -Wmaybe-uninitialized)
@@ -39,8 +37,8 @@ constexpr int kRne = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
 #define DQK_CVTPS_PH_512(f, r) _mm512_maskz_cvtps_ph(__mmask16(0xffff), f, r)
 DQK_F16C_RUNS(v4, "arch=x86-64-v4", 16, __m256i, _mm256_loadu_si256, _mm256_storeu_si256,
               _mm512_loadu_ps, _mm512_storeu_ps, DQK_CVTPH_PS_512, DQK_CVTPS_PH_512)
-DQK_F16C_RUNS(v3, "arch=x86-64-v3", 8, __m128i, _mm_loadu_si128, _mm_storeu_si128,
-              _mm256_loadu_ps, _mm256_storeu_ps, _mm256_cvtph_ps, _mm256_cvtps_ph)
+DQK_F16C_RUNS(v3, "arch=x86-64-v3", 8, __m128i, _mm_loadu_si128, _mm_storeu_si128, _mm256_loadu_ps,
+              _mm256_storeu_ps, _mm256_cvtph_ps, _mm256_cvtps_ph)
 #endif
 
 // without F16C: the compiler's _Float16 (its runtime's conversions), else Scalar<Half>

@@ -172,8 +172,7 @@ namespace gemm {
 // Threads worth waking for `work` multiply-adds (or element copies) split into `items`:
 // a parallel region costs microseconds, and on a busy machine a descheduled worker costs
 // a time slice.
-inline int threads_for(double work, int nt,
-                       int64_t items = std::numeric_limits<int64_t>::max()) {
+inline int threads_for(double work, int nt, int64_t items = std::numeric_limits<int64_t>::max()) {
   const double useful = work / double(1 << 20);
   int t = useful < 2.0 ? 1 : (useful < double(nt) ? int(useful) : nt);
   if (int64_t(t) > items) t = int(items);
@@ -229,16 +228,15 @@ constexpr int kVecBytes = kIsa >= kIsaAvx512 ? 64 : (kIsa == kIsaAvx2 ? 32 : 16)
 template <typename AccT, int kBytes, int kMV, int kMR>
 struct VecTile {
   using Acc = AccT;
-  using Pk = AccT;     // a packed entry
-  using Elem = AccT;   // what a packing source gives per element
+  using Pk = AccT;    // a packed entry
+  using Elem = AccT;  // what a packing source gives per element
   typedef AccT V __attribute__((vector_size(kBytes)));
-  using VB = V;        // a vector of packed B entries
+  using VB = V;  // a vector of packed B entries
   static constexpr int L = kBytes / int(sizeof(AccT)), MV = kMV, NR = L * kMV, MR = kMR;
   static constexpr int KP = 1;
   static constexpr bool kBf16 = false;
   // the clone whose instruction set the tile needs
-  static constexpr int kIsa =
-      kBytes >= 64 ? kIsaAvx512 : (kBytes == 32 ? kIsaAvx2 : kIsaGeneric);
+  static constexpr int kIsa = kBytes >= 64 ? kIsaAvx512 : (kBytes == 32 ? kIsaAvx2 : kIsaGeneric);
   static DQK_ALWAYS_INLINE Pk pack(Elem e0, Elem) { return e0; }
   static DQK_ALWAYS_INLINE void madd(V& acc, const VB& b, Pk a) { acc += b * a; }
 };
@@ -250,7 +248,7 @@ template <int kMR>
 struct Bf16Tile {
   using Acc = float;
   using Pk = uint32_t;
-  using Elem = uint16_t;   // bf16 bits
+  using Elem = uint16_t;  // bf16 bits
   typedef float V __attribute__((vector_size(64)));
   typedef int32_t VB __attribute__((vector_size(64)));
   static constexpr int L = 16, MV = 2, NR = 32, MR = kMR, KP = 2;
@@ -301,8 +299,7 @@ struct AInPlace {
 // One register tile of R (<= MR) rows of A: io.init(acc), acc[i][v] += a(i, s) * b[s][v]
 // over the steps, io.finish(acc).
 template <class P, int R, class A, class IO>
-DQK_ALWAYS_INLINE void tile(const typename P::Pk* __restrict b, int64_t steps, const A& a,
-                            IO& io) {
+DQK_ALWAYS_INLINE void tile(const typename P::Pk* __restrict b, int64_t steps, const A& a, IO& io) {
   using V = typename P::V;
   using VB = typename P::VB;
   constexpr int MV = P::MV, L = P::L, NR = P::NR;
@@ -323,11 +320,13 @@ DQK_ALWAYS_INLINE void tile(const typename P::Pk* __restrict b, int64_t steps, c
 }
 
 template <class P, int R, class A, class IO>
-DQK_ALWAYS_INLINE void tail_tile(const typename P::Pk* b, int64_t steps, const A& a,
-                                 int64_t r, IO& io) {
+DQK_ALWAYS_INLINE void tail_tile(const typename P::Pk* b, int64_t steps, const A& a, int64_t r,
+                                 IO& io) {
   if constexpr (R >= 1) {
-    if (r == R) tile<P, R>(b, steps, a, io);
-    else tail_tile<P, R - 1>(b, steps, a, r, io);
+    if (r == R)
+      tile<P, R>(b, steps, a, io);
+    else
+      tail_tile<P, R - 1>(b, steps, a, r, io);
   }
 }
 
@@ -347,7 +346,7 @@ DQK_ALWAYS_INLINE void strip(const typename P::Pk* b, int64_t steps, const A& a,
       auto io = io_at(i);
       tail_tile<P, MR - 1>(b, steps, a.at(i), m - i, io);
     }
-  } else if (i < m) {   // padded rows: a whole tile
+  } else if (i < m) {  // padded rows: a whole tile
     auto io = io_at(i);
     tile<P, MR>(b, steps, a.at(i), io);
   }
@@ -397,25 +396,26 @@ DQK_ALWAYS_INLINE void pack_lane(typename P::Pk* __restrict d, const S* col, int
   using E = typename P::Elem;
   constexpr bool kAll = KeepK::kAll;
   const E z = E(0);
-  auto el = [&](int64_t k) DQK_LAMBDA_INLINE -> E {
-    return (kAll || keep(k)) ? E(conv(col[k * sk])) : z;
-  };
-  auto el1 = [&](int64_t k) DQK_LAMBDA_INLINE -> E {   // unit stride
+  auto el = [&](int64_t k)
+                DQK_LAMBDA_INLINE -> E { return (kAll || keep(k)) ? E(conv(col[k * sk])) : z; };
+  auto el1 = [&](int64_t k) DQK_LAMBDA_INLINE -> E {  // unit stride
     return (kAll || keep(k)) ? E(conv(col[k])) : z;
   };
   if constexpr (P::KP == 1) {
-    if (sk == 1) for (int64_t s = 0; s < nval; ++s) d[s * W] = el1(s);
-    else for (int64_t s = 0; s < nval; ++s) d[s * W] = el(s);
+    if (sk == 1)
+      for (int64_t s = 0; s < nval; ++s) d[s * W] = el1(s);
+    else
+      for (int64_t s = 0; s < nval; ++s) d[s * W] = el(s);
   } else {
     const int64_t full = nval / 2;
     if constexpr (std::is_same<S, BFloat16>::value && std::is_same<Conv, AsIs>::value) {
-      if (sk == 1) {   // raw bf16 pairs: one 32-bit load, masked halves cleared
+      if (sk == 1) {  // raw bf16 pairs: one 32-bit load, masked halves cleared
         for (int64_t s = 0; s < full; ++s) {
           Pk pair;
           memcpy(&pair, col + 2 * s, sizeof(Pk));
           if (!kAll)
-            pair &= (keep(2 * s) ? Pk(0xffffu) : Pk(0)) |
-                    (keep(2 * s + 1) ? Pk(0xffff0000u) : Pk(0));
+            pair &=
+                (keep(2 * s) ? Pk(0xffffu) : Pk(0)) | (keep(2 * s + 1) ? Pk(0xffff0000u) : Pk(0));
           d[s * W] = pair;
         }
         if (full < steps) d[full * W] = P::pack(el1(2 * full), z);
@@ -432,9 +432,9 @@ DQK_ALWAYS_INLINE void pack_lane(typename P::Pk* __restrict d, const S* col, int
 // The loops run lane by lane where the source is contiguous along k (|sk| <= |sw|), else
 // k by k.
 template <class P, int W, typename S, class Keep = KeepAll, class Conv = AsIs>
-DQK_ALWAYS_INLINE void pack(typename P::Pk* __restrict dst, const S* src, int64_t sk,
-                            int64_t sw, int64_t wv, int64_t nval, int64_t steps,
-                            Keep keep = Keep{}, Conv conv = Conv{}) {
+DQK_ALWAYS_INLINE void pack(typename P::Pk* __restrict dst, const S* src, int64_t sk, int64_t sw,
+                            int64_t wv, int64_t nval, int64_t steps, Keep keep = Keep{},
+                            Conv conv = Conv{}) {
   using E = typename P::Elem;
   constexpr bool kAll = Keep::kAll;
   const E z = E(0);
@@ -450,12 +450,13 @@ DQK_ALWAYS_INLINE void pack(typename P::Pk* __restrict dst, const S* src, int64_
       auto el = [&](const S* r, int64_t k, int64_t w) DQK_LAMBDA_INLINE -> E {
         return (kAll || keep(k, w)) ? E(conv(r[w * sw])) : z;
       };
-      auto el1 = [&](const S* r, int64_t k, int64_t w) DQK_LAMBDA_INLINE -> E {
-        return (kAll || keep(k, w)) ? E(conv(r[w])) : z;
-      };
+      auto el1 = [&](const S* r, int64_t k, int64_t w)
+                     DQK_LAMBDA_INLINE -> E { return (kAll || keep(k, w)) ? E(conv(r[w])) : z; };
       if constexpr (P::KP == 1) {
-        if (sw == 1) for (int64_t w = 0; w < wv; ++w) d[w] = el1(r0, k0, w);
-        else for (int64_t w = 0; w < wv; ++w) d[w] = el(r0, k0, w);
+        if (sw == 1)
+          for (int64_t w = 0; w < wv; ++w) d[w] = el1(r0, k0, w);
+        else
+          for (int64_t w = 0; w < wv; ++w) d[w] = el(r0, k0, w);
       } else if (k1 < nval) {
         if (sw == 1)
           for (int64_t w = 0; w < wv; ++w) d[w] = P::pack(el1(r0, k0, w), el1(r1, k1, w));
@@ -473,14 +474,13 @@ DQK_ALWAYS_INLINE void pack(typename P::Pk* __restrict dst, const S* src, int64_
 // MR rows at ap (tile stride steps * MR entries; rows past mv are zeros); the accessor
 // in a. Returns true.
 template <class P, typename S, class Conv = AsIs>
-DQK_ALWAYS_INLINE bool pack_a(typename P::Pk* ap, const S* src, int64_t sm, int64_t sk,
-                              int64_t mv, int64_t nval, int64_t steps, APacked<P>& a,
-                              Conv conv = Conv{}) {
+DQK_ALWAYS_INLINE bool pack_a(typename P::Pk* ap, const S* src, int64_t sm, int64_t sk, int64_t mv,
+                              int64_t nval, int64_t steps, APacked<P>& a, Conv conv = Conv{}) {
   constexpr int MR = P::MR;
   const int64_t ts = steps * MR;
   for (int64_t t = 0; t * MR < mv; ++t)
-    pack<P, MR>(ap + t * ts, src + t * MR * sm, sk, sm, std::min<int64_t>(MR, mv - t * MR),
-                nval, steps, KeepAll{}, conv);
+    pack<P, MR>(ap + t * ts, src + t * MR * sm, sk, sm, std::min<int64_t>(MR, mv - t * MR), nval,
+                steps, KeepAll{}, conv);
   a = APacked<P>{ap, ts};
   return true;
 }
@@ -507,8 +507,12 @@ constexpr int64_t kMaxPanels = 64;
 // split the rows while chunks are large, then the panel groups, then the rows again.
 inline Grid plan(int64_t M, int64_t N, int64_t K, const TileInfo& ti, int nt) {
   Grid g;
-  g.M = M; g.N = N; g.K = K;
-  g.MR = ti.MR; g.NR = ti.NR; g.KP = ti.KP;
+  g.M = M;
+  g.N = N;
+  g.K = K;
+  g.MR = ti.MR;
+  g.NR = ti.NR;
+  g.KP = ti.KP;
   const int64_t MR = ti.MR, NR = ti.NR;
   const int64_t mpad = (M + MR - 1) / MR * MR;
   const int64_t npan = g.panels();
@@ -518,11 +522,16 @@ inline Grid plan(int64_t M, int64_t N, int64_t K, const TileInfo& ti, int nt) {
   g.CH = std::min<int64_t>(mpad, 1024 / MR * MR);
   auto half_rows = [&](int64_t ch) { return std::max(MR, (ch / 2 + MR - 1) / MR * MR); };
   while (g.items() < 3 * nt) {
-    if (g.CH >= 512) g.CH = half_rows(g.CH);
-    else if (g.G > 2) g.G = (g.G + 1) / 2;
-    else if (g.CH > MR) g.CH = half_rows(g.CH);
-    else if (g.G > 1) g.G = 1;
-    else break;
+    if (g.CH >= 512)
+      g.CH = half_rows(g.CH);
+    else if (g.G > 2)
+      g.G = (g.G + 1) / 2;
+    else if (g.CH > MR)
+      g.CH = half_rows(g.CH);
+    else if (g.G > 1)
+      g.G = 1;
+    else
+      break;
   }
   g.MC = std::min(g.MC, g.CH);
   return g;
@@ -538,8 +547,12 @@ struct Layout {
     if (g.G > kMaxPanels) throw std::invalid_argument("gemm: more than kMaxPanels per item");
     auto up = [](int64_t v) { return (v + 63) / 64 * 64; };
     int64_t o = kWsHeader;
-    auto take = [&](int64_t n) { const int64_t at = o; o += up(n); return at; };
-    const int64_t sk = g.KC / ti.KP;   // packed steps per K block
+    auto take = [&](int64_t n) {
+      const int64_t at = o;
+      o += up(n);
+      return at;
+    };
+    const int64_t sk = g.KC / ti.KP;  // packed steps per K block
     const int64_t ch = (g.CH + ti.MR - 1) / ti.MR * ti.MR;
     const int64_t mc = (g.MC + ti.MR - 1) / ti.MR * ti.MR;
     cbuf = take(buffered ? ch * g.G * ti.NR * ti.acc_bytes : 0);
@@ -590,7 +603,7 @@ struct BufIO {
 template <class P, class Ep>
 struct RegIO {
   Ep& ep;
-  int64_t m;   // the tile's first A row
+  int64_t m;  // the tile's first A row
   template <int R>
   DQK_ALWAYS_INLINE void init(typename P::V (&acc)[R][P::MV]) const {
 #pragma GCC unroll 16
@@ -620,11 +633,10 @@ struct RegIO {
 template <class P, class A, class Ep>
 struct Sweep {
   using Pk = typename P::Pk;
-  static DQK_ALWAYS_INLINE void body(const Pk* b, int64_t steps, const A& a, int64_t mv,
-                                     int64_t m, Ep& ep_io) {
+  static DQK_ALWAYS_INLINE void body(const Pk* b, int64_t steps, const A& a, int64_t mv, int64_t m,
+                                     Ep& ep_io) {
     Ep ep = ep_io;
-    strip<P>(b, steps, a, mv,
-             [&](int64_t i) DQK_LAMBDA_INLINE { return RegIO<P, Ep>{ep, m + i}; });
+    strip<P>(b, steps, a, mv, [&](int64_t i) DQK_LAMBDA_INLINE { return RegIO<P, Ep>{ep, m + i}; });
     ep_io = ep;
   }
   __attribute__((noinline)) static void generic(const Pk* b, int64_t steps, A a, int64_t mv,
@@ -636,23 +648,27 @@ struct Sweep {
                                                              int64_t mv, int64_t m, Ep& ep) {
     body(b, steps, a, mv, m, ep);
   }
-  DQK_TARGET_AVX512 __attribute__((noinline)) static void avx512(const Pk* b, int64_t steps,
-                                                                 A a, int64_t mv, int64_t m,
-                                                                 Ep& ep) {
+  DQK_TARGET_AVX512 __attribute__((noinline)) static void avx512(const Pk* b, int64_t steps, A a,
+                                                                 int64_t mv, int64_t m, Ep& ep) {
     body(b, steps, a, mv, m, ep);
   }
-  DQK_TARGET_AVX512BF16 __attribute__((noinline)) static void avx512bf16(
-      const Pk* b, int64_t steps, A a, int64_t mv, int64_t m, Ep& ep) {
+  DQK_TARGET_AVX512BF16 __attribute__((noinline)) static void avx512bf16(const Pk* b, int64_t steps,
+                                                                         A a, int64_t mv, int64_t m,
+                                                                         Ep& ep) {
     body(b, steps, a, mv, m, ep);
   }
 #endif
-  static DQK_ALWAYS_INLINE void run(const Pk* b, int64_t steps, const A& a, int64_t mv,
-                                    int64_t m, Ep& ep) {
+  static DQK_ALWAYS_INLINE void run(const Pk* b, int64_t steps, const A& a, int64_t mv, int64_t m,
+                                    Ep& ep) {
 #if DQK_GEMM_X86
-    if constexpr (P::kIsa == kIsaAvx512Bf16) avx512bf16(b, steps, a, mv, m, ep);
-    else if constexpr (P::kIsa == kIsaAvx512) avx512(b, steps, a, mv, m, ep);
-    else if constexpr (P::kIsa == kIsaAvx2) avx2(b, steps, a, mv, m, ep);
-    else generic(b, steps, a, mv, m, ep);
+    if constexpr (P::kIsa == kIsaAvx512Bf16)
+      avx512bf16(b, steps, a, mv, m, ep);
+    else if constexpr (P::kIsa == kIsaAvx512)
+      avx512(b, steps, a, mv, m, ep);
+    else if constexpr (P::kIsa == kIsaAvx2)
+      avx2(b, steps, a, mv, m, ep);
+    else
+      generic(b, steps, a, mv, m, ep);
 #else
     generic(b, steps, a, mv, m, ep);
 #endif
@@ -766,8 +782,10 @@ struct Clones {
 
   template <int kIsa>
   static constexpr Fn entry(Fn f) {
-    if constexpr (Body::template runs<kIsa>()) return f;
-    else return nullptr;
+    if constexpr (Body::template runs<kIsa>())
+      return f;
+    else
+      return nullptr;
   }
 #if DQK_GEMM_X86
   // kIsaAvx512Bf16 runs the AVX-512 clone where the body's tile is the same there
@@ -776,14 +794,18 @@ struct Clones {
       std::is_same<typename Body::template Tile<kIsaAvx512>,
                    typename Body::template Tile<kIsaAvx512Bf16>>::value;
   static constexpr Fn bf16_entry() {
-    if constexpr (kBf16SameTile) return avx512;
-    else return entry<kIsaAvx512Bf16>(avx512bf16);
+    if constexpr (kBf16SameTile)
+      return avx512;
+    else
+      return entry<kIsaAvx512Bf16>(avx512bf16);
   }
 #endif
   template <int kIsa>
   static constexpr TileInfo tile_info() {
-    if constexpr (Body::template runs<kIsa>()) return info_of<typename Body::template Tile<kIsa>>();
-    else return TileInfo{};
+    if constexpr (Body::template runs<kIsa>())
+      return info_of<typename Body::template Tile<kIsa>>();
+    else
+      return TileInfo{};
   }
 
   // the clone of path `isa` (a pick_cpu_isa result); throws if the body has none

@@ -39,9 +39,10 @@ inline int pick_cpu_isa(int isa, const char* who) {
       if (bits & (1 << i)) return i;
   }
   if (isa < kIsaGeneric || isa > kIsaAvx512Bf16 || !(bits & (1 << isa)))
-    throw std::invalid_argument(std::string(who) + ": instruction-set path " +
-                                std::to_string(isa) + " does not run on this CPU (supported "
-                                "bit set " + std::to_string(bits) + ")");
+    throw std::invalid_argument(std::string(who) + ": instruction-set path " + std::to_string(isa) +
+                                " does not run on this CPU (supported "
+                                "bit set " +
+                                std::to_string(bits) + ")");
   return isa;
 }
 

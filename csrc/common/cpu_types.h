@@ -7,11 +7,23 @@
 
 namespace dqk {
 
-struct Half { uint16_t bits; };
-struct BFloat16 { uint16_t bits; };
+struct Half {
+  uint16_t bits;
+};
+struct BFloat16 {
+  uint16_t bits;
+};
 
-inline uint32_t f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
-inline float bits_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+inline uint32_t f32_bits(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  return u;
+}
+inline float bits_f32(uint32_t u) {
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
 
 inline float to_float(BFloat16 h) { return bits_f32(uint32_t(h.bits) << 16); }
 
@@ -40,9 +52,9 @@ inline Half half_from_float(float f) {
   uint32_t u = f32_bits(f);
   uint16_t sign = uint16_t((u >> 16) & 0x8000u);
   uint32_t a = u & 0x7fffffffu;
-  if (a > 0x7f800000u) return Half{uint16_t(sign | 0x7e00u)};                 // NaN
-  if (a >= 0x477ff000u) return Half{uint16_t(sign | 0x7c00u)};                // overflow -> inf
-  if (a < 0x38800000u) {                                                     // subnormal or 0
+  if (a > 0x7f800000u) return Half{uint16_t(sign | 0x7e00u)};   // NaN
+  if (a >= 0x477ff000u) return Half{uint16_t(sign | 0x7c00u)};  // overflow -> inf
+  if (a < 0x38800000u) {                                        // subnormal or 0
     // round(|f| * 2^24) to nearest even, as an integer mantissa
     float v = bits_f32(a) * 16777216.0f;
     uint32_t m = uint32_t(v);
@@ -59,23 +71,28 @@ inline Half half_from_float(float f) {
 }
 
 // load/store between a storage type and its accumulate type
-template <typename S> struct Scalar;
-template <> struct Scalar<float> {
+template <typename S>
+struct Scalar;
+template <>
+struct Scalar<float> {
   using acc = float;
   static float load(const float* p) { return *p; }
   static void store(float* p, float v) { *p = v; }
 };
-template <> struct Scalar<double> {
+template <>
+struct Scalar<double> {
   using acc = double;
   static double load(const double* p) { return *p; }
   static void store(double* p, double v) { *p = v; }
 };
-template <> struct Scalar<Half> {
+template <>
+struct Scalar<Half> {
   using acc = float;
   static float load(const Half* p) { return to_float(*p); }
   static void store(Half* p, float v) { *p = half_from_float(v); }
 };
-template <> struct Scalar<BFloat16> {
+template <>
+struct Scalar<BFloat16> {
   using acc = float;
   static float load(const BFloat16* p) { return to_float(*p); }
   static void store(BFloat16* p, float v) { *p = bf16_from_float(v); }

@@ -17,10 +17,18 @@
 namespace dqk {
 namespace vm {
 
-DQK_VM float as_f(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
-DQK_VM uint32_t as_u(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+DQK_VM float as_f(uint32_t u) {
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+DQK_VM uint32_t as_u(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  return u;
+}
 DQK_VM float sel(bool c, float a, float b) { return c ? a : b; }
-DQK_VM float maxf(float a, float b) { return a > b ? a : b; }   // NaN in a gives b
+DQK_VM float maxf(float a, float b) { return a > b ? a : b; }  // NaN in a gives b
 DQK_VM float minf(float a, float b) { return a < b ? a : b; }
 DQK_VM float absf(float a) { return as_f(as_u(a) & 0x7fffffffu); }
 
@@ -30,11 +38,11 @@ constexpr float kInf = __builtin_huge_valf();
 DQK_VM float exp(float x) {
   const float hi = 88.72283935546875f, lo = -103.97208404541015625f;
   float xc = sel(x > hi, hi, x);
-  xc = sel(xc < lo, lo, xc);                       // NaN stays NaN
-  const float magic = 12582912.0f;                 // 1.5 * 2^23: round to nearest
+  xc = sel(xc < lo, lo, xc);        // NaN stays NaN
+  const float magic = 12582912.0f;  // 1.5 * 2^23: round to nearest
   const float t = xc * 1.44269504088896341f + magic;
   const float n = t - magic;
-  const int32_t ni = int32_t(as_u(t) - as_u(magic));   // n as an integer, no UB on NaN
+  const int32_t ni = int32_t(as_u(t) - as_u(magic));  // n as an integer, no UB on NaN
   const float r = xc - n * 0.693359375f - n * -2.12194440e-4f;
   const float z = r * r;
   float p = 1.9875691500E-4f;
@@ -55,7 +63,7 @@ DQK_VM float exp(float x) {
 
 // log(x)
 DQK_VM float log(float x) {
-  const bool sub = x < 1.17549435e-38f;            // denormal (or <= 0): scale up
+  const bool sub = x < 1.17549435e-38f;  // denormal (or <= 0): scale up
   const float xs = sel(sub, x * 8388608.0f, x);
   const uint32_t u = as_u(xs);
   float e = float(int32_t((u >> 23) & 0xffu) - 126) - sel(sub, 23.0f, 0.0f);
@@ -99,14 +107,14 @@ DQK_VM float sigmoid_from(float v, float e) {
 
 // expm1(x) for x in [-ln2, 0]: Taylor series to x^10 (relative error below 1e-8)
 DQK_VM float expm1_small(float x) {
-  float p = 2.755731922398589e-07f;        // 1/10!
-  p = p * x + 2.755731922398589e-06f;      // 1/9!
-  p = p * x + 2.48015873015873e-05f;       // 1/8!
-  p = p * x + 1.984126984126984e-04f;      // 1/7!
-  p = p * x + 1.388888888888889e-03f;      // 1/6!
-  p = p * x + 8.333333333333333e-03f;      // 1/5!
-  p = p * x + 4.166666666666667e-02f;      // 1/4!
-  p = p * x + 1.666666666666667e-01f;      // 1/3!
+  float p = 2.755731922398589e-07f;    // 1/10!
+  p = p * x + 2.755731922398589e-06f;  // 1/9!
+  p = p * x + 2.48015873015873e-05f;   // 1/8!
+  p = p * x + 1.984126984126984e-04f;  // 1/7!
+  p = p * x + 1.388888888888889e-03f;  // 1/6!
+  p = p * x + 8.333333333333333e-03f;  // 1/5!
+  p = p * x + 4.166666666666667e-02f;  // 1/4!
+  p = p * x + 1.666666666666667e-01f;  // 1/3!
   p = p * x + 0.5f;
   return (p * x) * x + x;
 }

@@ -43,17 +43,33 @@ DQK_HD float m_rint(float v) { return rintf(v); }  // round half to even, like t
 DQK_HD double m_rint(double v) { return rint(v); }
 DQK_HD float m_abs(float v) { return fabsf(v); }
 DQK_HD double m_abs(double v) { return fabs(v); }
-template <typename T> DQK_HD T m_max(T a, T b) { return a > b ? a : b; }
-template <typename T> DQK_HD T m_min(T a, T b) { return a < b ? a : b; }
-template <typename T> DQK_HD bool m_isnan(T v) { return v != v; }
-template <typename T> DQK_HD bool m_isinf(T v) { return v - v != v - v && v == v; }
+template <typename T>
+DQK_HD T m_max(T a, T b) {
+  return a > b ? a : b;
+}
+template <typename T>
+DQK_HD T m_min(T a, T b) {
+  return a < b ? a : b;
+}
+template <typename T>
+DQK_HD bool m_isnan(T v) {
+  return v != v;
+}
+template <typename T>
+DQK_HD bool m_isinf(T v) {
+  return v - v != v - v && v == v;
+}
 
 // log(1 + exp(v)) without overflow.
-template <typename T> DQK_HD T softplus(T v) {
+template <typename T>
+DQK_HD T softplus(T v) {
   return m_max(v, T(0)) + m_log1p(m_exp(-m_abs(v)));
 }
 
 // 1 / (1 + exp(-v)); exact 0 and 1 in the tails.
-template <typename T> DQK_HD T sigmoid(T v) { return T(1) / (T(1) + m_exp(-v)); }
+template <typename T>
+DQK_HD T sigmoid(T v) {
+  return T(1) / (T(1) + m_exp(-v));
+}
 
 }  // namespace dqk

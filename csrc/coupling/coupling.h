@@ -24,7 +24,7 @@ enum Slot { kIn0 = 0, kOut = 6, kLogdet = 7, kGradOut = 8, kGradLogdet = 9, kGra
 
 struct T {
   void* p = nullptr;
-  int64_t st[5] = {0, 0, 0, 0, 0};   // strides over [B, n1, n2, n3, K]
+  int64_t st[5] = {0, 0, 0, 0, 0};  // strides over [B, n1, n2, n3, K]
 };
 
 struct Args {

@@ -13,18 +13,17 @@
 
 #include "../common/cpu_convert.h"
 #include "../common/cpu_types.h"
-#include "../common/macros.h"
 #include "../common/cpu_vecmath.h"
+#include "../common/macros.h"
 #include "coupling.h"
 #include "coupling_math.h"
-
 
 namespace dqk {
 namespace coupling {
 namespace {
 
 constexpr int kVecK = 128;
-constexpr int kLanes = 16;   // components per vector step (kVecK is a multiple)
+constexpr int kLanes = 16;  // components per vector step (kVecK is a multiple)
 
 // A piece of work: elements [j0, j1) of row (b, i1, i2).
 struct Piece {
@@ -58,7 +57,10 @@ inline int64_t off(const T& t, const Piece& q, int64_t j) {
   return q.b * t.st[0] + q.i1 * t.st[1] + q.i2 * t.st[2] + j * t.st[3];
 }
 
-template <typename S> S* ptr(const Args& a, int slot) { return static_cast<S*>(a.t[slot].p); }
+template <typename S>
+S* ptr(const Args& a, int slot) {
+  return static_cast<S*>(a.t[slot].p);
+}
 
 // logdet[b] = sum of the partials of b's pieces, in order
 template <typename Acc>
@@ -72,7 +74,8 @@ void reduce_logdet(const Args& a, const Pieces& ps, const std::vector<Acc>& part
   }
 }
 
-template <typename Acc> Acc grad_logdet(const Args& a, int64_t b) {
+template <typename Acc>
+Acc grad_logdet(const Args& a, int64_t b) {
   return ptr<Acc>(a, kGradLogdet)[b * a.t[kGradLogdet].st[0]];
 }
 
@@ -127,14 +130,17 @@ DQK_VM void affine_row_backward_f32_dir(const float* x, const float* sh, const f
 
 DQK_CPU_CLONES void affine_row_backward_f32(const float* x, const float* sh, const float* lo,
                                             const float* gy, float gld, float* gx, float* gs,
-                                            float* gl, int64_t n, bool inverse,
-                                            bool broadcast) {
+                                            float* gl, int64_t n, bool inverse, bool broadcast) {
   if (broadcast) {
-    if (inverse) affine_row_backward_f32_dir<true, true>(x, sh, lo, gy, gld, gx, gs, gl, n);
-    else affine_row_backward_f32_dir<false, true>(x, sh, lo, gy, gld, gx, gs, gl, n);
+    if (inverse)
+      affine_row_backward_f32_dir<true, true>(x, sh, lo, gy, gld, gx, gs, gl, n);
+    else
+      affine_row_backward_f32_dir<false, true>(x, sh, lo, gy, gld, gx, gs, gl, n);
   } else {
-    if (inverse) affine_row_backward_f32_dir<true, false>(x, sh, lo, gy, gld, gx, gs, gl, n);
-    else affine_row_backward_f32_dir<false, false>(x, sh, lo, gy, gld, gx, gs, gl, n);
+    if (inverse)
+      affine_row_backward_f32_dir<true, false>(x, sh, lo, gy, gld, gx, gs, gl, n);
+    else
+      affine_row_backward_f32_dir<false, false>(x, sh, lo, gy, gld, gx, gs, gl, n);
   }
 }
 
@@ -164,11 +170,11 @@ void affine_forward(const Args& a, int nt) {
     const S* lo = ptr<S>(a, 2);
     S* y = ptr<S>(a, kOut);
     if (fast && std::is_same<S, float>::value) {
-      part[n] = Acc(affine_row_f32(
-          reinterpret_cast<const float*>(x + off(a.t[0], q, q.j0)),
-          reinterpret_cast<const float*>(sh + off(a.t[1], q, q.j0)),
-          reinterpret_cast<const float*>(lo + off(a.t[2], q, q.j0)),
-          reinterpret_cast<float*>(y + off(a.t[kOut], q, q.j0)), q.j1 - q.j0, a.inverse));
+      part[n] = Acc(affine_row_f32(reinterpret_cast<const float*>(x + off(a.t[0], q, q.j0)),
+                                   reinterpret_cast<const float*>(sh + off(a.t[1], q, q.j0)),
+                                   reinterpret_cast<const float*>(lo + off(a.t[2], q, q.j0)),
+                                   reinterpret_cast<float*>(y + off(a.t[kOut], q, q.j0)),
+                                   q.j1 - q.j0, a.inverse));
       continue;
     }
     if (fast) {
@@ -190,8 +196,7 @@ void affine_forward(const Args& a, int nt) {
       const Acc xv = Scalar<S>::load(x + off(a.t[0], q, j));
       const Acc sv = Scalar<S>::load(sh + off(a.t[1], q, j));
       const AffineScale<Acc> sc = affine_scale(Acc(Scalar<S>::load(lo + off(a.t[2], q, j))));
-      Scalar<S>::store(y + off(a.t[kOut], q, j),
-                       a.inverse ? xv / sc.s - sv : (xv + sv) * sc.s);
+      Scalar<S>::store(y + off(a.t[kOut], q, j), a.inverse ? xv / sc.s - sv : (xv + sv) * sc.s);
       sum += sc.log_s;
     }
     part[n] = a.inverse ? -sum : sum;
@@ -221,23 +226,23 @@ void affine_backward(const Args& a, int nt) {
       auto F = [&](const S* p, int slot) {
         return reinterpret_cast<const float*>(p + off(a.t[slot], q, q.j0));
       };
-      auto O = [&](S* p, int slot) { return reinterpret_cast<float*>(p + off(a.t[slot], q, q.j0)); };
+      auto O = [&](S* p, int slot) {
+        return reinterpret_cast<float*>(p + off(a.t[slot], q, q.j0));
+      };
       affine_row_backward_f32(F(x, 0), F(sh, 1), F(lo, 2), F(gy, kGradOut), float(gld),
                               O(gx, kGrad0), O(gs, kGrad0 + 1), O(gl, kGrad0 + 2), q.j1 - q.j0,
                               a.inverse, broadcast);
       continue;
     }
     if (fast) {
-      alignas(64) float bx[kConv], bs[kConv], bl[kConv], bg[kConv], o1[kConv], o2[kConv],
-          o3[kConv];
+      alignas(64) float bx[kConv], bs[kConv], bl[kConv], bg[kConv], o1[kConv], o2[kConv], o3[kConv];
       for (int64_t j0 = q.j0; j0 < q.j1; j0 += kConv) {
         const int64_t m = q.j1 - j0 < kConv ? q.j1 - j0 : kConv;
         convert_run(x + off(a.t[0], q, j0), bx, m);
         convert_run(sh + off(a.t[1], q, j0), bs, m);
         convert_run(lo + off(a.t[2], q, j0), bl, m);
         convert_run(gy + off(a.t[kGradOut], q, j0), bg, broadcast ? 1 : m);
-        affine_row_backward_f32(bx, bs, bl, bg, float(gld), o1, o2, o3, m, a.inverse,
-                                broadcast);
+        affine_row_backward_f32(bx, bs, bl, bg, float(gld), o1, o2, o3, m, a.inverse, broadcast);
         convert_run(o1, gx + off(a.t[kGrad0], q, j0), m);
         convert_run(o2, gs + off(a.t[kGrad0 + 1], q, j0), m);
         convert_run(o3, gl + off(a.t[kGrad0 + 2], q, j0), m);
@@ -283,8 +288,8 @@ struct alignas(64) MixBuf {
   alignas(64) float x1[kVecK];
   alignas(64) float x2[kVecK];
   alignas(64) float x3[kVecK];
-  int K;    // components
-  int Kp;   // K rounded up to kLanes; lanes K..Kp-1 hold a component of weight zero
+  int K;   // components
+  int Kp;  // K rounded up to kLanes; lanes K..Kp-1 hold a component of weight zero
   float N;
   explicit MixBuf(int64_t k) : K(int(k)), Kp(int((k + kLanes - 1) / kLanes * kLanes)) {}
 };
@@ -392,7 +397,7 @@ DQK_VM void vlogs(MixBuf& B, float x, VLse* f, VLse* f1, VLse* fd) {
     *fd = VLse{M, S3};
     return;
   }
-  if (!(S1 == S1 && S2 == S2 && S3 == S3)) {   // NaN: propagate
+  if (!(S1 == S1 && S2 == S2 && S3 == S3)) {  // NaN: propagate
     *f = VLse{M, S1};
     *f1 = VLse{M, S2};
     *fd = VLse{M, S3};
@@ -447,7 +452,7 @@ DQK_VM void vload(MixBuf& B, const Args& a, const Piece& q, int64_t j) {
     B.mu[k] = Scalar<S>::load(mu + k * s2);
     B.ls[k] = Scalar<S>::load(ls + k * s3);
   }
-  for (int k = K; k < B.Kp; ++k) {   // weight zero: exp(-inf) = 0 in every sum
+  for (int k = K; k < B.Kp; ++k) {  // weight zero: exp(-inf) = 0 in every sum
     B.lg[k] = -vm::kInf;
     B.mu[k] = 0.0f;
     B.ls[k] = 0.0f;
@@ -459,7 +464,7 @@ DQK_VM void vprepare(MixBuf& B) {
   const int K = B.Kp;
 #pragma omp simd
   for (int k = 0; k < K; ++k) B.inv_s[k] = vm::exp(-B.ls[k]);
-  B.N = vlse(B.lg, B.x1, K).value();   // x1 is scratch here
+  B.N = vlse(B.lg, B.x1, K).value();  // x1 is scratch here
 }
 
 // forward of one element: y, and returns l + a
@@ -486,7 +491,7 @@ DQK_CPU_CLONES float vmix_inverse(MixBuf& B, float y, float a, float b, float* x
     for (int l = 0; l < kLanes; ++l) {
       const int k = k0 + l;
       const float xk = B.mu[k] + vm::exp(B.ls[k]) * t;
-      const bool real = k < K;   // padded lanes stay out of the bracket
+      const bool real = k < K;  // padded lanes stay out of the bracket
       lo_acc[l] = vm::minf(lo_acc[l], vm::sel(real, xk, vm::kInf));
       hi_acc[l] = vm::maxf(hi_acc[l], vm::sel(real, xk, -vm::kInf));
       s_acc[l] += vm::exp(B.lg[k] - B.N) * xk;
@@ -512,8 +517,8 @@ DQK_CPU_CLONES float vmix_inverse(MixBuf& B, float y, float a, float b, float* x
 }
 
 // backward of one element into B.x1 (d logits), B.x2 (d means), B.x3 (d log-scales)
-DQK_CPU_CLONES ElemGrad<float> vmix_backward(MixBuf& B, float x, float a, float gout,
-                                             float gld, bool inverse) {
+DQK_CPU_CLONES ElemGrad<float> vmix_backward(MixBuf& B, float x, float a, float gout, float gld,
+                                             bool inverse) {
   vprepare(B);
   const int K = B.K;
   VLse f, f1, fd;
@@ -560,19 +565,25 @@ DQK_CPU_CLONES ElemGrad<float> vmix_backward(MixBuf& B, float x, float a, float 
   return e;
 }
 
-template <typename S> bool use_vec(const Args& a) {
+template <typename S>
+bool use_vec(const Args& a) {
   return !std::is_same<typename Scalar<S>::acc, double>::value && a.K <= kVecK;
 }
 
 // Per-element scalar access to the components of element (q, j).
-template <typename S> struct CompLoad {
+template <typename S>
+struct CompLoad {
   const S *lg, *mu, *ls;
   int64_t s1, s2, s3;
   CompLoad(const Args& a, const Piece& q, int64_t j)
-      : lg(ptr<S>(a, 1) + off(a.t[1], q, j)), mu(ptr<S>(a, 2) + off(a.t[2], q, j)),
-        ls(ptr<S>(a, 3) + off(a.t[3], q, j)), s1(a.t[1].st[4]), s2(a.t[2].st[4]),
+      : lg(ptr<S>(a, 1) + off(a.t[1], q, j)),
+        mu(ptr<S>(a, 2) + off(a.t[2], q, j)),
+        ls(ptr<S>(a, 3) + off(a.t[3], q, j)),
+        s1(a.t[1].st[4]),
+        s2(a.t[2].st[4]),
         s3(a.t[3].st[4]) {}
-  template <typename Acc> void operator()(int64_t k, Acc* l, Acc* m, Acc* s) const {
+  template <typename Acc>
+  void operator()(int64_t k, Acc* l, Acc* m, Acc* s) const {
     *l = Scalar<S>::load(lg + k * s1);
     *m = Scalar<S>::load(mu + k * s2);
     *s = Scalar<S>::load(ls + k * s3);
@@ -669,11 +680,21 @@ void mix_backward_cpu(const Args& a, int nt, bool scalar_only) {
 template <typename S>
 void dispatch(Kind kind, const Args& a, int nt, bool scalar_only) {
   switch (kind) {
-    case kAffineForward: affine_forward<S>(a, nt); return;
-    case kAffineBackward: affine_backward<S>(a, nt); return;
-    case kMixForward: mix_forward_or_inverse<S>(a, nt, false, scalar_only); return;
-    case kMixInverse: mix_forward_or_inverse<S>(a, nt, true, scalar_only); return;
-    case kMixBackward: mix_backward_cpu<S>(a, nt, scalar_only); return;
+    case kAffineForward:
+      affine_forward<S>(a, nt);
+      return;
+    case kAffineBackward:
+      affine_backward<S>(a, nt);
+      return;
+    case kMixForward:
+      mix_forward_or_inverse<S>(a, nt, false, scalar_only);
+      return;
+    case kMixInverse:
+      mix_forward_or_inverse<S>(a, nt, true, scalar_only);
+      return;
+    case kMixBackward:
+      mix_backward_cpu<S>(a, nt, scalar_only);
+      return;
   }
   throw std::invalid_argument("coupling cpu kernels: unknown kind " + std::to_string(int(kind)));
 }
@@ -682,9 +703,8 @@ void dispatch(Kind kind, const Args& a, int nt, bool scalar_only) {
 
 void run_cpu(Kind kind, const Args& a, int num_threads, bool scalar_only) {
   const int nt = num_threads > 0 ? num_threads : 1;
-  visit_dtype<Half, BFloat16>(a.dtype, "coupling cpu kernels", [&](auto t) {
-    dispatch<decltype(t)>(kind, a, nt, scalar_only);
-  });
+  visit_dtype<Half, BFloat16>(a.dtype, "coupling cpu kernels",
+                              [&](auto t) { dispatch<decltype(t)>(kind, a, nt, scalar_only); });
 }
 
 }  // namespace coupling

@@ -60,7 +60,7 @@ __device__ __forceinline__ Acc block_sum(Acc v) {
   if (threadIdx.x == 0)
     for (int w = 0; w < kThreads / 32; ++w) s += warp_sums[w];
   __syncthreads();
-  return s;   // valid in thread 0
+  return s;  // valid in thread 0
 }
 
 template <typename Acc>
@@ -76,15 +76,19 @@ __global__ void __launch_bounds__(kThreads) reduce_logdet_kernel(const Args a, i
 }
 
 // Per-component loads of element (b, d).
-template <typename S> struct DevCompLoad {
+template <typename S>
+struct DevCompLoad {
   const S *lg, *mu, *ls;
   int64_t s1, s2, s3;
   __device__ DevCompLoad(const Args& a, int64_t b, const DevIdx& d)
       : lg(static_cast<const S*>(a.t[1].p) + dev_off(a.t[1], b, d)),
         mu(static_cast<const S*>(a.t[2].p) + dev_off(a.t[2], b, d)),
         ls(static_cast<const S*>(a.t[3].p) + dev_off(a.t[3], b, d)),
-        s1(a.t[1].st[4]), s2(a.t[2].st[4]), s3(a.t[3].st[4]) {}
-  template <typename Acc> __device__ void operator()(int64_t k, Acc* l, Acc* m, Acc* s) const {
+        s1(a.t[1].st[4]),
+        s2(a.t[2].st[4]),
+        s3(a.t[3].st[4]) {}
+  template <typename Acc>
+  __device__ void operator()(int64_t k, Acc* l, Acc* m, Acc* s) const {
     *l = DScalar<S>::load(lg + k * s1);
     *m = DScalar<S>::load(mu + k * s2);
     *s = DScalar<S>::load(ls + k * s3);
@@ -209,8 +213,10 @@ void launch(Kind kind, const Args& a, cudaStream_t stream) {
   const int64_t N = a.n1 * a.n2 * a.n3;
   if (kind == kAffineBackward || kind == kMixBackward) {
     const unsigned g = grid_1d(a.B * N);
-    if (kind == kAffineBackward) affine_backward_kernel<S><<<g, kThreads, 0, stream>>>(a);
-    else mix_backward_kernel<S><<<g, kThreads, 0, stream>>>(a);
+    if (kind == kAffineBackward)
+      affine_backward_kernel<S><<<g, kThreads, 0, stream>>>(a);
+    else
+      mix_backward_kernel<S><<<g, kThreads, 0, stream>>>(a);
     check_launch("backward");
     return;
   }
@@ -218,17 +224,17 @@ void launch(Kind kind, const Args& a, cudaStream_t stream) {
     throw std::invalid_argument("coupling cuda: forward kernels need a work buffer and chunk");
   const int64_t chunks = (N + a.chunk - 1) / a.chunk;
   const dim3 grid(unsigned(chunks < 65535 ? chunks : 65535), unsigned(a.B < 65535 ? a.B : 65535));
-  if (kind == kAffineForward) affine_forward_kernel<S><<<grid, kThreads, 0, stream>>>(a);
-  else mix_forward_kernel<S><<<grid, kThreads, 0, stream>>>(a, kind == kMixInverse);
+  if (kind == kAffineForward)
+    affine_forward_kernel<S><<<grid, kThreads, 0, stream>>>(a);
+  else
+    mix_forward_kernel<S><<<grid, kThreads, 0, stream>>>(a, kind == kMixInverse);
   check_launch("forward");
   reduce_logdet_kernel<Acc><<<grid_1d(a.B), kThreads, 0, stream>>>(a, chunks);
   check_launch("logdet reduction");
 }
 
-#define DQK_COUPLING_INSTANTIATE(S) \
-  template void launch<S>(Kind, const Args&, cudaStream_t);
-#define DQK_COUPLING_DECLARE(S) \
-  extern template void launch<S>(Kind, const Args&, cudaStream_t);
+#define DQK_COUPLING_INSTANTIATE(S) template void launch<S>(Kind, const Args&, cudaStream_t);
+#define DQK_COUPLING_DECLARE(S) extern template void launch<S>(Kind, const Args&, cudaStream_t);
 
 }  // namespace coupling
 }  // namespace dqk

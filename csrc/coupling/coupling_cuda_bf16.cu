@@ -1,4 +1,5 @@
-// coupling CUDA kernels instantiated for __nv_bfloat16 storage (one file per dtype: parallel builds).
+// coupling CUDA kernels instantiated for __nv_bfloat16 storage (one file per dtype: parallel
+// builds).
 #include "coupling_cuda.cuh"
 
 namespace dqk {

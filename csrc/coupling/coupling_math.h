@@ -19,12 +19,15 @@
 namespace dqk {
 namespace coupling {
 
-template <typename Acc> struct Limits;
-template <> struct Limits<float> {
+template <typename Acc>
+struct Limits;
+template <>
+struct Limits<float> {
   static DQK_HD float eps() { return FLT_EPSILON; }
   static DQK_HD float inf() { return INFINITY; }
 };
-template <> struct Limits<double> {
+template <>
+struct Limits<double> {
   static DQK_HD double eps() { return DBL_EPSILON; }
   static DQK_HD double inf() { return double(INFINITY); }
 };
@@ -34,10 +37,12 @@ template <> struct Limits<double> {
 constexpr double kScaleOffset = 2.0;
 
 // log sigmoid(v), sigmoid(v) and sigmoid(-v) for v = scale_logit + 2
-template <typename Acc> struct AffineScale {
+template <typename Acc>
+struct AffineScale {
   Acc log_s, s, one_minus_s;
 };
-template <typename Acc> DQK_HD AffineScale<Acc> affine_scale(Acc logit) {
+template <typename Acc>
+DQK_HD AffineScale<Acc> affine_scale(Acc logit) {
   const Acc v = logit + Acc(kScaleOffset);
   const Acc e = m_exp(-m_abs(v));
   const Acc inv = Acc(1) / (Acc(1) + e);
@@ -51,7 +56,8 @@ template <typename Acc> DQK_HD AffineScale<Acc> affine_scale(Acc logit) {
 // ----------------------------------------------------------------------------- mixture
 
 // Online log-sum-exp: one exp per term; -inf terms are skipped, NaN propagates.
-template <typename Acc> struct Lse {
+template <typename Acc>
+struct Lse {
   Acc m = -Limits<Acc>::inf(), s = Acc(0);
   DQK_HD void add(Acc v) {
     if (v > m) {
@@ -67,10 +73,12 @@ template <typename Acc> struct Lse {
 };
 
 // One component at x: z, 1/scale, e = exp(-|z|) and the two log-sigmoids.
-template <typename Acc> struct Comp {
+template <typename Acc>
+struct Comp {
   Acc z, inv_s, e, lsz, lsnz;
 };
-template <typename Acc> DQK_HD Comp<Acc> component(Acc x, Acc mean, Acc log_scale) {
+template <typename Acc>
+DQK_HD Comp<Acc> component(Acc x, Acc mean, Acc log_scale) {
   Comp<Acc> c;
   c.inv_s = m_exp(-log_scale);
   c.z = (x - mean) * c.inv_s;
@@ -82,7 +90,8 @@ template <typename Acc> DQK_HD Comp<Acc> component(Acc x, Acc mean, Acc log_scal
 }
 
 // Online log-sum-exp of v_k together with sum_k w_k exp(v_k) on the same running shift.
-template <typename Acc> struct Lse2 {
+template <typename Acc>
+struct Lse2 {
   Acc m = -Limits<Acc>::inf(), s = Acc(0), t = Acc(0);
   DQK_HD void add(Acc v, Acc w) {
     if (v > m) {
@@ -107,9 +116,10 @@ template <typename Acc> struct Lse2 {
 // that l = dl + N. F' = sum_k w_k sigmoid(z_k) sigmoid(-z_k) / scale_k is formed on the
 // side of the larger of F and 1 - F, as that side's sum weighted by sigmoid(-+z)/scale:
 // log F' - log(larger) then carries no cancellation of |z| far in the tails.
-template <typename Acc> struct MixLogs {
+template <typename Acc>
+struct MixLogs {
   Acc lF, l1F, dl;
-  DQK_HD Acc ldF() const { return dl + lF + l1F; }   // log F' + N (for posteriors)
+  DQK_HD Acc ldF() const { return dl + lF + l1F; }  // log F' + N (for posteriors)
 };
 
 // load(k, &logit, &mean, &log_scale)
@@ -158,7 +168,10 @@ DQK_HDI Acc solve_root(Acc t, Acc lo, Acc hi, Acc x, Eval eval, int max_iter) {
     const Acc f = g - t;
     if (f != f) return f;
     if (m_abs(f) <= Acc(4) * eps * (Acc(1) + scale)) return x;
-    if (f < Acc(0)) lo = x; else hi = x;
+    if (f < Acc(0))
+      lo = x;
+    else
+      hi = x;
     Acc xn = x - f / gx;
     if (!(xn > lo && xn < hi)) xn = lo + Acc(0.5) * (hi - lo);
     const Acc tol = Acc(16) * eps * (Acc(1) + m_abs(x));
@@ -218,7 +231,8 @@ DQK_HD Acc mix_inverse(Acc y, Acc a, Acc b, int64_t K, Load load, Acc* x_out) {
 }
 
 // Per-component backward quantities at x given the log-sum-exps (INTERNALS.md).
-template <typename Acc> struct CompGrad {
+template <typename Acc>
+struct CompGrad {
   Acc z, inv_s, p, q, r, w, A, Bk;
 };
 template <typename Acc>
@@ -240,7 +254,8 @@ DQK_HD CompGrad<Acc> comp_grad(Acc x, Acc lg, Acc mu, Acc ls, const MixLogs<Acc>
 }
 
 // Upstreams (Gg of g, Gl of l) and the element gradients of the backward.
-template <typename Acc> struct ElemGrad {
+template <typename Acc>
+struct ElemGrad {
   Acc Gg, Gl, d_in, d_a, d_b;
 };
 
@@ -248,8 +263,7 @@ template <typename Acc> struct ElemGrad {
 // inverse. For the forward, d_in = Gg g_x + Gl l_x is left to the caller, whose sweep
 // over the components forms l_x together with the component gradients.
 template <typename Acc>
-DQK_HDI ElemGrad<Acc> elem_grad(bool inverse, Acc gout, Acc gld, Acc lx, Acc g, Acc g_x,
-                                Acc ea) {
+DQK_HDI ElemGrad<Acc> elem_grad(bool inverse, Acc gout, Acc gld, Acc lx, Acc g, Acc g_x, Acc ea) {
   ElemGrad<Acc> e;
   if (inverse) {
     const Acc total = gout - gld * lx;
@@ -279,7 +293,7 @@ DQK_HD ElemGrad<Acc> mix_backward(Acc x, Acc a, int64_t K, Load load, Acc gout, 
   const Acc g_x = m_exp(L.dl + N);
   const Acc ea = m_exp(a);
   Acc lx = Acc(0);
-  if (inverse) {   // the upstream of g needs l_x first: one more sweep over k
+  if (inverse) {  // the upstream of g needs l_x first: one more sweep over k
     for (int64_t k = 0; k < K; ++k) {
       Acc lg, mu, ls;
       load(k, &lg, &mu, &ls);

@@ -12,15 +12,21 @@ namespace dqk {
 namespace dmol {
 
 struct Args {
-  DType dtype;                       // of x, params, grad_params, sample out
+  DType dtype;  // of x, params, grad_params, sample out
   int64_t B, C, H, W, M, L;
   double min_log_scale;
-  const void* x = nullptr;       int64_t x_stride[4] = {0, 0, 0, 0};
-  const void* params = nullptr;  int64_t p_stride[4] = {0, 0, 0, 0};
-  void* out = nullptr;           int64_t out_stride[4] = {0, 0, 0, 0};   // [B,H,W] nll / [B,C,H,W] sample
-  const void* grad_out = nullptr; int64_t g_stride[3] = {0, 0, 0};
-  void* grad_params = nullptr;   int64_t gp_stride[4] = {0, 0, 0, 0};
-  const void* u = nullptr;       int64_t u_stride[4] = {0, 0, 0, 0};
+  const void* x = nullptr;
+  int64_t x_stride[4] = {0, 0, 0, 0};
+  const void* params = nullptr;
+  int64_t p_stride[4] = {0, 0, 0, 0};
+  void* out = nullptr;
+  int64_t out_stride[4] = {0, 0, 0, 0};  // [B,H,W] nll / [B,C,H,W] sample
+  const void* grad_out = nullptr;
+  int64_t g_stride[3] = {0, 0, 0};
+  void* grad_params = nullptr;
+  int64_t gp_stride[4] = {0, 0, 0, 0};
+  const void* u = nullptr;
+  int64_t u_stride[4] = {0, 0, 0, 0};
 };
 
 void nll_forward_cpu(const Args& a, int num_threads);

@@ -15,7 +15,6 @@
 #include "dmol_cpu_tile.h"
 #include "dmol_math.h"
 
-
 namespace dqk {
 namespace dmol {
 namespace {
@@ -104,8 +103,8 @@ void sample(const Args& a, int nt) {
 // Tiles run along the innermost spatial dimension, or along H*W flattened when every
 // tensor involved lays H and W out as one run (contiguous NCHW does).
 struct TileWalk {
-  int64_t rows;   // rows per image
-  int64_t len;    // pixels per row
+  int64_t rows;  // rows per image
+  int64_t len;   // pixels per row
   int64_t tiles_per_row;
   bool merged;
   int64_t total;
@@ -172,8 +171,8 @@ DQK_ALWAYS_INLINE void forward_tiles(const Args& a, const TileWalk& t, int64_t b
 }
 
 template <typename S>
-DQK_ALWAYS_INLINE void backward_tiles(const Args& a, const TileWalk& t, int64_t begin,
-                                      int64_t end, tile::Work& w) {
+DQK_ALWAYS_INLINE void backward_tiles(const Args& a, const TileWalk& t, int64_t begin, int64_t end,
+                                      tile::Work& w) {
   const Geometry g = make_geometry(a.C, a.M, a.L);
   float gout[tile::kLanes], nll[tile::kLanes];
   for (int64_t i = begin; i < end; ++i) {
@@ -198,10 +197,10 @@ DQK_ALWAYS_INLINE void backward_tiles(const Args& a, const TileWalk& t, int64_t 
 }
 
 // The ISA-specific entry points (one clone per x86-64 level, chosen when loaded).
-#define DQK_TILE_ENTRY(NAME, BODY, S)                                                   \
-  DQK_CPU_CLONES void NAME(const Args& a, const TileWalk& t, int64_t b, int64_t e,       \
-                           tile::Work& w) {                                              \
-    BODY<S>(a, t, b, e, w);                                                              \
+#define DQK_TILE_ENTRY(NAME, BODY, S)                                              \
+  DQK_CPU_CLONES void NAME(const Args& a, const TileWalk& t, int64_t b, int64_t e, \
+                           tile::Work& w) {                                        \
+    BODY<S>(a, t, b, e, w);                                                        \
   }
 DQK_TILE_ENTRY(forward_tiles_f32, forward_tiles, float)
 DQK_TILE_ENTRY(forward_tiles_f16, forward_tiles, Half)
@@ -232,10 +231,17 @@ bool try_tiles(const Args& a, int nt, bool backward) {
   if (a.M > tile::kMaxM || a.dtype == DType::kFloat64) return false;
   TileFn fn = nullptr;
   switch (a.dtype) {
-    case DType::kFloat32: fn = backward ? backward_tiles_f32 : forward_tiles_f32; break;
-    case DType::kFloat16: fn = backward ? backward_tiles_f16 : forward_tiles_f16; break;
-    case DType::kBFloat16: fn = backward ? backward_tiles_bf16 : forward_tiles_bf16; break;
-    default: return false;
+    case DType::kFloat32:
+      fn = backward ? backward_tiles_f32 : forward_tiles_f32;
+      break;
+    case DType::kFloat16:
+      fn = backward ? backward_tiles_f16 : forward_tiles_f16;
+      break;
+    case DType::kBFloat16:
+      fn = backward ? backward_tiles_bf16 : forward_tiles_bf16;
+      break;
+    default:
+      return false;
   }
   run_tiles(a, nt, backward, fn);
   return true;
@@ -247,9 +253,18 @@ void dispatch(const Args& a, int nt) {
                               [&](auto t) { F<decltype(t)>::run(a, nt); });
 }
 
-template <typename S> struct Fwd { static void run(const Args& a, int nt) { forward<S>(a, nt); } };
-template <typename S> struct Bwd { static void run(const Args& a, int nt) { backward<S>(a, nt); } };
-template <typename S> struct Smp { static void run(const Args& a, int nt) { sample<S>(a, nt); } };
+template <typename S>
+struct Fwd {
+  static void run(const Args& a, int nt) { forward<S>(a, nt); }
+};
+template <typename S>
+struct Bwd {
+  static void run(const Args& a, int nt) { backward<S>(a, nt); }
+};
+template <typename S>
+struct Smp {
+  static void run(const Args& a, int nt) { sample<S>(a, nt); }
+};
 
 }  // namespace
 

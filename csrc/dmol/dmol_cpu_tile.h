@@ -64,12 +64,18 @@ struct Work {
   float *logit, *el, *v, *dmean, *dlogs, *pass, *tanh_r;
   explicit Work(int64_t M) : mem(size_t(M) * kLanes * 15) {
     float* p = mem.data();
-    logit = p; p += M * kLanes;
-    el = p; p += M * kLanes;
-    v = p; p += M * kLanes;
-    dmean = p; p += M * 3 * kLanes;
-    dlogs = p; p += M * 3 * kLanes;
-    pass = p; p += M * 3 * kLanes;
+    logit = p;
+    p += M * kLanes;
+    el = p;
+    p += M * kLanes;
+    v = p;
+    p += M * kLanes;
+    dmean = p;
+    p += M * 3 * kLanes;
+    dlogs = p;
+    p += M * 3 * kLanes;
+    pass = p;
+    p += M * 3 * kLanes;
     tanh_r = p;
   }
 };
@@ -198,7 +204,10 @@ DQK_ALWAYS_INLINE void tile_component(const Geometry& g, const In<S>& P, const T
 
 // max and sum of exp over the components' v, lane-wise; v is overwritten by exp(v - vmax)
 DQK_ALWAYS_INLINE void tile_lse(const Geometry& g, Work& w, float* vmax, float* vsum) {
-  for (int j = 0; j < kLanes; ++j) { vmax[j] = -vm::kInf; vsum[j] = 0.0f; }
+  for (int j = 0; j < kLanes; ++j) {
+    vmax[j] = -vm::kInf;
+    vsum[j] = 0.0f;
+  }
   for (int64_t m = 0; m < g.M; ++m) {
     const float* v = w.v + m * kLanes;
 #pragma omp simd
@@ -216,7 +225,7 @@ DQK_ALWAYS_INLINE void tile_lse(const Geometry& g, Work& w, float* vmax, float* 
 
 template <typename S>
 DQK_ALWAYS_INLINE void tile_forward(const Geometry& g, const In<S>& P, const In<S>& X, float mls,
-                                   Work& w, float* nll) {
+                                    Work& w, float* nll) {
   TileState st;
   tile_state(g, P, X, w, st);
   for (int64_t m = 0; m < g.M; ++m) tile_component<false>(g, P, st, mls, m, w);
@@ -228,8 +237,8 @@ DQK_ALWAYS_INLINE void tile_forward(const Geometry& g, const In<S>& P, const In<
 
 template <typename S>
 DQK_ALWAYS_INLINE void tile_backward(const Geometry& g, const In<S>& P, const In<S>& X,
-                                    const float* gout, float mls, Work& w, const Out<S>& G,
-                                    float* nll /* nullable: also write the NLL */) {
+                                     const float* gout, float mls, Work& w, const Out<S>& G,
+                                     float* nll /* nullable: also write the NLL */) {
   TileState st;
   tile_state(g, P, X, w, st);
   for (int64_t m = 0; m < g.M; ++m) tile_component<true>(g, P, st, mls, m, w);

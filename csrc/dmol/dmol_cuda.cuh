@@ -105,32 +105,35 @@ inline unsigned grid_for(const Args& a) {
 inline void check_launch(const char* what) {
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) {
-    throw std::runtime_error(std::string("dqkernels ") + what + ": CUDA launch failed: " +
-                             cudaGetErrorString(err));
+    throw std::runtime_error(std::string("dqkernels ") + what +
+                             ": CUDA launch failed: " + cudaGetErrorString(err));
   }
 }
 
-template <typename S> void launch_forward(const Args& a, cudaStream_t s) {
+template <typename S>
+void launch_forward(const Args& a, cudaStream_t s) {
   forward_kernel<S><<<grid_for(a), kThreads, 0, s>>>(a);
   check_launch("dmol_nll forward");
 }
-template <typename S> void launch_backward(const Args& a, cudaStream_t s) {
+template <typename S>
+void launch_backward(const Args& a, cudaStream_t s) {
   backward_kernel<S><<<grid_for(a), kThreads, 0, s>>>(a);
   check_launch("dmol_nll backward");
 }
-template <typename S> void launch_sample(const Args& a, cudaStream_t s) {
+template <typename S>
+void launch_sample(const Args& a, cudaStream_t s) {
   sample_kernel<S><<<grid_for(a), kThreads, 0, s>>>(a);
   check_launch("dmol_sample");
 }
 
-#define DQK_DMOL_INSTANTIATE(S)                                       \
-  template void launch_forward<S>(const Args&, cudaStream_t);         \
-  template void launch_backward<S>(const Args&, cudaStream_t);        \
+#define DQK_DMOL_INSTANTIATE(S)                                \
+  template void launch_forward<S>(const Args&, cudaStream_t);  \
+  template void launch_backward<S>(const Args&, cudaStream_t); \
   template void launch_sample<S>(const Args&, cudaStream_t);
 
-#define DQK_DMOL_DECLARE(S)                                                   \
-  extern template void launch_forward<S>(const Args&, cudaStream_t);          \
-  extern template void launch_backward<S>(const Args&, cudaStream_t);         \
+#define DQK_DMOL_DECLARE(S)                                           \
+  extern template void launch_forward<S>(const Args&, cudaStream_t);  \
+  extern template void launch_backward<S>(const Args&, cudaStream_t); \
   extern template void launch_sample<S>(const Args&, cudaStream_t);
 
 }  // namespace dmol

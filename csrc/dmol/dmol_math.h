@@ -12,10 +12,10 @@ namespace dqk {
 namespace dmol {
 
 struct Geometry {
-  int64_t C;    // 1 or 3
-  int64_t M;    // mixture components
-  int64_t L;    // number of levels
-  int64_t J;    // params per channel and component: 3 if C == 3 else 2
+  int64_t C;  // 1 or 3
+  int64_t M;  // mixture components
+  int64_t L;  // number of levels
+  int64_t J;  // params per channel and component: 3 if C == 3 else 2
 };
 
 DQK_HD Geometry make_geometry(int64_t C, int64_t M, int64_t L) {
@@ -25,7 +25,9 @@ DQK_HD Geometry make_geometry(int64_t C, int64_t M, int64_t L) {
 // Channel indices inside params (PixelCNN++ layout).
 DQK_HD int64_t mean_ch(const Geometry& g, int64_t c, int64_t m) { return g.M + c * g.J * g.M + m; }
 DQK_HD int64_t logs_ch(const Geometry& g, int64_t c, int64_t m) { return mean_ch(g, c, m) + g.M; }
-DQK_HD int64_t coef_ch(const Geometry& g, int64_t c, int64_t m) { return mean_ch(g, c, m) + 2 * g.M; }
+DQK_HD int64_t coef_ch(const Geometry& g, int64_t c, int64_t m) {
+  return mean_ch(g, c, m) + 2 * g.M;
+}
 
 // Snap x to the grid 2k/(L-1) - 1: level k (round half to even) and its exact value.
 // NaN stays NaN (level 0, value NaN) so that it propagates to the result.
@@ -33,7 +35,11 @@ template <typename Acc>
 DQK_HD void snap(Acc x, int64_t L, int64_t* k, Acc* xs) {
   const Acc half = Acc(L - 1) * Acc(0.5);
   Acc t = (x + Acc(1)) * half;
-  if (m_isnan(t)) { *k = 0; *xs = t; return; }
+  if (m_isnan(t)) {
+    *k = 0;
+    *xs = t;
+    return;
+  }
   t = m_rint(m_min(m_max(t, Acc(0)), Acc(L - 1)));
   *k = int64_t(t);
   *xs = t / half - Acc(1);
@@ -50,9 +56,9 @@ DQK_HD Acc log1mexp(Acc delta, Acc log_delta) {
 
 template <typename Acc>
 struct Bin {
-  Acc lp;      // log mass of the bin
-  Acc dmean;   // d lp / d mean
-  Acc dlogs;   // d lp / d log_scale (clamped value)
+  Acc lp;     // log mass of the bin
+  Acc dmean;  // d lp / d mean
+  Acc dlogs;  // d lp / d log_scale (clamped value)
 };
 
 // Log mass of level k (value xs) under logistic(mean, exp(log_s)), log_s already clamped.
@@ -66,12 +72,20 @@ DQK_HD Bin<Acc> bin(int64_t k, int64_t L, Acc xs, Acc mean, Acc log_s) {
   Bin<Acc> r{Acc(0), Acc(0), Acc(0)};
   if (k == 0) {
     r.lp = -softplus(-a);
-    if (kGrad) { Acc sa = sigmoid(-a); r.dmean = -sa * inv_s; r.dlogs = -a * sa; }
+    if (kGrad) {
+      Acc sa = sigmoid(-a);
+      r.dmean = -sa * inv_s;
+      r.dlogs = -a * sa;
+    }
   } else if (k == L - 1) {
     r.lp = -softplus(b);
-    if (kGrad) { Acc sb = sigmoid(b); r.dmean = sb * inv_s; r.dlogs = b * sb; }
+    if (kGrad) {
+      Acc sb = sigmoid(b);
+      r.dmean = sb * inv_s;
+      r.dlogs = b * sb;
+    }
   } else {
-    const Acc delta = Acc(2) * d * inv_s;  // a - b
+    const Acc delta = Acc(2) * d * inv_s;             // a - b
     const Acc log_delta = m_log(Acc(2) * d) - log_s;  // used only where delta underflows
     r.lp = -softplus(-a) - softplus(b) + log1mexp(delta, log_delta);
     if (kGrad) {
@@ -90,8 +104,8 @@ template <typename Acc>
 struct PixelState {
   int64_t k[3];
   Acc xs[3];
-  Acc lmax;        // max logit
-  Acc log_z_pi;    // log sum_m exp(logit_m - lmax)
+  Acc lmax;      // max logit
+  Acc log_z_pi;  // log sum_m exp(logit_m - lmax)
 };
 
 template <typename Acc, typename PLoad, typename XLoad>
@@ -207,8 +221,8 @@ DQK_HD void write_component_grad(const Geometry& g, const PixelState<Acc>& s,
 }
 
 template <typename Acc, bool kCache, typename PLoad, typename XLoad, typename GStore>
-DQK_HD void pixel_nll_backward(const Geometry& g, PLoad P, XLoad X, Acc grad_out,
-                               Acc min_log_scale, GStore G) {
+DQK_HD void pixel_nll_backward(const Geometry& g, PLoad P, XLoad X, Acc grad_out, Acc min_log_scale,
+                               GStore G) {
   PixelState<Acc> s = pixel_state<Acc>(g, P, X);
   if (kCache && g.M <= kMaxCached) {
     Component<Acc, true> cache[kMaxCached];
@@ -223,8 +237,8 @@ DQK_HD void pixel_nll_backward(const Geometry& g, PLoad P, XLoad X, Acc grad_out
   }
   const Lse<Acc> lse = log_joint<Acc>(g, s, P, min_log_scale);
   for (int64_t m = 0; m < g.M; ++m) {
-    write_component_grad<Acc>(g, s, component<Acc, true>(g, s, P, m, min_log_scale),
-                              P(m) - s.lmax, m, lse, grad_out, G);
+    write_component_grad<Acc>(g, s, component<Acc, true>(g, s, P, m, min_log_scale), P(m) - s.lmax,
+                              m, lse, grad_out, G);
   }
 }
 
@@ -241,7 +255,10 @@ DQK_HD void pixel_sample(const Geometry& g, PLoad P, ULoad U, Acc min_log_scale,
   Acc cum = Acc(0);
   for (int64_t m = 0; m < g.M; ++m) {
     cum += m_exp(P(m) - lmax);
-    if (cum > target) { sel = m; break; }
+    if (cum > target) {
+      sel = m;
+      break;
+    }
   }
   const Acc half = Acc(g.L - 1) * Acc(0.5);
   Acc xs[3];
@@ -249,7 +266,8 @@ DQK_HD void pixel_sample(const Geometry& g, PLoad P, ULoad U, Acc min_log_scale,
     Acc mean = P(mean_ch(g, c, sel));
     if (g.C == 3 && c >= 1) {
       if (c == 1) mean += m_tanh(P(coef_ch(g, 0, sel))) * xs[0];
-      if (c == 2) mean += m_tanh(P(coef_ch(g, 1, sel))) * xs[0] + m_tanh(P(coef_ch(g, 2, sel))) * xs[1];
+      if (c == 2)
+        mean += m_tanh(P(coef_ch(g, 1, sel))) * xs[0] + m_tanh(P(coef_ch(g, 2, sel))) * xs[1];
     }
     const Acc log_s = m_max(P(logs_ch(g, c, sel)), min_log_scale);
     const Acc u = U(1 + c);

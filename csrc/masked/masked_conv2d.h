@@ -25,16 +25,24 @@ namespace masked_conv2d {
 struct Args {
   DType dtype = DType::kFloat32;
   int64_t B = 0, Cin = 0, Cout = 0, H = 0, W = 0, k = 1;
-  bool type_b = false;   // mask type "B" (else "A")
+  bool type_b = false;  // mask type "B" (else "A")
   int64_t groups = 1;
-  const void* x = nullptr;       int64_t x_st[4] = {0, 0, 0, 0};
-  const void* w = nullptr;       int64_t w_st[4] = {0, 0, 0, 0};
-  const void* bias = nullptr;    int64_t bias_st = 0;
-  void* y = nullptr;             int64_t y_st[4] = {0, 0, 0, 0};
-  const void* gy = nullptr;      int64_t gy_st[4] = {0, 0, 0, 0};
-  void* gx = nullptr;            int64_t gx_st[4] = {0, 0, 0, 0};
-  void* gw = nullptr;            int64_t gw_st[4] = {0, 0, 0, 0};
-  void* gb = nullptr;            int64_t gb_st = 0;
+  const void* x = nullptr;
+  int64_t x_st[4] = {0, 0, 0, 0};
+  const void* w = nullptr;
+  int64_t w_st[4] = {0, 0, 0, 0};
+  const void* bias = nullptr;
+  int64_t bias_st = 0;
+  void* y = nullptr;
+  int64_t y_st[4] = {0, 0, 0, 0};
+  const void* gy = nullptr;
+  int64_t gy_st[4] = {0, 0, 0, 0};
+  void* gx = nullptr;
+  int64_t gx_st[4] = {0, 0, 0, 0};
+  void* gw = nullptr;
+  int64_t gw_st[4] = {0, 0, 0, 0};
+  void* gb = nullptr;
+  int64_t gb_st = 0;
   // CUDA backward only: scratch of backward_cuda_workspace(a) bytes (split-K partial
   // sums of grad_weight and grad_bias, reduced in a fixed order: no atomics)
   void* work = nullptr;

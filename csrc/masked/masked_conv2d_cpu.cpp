@@ -65,24 +65,28 @@ namespace dqk {
 namespace masked_conv2d {
 namespace {
 
-constexpr int kMR = 8;          // rows (channels) of an implicit-GEMM tile
-constexpr int kMW = 8;          // output channels of a grad_w tile (x 2 vectors of ci)
-constexpr int64_t kCiTiles = 2;    // grad_w tiles of input channels per work unit
-constexpr int64_t kDwBlockPixels = 256;   // pixels per grad_w block (rows of one image)
-constexpr int64_t kChunkBytes = int64_t(16) << 20;   // padded copies per batch chunk
+constexpr int kMR = 8;                   // rows (channels) of an implicit-GEMM tile
+constexpr int kMW = 8;                   // output channels of a grad_w tile (x 2 vectors of ci)
+constexpr int64_t kCiTiles = 2;          // grad_w tiles of input channels per work unit
+constexpr int64_t kDwBlockPixels = 256;  // pixels per grad_w block (rows of one image)
+constexpr int64_t kChunkBytes = int64_t(16) << 20;  // padded copies per batch chunk
 
 // 64-byte vectors (GCC/clang vector extensions: one zmm, two ymm or four xmm)
-template <typename T> struct Vec;
-template <> struct Vec<float> {
+template <typename T>
+struct Vec;
+template <>
+struct Vec<float> {
   typedef float V __attribute__((vector_size(64)));
   static constexpr int L = 16;
 };
-template <> struct Vec<double> {
+template <>
+struct Vec<double> {
   typedef double V __attribute__((vector_size(64)));
   static constexpr int L = 8;
 };
 
-template <typename V, typename T> DQK_INLINE V loadu(const T* p) {
+template <typename V, typename T>
+DQK_INLINE V loadu(const T* p) {
   V v;
   memcpy(&v, p, sizeof(V));
   return v;
@@ -98,7 +102,8 @@ struct Geo {
   int64_t c, T, Wr, Wp;
 };
 
-template <typename T> Geo geometry(const Args& a) {
+template <typename T>
+Geo geometry(const Args& a) {
   Geo g;
   g.c = a.k / 2;
   g.T = num_taps(a.k);
@@ -112,8 +117,8 @@ template <typename T> Geo geometry(const Args& a) {
 
 template <typename T, int NV>
 DQK_INLINE void igemm_block(const T* in, int64_t H, int64_t K, int64_t Wp, int64_t c,
-                            const TapRange* rng, int64_t nr, const T* wpk, const T* init,
-                            int64_t h, int64_t w0, T* out, int64_t Wr) {
+                            const TapRange* rng, int64_t nr, const T* wpk, const T* init, int64_t h,
+                            int64_t w0, T* out, int64_t Wr) {
   using V = typename Vec<T>::V;
   constexpr int L = Vec<T>::L;
   V acc[kMR][NV];
@@ -140,26 +145,24 @@ DQK_INLINE void igemm_block(const T* in, int64_t H, int64_t K, int64_t Wp, int64
 
 // out[m][0:Wr] for the kMR rows of one tile at output row h
 template <typename T>
-DQK_INLINE void igemm_row_impl(const T* in, int64_t H, int64_t K, int64_t Wp, int64_t Wr,
-                               int64_t c, const TapRange* rng, int64_t nr, const T* wpk,
-                               const T* init, int64_t h, T* out) {
+DQK_INLINE void igemm_row_impl(const T* in, int64_t H, int64_t K, int64_t Wp, int64_t Wr, int64_t c,
+                               const TapRange* rng, int64_t nr, const T* wpk, const T* init,
+                               int64_t h, T* out) {
   constexpr int L = Vec<T>::L;
   int64_t w0 = 0;
   for (; w0 + 2 * L <= Wr; w0 += 2 * L)
     igemm_block<T, 2>(in, H, K, Wp, c, rng, nr, wpk, init, h, w0, out, Wr);
-  for (; w0 < Wr; w0 += L)
-    igemm_block<T, 1>(in, H, K, Wp, c, rng, nr, wpk, init, h, w0, out, Wr);
+  for (; w0 < Wr; w0 += L) igemm_block<T, 1>(in, H, K, Wp, c, rng, nr, wpk, init, h, w0, out, Wr);
 }
 
-DQK_CPU_CLONES void igemm_row_f32(const float* in, int64_t H, int64_t K, int64_t Wp,
-                                  int64_t Wr, int64_t c, const TapRange* rng, int64_t nr,
-                                  const float* wpk, const float* init, int64_t h, float* out) {
+DQK_CPU_CLONES void igemm_row_f32(const float* in, int64_t H, int64_t K, int64_t Wp, int64_t Wr,
+                                  int64_t c, const TapRange* rng, int64_t nr, const float* wpk,
+                                  const float* init, int64_t h, float* out) {
   igemm_row_impl<float>(in, H, K, Wp, Wr, c, rng, nr, wpk, init, h, out);
 }
-DQK_CPU_CLONES void igemm_row_f64(const double* in, int64_t H, int64_t K, int64_t Wp,
-                                  int64_t Wr, int64_t c, const TapRange* rng, int64_t nr,
-                                  const double* wpk, const double* init, int64_t h,
-                                  double* out) {
+DQK_CPU_CLONES void igemm_row_f64(const double* in, int64_t H, int64_t K, int64_t Wp, int64_t Wr,
+                                  int64_t c, const TapRange* rng, int64_t nr, const double* wpk,
+                                  const double* init, int64_t h, double* out) {
   igemm_row_impl<double>(in, H, K, Wp, Wr, c, rng, nr, wpk, init, h, out);
 }
 inline void igemm_row(const float* in, int64_t H, int64_t K, int64_t Wp, int64_t Wr, int64_t c,
@@ -184,9 +187,8 @@ struct DwGeo {
 };
 
 template <typename T>
-DQK_INLINE void dw_tile_impl(const T* gyb, const T* xb, const DwGeo& d, int64_t o0,
-                             int64_t ci0, int64_t dh, int64_t dw, int64_t h0, int64_t h1,
-                             T* acc, int64_t cols) {
+DQK_INLINE void dw_tile_impl(const T* gyb, const T* xb, const DwGeo& d, int64_t o0, int64_t ci0,
+                             int64_t dh, int64_t dw, int64_t h0, int64_t h1, T* acc, int64_t cols) {
   using V = typename Vec<T>::V;
   constexpr int L = Vec<T>::L;
   V a[kMW][2];
@@ -215,18 +217,17 @@ DQK_CPU_CLONES void dw_tile_f32(const float* gyb, const float* xb, const DwGeo& 
                                 float* acc, int64_t cols) {
   dw_tile_impl<float>(gyb, xb, d, o0, ci0, dh, dw, h0, h1, acc, cols);
 }
-DQK_CPU_CLONES void dw_tile_f64(const double* gyb, const double* xb, const DwGeo& d,
-                                int64_t o0, int64_t ci0, int64_t dh, int64_t dw, int64_t h0,
-                                int64_t h1, double* acc, int64_t cols) {
+DQK_CPU_CLONES void dw_tile_f64(const double* gyb, const double* xb, const DwGeo& d, int64_t o0,
+                                int64_t ci0, int64_t dh, int64_t dw, int64_t h0, int64_t h1,
+                                double* acc, int64_t cols) {
   dw_tile_impl<double>(gyb, xb, d, o0, ci0, dh, dw, h0, h1, acc, cols);
 }
 inline void dw_tile(const float* gyb, const float* xb, const DwGeo& d, int64_t o0, int64_t ci0,
                     int64_t dh, int64_t dw, int64_t h0, int64_t h1, float* acc, int64_t cols) {
   dw_tile_f32(gyb, xb, d, o0, ci0, dh, dw, h0, h1, acc, cols);
 }
-inline void dw_tile(const double* gyb, const double* xb, const DwGeo& d, int64_t o0,
-                    int64_t ci0, int64_t dh, int64_t dw, int64_t h0, int64_t h1, double* acc,
-                    int64_t cols) {
+inline void dw_tile(const double* gyb, const double* xb, const DwGeo& d, int64_t o0, int64_t ci0,
+                    int64_t dh, int64_t dw, int64_t h0, int64_t h1, double* acc, int64_t cols) {
   dw_tile_f64(gyb, xb, d, o0, ci0, dh, dw, h0, h1, acc, cols);
 }
 
@@ -318,8 +319,8 @@ inline void store_line(S* dst, int64_t stride, const T* src, int64_t n) {
   for (int64_t j = 0; j < n; ++j) Scalar<S>::store(dst + j * stride, src[j]);
 }
 
-template <typename S> inline typename Scalar<S>::acc load_w(const Args& a, int64_t o, int64_t ci,
-                                                            int64_t i, int64_t j) {
+template <typename S>
+inline typename Scalar<S>::acc load_w(const Args& a, int64_t o, int64_t ci, int64_t i, int64_t j) {
   const S* w = static_cast<const S*>(a.w);
   return Scalar<S>::load(w + o * a.w_st[0] + ci * a.w_st[1] + i * a.w_st[2] + j * a.w_st[3]);
 }
@@ -327,9 +328,10 @@ template <typename S> inline typename Scalar<S>::acc load_w(const Args& a, int64
 // Tap ranges and packed weights of every row tile of the forward (rows = output channels,
 // reduction over input channels) or of grad_x (rows = input channels, reduction over
 // output channels).
-template <typename T> struct Plan {
+template <typename T>
+struct Plan {
   int64_t M = 0, K = 0, tiles = 0, nr = 0;
-  std::vector<TapRange> rng;     // [tiles][nr]
+  std::vector<TapRange> rng;  // [tiles][nr]
   std::vector<T> wpk;
 };
 
@@ -353,9 +355,11 @@ Plan<T> make_plan(const Args& a, const Geo& g, bool transposed) {
       q.dw = sgn * (j - g.c);
       q.k0 = 0;
       q.k1 = p.K;
-      if (t == g.T) {   // centre: the tile's channel-block range
-        if (transposed) q.k0 = centre_min_output(m_first, a.Cin, a.Cout, a.groups, a.type_b);
-        else q.k1 = centre_inputs(m_last, a.Cin, a.Cout, a.groups, a.type_b);
+      if (t == g.T) {  // centre: the tile's channel-block range
+        if (transposed)
+          q.k0 = centre_min_output(m_first, a.Cin, a.Cout, a.groups, a.type_b);
+        else
+          q.k1 = centre_inputs(m_last, a.Cin, a.Cout, a.groups, a.type_b);
         if (q.k1 < q.k0) q.k1 = q.k0;
       }
       q.woff = off;
@@ -382,7 +386,8 @@ Plan<T> make_plan(const Args& a, const Geo& g, bool transposed) {
 
 // Scratch for the padded copies, kept per calling thread and grown as needed: fresh
 // allocations of this size cost page faults and zeroing on every call.
-template <typename T> T* scratch(int64_t count) {
+template <typename T>
+T* scratch(int64_t count) {
   thread_local std::unique_ptr<unsigned char[]> buf;
   thread_local int64_t cap = 0;
   const int64_t bytes = count * int64_t(sizeof(T)) + 64;
@@ -405,9 +410,8 @@ int64_t batch_chunk(const Args& a, int64_t bytes_per_b, int nt) {
 // rows of one implicit GEMM (forward or grad_x) for a chunk of batch elements:
 // out[b0 + bb, row, h, :] for every row tile and output row
 template <typename S, typename T>
-void igemm_chunk(const Plan<T>& p, const Geo& g, const T* in, int64_t H, int64_t W,
-                 int64_t b0, int64_t nb, const std::vector<T>& init, S* out,
-                 const int64_t* ost, int nt) {
+void igemm_chunk(const Plan<T>& p, const Geo& g, const T* in, int64_t H, int64_t W, int64_t b0,
+                 int64_t nb, const std::vector<T>& init, S* out, const int64_t* ost, int nt) {
   const int64_t units = nb * p.tiles;
 #pragma omp parallel num_threads(nt)
   {
@@ -453,7 +457,7 @@ void forward_impl(const Args& a, int nt) {
 template <typename S>
 void backward_impl(const Args& a, int nt) {
   using T = typename Scalar<S>::acc;
-  constexpr int64_t NT = 2 * Vec<T>::L;   // input channels of a grad_w tile
+  constexpr int64_t NT = 2 * Vec<T>::L;  // input channels of a grad_w tile
   const Geo g = geometry<T>(a);
   const bool need_x = a.gx != nullptr, need_w = a.gw != nullptr, need_b = a.gb != nullptr;
   if (!need_x && !need_w && !need_b) return;
@@ -506,11 +510,9 @@ void backward_impl(const Args& a, int nt) {
     const int64_t nb = std::min(bc, a.B - b0);
     pad_rows(static_cast<const S*>(a.gy), a.gy_st, b0, nb, a.Cout, a.H, a.W, g, gyp, nt);
     if (need_w)
-      pad_pixels(static_cast<const S*>(a.x), a.x_st, b0, nb, a.Cin, a.H, a.W, g.c, Wx, Cp,
-                 xp, nt);
+      pad_pixels(static_cast<const S*>(a.x), a.x_st, b0, nb, a.Cin, a.H, a.W, g.c, Wx, Cp, xp, nt);
     if (need_x)
-      igemm_chunk(px, g, gyp, a.H, a.W, b0, nb, zeros, static_cast<S*>(a.gx), a.gx_st,
-                  nt);
+      igemm_chunk(px, g, gyp, a.H, a.W, b0, nb, zeros, static_cast<S*>(a.gx), a.gx_st, nt);
     if (need_w) {
       const int64_t units = otiles * cchunks;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
@@ -570,8 +572,8 @@ void backward_impl(const Args& a, int nt) {
             } else if (i == g.c && j == g.c && ci < ncen) {
               v = acc[(g.T * kMW + m) * cols + col];
             }
-            Scalar<S>::store(gw + o * a.gw_st[0] + ci * a.gw_st[1] + i * a.gw_st[2] +
-                             j * a.gw_st[3], v);
+            Scalar<S>::store(
+                gw + o * a.gw_st[0] + ci * a.gw_st[1] + i * a.gw_st[2] + j * a.gw_st[3], v);
           }
       }
     }
@@ -588,10 +590,12 @@ void dispatch(const Args& a, int nt) {
                               [&](auto t) { F<decltype(t)>::run(a, nt); });
 }
 
-template <typename S> struct Fwd {
+template <typename S>
+struct Fwd {
   static void run(const Args& a, int nt) { forward_impl<S>(a, nt); }
 };
-template <typename S> struct Bwd {
+template <typename S>
+struct Bwd {
   static void run(const Args& a, int nt) { backward_impl<S>(a, nt); }
 };
 

@@ -32,12 +32,12 @@ namespace dqk {
 namespace masked_conv2d {
 namespace {
 
-constexpr int kBM = 64;        // rows of a tile
-constexpr int kBN = 64;        // pixels (igemm) / input channels (dw) of a tile
-constexpr int kBK = 16;        // reduction depth of one step
-constexpr int kThreads = 256;  // 16 x 16 threads, 4 x 4 outputs each
-constexpr int kLoads = kBM * kBK / kThreads;   // = 4 staged values of A and of B per thread
-constexpr int64_t kSplitTarget = 512;          // dw blocks to aim for
+constexpr int kBM = 64;                       // rows of a tile
+constexpr int kBN = 64;                       // pixels (igemm) / input channels (dw) of a tile
+constexpr int kBK = 16;                       // reduction depth of one step
+constexpr int kThreads = 256;                 // 16 x 16 threads, 4 x 4 outputs each
+constexpr int kLoads = kBM * kBK / kThreads;  // = 4 staged values of A and of B per thread
+constexpr int64_t kSplitTarget = 512;         // dw blocks to aim for
 constexpr int64_t kMaxGridYZ = 65535;
 
 static_assert(kBM == 64 && kBN == 64 && kBK == 16 && kThreads == 256 && kLoads == 4,
@@ -46,8 +46,8 @@ static_assert(kBM == 64 && kBN == 64 && kBK == 16 && kThreads == 256 && kLoads =
 void check_launch(const char* what) {
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess)
-    throw std::runtime_error(std::string("masked_conv2d cuda: ") + what + " launch failed: " +
-                             cudaGetErrorString(err));
+    throw std::runtime_error(std::string("masked_conv2d cuda: ") + what +
+                             " launch failed: " + cudaGetErrorString(err));
 }
 
 template <typename S>
@@ -59,7 +59,7 @@ __device__ __forceinline__ typename DScalar<S>::acc ld(const void* base, int64_t
 // kTr = true: grad_x, rows = input channels, reduction over output channels of grad_y.
 template <typename S, typename Acc, bool kTr>
 __global__ void __launch_bounds__(kThreads) igemm_kernel(const Args a) {
-  __shared__ Acc As[kBK][kBM + 1];   // +1: conflict-free column stores
+  __shared__ Acc As[kBK][kBM + 1];  // +1: conflict-free column stores
   __shared__ Acc Bs[kBK][kBN];
   const int tid = threadIdx.x;
   const int64_t M = kTr ? a.Cin : a.Cout, K = kTr ? a.Cout : a.Cin;
@@ -70,7 +70,7 @@ __global__ void __launch_bounds__(kThreads) igemm_kernel(const Args a) {
   const int64_t* ist = kTr ? a.gy_st : a.x_st;
 
   // the pixel this thread stages for B (the same for every step) and its k rows
-  const int bn = tid % kBN, bk0 = tid / kBN;          // k = bk0 + 4 r
+  const int bn = tid % kBN, bk0 = tid / kBN;  // k = bk0 + 4 r
   const int64_t p = n0 + bn;
   const bool pv = p < NPIX;
   int64_t pb = 0, ph = 0, pw = 0;
@@ -86,8 +86,10 @@ __global__ void __launch_bounds__(kThreads) igemm_kernel(const Args a) {
 
   // centre range of this tile
   int64_t lo_c = 0, hi_c = K;
-  if (kTr) lo_c = centre_min_output(m0, a.Cin, a.Cout, a.groups, a.type_b);
-  else hi_c = centre_inputs((m0 + kBM < M ? m0 + kBM : M) - 1, a.Cin, a.Cout, a.groups, a.type_b);
+  if (kTr)
+    lo_c = centre_min_output(m0, a.Cin, a.Cout, a.groups, a.type_b);
+  else
+    hi_c = centre_inputs((m0 + kBM < M ? m0 + kBM : M) - 1, a.Cin, a.Cout, a.groups, a.type_b);
   const int64_t nch = (K + kBK - 1) / kBK;
   const int64_t steps_full = T * nch;
   const int64_t steps = steps_full + (hi_c > lo_c ? (hi_c - lo_c + kBK - 1) / kBK : 0);
@@ -113,8 +115,7 @@ __global__ void __launch_bounds__(kThreads) igemm_kernel(const Args a) {
         ok = kTr ? kk >= centre_min_output(m, a.Cin, a.Cout, a.groups, a.type_b)
                  : kk < centre_inputs(m, a.Cin, a.Cout, a.groups, a.type_b);
       const int64_t o = kTr ? kk : m, ci = kTr ? m : kk;
-      ra[r] = ok ? Acc(ld<S>(a.w, o * a.w_st[0] + ci * a.w_st[1] + i * a.w_st[2] +
-                                      j * a.w_st[3]))
+      ra[r] = ok ? Acc(ld<S>(a.w, o * a.w_st[0] + ci * a.w_st[1] + i * a.w_st[2] + j * a.w_st[3]))
                  : Acc(0);
     }
     const int64_t hh = ph + (kTr ? c - i : i - c), ww = pw + (kTr ? c - j : j - c);
@@ -127,7 +128,7 @@ __global__ void __launch_bounds__(kThreads) igemm_kernel(const Args a) {
     }
   };
 
-  const int tm = tid / 16, tn = tid % 16;    // rows tm*4 + ii, pixels tn + 16 jj
+  const int tm = tid / 16, tn = tid % 16;  // rows tm*4 + ii, pixels tn + 16 jj
   Acc acc[4][4];
 #pragma unroll
   for (int ii = 0; ii < 4; ++ii)
@@ -179,16 +180,16 @@ __global__ void __launch_bounds__(kThreads) igemm_kernel(const Args a) {
 
 // grad_w partial sums: block (o tile * n_ci_tiles + ci tile, tap, split)
 template <typename S, typename Acc>
-__global__ void __launch_bounds__(kThreads) dw_kernel(const Args a, int64_t steps_per_split,
-                                                      int64_t n_ci_tiles, Acc* work) {
-  __shared__ Acc As[kBK][kBM + 1];   // grad_y: A[pixel][o]
-  __shared__ Acc Bs[kBK][kBN + 1];   // shifted x: B[pixel][ci]
+__global__ void __launch_bounds__(kThreads)
+    dw_kernel(const Args a, int64_t steps_per_split, int64_t n_ci_tiles, Acc* work) {
+  __shared__ Acc As[kBK][kBM + 1];  // grad_y: A[pixel][o]
+  __shared__ Acc Bs[kBK][kBN + 1];  // shifted x: B[pixel][ci]
   const int tid = threadIdx.x;
   const int64_t ot = blockIdx.x / n_ci_tiles, ct = blockIdx.x - ot * n_ci_tiles;
   const int64_t t = blockIdx.y, split = blockIdx.z;
   const int64_t o0 = ot * kBM, ci0 = ct * kBN;
   const int64_t c = a.k / 2, T = num_taps(a.k);
-  if (t == T) {   // centre: nothing to do past the channels the tile's last output sees
+  if (t == T) {  // centre: nothing to do past the channels the tile's last output sees
     const int64_t o_last = (o0 + kBM < a.Cout ? o0 + kBM : a.Cout) - 1;
     if (ci0 >= centre_inputs(o_last, a.Cin, a.Cout, a.groups, a.type_b)) return;
   }
@@ -200,7 +201,7 @@ __global__ void __launch_bounds__(kThreads) dw_kernel(const Args a, int64_t step
   const int64_t s0 = split * steps_per_split;
   const int64_t s1 = s0 + steps_per_split < nk ? s0 + steps_per_split : nk;
 
-  const int pk = tid % kBK, r0 = tid / kBK;   // staged pixel, rows r0 + 16 r
+  const int pk = tid % kBK, r0 = tid / kBK;  // staged pixel, rows r0 + 16 r
   Acc ra[kLoads], rb[kLoads];
   auto stage = [&](int64_t s) {
     const int64_t p = s * kBK + pk;
@@ -221,7 +222,7 @@ __global__ void __launch_bounds__(kThreads) dw_kernel(const Args a, int64_t step
     }
   };
 
-  const int tm = tid / 16, tn = tid % 16;    // o = tm*4 + ii, ci = tn + 16 jj
+  const int tm = tid / 16, tn = tid % 16;  // o = tm*4 + ii, ci = tn + 16 jj
   Acc acc[4][4];
 #pragma unroll
   for (int ii = 0; ii < 4; ++ii)
@@ -267,8 +268,8 @@ __global__ void __launch_bounds__(kThreads) dw_kernel(const Args a, int64_t step
 
 // grad_weight[o, ci, i, j] = sum over splits of the partials (in order), 0 where masked
 template <typename S, typename Acc>
-__global__ void __launch_bounds__(kThreads) dw_reduce_kernel(const Args a, int64_t splits,
-                                                             const Acc* work) {
+__global__ void __launch_bounds__(kThreads)
+    dw_reduce_kernel(const Args a, int64_t splits, const Acc* work) {
   const int64_t kk2 = a.k * a.k, n = a.Cout * a.Cin * kk2;
   const int64_t c = a.k / 2, T = num_taps(a.k);
   for (int64_t e = int64_t(blockIdx.x) * kThreads + threadIdx.x; e < n;
@@ -280,8 +281,9 @@ __global__ void __launch_bounds__(kThreads) dw_reduce_kernel(const Args a, int64
       const int64_t t = (i == c && j == c) ? T : (i < c ? i * a.k + j : c * a.k + j);
       for (int64_t s = 0; s < splits; ++s) v += work[((s * (T + 1) + t) * a.Cout + o) * a.Cin + ci];
     }
-    DScalar<S>::store(static_cast<S*>(a.gw) + o * a.gw_st[0] + ci * a.gw_st[1] +
-                      i * a.gw_st[2] + j * a.gw_st[3], v);
+    DScalar<S>::store(
+        static_cast<S*>(a.gw) + o * a.gw_st[0] + ci * a.gw_st[1] + i * a.gw_st[2] + j * a.gw_st[3],
+        v);
   }
 }
 
@@ -365,8 +367,8 @@ void backward_launch(const Args& a, cudaStream_t stream) {
     dim3 grid(unsigned(p.n_o * p.n_ci), unsigned(p.taps), unsigned(p.splits));
     dw_kernel<S, Acc><<<grid, kThreads, 0, stream>>>(a, p.steps_per_split, p.n_ci, work);
     check_launch("grad_weight");
-    dw_reduce_kernel<S, Acc><<<grid_1d(a.Cout * a.Cin * a.k * a.k), kThreads, 0, stream>>>(
-        a, p.splits, work);
+    dw_reduce_kernel<S, Acc>
+        <<<grid_1d(a.Cout * a.Cin * a.k * a.k), kThreads, 0, stream>>>(a, p.splits, work);
     check_launch("grad_weight reduction");
   }
   if (a.gb != nullptr) {
@@ -382,10 +384,12 @@ void dispatch(const Args& a, cudaStream_t stream) {
                                      [&](auto t) { F<decltype(t)>::run(a, stream); });
 }
 
-template <typename S> struct Fwd {
+template <typename S>
+struct Fwd {
   static void run(const Args& a, cudaStream_t s) { forward_launch<S>(a, s); }
 };
-template <typename S> struct Bwd {
+template <typename S>
+struct Bwd {
   static void run(const Args& a, cudaStream_t s) { backward_launch<S>(a, s); }
 };
 

@@ -21,14 +21,17 @@ DQK_HD int64_t num_taps(int64_t k) { return (k / 2) * (k + 1); }
 // row and column of fully kept tap t
 DQK_HD void tap_ij(int64_t t, int64_t k, int64_t* i, int64_t* j) {
   const int64_t c = k / 2;
-  if (t < c * k) { *i = t / k; *j = t - (t / k) * k; }
-  else { *i = c; *j = t - c * k; }
+  if (t < c * k) {
+    *i = t / k;
+    *j = t - (t / k) * k;
+  } else {
+    *i = c;
+    *j = t - c * k;
+  }
 }
 
 // first channel of block `block` of C channels in G blocks: ceil(block * C / G)
-DQK_HD int64_t block_start(int64_t block, int64_t C, int64_t G) {
-  return (block * C + G - 1) / G;
-}
+DQK_HD int64_t block_start(int64_t block, int64_t C, int64_t G) { return (block * C + G - 1) / G; }
 
 // input channels [0, n) that output channel o sees at the centre tap
 DQK_HD int64_t centre_inputs(int64_t o, int64_t Cin, int64_t Cout, int64_t G, bool type_b) {

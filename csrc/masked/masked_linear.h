@@ -26,24 +26,24 @@ namespace masked_linear {
 
 struct Mat {
   const void* p = nullptr;
-  int64_t s0 = 0, s1 = 0;   // element strides of [rows, cols]
+  int64_t s0 = 0, s1 = 0;  // element strides of [rows, cols]
 };
 
 struct Args {
   DType dtype = DType::kFloat32;
   int64_t rows = 0, in = 0, out = 0;
   bool strict = true;
-  const int64_t* in_deg = nullptr;    // [in]
-  const int64_t* out_deg = nullptr;   // [out]
-  Mat x;                              // [rows, in]
-  Mat w;                              // [out, in]
-  const void* bias = nullptr;         // [out] or null (forward)
+  const int64_t* in_deg = nullptr;   // [in]
+  const int64_t* out_deg = nullptr;  // [out]
+  Mat x;                             // [rows, in]
+  Mat w;                             // [out, in]
+  const void* bias = nullptr;        // [out] or null (forward)
   int64_t bias_stride = 0;
-  Mat gy;                             // [rows, out] (backward)
-  void* y = nullptr;                  // [rows, out] (forward)
-  void* gx = nullptr;                 // [rows, in]  (backward; null: not wanted)
-  void* gw = nullptr;                 // [out, in]   (backward; null: not wanted)
-  void* gb = nullptr;                 // [out]       (backward; null: not wanted)
+  Mat gy;              // [rows, out] (backward)
+  void* y = nullptr;   // [rows, out] (forward)
+  void* gx = nullptr;  // [rows, in]  (backward; null: not wanted)
+  void* gw = nullptr;  // [out, in]   (backward; null: not wanted)
+  void* gb = nullptr;  // [out]       (backward; null: not wanted)
 };
 
 // CPU instruction-set paths of the GEMM microkernels (isa argument): dqk::Isa of

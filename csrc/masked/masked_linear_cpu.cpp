@@ -74,10 +74,10 @@ struct Problem {
   int64_t sbk = 0, sbn = 0;
   int side = kSideB;
   bool strict = true;
-  const int64_t* dr = nullptr;   // degrees along k (side B) or m (side C)
-  const int64_t* dn = nullptr;   // degrees along n
-  bool n_is_hi = true;           // mask = keep(dn, dr) if true, keep(dr, dn) otherwise
-  const Acc* bias = nullptr;     // [N] contiguous, or null
+  const int64_t* dr = nullptr;  // degrees along k (side B) or m (side C)
+  const int64_t* dn = nullptr;  // degrees along n
+  bool n_is_hi = true;          // mask = keep(dn, dr) if true, keep(dr, dn) otherwise
+  const Acc* bias = nullptr;    // [N] contiguous, or null
 };
 
 struct Range {
@@ -123,7 +123,7 @@ struct Op : gemm::OpBase {
   static constexpr int MR = P::MR, NR = P::NR, KP = P::KP;
 
   const Problem<Src, Acc>& p;
-  unsigned char* live;   // [row tiles][pans] (side C)
+  unsigned char* live;  // [row tiles][pans] (side C)
   Range pr[gemm::kMaxPanels];
   bool panel_live[gemm::kMaxPanels];
 
@@ -143,8 +143,8 @@ struct Op : gemm::OpBase {
       const int64_t r0 = it.m0 + t * MR, r1 = std::min(r0 + MR, it.m0 + it.mrows);
       const Range rr = deg_range(p.dr, r0, r1);
       for (int64_t q = 0; q < it.pans; ++q) {
-        const bool any = p.n_is_hi ? keep(pr[q].hi, rr.lo, p.strict)
-                                   : keep(rr.hi, pr[q].lo, p.strict);
+        const bool any =
+            p.n_is_hi ? keep(pr[q].hi, rr.lo, p.strict) : keep(rr.hi, pr[q].lo, p.strict);
         live[t * it.pans + q] = any;
         panel_live[q] = panel_live[q] || any;
         any_live = any_live || any;
@@ -153,8 +153,7 @@ struct Op : gemm::OpBase {
     return any_live;
   }
 
-  void k_range(const gemm::Item&, int64_t q, int64_t k0, int64_t kc, int64_t& l,
-               int64_t& h) const {
+  void k_range(const gemm::Item&, int64_t q, int64_t k0, int64_t kc, int64_t& l, int64_t& h) const {
     if (p.side == kSideB) {
       const int64_t ext = p.n_is_hi ? pr[q].hi : pr[q].lo;
       auto nz = [&](int64_t kk) {
@@ -173,8 +172,8 @@ struct Op : gemm::OpBase {
   }
 
   // B panel q, rows [k0 + lo, k0 + hi): masked entries packed as 0 without being read
-  DQK_ALWAYS_INLINE void pack_b(const gemm::Item& it, int64_t q, int64_t k0, int64_t lo,
-                                int64_t hi, int64_t kc, Pk* dst) const {
+  DQK_ALWAYS_INLINE void pack_b(const gemm::Item& it, int64_t q, int64_t k0, int64_t lo, int64_t hi,
+                                int64_t kc, Pk* dst) const {
     const int64_t nq = it.n0 + q * NR, jv = std::min<int64_t>(NR, p.N - nq);
     const int64_t nval = std::min(hi, kc) - lo, steps = (hi - lo) / KP, kb = k0 + lo;
     const Src* b = p.B + kb * p.sbk + nq * p.sbn;
@@ -182,11 +181,16 @@ struct Op : gemm::OpBase {
     auto run = [&](auto keepf) DQK_LAMBDA_INLINE {
       gemm::pack<P, NR>(dst, b, p.sbk, p.sbn, jv, nval, steps, keepf);
     };
-    if (p.side != kSideB) run(gemm::KeepAll{});
-    else if (p.n_is_hi && p.strict) run(KeepDeg<true, true>{dk, dn});
-    else if (p.n_is_hi) run(KeepDeg<true, false>{dk, dn});
-    else if (p.strict) run(KeepDeg<false, true>{dk, dn});
-    else run(KeepDeg<false, false>{dk, dn});
+    if (p.side != kSideB)
+      run(gemm::KeepAll{});
+    else if (p.n_is_hi && p.strict)
+      run(KeepDeg<true, true>{dk, dn});
+    else if (p.n_is_hi)
+      run(KeepDeg<true, false>{dk, dn});
+    else if (p.strict)
+      run(KeepDeg<false, true>{dk, dn});
+    else
+      run(KeepDeg<false, false>{dk, dn});
   }
 
   // A rows [m, m + mv) by k in [k0 + klo, k0 + khi); side C: only if a tile there lives
@@ -245,8 +249,10 @@ template <typename Src, typename Acc>
 struct Body {
   template <int kIsa>
   static constexpr bool runs() {
-    if constexpr (std::is_same<Src, BFloat16>::value) return DQK_GEMM_X86 && kIsa == kIsaAvx512Bf16;
-    else return DQK_GEMM_X86 || kIsa == kIsaGeneric;
+    if constexpr (std::is_same<Src, BFloat16>::value)
+      return DQK_GEMM_X86 && kIsa == kIsaAvx512Bf16;
+    else
+      return DQK_GEMM_X86 || kIsa == kIsaGeneric;
   }
   template <int kIsa>
   using Tile = typename TileOf<kIsa, Src, Acc>::type;
@@ -277,7 +283,10 @@ template <typename S, typename Acc>
 TMat<Acc> as_acc(const Mat& m, int64_t rows, int64_t cols, std::vector<Acc>& buf, int nt) {
   const S* src = static_cast<const S*>(m.p);
   if constexpr (std::is_same<S, Acc>::value) {
-    (void)rows; (void)cols; (void)buf; (void)nt;
+    (void)rows;
+    (void)cols;
+    (void)buf;
+    (void)nt;
     return TMat<Acc>{src, m.s0, m.s1};
   } else {
     buf.resize(size_t(rows * cols));
@@ -359,8 +368,7 @@ void run_gemm(const Problem<Src, Acc>& p, int isa, S* C, int64_t ldc, int nt) {
     const int64_t c = it / ngr, gi = it - c * ngr;
     const int64_t m0 = c * g.CH, mrows = std::min(g.CH, p.M - m0);
     const int64_t n0 = gi * GW, ncols = std::min(GW, p.N - n0);
-    for (int64_t r = 0; r < mrows; ++r)
-      convert_run(cbuf + r * GW, C + (m0 + r) * ldc + n0, ncols);
+    for (int64_t r = 0; r < mrows; ++r) convert_run(cbuf + r * GW, C + (m0 + r) * ldc + n0, ncols);
   });
 }
 
@@ -369,26 +377,28 @@ void run_gemm(const Problem<Src, Acc>& p, int isa, S* C, int64_t ldc, int nt) {
 template <typename Src, typename Acc>
 Problem<Src, Acc> forward_problem(const Args& a, TMat<Src> X, TMat<Src> W, const Acc* bias) {
   // A = x [row, in], B[k=i, n=j] = W[j, i]
-  return {a.rows, a.out, a.in, X.p, X.s0, X.s1, W.p, W.s1, W.s0,
-          kSideB, a.strict, a.in_deg, a.out_deg, true, bias};
+  return {a.rows, a.out,  a.in,     X.p,      X.s0,      X.s1, W.p, W.s1,
+          W.s0,   kSideB, a.strict, a.in_deg, a.out_deg, true, bias};
 }
 
 template <typename Src, typename Acc>
 Problem<Src, Acc> grad_x_problem(const Args& a, TMat<Src> GY, TMat<Src> W) {
   // A = gy [row, out], B[k=j, n=i] = W[j, i]
-  return {a.rows, a.in, a.out, GY.p, GY.s0, GY.s1, W.p, W.s0, W.s1,
-          kSideB, a.strict, a.out_deg, a.in_deg, false, nullptr};
+  return {a.rows, a.in,   a.out,    GY.p,      GY.s0,    GY.s1, W.p,    W.s0,
+          W.s1,   kSideB, a.strict, a.out_deg, a.in_deg, false, nullptr};
 }
 
 template <typename Src, typename Acc>
 Problem<Src, Acc> grad_w_problem(const Args& a, TMat<Src> GY, TMat<Src> X) {
   // A[m=j, k=r] = gy[r, j], B[k=r, n=i] = x[r, i]
-  return {a.out, a.in, a.rows, GY.p, GY.s1, GY.s0, X.p, X.s0, X.s1,
-          kSideC, a.strict, a.out_deg, a.in_deg, false, nullptr};
+  return {a.out, a.in,   a.rows,   GY.p,      GY.s1,    GY.s0, X.p,    X.s0,
+          X.s1,  kSideC, a.strict, a.out_deg, a.in_deg, false, nullptr};
 }
 
 template <typename S>
-TMat<S> raw(const Mat& m) { return TMat<S>{static_cast<const S*>(m.p), m.s0, m.s1}; }
+TMat<S> raw(const Mat& m) {
+  return TMat<S>{static_cast<const S*>(m.p), m.s0, m.s1};
+}
 
 template <typename S, typename Acc>
 std::vector<Acc> bias_vector(const Args& a) {
@@ -435,7 +445,7 @@ void forward_impl(const Args& a, int nt, int isa) {
   const std::vector<Acc> bb = bias_vector<S, Acc>(a);
   const Acc* bias = a.bias ? bb.data() : nullptr;
   if constexpr (std::is_same<S, BFloat16>::value) {
-    if (isa == kIsaAvx512Bf16) {   // bf16 pairs straight from the tensors
+    if (isa == kIsaAvx512Bf16) {  // bf16 pairs straight from the tensors
       run_gemm<S>(forward_problem<S, Acc>(a, raw<S>(a.x), raw<S>(a.w), bias), isa,
                   static_cast<S*>(a.y), a.out, nt);
       return;

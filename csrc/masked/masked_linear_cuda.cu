@@ -41,12 +41,12 @@ struct DevProblem {
   int64_t sbk, sbn;
   int side;
   bool strict, n_is_hi;
-  bool a_k_fast, b_n_fast;        // which index of A / B is contiguous-ish (load order)
-  const int64_t* dr;              // degrees along k (mask on B) or m (mask on C)
-  const int64_t* dn;              // degrees along n
-  const void* bias;               // [N] or null
+  bool a_k_fast, b_n_fast;  // which index of A / B is contiguous-ish (load order)
+  const int64_t* dr;        // degrees along k (mask on B) or m (mask on C)
+  const int64_t* dn;        // degrees along n
+  const void* bias;         // [N] or null
   int64_t sbias;
-  void* C;                        // [M, N] contiguous, row stride ldc
+  void* C;  // [M, N] contiguous, row stride ldc
   int64_t ldc;
 };
 
@@ -84,7 +84,7 @@ __device__ __forceinline__ void block_minmax(const int64_t* d, int64_t i0, int64
     lo = s_lo[w] < lo ? s_lo[w] : lo;
     hi = s_hi[w] > hi ? s_hi[w] : hi;
   }
-  __syncthreads();   // s_lo / s_hi may be reused by the next call
+  __syncthreads();  // s_lo / s_hi may be reused by the next call
   *lo_out = lo;
   *hi_out = hi;
 }
@@ -94,7 +94,7 @@ __global__ void __launch_bounds__((BM / TM) * (BN / TN)) mgemm_kernel(const DevP
   using Acc = typename DScalar<S>::acc;
   constexpr int NT = (BM / TM) * (BN / TN);
   constexpr int TX = BN / TN, TY = BM / TM;
-  constexpr int PAD = 4;   // row padding: conflict-free transposed stores of BK <= 8 rows
+  constexpr int PAD = 4;  // row padding: conflict-free transposed stores of BK <= 8 rows
   static_assert(NT % 32 == 0 && BK <= NT, "tile shape");
   __shared__ Acc As[BK][BM + PAD];
   __shared__ Acc Bs[BK][BN + PAD];
@@ -120,7 +120,7 @@ __global__ void __launch_bounds__((BM / TM) * (BN / TN)) mgemm_kernel(const DevP
     block_minmax<NT>(p.dr, m0, mcount, &mlo, &mhi);
     const bool any = p.n_is_hi ? dkeep(nhi, mlo, p.strict) : dkeep(mhi, nlo, p.strict);
     const bool all = p.n_is_hi ? dkeep(nlo, mhi, p.strict) : dkeep(mlo, nhi, p.strict);
-    if (!any) {   // entirely masked tile (uniform over the block)
+    if (!any) {  // entirely masked tile (uniform over the block)
       for (int64_t e = tid; e < mcount * ncount; e += NT) {
         const int64_t mm = e / ncount, nn = e - mm * ncount;
         DScalar<S>::store(C + (m0 + mm) * p.ldc + n0 + nn, Acc(0));
@@ -144,7 +144,7 @@ __global__ void __launch_bounds__((BM / TM) * (BN / TN)) mgemm_kernel(const DevP
       if (tid < BK) {
         const int64_t k = k0 + tid;
         const long long d = k < p.K ? p.dr[k] : 0;
-        s_dk[tid] = d;   // safe: every thread is past the loads of the previous tile
+        s_dk[tid] = d;  // safe: every thread is past the loads of the previous tile
         live = k < p.K && (p.n_is_hi ? dkeep(ext, d, p.strict) : dkeep(d, ext, p.strict));
       }
     }
@@ -179,7 +179,8 @@ __global__ void __launch_bounds__((BM / TM) * (BN / TN)) mgemm_kernel(const DevP
       if (n < p.N && k < p.K) {
         bool ok = true;
         if (side_b)
-          ok = p.n_is_hi ? dkeep(s_dn[nn], s_dk[kk], p.strict) : dkeep(s_dk[kk], s_dn[nn], p.strict);
+          ok =
+              p.n_is_hi ? dkeep(s_dn[nn], s_dk[kk], p.strict) : dkeep(s_dk[kk], s_dn[nn], p.strict);
         if (ok) v = DScalar<S>::load(B + k * p.sbk + n * p.sbn);
       }
       Bs[kk][nn] = v;
@@ -224,8 +225,8 @@ __global__ void __launch_bounds__((BM / TM) * (BN / TN)) mgemm_kernel(const DevP
 
 // Column sums of gy [rows, cols] in a fixed order: 32 columns by 8 row phases per block.
 template <typename S>
-__global__ void __launch_bounds__(256) colsum_kernel(const S* gy, int64_t s0, int64_t s1,
-                                                     int64_t rows, int64_t cols, S* out) {
+__global__ void __launch_bounds__(256)
+    colsum_kernel(const S* gy, int64_t s0, int64_t s1, int64_t rows, int64_t cols, S* out) {
   using Acc = typename DScalar<S>::acc;
   __shared__ Acc part[8][33];
   const int tx = threadIdx.x & 31, ty = threadIdx.x >> 5;
@@ -246,8 +247,8 @@ __global__ void __launch_bounds__(256) colsum_kernel(const S* gy, int64_t s0, in
 void check_launch(const char* what) {
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess)
-    throw std::runtime_error(std::string("masked_linear cuda: ") + what + " launch failed: " +
-                             cudaGetErrorString(err));
+    throw std::runtime_error(std::string("masked_linear cuda: ") + what +
+                             " launch failed: " + cudaGetErrorString(err));
 }
 
 template <typename S>
@@ -270,13 +271,24 @@ void launch_gemm(DevProblem p, cudaStream_t stream) {
 template <typename S>
 void forward_impl(const Args& a, cudaStream_t stream) {
   DevProblem p{};
-  p.M = a.rows; p.N = a.out; p.K = a.in;
-  p.A = a.x.p; p.sam = a.x.s0; p.sak = a.x.s1;
-  p.B = a.w.p; p.sbk = a.w.s1; p.sbn = a.w.s0;       // B[k=i, n=j] = W[j, i]
-  p.side = kSideB; p.strict = a.strict; p.n_is_hi = true;
-  p.dr = a.in_deg; p.dn = a.out_deg;
-  p.bias = a.bias; p.sbias = a.bias_stride;
-  p.C = a.y; p.ldc = a.out;
+  p.M = a.rows;
+  p.N = a.out;
+  p.K = a.in;
+  p.A = a.x.p;
+  p.sam = a.x.s0;
+  p.sak = a.x.s1;
+  p.B = a.w.p;
+  p.sbk = a.w.s1;
+  p.sbn = a.w.s0;  // B[k=i, n=j] = W[j, i]
+  p.side = kSideB;
+  p.strict = a.strict;
+  p.n_is_hi = true;
+  p.dr = a.in_deg;
+  p.dn = a.out_deg;
+  p.bias = a.bias;
+  p.sbias = a.bias_stride;
+  p.C = a.y;
+  p.ldc = a.out;
   launch_gemm<S>(p, stream);
 }
 
@@ -284,22 +296,42 @@ template <typename S>
 void backward_impl(const Args& a, cudaStream_t stream) {
   if (a.gx) {
     DevProblem p{};
-    p.M = a.rows; p.N = a.in; p.K = a.out;
-    p.A = a.gy.p; p.sam = a.gy.s0; p.sak = a.gy.s1;
-    p.B = a.w.p; p.sbk = a.w.s0; p.sbn = a.w.s1;     // B[k=j, n=i] = W[j, i]
-    p.side = kSideB; p.strict = a.strict; p.n_is_hi = false;
-    p.dr = a.out_deg; p.dn = a.in_deg;
-    p.C = a.gx; p.ldc = a.in;
+    p.M = a.rows;
+    p.N = a.in;
+    p.K = a.out;
+    p.A = a.gy.p;
+    p.sam = a.gy.s0;
+    p.sak = a.gy.s1;
+    p.B = a.w.p;
+    p.sbk = a.w.s0;
+    p.sbn = a.w.s1;  // B[k=j, n=i] = W[j, i]
+    p.side = kSideB;
+    p.strict = a.strict;
+    p.n_is_hi = false;
+    p.dr = a.out_deg;
+    p.dn = a.in_deg;
+    p.C = a.gx;
+    p.ldc = a.in;
     launch_gemm<S>(p, stream);
   }
   if (a.gw) {
     DevProblem p{};
-    p.M = a.out; p.N = a.in; p.K = a.rows;
-    p.A = a.gy.p; p.sam = a.gy.s1; p.sak = a.gy.s0;  // A[m=j, k=r] = gy[r, j]
-    p.B = a.x.p; p.sbk = a.x.s0; p.sbn = a.x.s1;     // B[k=r, n=i] = x[r, i]
-    p.side = kSideC; p.strict = a.strict; p.n_is_hi = false;
-    p.dr = a.out_deg; p.dn = a.in_deg;
-    p.C = a.gw; p.ldc = a.in;
+    p.M = a.out;
+    p.N = a.in;
+    p.K = a.rows;
+    p.A = a.gy.p;
+    p.sam = a.gy.s1;
+    p.sak = a.gy.s0;  // A[m=j, k=r] = gy[r, j]
+    p.B = a.x.p;
+    p.sbk = a.x.s0;
+    p.sbn = a.x.s1;  // B[k=r, n=i] = x[r, i]
+    p.side = kSideC;
+    p.strict = a.strict;
+    p.n_is_hi = false;
+    p.dr = a.out_deg;
+    p.dn = a.in_deg;
+    p.C = a.gw;
+    p.ldc = a.in;
     launch_gemm<S>(p, stream);
   }
   if (a.gb) {

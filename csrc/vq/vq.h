@@ -27,30 +27,30 @@ namespace vq {
 struct NearestArgs {
   DType dtype = DType::kFloat32;
   int64_t N = 0, K = 0, D = 0;
-  const void* z = nullptr;          // [N, D]
-  const void* codebook = nullptr;   // [K, D]
-  int64_t* indices = nullptr;       // [N]
-  void* sqdist = nullptr;           // [N]
+  const void* z = nullptr;         // [N, D]
+  const void* codebook = nullptr;  // [K, D]
+  int64_t* indices = nullptr;      // [N]
+  void* sqdist = nullptr;          // [N]
 };
 
 struct SampleArgs {
   DType dtype = DType::kFloat32;
   int64_t N = 0, K = 0, D = 0, S = 0;
-  const void* z = nullptr;          // [N, D]
-  const void* codebook = nullptr;   // [K, D]
-  const void* u = nullptr;          // [N, S]
+  const void* z = nullptr;         // [N, D]
+  const void* codebook = nullptr;  // [K, D]
+  const void* u = nullptr;         // [N, S]
   double inv_temperature = 1.0;
-  int64_t* out = nullptr;           // [N, S]
+  int64_t* out = nullptr;  // [N, S]
 };
 
 struct EmaArgs {
   DType dtype = DType::kFloat32;        // of z
   DType state_dtype = DType::kFloat32;  // of cluster_size and embed_sum
   int64_t N = 0, K = 0, D = 0, S = 0;
-  void* cluster_size = nullptr;     // [K]
-  void* embed_sum = nullptr;        // [K, D]
-  const void* z = nullptr;          // [N, D]
-  const int64_t* indices = nullptr; // [N, S]
+  void* cluster_size = nullptr;      // [K]
+  void* embed_sum = nullptr;         // [K, D]
+  const void* z = nullptr;           // [N, D]
+  const int64_t* indices = nullptr;  // [N, S]
   double decay = 0.0;
 };
 

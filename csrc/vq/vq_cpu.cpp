@@ -80,16 +80,26 @@ constexpr int64_t kCodeBlockBytes = 1 << 17;  // code block size in packed bytes
 constexpr int64_t kMaxCodeBlock = 1024;       // and in codes
 
 template <typename T>
-DQK_ALWAYS_INLINE float to_f(T v) { return float(v); }
+DQK_ALWAYS_INLINE float to_f(T v) {
+  return float(v);
+}
 template <>
-DQK_ALWAYS_INLINE float to_f(Half v) { return to_float(v); }
+DQK_ALWAYS_INLINE float to_f(Half v) {
+  return to_float(v);
+}
 template <>
-DQK_ALWAYS_INLINE float to_f(BFloat16 v) { return to_float(v); }
+DQK_ALWAYS_INLINE float to_f(BFloat16 v) {
+  return to_float(v);
+}
 
 template <typename T>
-DQK_ALWAYS_INLINE double to_d(T v) { return double(to_f(v)); }
+DQK_ALWAYS_INLINE double to_d(T v) {
+  return double(to_f(v));
+}
 template <>
-DQK_ALWAYS_INLINE double to_d(double v) { return v; }
+DQK_ALWAYS_INLINE double to_d(double v) {
+  return v;
+}
 
 // ----------------------------------------------------------------------------- tiles
 
@@ -122,8 +132,10 @@ inline int64_t code_block_size(const gemm::TileInfo& ti, int64_t D) {
 template <class P, typename T>
 struct MinusTwo {
   DQK_ALWAYS_INLINE typename P::Elem operator()(T v) const {
-    if constexpr (P::kBf16) return bf16_from_float(-2.0f * to_f(v)).bits;
-    else return typename P::Acc(-2) * typename P::Acc(to_d(v));
+    if constexpr (P::kBf16)
+      return bf16_from_float(-2.0f * to_f(v)).bits;
+    else
+      return typename P::Acc(-2) * typename P::Acc(to_d(v));
   }
 };
 
@@ -226,8 +238,8 @@ struct Job {
   int64_t N = 0, K = 0, D = 0, S = 0;
   const T* z = nullptr;
   const T* e = nullptr;
-  const void* norms = nullptr;   // [K] Acc: |e_k|^2 rounded from double
-  double emax = 0.0;             // max_k |e_k|^2 (double)
+  const void* norms = nullptr;  // [K] Acc: |e_k|^2 rounded from double
+  double emax = 0.0;            // max_k |e_k|^2 (double)
   // nearest
   int64_t* indices = nullptr;
   void* sqdist = nullptr;
@@ -245,13 +257,17 @@ struct Ws {
     auto up = [](int64_t v) { return (v + 63) / 64 * 64; };
     const int64_t TR = ti.NR, acc = ti.acc_bytes;
     int64_t o = 0;
-    auto take = [&](int64_t n) { const int64_t at = o; o += up(n); return at; };
-    best = take(kRowBlock * acc);                  // nearest: per row best score,
-    second = take(kRowBlock * acc);                // second best,
-    idx = take(kRowBlock * acc);                   // index of the best (Acc-sized ints)
-    ebuf = take(CB * steps_of(ti, D) * ti.pk_bytes);   // a converted code block
-    sbuf = take(CB * TR * acc);                    // sample: scores,
-    wbuf = take(CB * TR * int64_t(sizeof(double)));    // distances, weights
+    auto take = [&](int64_t n) {
+      const int64_t at = o;
+      o += up(n);
+      return at;
+    };
+    best = take(kRowBlock * acc);                           // nearest: per row best score,
+    second = take(kRowBlock * acc);                         // second best,
+    idx = take(kRowBlock * acc);                            // index of the best (Acc-sized ints)
+    ebuf = take(CB * steps_of(ti, D) * ti.pk_bytes);        // a converted code block
+    sbuf = take(CB * TR * acc);                             // sample: scores,
+    wbuf = take(CB * TR * int64_t(sizeof(double)));         // distances, weights
     rowd = take(4 * kRowBlock * int64_t(sizeof(double)));   // |z|^2, m, Z, cum
     rowi = take(2 * kRowBlock * int64_t(sizeof(int64_t)));  // next target, last code
     // rows waiting for the candidate sweep: row ids, thresholds, rows in double, exact
@@ -267,11 +283,15 @@ struct Ws {
 
 // a buffer of the vq part o of a workspace
 template <typename X>
-DQK_ALWAYS_INLINE X* buf(unsigned char* o, int64_t off) { return reinterpret_cast<X*>(o + off); }
+DQK_ALWAYS_INLINE X* buf(unsigned char* o, int64_t off) {
+  return reinterpret_cast<X*>(o + off);
+}
 
 // scale of the float expansion above which a row is re-scored exactly (no overflow)
 template <typename Acc>
-constexpr double big_scale() { return sizeof(Acc) == 4 ? 0x1p100 : 0x1p1000; }
+constexpr double big_scale() {
+  return sizeof(Acc) == 4 ? 0x1p100 : 0x1p1000;
+}
 
 template <typename T>
 using OutOf = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
@@ -296,20 +316,24 @@ struct VqOp : gemm::OpBase {
   static constexpr int TR = P::NR, MV = P::MV, L = P::L;
 
   const Job<T>& j;
-  unsigned char* w;    // the thread's workspace (its header counts the waiting rows)
-  unsigned char* o;    // its vq part, laid out by ws
+  unsigned char* w;  // the thread's workspace (its header counts the waiting rows)
+  unsigned char* o;  // its vq part, laid out by ws
   Ws ws;
   const Acc* norms;
   int64_t D, steps;
 
   VqOp(const Job<T>& job, unsigned char* wsp, const gemm::Layout& lay, int64_t CB)
-      : j(job), w(wsp), o(wsp + lay.op), ws(gemm::info_of<P>(), job.D, CB),
-        norms(static_cast<const Acc*>(job.norms)), D(job.D),
+      : j(job),
+        w(wsp),
+        o(wsp + lay.op),
+        ws(gemm::info_of<P>(), job.D, CB),
+        norms(static_cast<const Acc*>(job.norms)),
+        D(job.D),
         steps((job.D + P::KP - 1) / P::KP) {}
 
   // B panel q of the item: its rows as -2 z
-  DQK_ALWAYS_INLINE void pack_b(const gemm::Item& it, int64_t q, int64_t, int64_t, int64_t,
-                                int64_t, Pk* dst) const {
+  DQK_ALWAYS_INLINE void pack_b(const gemm::Item& it, int64_t q, int64_t, int64_t, int64_t, int64_t,
+                                Pk* dst) const {
     const int64_t r0 = it.n0 + q * TR;
     gemm::pack<P, TR>(dst, j.z + r0 * D, 1, D, std::min<int64_t>(TR, j.N - r0), D, steps,
                       gemm::KeepAll{}, MinusTwo<P, T>{});
@@ -356,7 +380,7 @@ struct NearestEp {
 #pragma GCC unroll 4
     for (int v = 0; v < P::MV; ++v) {
       const auto lt = s[v] < best[v];
-      const V cand = lt ? best[v] : s[v];   // what is not the best is a second candidate
+      const V cand = lt ? best[v] : s[v];  // what is not the best is a second candidate
       second[v] = cand < second[v] ? cand : second[v];
       best[v] = lt ? s[v] : best[v];
       idx[v] = lt ? kv : idx[v];
@@ -372,11 +396,11 @@ struct CandEp {
   using Acc = typename P::Acc;
   const Acc* norms;
   V thr[P::MV];
-  const double* zd;   // [TR][D] rows in double
+  const double* zd;  // [TR][D] rows in double
   const T* e;
   int64_t D;
-  double* xbest;      // [TR]
-  int64_t* xidx;      // [TR]
+  double* xbest;  // [TR]
+  int64_t* xidx;  // [TR]
   DQK_ALWAYS_INLINE Acc init(int64_t k) const { return norms[k]; }
   DQK_ALWAYS_INLINE void operator()(int64_t k, const V* s) {
     for (int v = 0; v < P::MV; ++v) {
@@ -398,16 +422,15 @@ struct CandEp {
 template <class P, typename T>
 struct CandOp : VqOp<P, T> {
   using Base = VqOp<P, T>;
-  using typename Base::Pk;
   using Base::Base, Base::o, Base::ws, Base::TR;
+  using typename Base::Pk;
 
-  DQK_ALWAYS_INLINE void pack_b(const gemm::Item& it, int64_t, int64_t, int64_t, int64_t,
-                                int64_t, Pk* dst) const {
+  DQK_ALWAYS_INLINE void pack_b(const gemm::Item& it, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                Pk* dst) const {
     const int64_t* pn = buf<int64_t>(o, ws.pn);
     for (int64_t r = 0; r < it.ncols; ++r)
       gemm::pack_lane<P, TR>(dst + r, this->j.z + pn[r] * this->D, 1, this->D, this->steps,
-                             gemm::KeepLane<gemm::KeepAll>{gemm::KeepAll{}, r},
-                             MinusTwo<P, T>{});
+                             gemm::KeepLane<gemm::KeepAll>{gemm::KeepAll{}, r}, MinusTwo<P, T>{});
     gemm::zero_lanes<P, TR>(dst, it.ncols, this->steps);
   }
   DQK_ALWAYS_INLINE CandEp<P, T> panel(const gemm::Item& it, int64_t, int64_t, int) const {
@@ -438,7 +461,7 @@ DQK_ALWAYS_INLINE void nearest_flush(const Job<T>& j, const gemm::Grid& g, const
   CandOp<P, T> op(j, w, lay, g.MC);
   Acc* pthr = buf<Acc>(op.o, op.ws.pthr);
   for (int64_t r = count; r < P::NR; ++r) pthr[r] = -std::numeric_limits<Acc>::infinity();
-  gemm::Grid gc = g;   // one item: one panel of the waiting rows by all codes
+  gemm::Grid gc = g;  // one item: one panel of the waiting rows by all codes
   gc.N = count;
   gc.G = 1;
   gemm::run_item<P>(op, gc, lay, 0, w);
@@ -460,12 +483,12 @@ using CloneFn = void (*)(const Job<T>&, const gemm::Grid&, const gemm::Layout&, 
 template <class P, typename T>
 struct NearestOp : VqOp<P, T> {
   using Base = VqOp<P, T>;
+  using Base::Base, Base::o, Base::ws, Base::TR;
   using typename Base::Acc;
   using typename Base::IdxT;
-  using Base::Base, Base::o, Base::ws, Base::TR;
   const gemm::Grid* grid = nullptr;
   const gemm::Layout* lay = nullptr;
-  CloneFn<T> flush = nullptr;   // this path's clone, called with kFlush
+  CloneFn<T> flush = nullptr;  // this path's clone, called with kFlush
 
   DQK_ALWAYS_INLINE bool begin(const gemm::Item& it) {
     Acc* best = buf<Acc>(o, ws.best);
@@ -528,7 +551,7 @@ struct NearestOp : VqOp<P, T> {
       } else if (double(second[r]) - b > bound) {
         finish_row(j, n, int64_t(idx[r]));
       } else {
-        const double t = b + bound;   // threshold, rounded up to Acc
+        const double t = b + bound;  // threshold, rounded up to Acc
         Acc ta = Acc(t);
         if (double(ta) < t) ta = std::nextafter(ta, std::numeric_limits<Acc>::infinity());
         pn[count] = n;
@@ -549,7 +572,7 @@ struct NearestOp : VqOp<P, T> {
 // and 0 below about -745 come out right).
 DQK_ALWAYS_INLINE double exp_nonpos(double x) {
   const double xc = x < -746.0 ? -746.0 : x;
-  const double magic = 0x1.8p52;   // adding it rounds to an integer
+  const double magic = 0x1.8p52;  // adding it rounds to an integer
   const double t = xc * 1.4426950408889634 + magic;
   const double n = t - magic;
   uint64_t tb, mb;
@@ -598,8 +621,8 @@ struct StoreEp {
 template <class P, typename T>
 struct SampleOp : VqOp<P, T> {
   using Base = VqOp<P, T>;
-  using typename Base::Acc;
   using Base::Base, Base::o, Base::ws, Base::TR;
+  using typename Base::Acc;
 
   int passes() const { return 2; }
 
@@ -617,7 +640,7 @@ struct SampleOp : VqOp<P, T> {
   DQK_ALWAYS_INLINE bool begin(const gemm::Item& it) {
     const Job<T>& j = this->j;
     auto [zn, mn, Z, cum, next, last] = rows_state();
-    for (int64_t r = 0; r < it.pans * TR; ++r) {   // padding lanes too (their values unused)
+    for (int64_t r = 0; r < it.pans * TR; ++r) {  // padding lanes too (their values unused)
       double s = 0.0;
       if (r < it.ncols) {
         const T* zr = j.z + (it.n0 + r) * j.D;
@@ -652,7 +675,7 @@ struct SampleOp : VqOp<P, T> {
         const double d = zn[t0 + r] + double(sbuf[k * TR + r]);
         wbuf[k * TR + r] = d < 0.0 ? 0.0 : d;
       }
-    if (pass == 0) {   // block minimum, rescale Z to it, add the block's weights
+    if (pass == 0) {  // block minimum, rescale Z to it, add the block's weights
       double mb[TR], acc[TR];
       for (int r = 0; r < TR; ++r) {
         mb[r] = mn[t0 + r];
@@ -671,7 +694,7 @@ struct SampleOp : VqOp<P, T> {
         Z[t0 + r] = kept + acc[r];
         mn[t0 + r] = mb[r];
       }
-    } else {           // weights, then per row the cumulative sum against its targets
+    } else {  // weights, then per row the cumulative sum against its targets
       for (int64_t k = 0; k < nb; ++k)
         for (int r = 0; r < TR; ++r)
           wbuf[k * TR + r] = exp_nonpos(-(wbuf[k * TR + r] - mn[t0 + r]) * it_);
@@ -718,7 +741,9 @@ using Kernel = gemm::Clones<Body<T>, const Job<T>&, const gemm::Grid&, const gem
 template <typename T>
 struct Body {
   template <int kIsa>
-  static constexpr bool runs() { return DQK_GEMM_X86 || kIsa == kIsaGeneric; }
+  static constexpr bool runs() {
+    return DQK_GEMM_X86 || kIsa == kIsaGeneric;
+  }
   template <int kIsa>
   using Tile = typename TileOf<kIsa, T>::type;
   template <int kIsa>
@@ -767,9 +792,13 @@ void run_rows(const Job<T>& j, int op, int isa, int nt) {
   nt = threads_for(double(j.N) * double(j.K) * double(j.D), nt, (j.N + 31) / 32);
   int64_t rb = kRowBlock;
   if (nt > 1) rb = std::min(kRowBlock, std::max<int64_t>(32, (j.N / (4 * nt) + 31) / 32 * 32));
-  gemm::Grid g;   // C = codes x rows, D the reduction in one block
-  g.M = j.K; g.N = j.N; g.K = j.D;
-  g.MR = ti.MR; g.NR = ti.NR; g.KP = ti.KP;
+  gemm::Grid g;  // C = codes x rows, D the reduction in one block
+  g.M = j.K;
+  g.N = j.N;
+  g.K = j.D;
+  g.MR = ti.MR;
+  g.NR = ti.NR;
+  g.KP = ti.KP;
   g.CH = j.K;
   g.G = rb / ti.NR;
   g.MC = code_block_size(ti, j.D);
@@ -788,7 +817,9 @@ void nearest_impl(const NearestArgs& a, int nt, int isa) {
   using Acc = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
   isa = pick_cpu_isa(isa, "vq cpu");
   Job<T> j;
-  j.N = a.N; j.K = a.K; j.D = a.D;
+  j.N = a.N;
+  j.K = a.K;
+  j.D = a.D;
   j.z = static_cast<const T*>(a.z);
   j.e = static_cast<const T*>(a.codebook);
   j.indices = a.indices;
@@ -806,7 +837,10 @@ void sample_impl(const SampleArgs& a, int nt, int isa) {
   using Acc = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
   isa = pick_cpu_isa(isa, "vq cpu");
   Job<T> j;
-  j.N = a.N; j.K = a.K; j.D = a.D; j.S = a.S;
+  j.N = a.N;
+  j.K = a.K;
+  j.D = a.D;
+  j.S = a.S;
   j.z = static_cast<const T*>(a.z);
   j.e = static_cast<const T*>(a.codebook);
   j.u = a.u;
@@ -857,8 +891,7 @@ void ema_impl(const EmaArgs& a, int nt) {
         for (int64_t d = 0; d < D; ++d) acc[size_t(d)] += to_d(zr[d]);
       }
       St* row = es + k * D;
-      for (int64_t d = 0; d < D; ++d)
-        row[d] = St(double(row[d]) * decay + alpha * acc[size_t(d)]);
+      for (int64_t d = 0; d < D; ++d) row[d] = St(double(row[d]) * decay + alpha * acc[size_t(d)]);
     }
   }
 }

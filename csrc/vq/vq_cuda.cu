@@ -125,9 +125,9 @@ __device__ __forceinline__ void push_score(float& best, float& second, int& idx,
 }
 
 struct ScanOut {
-  float* best;     // [splits, N]
-  float* second;   // [splits, N]
-  int* idx;        // [splits, N]
+  float* best;    // [splits, N]
+  float* second;  // [splits, N]
+  int* idx;       // [splits, N]
 };
 
 // ----------------------------------------------------------------------------- norms
@@ -158,10 +158,13 @@ __global__ void norms_kernel(const T* __restrict__ e, int K, int D, float* __res
 // 4 consecutive elements [k0, k0 + 4) of a row as float (zeros outside [0, D) or when !ok).
 template <typename T, bool Vec>
 __device__ __forceinline__ void load4(const T* row, bool ok, int k0, int D, float (&v)[4]) {
-  if constexpr (Vec) {   // float rows, D % 4 == 0, 16-byte aligned
+  if constexpr (Vec) {  // float rows, D % 4 == 0, 16-byte aligned
     if (ok && k0 < D) {
       const float4 q = __ldg(reinterpret_cast<const float4*>(row + k0));
-      v[0] = q.x; v[1] = q.y; v[2] = q.z; v[3] = q.w;
+      v[0] = q.x;
+      v[1] = q.y;
+      v[2] = q.z;
+      v[3] = q.w;
     } else {
       v[0] = v[1] = v[2] = v[3] = 0.f;
     }
@@ -176,10 +179,10 @@ __device__ __forceinline__ void load4(const T* row, bool ok, int k0, int D, floa
 // the D chunk, for z and for the codes.
 template <typename T, bool Vec>
 __global__ void __launch_bounds__(kScanThreads, 2)
-scan_simt_kernel(const T* __restrict__ z, const T* __restrict__ e,
-                 const float* __restrict__ norms, int N, int K, int D, int tiles_per_split,
-                 ScanOut out) {
-  constexpr int BK = 8, LD = kTileRows + 4;   // +4: conflict-free transposed stores
+    scan_simt_kernel(const T* __restrict__ z, const T* __restrict__ e,
+                     const float* __restrict__ norms, int N, int K, int D, int tiles_per_split,
+                     ScanOut out) {
+  constexpr int BK = 8, LD = kTileRows + 4;  // +4: conflict-free transposed stores
   __shared__ __align__(16) float As[2][BK][LD];
   __shared__ __align__(16) float Bs[2][BK][LD];
   // each thread's running (best, second, index) of its 8 rows, kept in shared memory (read
@@ -199,14 +202,17 @@ scan_simt_kernel(const T* __restrict__ z, const T* __restrict__ e,
   const bool zok = row0 + lr < N;
   const T* zrow = z + (zok ? int64_t(row0 + lr) * D : 0);
   float za[4], ea[4];
-  int lt = tile0, lk = 0;   // tile and chunk start of the next global load
+  int lt = tile0, lk = 0;  // tile and chunk start of the next global load
   auto gload = [&]() {
     const int code = lt * kTileCodes + lr;
     const bool eok = code < K;
     load4<T, Vec>(zrow, zok, lk + lc, D, za);
     load4<T, Vec>(e + (eok ? int64_t(code) * D : 0), eok, lk + lc, D, ea);
     lk += BK;
-    if (lk >= D) { lk = 0; ++lt; }
+    if (lk >= D) {
+      lk = 0;
+      ++lt;
+    }
   };
   auto sstore = [&](int buf) {
 #pragma unroll
@@ -230,7 +236,7 @@ scan_simt_kernel(const T* __restrict__ z, const T* __restrict__ e,
     sstore(0);
   }
   __syncthreads();
-  int ct = tile0, cc = 0;   // tile and chunk being computed
+  int ct = tile0, cc = 0;  // tile and chunk being computed
   for (int step = 0; step < nsteps; ++step) {
     const int buf = step & 1;
     const bool more = step + 1 < nsteps;
@@ -249,7 +255,7 @@ scan_simt_kernel(const T* __restrict__ z, const T* __restrict__ e,
         for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
     }
     if (more) sstore(buf ^ 1);
-    if (++cc == nchunks) {   // epilogue of tile ct: codes in increasing order per thread
+    if (++cc == nchunks) {  // epilogue of tile ct: codes in increasing order per thread
       cc = 0;
       const int cb = ct * kTileCodes + tx * 4;
       float nb[8];
@@ -299,8 +305,8 @@ __device__ __forceinline__ unsigned smem_u32(const void* p) {
 }
 
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool ok) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)),
-               "l"(src), "r"(ok ? 16 : 0));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
+               "r"(ok ? 16 : 0));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
 __device__ __forceinline__ void cp_async_wait1() { asm volatile("cp.async.wait_group 1;\n"); }
@@ -337,9 +343,9 @@ __device__ __forceinline__ void mma16816(float (&c)[4], const unsigned (&a)[4], 
 // holds rows l/4 and l/4 + 8, codes (l%4)*2 + {0, 1}.
 template <typename T, bool Vec>
 __global__ void __launch_bounds__(kScanThreads, 2)
-scan_mma_kernel(const T* __restrict__ z, const T* __restrict__ e,
-                const float* __restrict__ norms, int N, int K, int D, int tiles_per_split,
-                ScanOut out) {
+    scan_mma_kernel(const T* __restrict__ z, const T* __restrict__ e,
+                    const float* __restrict__ norms, int N, int K, int D, int tiles_per_split,
+                    ScanOut out) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   constexpr int BK = 32, LD = 40;
   __shared__ __align__(16) uint16_t As[2][kTileRows][LD];
@@ -366,11 +372,9 @@ scan_mma_kernel(const T* __restrict__ z, const T* __restrict__ e,
       const int q = tid + h * kScanThreads, r = q >> 2, part = (q & 3) * 8;
       const int k = lk + part, zr = row0 + r, code = lt * kTileCodes + r;
       const bool zok = zr < N, eok = code < K;
-      if constexpr (Vec) {   // D % 8 == 0, 16-byte aligned rows: whole pieces in or out
-        cp_async16(&As[buf][r][part], zok && k < D ? zb + int64_t(zr) * D + k : zb,
-                   zok && k < D);
-        cp_async16(&Bs[buf][r][part], eok && k < D ? eb + int64_t(code) * D + k : eb,
-                   eok && k < D);
+      if constexpr (Vec) {  // D % 8 == 0, 16-byte aligned rows: whole pieces in or out
+        cp_async16(&As[buf][r][part], zok && k < D ? zb + int64_t(zr) * D + k : zb, zok && k < D);
+        cp_async16(&Bs[buf][r][part], eok && k < D ? eb + int64_t(code) * D + k : eb, eok && k < D);
       } else {
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
@@ -380,7 +384,10 @@ scan_mma_kernel(const T* __restrict__ z, const T* __restrict__ e,
       }
     }
     lk += BK;
-    if (lk >= D) { lk = 0; ++lt; }
+    if (lk >= D) {
+      lk = 0;
+      ++lt;
+    }
   };
 
   float acc[4][4][4];
@@ -405,7 +412,7 @@ scan_mma_kernel(const T* __restrict__ z, const T* __restrict__ e,
     const int buf = step & 1;
     if (step + 1 < nsteps) issue(buf ^ 1);
     cp_async_commit();
-    cp_async_wait1();   // all but the group just issued: stage `buf` has landed
+    cp_async_wait1();  // all but the group just issued: stage `buf` has landed
     __syncthreads();
 #pragma unroll
     for (int ks = 0; ks < BK; ks += 16) {
@@ -423,13 +430,14 @@ scan_mma_kernel(const T* __restrict__ z, const T* __restrict__ e,
 #pragma unroll
       for (int mi = 0; mi < 4; ++mi) {
         unsigned af[4];
-        ldmatrix_x4(af, &As[buf][wm * 64 + mi * 16 + (lane & 7) + ((lane >> 3) & 1) * 8]
-                           [ks + (lane >> 4) * 8]);
+        ldmatrix_x4(
+            af,
+            &As[buf][wm * 64 + mi * 16 + (lane & 7) + ((lane >> 3) & 1) * 8][ks + (lane >> 4) * 8]);
 #pragma unroll
         for (int ni = 0; ni < 4; ++ni) mma16816<T>(acc[mi][ni], af, bf[ni][0], bf[ni][1]);
       }
     }
-    if (++cc == nchunks) {   // epilogue of tile ct; per thread codes ascend with (ni, q&1)
+    if (++cc == nchunks) {  // epilogue of tile ct; per thread codes ascend with (ni, q&1)
       cc = 0;
       const int cb = ct * kTileCodes + wn * 32 + tig * 2;
       float nb[8];
@@ -445,13 +453,13 @@ scan_mma_kernel(const T* __restrict__ z, const T* __restrict__ e,
 #pragma unroll
           for (int j = 0; j < 8; ++j) {
             float& a = acc[mi][j >> 1][h * 2 + (j & 1)];
-            push_score(best[mi * 2 + h], second[mi * 2 + h], bidx[mi * 2 + h],
-                       fmaf(-2.f, a, nb[j]), cb + (j >> 1) * 8 + (j & 1));
+            push_score(best[mi * 2 + h], second[mi * 2 + h], bidx[mi * 2 + h], fmaf(-2.f, a, nb[j]),
+                       cb + (j >> 1) * 8 + (j & 1));
             a = 0.f;
           }
       ++ct;
     }
-    __syncthreads();   // stage `buf` is refilled by the next iteration's issue
+    __syncthreads();  // stage `buf` is refilled by the next iteration's issue
   }
 
   // lanes with the same g share rows; then the 4 warps along the codes, in code order
@@ -478,7 +486,7 @@ scan_mma_kernel(const T* __restrict__ z, const T* __restrict__ e,
     out.idx[o] = b.idx;
   }
 #else
-  __trap();   // never launched below sm_80
+  __trap();  // never launched below sm_80
 #endif
 }
 
@@ -510,7 +518,7 @@ __global__ void finish_kernel(const T* __restrict__ z, const T* __restrict__ e, 
     }
     zn = warp_sum(zn);
     const float bound = screen * (emax + 2.f * sqrtf(zn) * sqrtf(emax));
-    if (!(b.second - b.best > bound)) {   // close, tied, NaN or overflowed: re-score
+    if (!(b.second - b.best > bound)) {  // close, tied, NaN or overflowed: re-score
       if (lane == 0) flagged[atomicAdd(nflagged, 1)] = n;
       continue;
     }
@@ -566,7 +574,7 @@ __global__ void rescore_kernel(const T* __restrict__ z, const T* __restrict__ e,
         bi = oi;
       }
     }
-    if (bi == INT_MAX) bi = 0;   // no finite distance (NaN or overflow): the first code
+    if (bi == INT_MAX) bi = 0;  // no finite distance (NaN or overflow): the first code
     const T* er = e + int64_t(bi) * D;
     Acc s = Acc(0);
     for (int d = lane; d < D; d += 32) {
@@ -584,15 +592,15 @@ __global__ void rescore_kernel(const T* __restrict__ z, const T* __restrict__ e,
 // ----------------------------------------------------------------------------- sample
 
 template <typename Acc>
-__device__ __forceinline__ Acc weight(Acc delta, Acc inv_t) {   // exp(-delta / T), delta >= 0
+__device__ __forceinline__ Acc weight(Acc delta, Acc inv_t) {  // exp(-delta / T), delta >= 0
   return delta == Acc(0) ? Acc(1) : exp(-delta * inv_t);
 }
 
 // 32 rows per block, 4 per warp; lanes over the 32 codes of a tile.
 template <typename T, typename Acc>
 __global__ void __launch_bounds__(256, 2)
-sample_kernel(const T* __restrict__ z, const T* __restrict__ e, const Acc* __restrict__ u,
-              int N, int K, int D, int S, Acc inv_t, int64_t* __restrict__ out) {
+    sample_kernel(const T* __restrict__ z, const T* __restrict__ e, const Acc* __restrict__ u,
+                  int N, int K, int D, int S, Acc inv_t, int64_t* __restrict__ out) {
   constexpr int RPW = 4, SR = 32, SC = 32, DC = 64;
   static_assert(SR == SC && SR == 8 * RPW, "one loader loop fills both tiles; 8 warps");
   __shared__ Acc zs[SR][DC];
@@ -601,7 +609,7 @@ sample_kernel(const T* __restrict__ z, const T* __restrict__ e, const Acc* __res
   const int row0 = blockIdx.x * SR;
 
   // squared distances of this warp's rows to code c0 + lane (explicit differences)
-  auto tile_dist = [&](int c0, Acc (&dist)[RPW]) {
+  auto tile_dist = [&](int c0, Acc(&dist)[RPW]) {
 #pragma unroll
     for (int r = 0; r < RPW; ++r) dist[r] = Acc(0);
     for (int d0 = 0; d0 < D; d0 += DC) {
@@ -610,10 +618,10 @@ sample_kernel(const T* __restrict__ z, const T* __restrict__ e, const Acc* __res
       for (int q = tid; q < SR * DC; q += blockDim.x) {
         const int r = q / DC, c = q % DC;
         const int row = row0 + r, code = c0 + r;
-        zs[r][c] = row < N && c < dc ? Acc(DScalar<T>::load(z + int64_t(row) * D + d0 + c))
-                                     : Acc(0);
-        es[r][c] = code < K && c < dc ? Acc(DScalar<T>::load(e + int64_t(code) * D + d0 + c))
-                                      : Acc(0);
+        zs[r][c] =
+            row < N && c < dc ? Acc(DScalar<T>::load(z + int64_t(row) * D + d0 + c)) : Acc(0);
+        es[r][c] =
+            code < K && c < dc ? Acc(DScalar<T>::load(e + int64_t(code) * D + d0 + c)) : Acc(0);
       }
       __syncthreads();
       for (int c = 0; c < dc; ++c) {
@@ -641,7 +649,7 @@ sample_kernel(const T* __restrict__ z, const T* __restrict__ e, const Acc* __res
 #pragma unroll
       for (int r = 0; r < RPW; ++r) {
         const Acc d = dist[r];
-        if (!(d < Acc(INFINITY))) continue;   // overflow or NaN: weight 0
+        if (!(d < Acc(INFINITY))) continue;  // overflow or NaN: weight 0
         if (d < m[r]) {
           Z[r] = Z[r] * weight(m[r] - d, inv_t) + Acc(1);
           m[r] = d;
@@ -676,10 +684,11 @@ sample_kernel(const T* __restrict__ z, const T* __restrict__ e, const Acc* __res
 #pragma unroll
     for (int r = 0; r < RPW; ++r) {
       const int row = row0 + warp * RPW + r;
-      if (row >= N) continue;   // warp-uniform
+      if (row >= N) continue;  // warp-uniform
       const Acc d = dist[r];
       const Acc w = c0 + lane < K && d < Acc(INFINITY) && m[r] < Acc(INFINITY)
-                        ? weight(d - m[r], inv_t) : Acc(0);
+                        ? weight(d - m[r], inv_t)
+                        : Acc(0);
       Acc cum = w;
 #pragma unroll
       for (int o = 1; o < 32; o <<= 1) {
@@ -728,8 +737,7 @@ __global__ void ema_accum_kernel(St* __restrict__ cluster_size, St* __restrict__
                                  int64_t pairs, int S, int D, St alpha) {
   const int lane = threadIdx.x & 31;
   const int64_t warps = (int64_t(gridDim.x) * blockDim.x) >> 5;
-  for (int64_t p = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; p < pairs;
-       p += warps) {
+  for (int64_t p = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; p < pairs; p += warps) {
     const int64_t n = p / S, k = indices[p];
     if (lane == 0) atomicAdd(cluster_size + k, alpha);
     const T* zr = z + n * D;
@@ -743,15 +751,15 @@ __global__ void ema_accum_kernel(St* __restrict__ cluster_size, St* __restrict__
 
 void check_cuda(cudaError_t err, const char* what) {
   if (err != cudaSuccess)
-    throw std::runtime_error(std::string("vq cuda: ") + what + " failed: " +
-                             cudaGetErrorString(err));
+    throw std::runtime_error(std::string("vq cuda: ") + what +
+                             " failed: " + cudaGetErrorString(err));
 }
 
 void check_launch(const char* what) {
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess)
-    throw std::runtime_error(std::string("vq cuda: ") + what + " launch failed: " +
-                             cudaGetErrorString(err));
+    throw std::runtime_error(std::string("vq cuda: ") + what +
+                             " launch failed: " + cudaGetErrorString(err));
 }
 
 // Makes the device holding `ptr` current for the scope (the stream belongs to it).
@@ -805,8 +813,7 @@ DeviceInfo device_info() {
   int dev = 0;
   check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
   check_cuda(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, dev), "attribute");
-  check_cuda(cudaDeviceGetAttribute(&d.major, cudaDevAttrComputeCapabilityMajor, dev),
-             "attribute");
+  check_cuda(cudaDeviceGetAttribute(&d.major, cudaDevAttrComputeCapabilityMajor, dev), "attribute");
   return d;
 }
 
@@ -829,18 +836,18 @@ size_t round_up(size_t v) { return (v + 255) & ~size_t(255); }
 template <typename T>
 void nearest_float_acc(const NearestArgs& a, cudaStream_t stream) {
   const int N = as_int(a.N, "N"), D = as_int(a.D, "D");
-  const int K = as_int(a.K + kTileCodes, "K + 128") - kTileCodes;   // tile indices fit int
+  const int K = as_int(a.K + kTileCodes, "K + 128") - kTileCodes;  // tile indices fit int
   const T* z = static_cast<const T*>(a.z);
   const T* e = static_cast<const T*>(a.codebook);
   const DeviceInfo dev = device_info();
 
   const int row_blocks = (N + kTileRows - 1) / kTileRows;
   const int ntiles = (K + kTileCodes - 1) / kTileCodes;
-  int splits = (2 * dev.sms + row_blocks - 1) / row_blocks;   // 2 resident blocks per SM
+  int splits = (2 * dev.sms + row_blocks - 1) / row_blocks;  // 2 resident blocks per SM
   splits = splits < 1 ? 1 : (splits > kMaxSplits ? kMaxSplits : splits);
   splits = splits > ntiles ? ntiles : splits;
   const int tiles_per_split = (ntiles + splits - 1) / splits;
-  splits = (ntiles + tiles_per_split - 1) / tiles_per_split;   // no empty split
+  splits = (ntiles + tiles_per_split - 1) / tiles_per_split;  // no empty split
 
   // scratch: norms [K], partials 3 x [splits, N], flag list [N], counter, max norm
   const size_t part = round_up(size_t(splits) * N * 4);
@@ -859,30 +866,29 @@ void nearest_float_acc(const NearestArgs& a, cudaStream_t stream) {
   check_cuda(cudaMemsetAsync(p, 0, 8, stream), "cudaMemsetAsync");
 
   const unsigned warp_blocks_cap = 32u * dev.sms;
-  norms_kernel<T><<<grid_for(K, 8, warp_blocks_cap), 256, 0, stream>>>(e, K, D, norms,
-                                                                        emax_bits);
+  norms_kernel<T><<<grid_for(K, 8, warp_blocks_cap), 256, 0, stream>>>(e, K, D, norms, emax_bits);
   check_launch("norms");
 
   const dim3 grid{unsigned(row_blocks), unsigned(splits), 1u};
-  double u = 1.0 / (1 << 24);   // FFMA accumulation
+  double u = 1.0 / (1 << 24);  // FFMA accumulation
   if constexpr (std::is_same<T, float>::value) {
     if (D % 4 == 0 && aligned16(z) && aligned16(e))
-      scan_simt_kernel<T, true><<<grid, kScanThreads, 0, stream>>>(z, e, norms, N, K, D,
-                                                                   tiles_per_split, out);
+      scan_simt_kernel<T, true>
+          <<<grid, kScanThreads, 0, stream>>>(z, e, norms, N, K, D, tiles_per_split, out);
     else
-      scan_simt_kernel<T, false><<<grid, kScanThreads, 0, stream>>>(z, e, norms, N, K, D,
-                                                                    tiles_per_split, out);
+      scan_simt_kernel<T, false>
+          <<<grid, kScanThreads, 0, stream>>>(z, e, norms, N, K, D, tiles_per_split, out);
   } else if (dev.major >= 8) {
-    u = 1.0 / (1 << 22);   // tensor-core accumulation (see the header)
+    u = 1.0 / (1 << 22);  // tensor-core accumulation (see the header)
     if (D % 8 == 0 && aligned16(z) && aligned16(e))
-      scan_mma_kernel<T, true><<<grid, kScanThreads, 0, stream>>>(z, e, norms, N, K, D,
-                                                                  tiles_per_split, out);
+      scan_mma_kernel<T, true>
+          <<<grid, kScanThreads, 0, stream>>>(z, e, norms, N, K, D, tiles_per_split, out);
     else
-      scan_mma_kernel<T, false><<<grid, kScanThreads, 0, stream>>>(z, e, norms, N, K, D,
-                                                                   tiles_per_split, out);
+      scan_mma_kernel<T, false>
+          <<<grid, kScanThreads, 0, stream>>>(z, e, norms, N, K, D, tiles_per_split, out);
   } else {
-    scan_simt_kernel<T, false><<<grid, kScanThreads, 0, stream>>>(z, e, norms, N, K, D,
-                                                                  tiles_per_split, out);
+    scan_simt_kernel<T, false>
+        <<<grid, kScanThreads, 0, stream>>>(z, e, norms, N, K, D, tiles_per_split, out);
   }
   check_launch("nearest scan");
 
@@ -890,8 +896,8 @@ void nearest_float_acc(const NearestArgs& a, cudaStream_t stream) {
   const double nu = double(D + 4) * u, gamma = nu / (1.0 - nu);
   const float screen = static_cast<float>(2.0 * gamma * (1.0 + gamma));
   finish_kernel<T><<<grid_for(N, 8, warp_blocks_cap), 256, 0, stream>>>(
-      z, e, N, D, splits, out, emax_bits, screen, a.indices, static_cast<float*>(a.sqdist),
-      flagged, nflagged);
+      z, e, N, D, splits, out, emax_bits, screen, a.indices, static_cast<float*>(a.sqdist), flagged,
+      nflagged);
   check_launch("nearest finish");
   rescore_kernel<T, float><<<grid_for(N, 8, 8u * dev.sms), 256, 0, stream>>>(
       z, e, N, K, D, flagged, nflagged, a.indices, static_cast<float*>(a.sqdist));
@@ -902,8 +908,8 @@ void nearest_double(const NearestArgs& a, cudaStream_t stream) {
   const int N = as_int(a.N, "N"), K = as_int(a.K, "K"), D = as_int(a.D, "D");
   const DeviceInfo dev = device_info();
   rescore_kernel<double, double><<<grid_for(N, 8, 32u * dev.sms), 256, 0, stream>>>(
-      static_cast<const double*>(a.z), static_cast<const double*>(a.codebook), N, K, D,
-      nullptr, nullptr, a.indices, static_cast<double*>(a.sqdist));
+      static_cast<const double*>(a.z), static_cast<const double*>(a.codebook), N, K, D, nullptr,
+      nullptr, a.indices, static_cast<double*>(a.sqdist));
   check_launch("nearest (float64)");
 }
 
@@ -914,8 +920,8 @@ void sample_impl(const SampleArgs& a, cudaStream_t stream) {
   const int S = as_int(a.S, "S");
   const unsigned blocks = static_cast<unsigned>((int64_t(N) + 31) / 32);
   sample_kernel<T, Acc><<<blocks, 256, 0, stream>>>(
-      static_cast<const T*>(a.z), static_cast<const T*>(a.codebook),
-      static_cast<const Acc*>(a.u), N, K, D, S, static_cast<Acc>(a.inv_temperature), a.out);
+      static_cast<const T*>(a.z), static_cast<const T*>(a.codebook), static_cast<const Acc*>(a.u),
+      N, K, D, S, static_cast<Acc>(a.inv_temperature), a.out);
   check_launch("sample");
 }
 
@@ -931,8 +937,8 @@ void ema_impl(const EmaArgs& a, cudaStream_t stream) {
   const St alpha = static_cast<St>((1.0 - a.decay) / double(a.S));
   const int64_t pairs = a.N * a.S;
   ema_accum_kernel<T, St><<<grid_for(pairs, 8, 32u * dev.sms), 256, 0, stream>>>(
-      cs, es, static_cast<const T*>(a.z), a.indices, pairs, as_int(a.S, "S"),
-      as_int(a.D, "D"), alpha);
+      cs, es, static_cast<const T*>(a.z), a.indices, pairs, as_int(a.S, "S"), as_int(a.D, "D"),
+      alpha);
   check_launch("ema accumulate");
 }
 

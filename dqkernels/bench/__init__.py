@@ -11,6 +11,7 @@ The package: ``cases/<op>.py`` (one op's cases and implementations, see :mod:`.s
 :mod:`.runner` (the sweep), :mod:`.timing`, :mod:`.memory`, :mod:`.ceilings`,
 :mod:`.environment`, :mod:`.records` and :mod:`.report` (JSON, markdown, PNG).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,51 +28,96 @@ def _csv(text: str | None) -> list[str]:
 
 def _known_ops() -> list[str]:
     from dqkernels.bench.cases import op_names
+
     return op_names()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ops", default=None,
-                        help="comma-separated ops to benchmark (default: all; known: "
-                             + ", ".join(_known_ops()) + ")")
-    parser.add_argument("--quick", action="store_true",
-                        help="the tiny cases only, few repeats (smoke tests, CI)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
-                        help="device to benchmark (default: cuda if available, else cpu)")
-    parser.add_argument("--dtypes", default="fp32,bf16",
-                        help="comma-separated dtypes: fp32, bf16, fp16 (default: fp32,bf16)")
-    parser.add_argument("--out", default=DEFAULT_OUT,
-                        help="output folder; files go to OUT/<device-slug>/ (default: "
-                             f"{DEFAULT_OUT})")
-    parser.add_argument("--no-compile", dest="compile", action="store_false",
-                        help="skip the torch.compile baseline")
-    parser.add_argument("--cold-compile", action="store_true",
-                        help="compile without Inductor's on-disk caches, so the reported "
-                             "compile time is a cold one (slower sweep)")
-    parser.add_argument("--backends", default=None,
-                        help="comma-separated dqkernels backends to time (default: every "
-                             "available one; triton is never timed on CPU)")
-    parser.add_argument("--budget", type=float, default=None,
-                        help="CPU seconds of timed repeats per fwd+bwd measurement, half that "
-                             "for fwd (default 0.5, quick 0.02)")
-    parser.add_argument("--no-check", dest="check", action="store_false",
-                        help="skip the float64 gradient check of each implementation")
-    parser.add_argument("--no-memory", dest="memory", action="store_false",
-                        help="skip the peak-memory measurement")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch.set_num_threads for CPU runs (default: torch's default)")
-    parser.add_argument("--cases", default=None,
-                        help="comma-separated fnmatch patterns on shape case names, e.g. "
-                             "'n65536-d64-*' (default: every case; also $DQK_BENCH_CASES)")
-    parser.add_argument("--select", default=None,
-                        help="comma-separated fnmatch patterns on op/case names, e.g. "
-                             "'vq_*/n65536-d64-*,dmol/cifar10' (an op alone: all its cases); "
-                             "instead of --ops and --cases, which mean their product")
-    parser.add_argument("--list", action="store_true",
-                        help="print the selected op/case names and shapes, run nothing")
+    parser.add_argument(
+        "--ops",
+        default=None,
+        help="comma-separated ops to benchmark (default: all; known: "
+        + ", ".join(_known_ops())
+        + ")",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="the tiny cases only, few repeats (smoke tests, CI)"
+    )
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default=None,
+        help="device to benchmark (default: cuda if available, else cpu)",
+    )
+    parser.add_argument(
+        "--dtypes",
+        default="fp32,bf16",
+        help="comma-separated dtypes: fp32, bf16, fp16 (default: fp32,bf16)",
+    )
+    parser.add_argument(
+        "--out",
+        default=DEFAULT_OUT,
+        help=f"output folder; files go to OUT/<device-slug>/ (default: {DEFAULT_OUT})",
+    )
+    parser.add_argument(
+        "--no-compile", dest="compile", action="store_false", help="skip the torch.compile baseline"
+    )
+    parser.add_argument(
+        "--cold-compile",
+        action="store_true",
+        help="compile without Inductor's on-disk caches, so the reported "
+        "compile time is a cold one (slower sweep)",
+    )
+    parser.add_argument(
+        "--backends",
+        default=None,
+        help="comma-separated dqkernels backends to time (default: every "
+        "available one; triton is never timed on CPU)",
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="CPU seconds of timed repeats per fwd+bwd measurement, half that "
+        "for fwd (default 0.5, quick 0.02)",
+    )
+    parser.add_argument(
+        "--no-check",
+        dest="check",
+        action="store_false",
+        help="skip the float64 gradient check of each implementation",
+    )
+    parser.add_argument(
+        "--no-memory", dest="memory", action="store_false", help="skip the peak-memory measurement"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads for CPU runs (default: torch's default)",
+    )
+    parser.add_argument(
+        "--cases",
+        default=None,
+        help="comma-separated fnmatch patterns on shape case names, e.g. "
+        "'n65536-d64-*' (default: every case; also $DQK_BENCH_CASES)",
+    )
+    parser.add_argument(
+        "--select",
+        default=None,
+        help="comma-separated fnmatch patterns on op/case names, e.g. "
+        "'vq_*/n65536-d64-*,dmol/cifar10' (an op alone: all its cases); "
+        "instead of --ops and --cases, which mean their product",
+    )
+    parser.add_argument(
+        "--list",
+        action="store_true",
+        help="print the selected op/case names and shapes, run nothing",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
-    parser.add_argument("--no-progress", dest="progress", action="store_false",
-                        help="no progress bar")
+    parser.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no progress bar"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,37 +134,42 @@ def run(args: argparse.Namespace) -> int:
 
     device_type = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device_type == "cuda" and not torch.cuda.is_available() and not args.list:
-        print("dqk bench: --device cuda but torch.cuda.is_available() is False "
-              f"(torch {torch.__version__}, built with CUDA {torch.version.cuda})",
-              file=sys.stderr)
+        print(
+            "dqk bench: --device cuda but torch.cuda.is_available() is False "
+            f"(torch {torch.__version__}, built with CUDA {torch.version.cuda})",
+            file=sys.stderr,
+        )
         return 2
     device = torch.device(device_type)
 
     known = op_names()
     for name in _csv(args.ops):
         if name not in known:
-            print(f"dqk bench: unknown op {name!r}; known: {', '.join(known)}",
-                  file=sys.stderr)
+            print(f"dqk bench: unknown op {name!r}; known: {', '.join(known)}", file=sys.stderr)
             return 2
     try:
         dtypes = [DTYPES[d.lower()] for d in _csv(args.dtypes)]
     except KeyError as exc:
-        print(f"dqk bench: unknown dtype {exc.args[0]!r}; use fp32, bf16, fp16",
-              file=sys.stderr)
+        print(f"dqk bench: unknown dtype {exc.args[0]!r}; use fp32, bf16, fp16", file=sys.stderr)
         return 2
     try:
-        sel = Selection.from_flags(ops=_csv(args.ops) or None,
-                                   cases=_csv(args.cases) if args.cases else None,
-                                   select=_csv(args.select) or None, quick=args.quick,
-                                   dtypes=dtypes,
-                                   backends=_csv(args.backends) if args.backends else None)
+        sel = Selection.from_flags(
+            ops=_csv(args.ops) or None,
+            cases=_csv(args.cases) if args.cases else None,
+            select=_csv(args.select) or None,
+            quick=args.quick,
+            dtypes=dtypes,
+            backends=_csv(args.backends) if args.backends else None,
+        )
     except ValueError as exc:
         print(f"dqk bench: {exc}", file=sys.stderr)
         return 2
     ops = sel.op_names(known)
     if not ops:
-        print(f"dqk bench: no op matches {', '.join(sel.patterns)}; known: "
-              f"{', '.join(known)}", file=sys.stderr)
+        print(
+            f"dqk bench: no op matches {', '.join(sel.patterns)}; known: {', '.join(known)}",
+            file=sys.stderr,
+        )
         return 2
     if args.list:
         for name in ops:
@@ -128,13 +179,22 @@ def run(args: argparse.Namespace) -> int:
 
     timing = TimingConfig()
     if args.quick:
-        timing = TimingConfig(cpu_budget_s=0.02, cpu_min_reps=3, cpu_max_reps=20,
-                              cuda_rep_ms=10, cuda_warmup_ms=5)
+        timing = TimingConfig(
+            cpu_budget_s=0.02, cpu_min_reps=3, cpu_max_reps=20, cuda_rep_ms=10, cuda_warmup_ms=5
+        )
     if args.budget is not None:
         timing.cpu_budget_s = args.budget
-    cfg = SweepConfig(device=device, selection=sel, compile=args.compile, timing=timing,
-                      check=args.check, memory=args.memory, seed=args.seed,
-                      progress=args.progress, cold_compile=args.cold_compile)
+    cfg = SweepConfig(
+        device=device,
+        selection=sel,
+        compile=args.compile,
+        timing=timing,
+        check=args.check,
+        memory=args.memory,
+        seed=args.seed,
+        progress=args.progress,
+        cold_compile=args.cold_compile,
+    )
 
     if args.threads is not None:
         if args.threads < 1:
@@ -144,11 +204,16 @@ def run(args: argparse.Namespace) -> int:
     env = environment(device)
     load, ncpu = env.get("loadavg_1m_at_start"), env.get("cpu_count")
     if device_type == "cpu" and load is not None and ncpu and load > 0.5 * ncpu:
-        print(f"dqk bench: warning: the machine is busy (1-minute load {load} on {ncpu} "
-              "CPUs); CPU timings will be noisy, multi-threaded ones most (try --threads 1)",
-              file=sys.stderr)
-    print(f"dqk bench: {env['device_name']} ({env['device_slug']}), torch {env['torch']}; "
-          "measuring ceilings...", file=sys.stderr)
+        print(
+            f"dqk bench: warning: the machine is busy (1-minute load {load} on {ncpu} "
+            "CPUs); CPU timings will be noisy, multi-threaded ones most (try --threads 1)",
+            file=sys.stderr,
+        )
+    print(
+        f"dqk bench: {env['device_name']} ({env['device_slug']}), torch {env['torch']}; "
+        "measuring ceilings...",
+        file=sys.stderr,
+    )
     ceilings = measure_ceilings(device, quick=args.quick)
     failed = 0
     for name in ops:
@@ -158,12 +223,16 @@ def run(args: argparse.Namespace) -> int:
         print("wrote " + ", ".join(p for p in paths.values() if p), file=sys.stderr)
         bad = [r for r in result["records"] if r["status"] == "error"]
         for r in bad:
-            print(f"dqk bench: FAILED {r['op']} {r['case']} {r['dtype']} {r['impl']}: "
-                  f"{r['error']}", file=sys.stderr)
+            print(
+                f"dqk bench: FAILED {r['op']} {r['case']} {r['dtype']} {r['impl']}: {r['error']}",
+                file=sys.stderr,
+            )
         failed += len(bad)
     if failed:
-        print(f"dqk bench: {failed} implementation(s) failed; see the error fields in the "
-              "JSON", file=sys.stderr)
+        print(
+            f"dqk bench: {failed} implementation(s) failed; see the error fields in the JSON",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -1,6 +1,7 @@
 """The device's ceilings, measured in the same run as the sweep: copy bandwidth (GB/s,
 read + write of a large ``dst.copy_(src)``) and the matmul rate per dtype (TFLOP/s; fp32
 with TF32 off). The runner divides each row's GB/s and TFLOP/s by them."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -17,12 +18,16 @@ def measure_ceilings(device: torch.device, quick: bool = False) -> dict:
     cfg = TimingConfig(cpu_budget_s=0.05 if quick else 1.0, cuda_rep_ms=20 if quick else 200)
     if device.type == "cuda":
         copy_bytes = (64 if quick else 1024) * 2**20
-        mm = [("fp32", torch.float32, 1024 if quick else 8192),
-              ("bf16", torch.bfloat16, 1024 if quick else 8192)]
+        mm = [
+            ("fp32", torch.float32, 1024 if quick else 8192),
+            ("bf16", torch.bfloat16, 1024 if quick else 8192),
+        ]
     else:
         copy_bytes = (16 if quick else 256) * 2**20
-        mm = [("fp32", torch.float32, 256 if quick else 2048),
-              ("bf16", torch.bfloat16, 256 if quick else 2048)]
+        mm = [
+            ("fp32", torch.float32, 256 if quick else 2048),
+            ("bf16", torch.bfloat16, 256 if quick else 2048),
+        ]
     try:
         ms = _time_copy(copy_bytes, device, cfg)
         out["copy_buffer_bytes"] = copy_bytes
@@ -30,7 +35,7 @@ def measure_ceilings(device: torch.device, quick: bool = False) -> dict:
     except Exception as exc:  # noqa: BLE001
         out["copy_error"] = short_error(exc)
     prev = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")   # fp32 means IEEE fp32: TF32 off
+    torch.set_float32_matmul_precision("highest")  # fp32 means IEEE fp32: TF32 off
     try:
         for name, dt, n in mm:
             try:

@@ -1,6 +1,7 @@
 """The environment a sweep ran in, for its result document: versions, the device's name
 and the folder slug it is filed under, the git commit, the machine's load, the available
 dqkernels backends and the Inductor cache settings. No hostname, no user name."""
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -50,13 +51,17 @@ def _git_commit() -> dict:
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     info: dict[str, Any] = {"commit": None, "dirty": None}
     try:
-        commit = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=10)
+        commit = subprocess.run(
+            ["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
         if commit.returncode == 0:
             info["commit"] = commit.stdout.strip()
-            status = subprocess.run(["git", "-C", root, "status", "--porcelain",
-                                     "--untracked-files=no"], capture_output=True, text=True,
-                                    timeout=10)
+            status = subprocess.run(
+                ["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
             if status.returncode == 0:
                 info["dirty"] = bool(status.stdout.strip())
     except (OSError, subprocess.SubprocessError):
@@ -94,20 +99,24 @@ def environment(device: torch.device) -> dict:
         pass
     try:
         import triton
+
         env["triton"] = triton.__version__
     except Exception:  # noqa: BLE001
         pass
     try:
         import dqkernels
         from dqkernels import _ext, backends
+
         env["dqkernels"] = dqkernels.__version__
-        env["dqkernels_build"] = {k: (v if isinstance(v, (int, float, str, bool, type(None)))
-                                      else str(v)) for k, v in _ext.build_info().items()}
+        env["dqkernels_build"] = {
+            k: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v))
+            for k, v in _ext.build_info().items()
+        }
         env["backends"] = {}
         for dt in (torch.float32, torch.bfloat16):
             env["backends"][dtype_name(dt)] = {
-                b: backends.why_unavailable(b, device, dt) or "available"
-                for b in backends.BACKENDS}
+                b: backends.why_unavailable(b, device, dt) or "available" for b in backends.BACKENDS
+            }
     except Exception as exc:  # noqa: BLE001
         env["dqkernels_error"] = short_error(exc)
     if device.type == "cuda":
@@ -116,9 +125,12 @@ def environment(device: torch.device) -> dict:
         env["gpu_capability"] = f"{props.major}.{props.minor}"
         env["gpu_sm_count"] = int(props.multi_processor_count)
         try:
-            smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version",
-                                  "--format=csv,noheader"], capture_output=True, text=True,
-                                 timeout=20)
+            smi = subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
             if smi.returncode == 0:
                 env["nvidia_driver"] = smi.stdout.strip().splitlines()[0]
         except (OSError, subprocess.SubprocessError, IndexError):
@@ -130,9 +142,11 @@ def inductor_cache_settings() -> dict:
     try:
         from torch._functorch import config as functorch_config
         from torch._inductor import config as inductor_config
-        return {"fx_graph_cache": bool(inductor_config.fx_graph_cache),
-                "autograd_cache": bool(getattr(functorch_config, "enable_autograd_cache",
-                                               False)),
-                "force_disable_caches": bool(inductor_config.force_disable_caches)}
+
+        return {
+            "fx_graph_cache": bool(inductor_config.fx_graph_cache),
+            "autograd_cache": bool(getattr(functorch_config, "enable_autograd_cache", False)),
+            "force_disable_caches": bool(inductor_config.force_disable_caches),
+        }
     except Exception:  # noqa: BLE001
         return {}

@@ -1,6 +1,7 @@
 """Peak extra memory of one call: what it allocates at its high-water mark beyond what was
 allocated before it. CUDA: the allocator's peak statistics. CPU: the profiler's memory
 events (allocations through PyTorch's CPU allocator only)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -18,12 +19,16 @@ def memory_note(device_type: str, call: str, includes: str) -> str:
     """How the peak memory of ``call`` (e.g. "the row's first call") was measured, for
     the result's notes; ``includes``: what it counts beyond the inputs."""
     if device_type == "cuda":
-        return (f"CUDA peak memory: torch.cuda.max_memory_allocated() during {call} minus "
-                f"memory_allocated() before it: memory beyond the inputs, including "
-                f"{includes}")
-    return ("CPU peak memory: high-water mark of the bytes allocated through PyTorch's CPU "
-            f"allocator during {call}, from the profiler's memory events (allocations made "
-            "by OpenMP worker threads or outside torch's allocator are not seen)")
+        return (
+            f"CUDA peak memory: torch.cuda.max_memory_allocated() during {call} minus "
+            f"memory_allocated() before it: memory beyond the inputs, including "
+            f"{includes}"
+        )
+    return (
+        "CPU peak memory: high-water mark of the bytes allocated through PyTorch's CPU "
+        f"allocator during {call}, from the profiler's memory events (allocations made "
+        "by OpenMP worker threads or outside torch's allocator are not seen)"
+    )
 
 
 def call_measuring_memory(fn: Callable[[], Any], device: torch.device) -> tuple[Any, int | None]:
@@ -70,16 +75,20 @@ def _quiet_stderr():
 
 def _cpu_peak_memory(fn) -> tuple[Any, int | None]:
     from torch.profiler import ProfilerActivity, profile
+
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "trace.json")
-        with _quiet_stderr():   # kineto prints profiler_start/stop lines on fd 2
+        with _quiet_stderr():  # kineto prints profiler_start/stop lines on fd 2
             with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
                 out = fn()
         prof.export_chrome_trace(path)
         with open(path) as f:
             trace = json.load(f)
-    events = [e for e in trace.get("traceEvents", [])
-              if e.get("name") == "[memory]" and e.get("args", {}).get("Device Type", 0) == 0]
+    events = [
+        e
+        for e in trace.get("traceEvents", [])
+        if e.get("name") == "[memory]" and e.get("args", {}).get("Device Type", 0) == 0
+    ]
     if not events:
         return out, None
     events.sort(key=lambda e: e.get("ts", 0))

@@ -15,6 +15,7 @@ mode                      timed call (``ms``)                         checked
                           ``optimizer.step()``; ``fwd_ms``: the loss  the parameters
 ========================  ==========================================  =====================
 """
+
 from __future__ import annotations
 
 import math
@@ -31,6 +32,7 @@ from dqkernels.bench.spec import BenchOp, Case, Impl, TrainStepOp, overrides
 class Prepared:
     """A case made ready for its rows: the inputs every implementation is called with,
     and what the mode keeps to restore or check them."""
+
     case: Case
     dtype: torch.dtype
     device: torch.device
@@ -41,8 +43,9 @@ class Prepared:
 @dataclass
 class Calls:
     """What the runner times for one row."""
-    step: Callable[[], Any]                    # the timed call; its first output is checked
-    fwd: Callable[[], Any] | None = None       # the forward alone (fwd_ms), if timed too
+
+    step: Callable[[], Any]  # the timed call; its first output is checked
+    fwd: Callable[[], Any] | None = None  # the forward alone (fwd_ms), if timed too
     restore: Callable[[], None] | None = None  # puts back the state ``step`` changes
 
 
@@ -71,8 +74,9 @@ class Mode:
     memory_call = "the row's first call"
     memory_includes = "the outputs"
 
-    def prepare(self, op: BenchOp, case: Case, dtype: torch.dtype, device: torch.device,
-                seed: int) -> Prepared:
+    def prepare(
+        self, op: BenchOp, case: Case, dtype: torch.dtype, device: torch.device, seed: int
+    ) -> Prepared:
         return Prepared(case, dtype, device, op.make_inputs(case, dtype, device, seed))
 
     def baselines(self, op: BenchOp, prep: Prepared) -> list[Impl]:
@@ -81,6 +85,7 @@ class Mode:
     def backend(self, op: BenchOp, backend: str, prep: Prepared) -> Impl:
         def fn(**inputs):
             return op.kernel(backend, **inputs)
+
         return Impl(backend, fn, kind="backend")
 
     def calls(self, op: BenchOp, impl: Impl, prep: Prepared) -> Calls:
@@ -90,6 +95,7 @@ class Mode:
         def step():
             with torch.no_grad():
                 return fn(**inputs)
+
         return Calls(step)
 
     def gold(self, op: BenchOp, prep: Prepared) -> Any:
@@ -104,8 +110,9 @@ class Mode:
             fields = op.check(prep.inputs, output)
             bad = set(fields) - set(CHECK_FIELDS)
             if bad:
-                raise KeyError(f"{op.name}.check returned {sorted(bad)}; allowed: "
-                               f"{', '.join(CHECK_FIELDS)}")
+                raise KeyError(
+                    f"{op.name}.check returned {sorted(bad)}; allowed: {', '.join(CHECK_FIELDS)}"
+                )
             return {k: float(v) for k, v in fields.items()}
         if gold is None:
             return {}
@@ -113,12 +120,16 @@ class Mode:
 
     def notes(self, op: BenchOp) -> list[str]:
         """The mode's lines of the result's notes: what ``ms`` is and what is checked."""
-        lines = ["forward-only op: ms is the median time of one call under torch.no_grad(); "
-                 "no backward, no fwd_ms; each row's first call gives its peak memory and "
-                 "its check"]
+        lines = [
+            "forward-only op: ms is the median time of one call under torch.no_grad(); "
+            "no backward, no fwd_ms; each row's first call gives its peak memory and "
+            "its check"
+        ]
         if not overrides(op, "check"):
-            lines.append("out_rel_err: relative norm error of the output against the "
-                         "reference in float64 on the same (already rounded) inputs")
+            lines.append(
+                "out_rel_err: relative norm error of the output against the "
+                "reference in float64 on the same (already rounded) inputs"
+            )
         return lines
 
     def compiles(self, op: BenchOp) -> str:
@@ -151,16 +162,19 @@ class StateUpdate(Forward):
             with torch.no_grad():
                 for name, value in prep.saved.items():
                     prep.inputs[name].copy_(value)
+
         calls.restore = restore
         return calls
 
     def notes(self, op):
         lines = super().notes(op)
-        lines[0] = ("in-place state update: ms is the median time of one call under "
-                    f"torch.no_grad(); the state it updates ({', '.join(op.state_inputs)}) "
-                    "is restored, untimed, before every call, so that each call sees the "
-                    "same state; no backward, no fwd_ms; each row's first call gives its "
-                    "peak memory and its check")
+        lines[0] = (
+            "in-place state update: ms is the median time of one call under "
+            f"torch.no_grad(); the state it updates ({', '.join(op.state_inputs)}) "
+            "is restored, untimed, before every call, so that each call sees the "
+            "same state; no backward, no fwd_ms; each row's first call gives its "
+            "peak memory and its check"
+        )
         return lines
 
 
@@ -185,6 +199,7 @@ class ForwardBackward(Mode):
 
         def step():
             return torch.autograd.grad(fn(**inputs), leaves)
+
         return Calls(step, fwd)
 
     def gold(self, op, prep):
@@ -197,11 +212,13 @@ class ForwardBackward(Mode):
         return {} if gold is None else {"grad_rel_err": rel_err(output, gold)}
 
     def notes(self, op):
-        return ["ms: median of fwd+bwd (loss, then torch.autograd.grad to the differentiable "
-                "inputs); fwd_ms: median of the forward alone with grad enabled, as in "
-                "training",
-                "grad_rel_err: relative norm error of the gradient against autograd of the "
-                "reference in float64 on the same (already rounded) inputs"]
+        return [
+            "ms: median of fwd+bwd (loss, then torch.autograd.grad to the differentiable "
+            "inputs); fwd_ms: median of the forward alone with grad enabled, as in "
+            "training",
+            "grad_rel_err: relative norm error of the gradient against autograd of the "
+            "reference in float64 on the same (already rounded) inputs",
+        ]
 
     def compiles(self, op):
         return "reference loss"
@@ -229,11 +246,12 @@ class TrainStep(ForwardBackward):
         return [Impl("eager", lambda: model), Impl("compile", lambda: model, kind="compile")]
 
     def backend(self, op, backend, prep):
-        def build():   # in the runner's try block, before the row's calls are timed
+        def build():  # in the runner's try block, before the row's calls are timed
             model = op.build_model(prep.case, backend)
             model = model.to(device=prep.device, dtype=prep.dtype).train()
             model.load_state_dict(prep.saved["state"])
             return model
+
         return Impl(backend, build, kind="backend")
 
     def calls(self, op, impl, prep):
@@ -243,6 +261,7 @@ class TrainStep(ForwardBackward):
 
         def loss():
             return op.loss(model, **batch)
+
         fwd = torch.compile(loss, dynamic=False) if impl.kind == "compile" else loss
         opt = [op.optimizer(params)]
 
@@ -252,11 +271,12 @@ class TrainStep(ForwardBackward):
             opt[0].step()
             return [p.grad for p in params]
 
-        def restore():   # in place: a load_state_dict would reset modules' cached flags
+        def restore():  # in place: a load_state_dict would reset modules' cached flags
             with torch.no_grad():
                 for k, v in model.state_dict().items():
                     v.copy_(state[k])
             opt[0] = op.optimizer(params)
+
         return Calls(step, fwd, restore)
 
     def gold(self, op, prep):
@@ -269,23 +289,25 @@ class TrainStep(ForwardBackward):
     def notes(self, op):
         opt = op.optimizer([torch.nn.Parameter(torch.zeros(1))])
         lr = opt.defaults.get("lr")
-        return [f"ms: median of one training step (optimizer.zero_grad(set_to_none=True), "
-                f"the loss, loss.backward(), optimizer.step() with {type(opt).__name__}"
-                f"{'' if lr is None else f' at lr {lr:g}'}) over every parameter; fwd_ms: "
-                "median of the loss alone with grad enabled; each row's parameters, buffers "
-                "and optimizer are restored before its checked step, later steps keep "
-                "training (the timing does not depend on the values)",
-                "grad_rel_err: relative norm error of the parameters' gradients at the "
-                "checked step against autograd of the same model in float64 (same "
-                "parameters, buffers and batch)"]
+        return [
+            f"ms: median of one training step (optimizer.zero_grad(set_to_none=True), "
+            f"the loss, loss.backward(), optimizer.step() with {type(opt).__name__}"
+            f"{'' if lr is None else f' at lr {lr:g}'}) over every parameter; fwd_ms: "
+            "median of the loss alone with grad enabled; each row's parameters, buffers "
+            "and optimizer are restored before its checked step, later steps keep "
+            "training (the timing does not depend on the values)",
+            "grad_rel_err: relative norm error of the parameters' gradients at the "
+            "checked step against autograd of the same model in float64 (same "
+            "parameters, buffers and batch)",
+        ]
 
     def compiles(self, op):
-        return ("the loss of the torch-backend model (backward and the optimizer step stay "
-                "eager)")
+        return "the loss of the torch-backend model (backward and the optimizer step stay eager)"
 
 
-MODES: dict[str, Mode] = {m.name: m for m in (ForwardBackward(), Forward(), StateUpdate(),
-                                               TrainStep())}
+MODES: dict[str, Mode] = {
+    m.name: m for m in (ForwardBackward(), Forward(), StateUpdate(), TrainStep())
+}
 
 
 def get_mode(name: str) -> Mode:
@@ -296,8 +318,7 @@ def get_mode(name: str) -> Mode:
 
 def result_mode(result: dict) -> Mode:
     """The mode of a result document (older ones: from ``forward_only``), for its labels."""
-    name = result.get("mode") or ("forward" if result.get("forward_only")
-                                  else "forward+backward")
+    name = result.get("mode") or ("forward" if result.get("forward_only") else "forward+backward")
     return MODES.get(name, MODES["forward"])
 
 

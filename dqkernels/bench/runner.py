@@ -8,6 +8,7 @@ How a call is built, checked and which derived fields apply is the op's measurem
 Selection`. Nothing here runs at import time beyond importing torch; tqdm is imported
 where it is used.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -37,11 +38,11 @@ class SweepConfig:
     selection: Selection = field(default_factory=Selection)
     compile: bool = True
     timing: TimingConfig = field(default_factory=TimingConfig)
-    check: bool = True                  # float64 check of each implementation
+    check: bool = True  # float64 check of each implementation
     memory: bool = True
     seed: int = 0
     progress: bool = True
-    cold_compile: bool = False          # disable Inductor's on-disk caches for compile_s
+    cold_compile: bool = False  # disable Inductor's on-disk caches for compile_s
 
 
 def warn(msg: str) -> None:
@@ -52,8 +53,10 @@ def _progress(iterable, total: int, desc: str, enabled: bool):
     if enabled:
         try:
             from tqdm.auto import tqdm
-            return tqdm(iterable, total=total, desc=desc, unit="case", dynamic_ncols=True,
-                        file=sys.stderr)
+
+            return tqdm(
+                iterable, total=total, desc=desc, unit="case", dynamic_ncols=True, file=sys.stderr
+            )
         except Exception:  # noqa: BLE001 - tqdm missing: plain iteration
             pass
     return iterable
@@ -67,8 +70,10 @@ def run_op(op: BenchOp, cfg: SweepConfig, ceilings: dict) -> list[Record]:
     device, sel = cfg.device, cfg.selection
     cases = sel.cases(op, device.type)
     if not cases:
-        warn(f"{op.name}: no case matches {', '.join(sel.patterns)}; its cases: "
-             + ", ".join(c.name for c in sel.tier(op, device.type)))
+        warn(
+            f"{op.name}: no case matches {', '.join(sel.patterns)}; its cases: "
+            + ", ".join(c.name for c in sel.tier(op, device.type))
+        )
     work = [(c, dt) for c in cases for dt in sel.dtypes]
     records: list[Record] = []
     bar = _progress(work, len(work), f"bench {op.name}", cfg.progress)
@@ -83,8 +88,9 @@ def run_op(op: BenchOp, cfg: SweepConfig, ceilings: dict) -> list[Record]:
     return records
 
 
-def run_case(op: BenchOp, cfg: SweepConfig, case: Case, dtype: torch.dtype,
-             ceilings: dict) -> list[Record]:
+def run_case(
+    op: BenchOp, cfg: SweepConfig, case: Case, dtype: torch.dtype, ceilings: dict
+) -> list[Record]:
     """One case and dtype: a record per implementation, derived fields filled."""
     mode = get_mode(op.mode)
     prep = mode.prepare(op, case, dtype, cfg.device, cfg.seed)
@@ -93,16 +99,24 @@ def run_case(op: BenchOp, cfg: SweepConfig, case: Case, dtype: torch.dtype,
         try:
             gold = mode.gold(op, prep)
         except Exception as exc:  # noqa: BLE001 - e.g. out of memory in float64
-            warn(f"{op.name} {case.name} {dtype_name(dtype)}: float64 check skipped "
-                 f"({short_error(exc)})")
+            warn(
+                f"{op.name} {case.name} {dtype_name(dtype)}: float64 check skipped "
+                f"({short_error(exc)})"
+            )
     inputs = prep.inputs
     base: dict[str, Any] = dict(
-        op=op.name, case=case.name, shape=case.label, dims=dict(case.dims),
-        dtype=dtype_name(dtype), device=cfg.device.type,
+        op=op.name,
+        case=case.name,
+        shape=case.label,
+        dims=dict(case.dims),
+        dtype=dtype_name(dtype),
+        device=cfg.device.type,
         bytes_min=op.min_bytes(inputs, backward=mode.backward) or None,
-        fwd_bytes_min=(op.min_bytes(inputs, backward=False) or None) if mode.times_forward
+        fwd_bytes_min=(op.min_bytes(inputs, backward=False) or None)
+        if mode.times_forward
         else None,
-        flops=op.flops(inputs, backward=mode.backward))
+        flops=op.flops(inputs, backward=mode.backward),
+    )
     records: list[Record] = []
     for impl in implementations(op, mode, cfg, prep):
         rec = Record(impl=impl.name, kind=impl.kind, note=impl.note, **base)
@@ -130,16 +144,15 @@ def implementations(op: BenchOp, mode: Mode, cfg: SweepConfig, prep: Prepared) -
     ``--no-compile``), then the backends; skipped rows last."""
     impls = [b for b in mode.baselines(op, prep) if cfg.compile or b.kind != "compile"]
     for name, why in backend_rows(op, cfg, prep.dtype):
-        impls.append(Impl(name, None, why, kind="backend") if why
-                     else mode.backend(op, name, prep))
+        impls.append(Impl(name, None, why, kind="backend") if why else mode.backend(op, name, prep))
     return [i for i in impls if i.skip is None] + [i for i in impls if i.skip is not None]
 
 
-def backend_rows(op: BenchOp, cfg: SweepConfig,
-                 dtype: torch.dtype) -> list[tuple[str, str | None]]:
+def backend_rows(op: BenchOp, cfg: SweepConfig, dtype: torch.dtype) -> list[tuple[str, str | None]]:
     """(backend, skip reason or None): the op's backends, restricted to the selection's
     backends when given, where a requested backend that cannot run gets its reason."""
     from dqkernels import backends as B
+
     names = op.backends(cfg.device, dtype)
     wanted = cfg.selection.backends
     rows: list[tuple[str, str | None]] = []
@@ -147,8 +160,11 @@ def backend_rows(op: BenchOp, cfg: SweepConfig,
         for b in wanted:
             if b in names:
                 continue
-            why = (B.why_unavailable(b, cfg.device, dtype, op.family) if b in B.BACKENDS
-                   else "unknown backend")
+            why = (
+                B.why_unavailable(b, cfg.device, dtype, op.family)
+                if b in B.BACKENDS
+                else "unknown backend"
+            )
             if why is None and cfg.device.type == "cpu" and b == "triton":
                 why = "triton on CPU runs only in the interpreter; not benchmarked"
             rows.append((b, why))
@@ -156,14 +172,15 @@ def backend_rows(op: BenchOp, cfg: SweepConfig,
     return [(b, None) for b in names] + rows
 
 
-def _measure(rec: Record, op: BenchOp, mode: Mode, impl: Impl, prep: Prepared, gold: Any,
-             cfg: SweepConfig) -> None:
+def _measure(
+    rec: Record, op: BenchOp, mode: Mode, impl: Impl, prep: Prepared, gold: Any, cfg: SweepConfig
+) -> None:
     """Time one row: (compile,) restore, the checked call under the memory probe, then
     the timed repeats of the call and, where the mode has one, of the forward alone."""
     device = cfg.device
     calls = mode.calls(op, impl, prep)
     if impl.kind == "compile":
-        torch._dynamo.reset()   # compile once for this case, from scratch
+        torch._dynamo.reset()  # compile once for this case, from scratch
         rec.compile_s = _first_compiled_call(calls.step, cfg)
     if calls.restore is not None:
         calls.restore()
@@ -185,9 +202,13 @@ def _measure(rec: Record, op: BenchOp, mode: Mode, impl: Impl, prep: Prepared, g
         for key, value in mode.check(op, prep, out, gold).items():
             setattr(rec, key, value)
     del out
-    rec.ms, rec.reps = time_call(calls.step, device, cfg.timing,
-                                 first_call_s=first_s if mode.long_calls else None,
-                                 setup=calls.restore if mode.restore_each_call else None)
+    rec.ms, rec.reps = time_call(
+        calls.step,
+        device,
+        cfg.timing,
+        first_call_s=first_s if mode.long_calls else None,
+        setup=calls.restore if mode.restore_each_call else None,
+    )
     if calls.fwd is not None and mode.times_forward:
         rec.fwd_ms, rec.fwd_reps = time_call(calls.fwd, device, cfg.timing, budget_scale=0.5)
 
@@ -211,13 +232,13 @@ def _inductor_caches(enabled: bool):
     import warnings
 
     from torch._inductor import config as inductor_config
+
     with inductor_config.patch(force_disable_caches=True), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*force_disable_caches.*")
         yield
 
 
-def fill_derived(records: list[Record], mode: Mode, ceilings: dict,
-                 dtype: torch.dtype) -> None:
+def fill_derived(records: list[Record], mode: Mode, ceilings: dict, dtype: torch.dtype) -> None:
     """Speedups and rates of one case's rows. ``vs eager``: the fastest eager row's time
     over the row's; ``vs compile``: the compile row's; ``vs`` (modes with
     ``per_baseline``): every baseline's (eager, compile, external); GB/s from
@@ -263,28 +284,39 @@ def sweep_notes(op: BenchOp, cfg: SweepConfig) -> list[str]:
     notes.append(memory_note(device, mode.memory_call, mode.memory_includes))
     notes += mode.notes(op)
     if mode.per_baseline:
-        notes.append("vs eager (speedup_vs_eager): time of the FASTEST eager baseline of the "
-                     "case over this row's time; vs compile: the compile row's; vs <name> "
-                     "(JSON: vs): each baseline's (eager, compile, external) time over "
-                     "this row's")
-    notes.append("GB/s: bytes_min / ms (fwd_gbps: fwd_bytes_min / fwd_ms); % copy BW "
-                 "(frac_copy_bw): that over the copy bandwidth measured in this run (read + "
-                 "write of a large dst.copy_(src)); TFLOP/s: flops / ms; % matmul "
-                 "(frac_matmul): that over the matmul rate measured in this run for the "
-                 "case's dtype (fp32 with TF32 off)")
-    notes.append(f"compile: torch.compile({mode.compiles(op)}, dynamic=False), compiled once "
-                 f"per case after torch._dynamo.reset(); compile_s is the time of its "
-                 f"{mode.first_call}, excluded from the timings"
-                 + (", compiled cold (Inductor caches disabled)" if cfg.cold_compile
-                    else "; it hits Inductor's on-disk caches when an earlier run compiled "
-                    "the same graph (--cold-compile disables them)"))
-    notes.append(timing_note(cfg.timing, device, mode.times_forward, mode.restore_each_call,
-                             mode.long_calls))
+        notes.append(
+            "vs eager (speedup_vs_eager): time of the FASTEST eager baseline of the "
+            "case over this row's time; vs compile: the compile row's; vs <name> "
+            "(JSON: vs): each baseline's (eager, compile, external) time over "
+            "this row's"
+        )
+    notes.append(
+        "GB/s: bytes_min / ms (fwd_gbps: fwd_bytes_min / fwd_ms); % copy BW "
+        "(frac_copy_bw): that over the copy bandwidth measured in this run (read + "
+        "write of a large dst.copy_(src)); TFLOP/s: flops / ms; % matmul "
+        "(frac_matmul): that over the matmul rate measured in this run for the "
+        "case's dtype (fp32 with TF32 off)"
+    )
+    notes.append(
+        f"compile: torch.compile({mode.compiles(op)}, dynamic=False), compiled once "
+        f"per case after torch._dynamo.reset(); compile_s is the time of its "
+        f"{mode.first_call}, excluded from the timings"
+        + (
+            ", compiled cold (Inductor caches disabled)"
+            if cfg.cold_compile
+            else "; it hits Inductor's on-disk caches when an earlier run compiled "
+            "the same graph (--cold-compile disables them)"
+        )
+    )
+    notes.append(
+        timing_note(cfg.timing, device, mode.times_forward, mode.restore_each_call, mode.long_calls)
+    )
     return notes
 
 
-def run_benchmark(op_name: str, cfg: SweepConfig, ceilings: dict | None = None,
-                  env: dict | None = None) -> dict:
+def run_benchmark(
+    op_name: str, cfg: SweepConfig, ceilings: dict | None = None, env: dict | None = None
+) -> dict:
     """Run one op's sweep and return the result document (what the JSON holds)."""
     op = get_op(op_name)
     mode = get_mode(op.mode)
@@ -301,15 +333,19 @@ def run_benchmark(op_name: str, cfg: SweepConfig, ceilings: dict | None = None,
         "forward_only": not mode.backward,
         "environment": env,
         "ceilings": ceilings,
-        "settings": {"quick": sel.quick, "compile": cfg.compile,
-                     "dtypes": [dtype_name(d) for d in sel.dtypes],
-                     "backends": sel.backends, "seed": cfg.seed,
-                     "cases": sel.case_patterns(),
-                     "select": list(sel.patterns),
-                     "timing": asdict(cfg.timing),
-                     "cold_compile": cfg.cold_compile,
-                     "inductor_caches": inductor_cache_settings(),
-                     "sweep_seconds": None},
+        "settings": {
+            "quick": sel.quick,
+            "compile": cfg.compile,
+            "dtypes": [dtype_name(d) for d in sel.dtypes],
+            "backends": sel.backends,
+            "seed": cfg.seed,
+            "cases": sel.case_patterns(),
+            "select": list(sel.patterns),
+            "timing": asdict(cfg.timing),
+            "cold_compile": cfg.cold_compile,
+            "inductor_caches": inductor_cache_settings(),
+            "sweep_seconds": None,
+        },
         "notes": sweep_notes(op, cfg),
         "records": [asdict(r) for r in records],
         "_elapsed": time.perf_counter() - t0,

@@ -7,6 +7,7 @@ others) and, as filters of the rows, the dtypes and dqkernels backends. ``dqk be
 ``$DQK_BENCH_CASES`` when ``--cases`` is not given) are shorthands for their product
 ``A/P, A/Q, B/P, B/Q``. A case that names a device runs only on that device.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -28,16 +29,20 @@ def _csv(text: str | None) -> list[str]:
 
 @dataclass
 class Selection:
-    patterns: list[str] = field(default_factory=lambda: ["*"])   # over "op/case"
-    quick: bool = False                                          # the --quick tier
-    dtypes: list[torch.dtype] = field(default_factory=lambda: [torch.float32,
-                                                               torch.bfloat16])
-    backends: list[str] | None = None                            # None: every available one
+    patterns: list[str] = field(default_factory=lambda: ["*"])  # over "op/case"
+    quick: bool = False  # the --quick tier
+    dtypes: list[torch.dtype] = field(default_factory=lambda: [torch.float32, torch.bfloat16])
+    backends: list[str] | None = None  # None: every available one
 
     @classmethod
-    def from_flags(cls, ops: list[str] | None = None, cases: list[str] | None = None,
-                   select: list[str] | None = None, environ: Mapping[str, str] | None = None,
-                   **filters) -> "Selection":
+    def from_flags(
+        cls,
+        ops: list[str] | None = None,
+        cases: list[str] | None = None,
+        select: list[str] | None = None,
+        environ: Mapping[str, str] | None = None,
+        **filters,
+    ) -> "Selection":
         """The selection of ``--select`` or of ``--ops`` x ``--cases`` (``cases`` None:
         ``$DQK_BENCH_CASES``, comma-separated, when set); ``filters``: the other fields."""
         if select:
@@ -67,14 +72,16 @@ class Selection:
 
     def tier(self, op: BenchOp, device_type: str) -> list[Case]:
         """The op's cases of this tier on this device, before the patterns."""
-        return [c for c in op.cases()
-                if c.quick == self.quick and c.device in (None, device_type)]
+        return [c for c in op.cases() if c.quick == self.quick and c.device in (None, device_type)]
 
     def cases(self, op: BenchOp, device_type: str) -> list[Case]:
         """The op's cases that this selection runs on ``device_type``, in the op's order."""
         parts = [c for o, c in self._parts() if fnmatch.fnmatchcase(op.name, o)]
-        return [c for c in self.tier(op, device_type)
-                if any(fnmatch.fnmatchcase(c.name, p) for p in parts)]
+        return [
+            c
+            for c in self.tier(op, device_type)
+            if any(fnmatch.fnmatchcase(c.name, p) for p in parts)
+        ]
 
     def case_patterns(self) -> list[str] | None:
         """The case-name parts of the patterns (None: every case), as the results'

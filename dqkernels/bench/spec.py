@@ -17,6 +17,7 @@ written, and ``compile``, ``torch.compile`` of it) and one row per dqkernels bac
 (``kernel``). A case module exposes its op as ``OP``; the runner finds it by the module's
 name in :mod:`dqkernels.bench.cases`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,9 +33,10 @@ class Case:
     ``device``: only on that device type (``"cpu"`` / ``"cuda"``), e.g. a smaller batch on
     CPU under the same name; None: everywhere. ``quick``: a tiny case for smoke runs, run
     only (and then the only ones run) under ``--quick``."""
+
     name: str
     dims: dict[str, int]
-    label: str = ""           # human-readable, e.g. "B=64 C=3 32x32 M=10"
+    label: str = ""  # human-readable, e.g. "B=64 C=3 32x32 M=10"
     device: str | None = None
     quick: bool = False
 
@@ -54,11 +56,12 @@ class Impl:
     callable: the runner resets dynamo before its first call, reports that call as
     ``compile_s`` and leaves the row out under ``--no-compile``), ``external`` (another
     library) or ``backend`` (a dqkernels backend, added by the runner)."""
+
     name: str
-    fn: Callable[..., Any] | None      # None when skipped
-    skip: str | None = None            # why it is not run (then fn is None)
+    fn: Callable[..., Any] | None  # None when skipped
+    skip: str | None = None  # why it is not run (then fn is None)
     kind: str = "eager"
-    note: str | None = None            # shown in the row, e.g. "chunked (8192 rows per chunk)"
+    note: str | None = None  # shown in the row, e.g. "chunked (8192 rows per chunk)"
 
 
 class BenchOp:
@@ -84,8 +87,9 @@ class BenchOp:
         """Every case, for every device, quick ones included (the selection picks)."""
         raise NotImplementedError
 
-    def make_inputs(self, case: Case, dtype: torch.dtype, device: torch.device,
-                    seed: int) -> dict[str, Any]:
+    def make_inputs(
+        self, case: Case, dtype: torch.dtype, device: torch.device, seed: int
+    ) -> dict[str, Any]:
         """Fresh inputs; those in ``grad_inputs`` have ``requires_grad`` set."""
         raise NotImplementedError
 
@@ -98,12 +102,15 @@ class BenchOp:
         """The same through the dqkernels op on ``backend``."""
         raise NotImplementedError
 
-    def baselines(self, inputs: dict[str, Any], device: torch.device,
-                  dtype: torch.dtype) -> list[Impl]:
+    def baselines(
+        self, inputs: dict[str, Any], device: torch.device, dtype: torch.dtype
+    ) -> list[Impl]:
         """The case's non-dqkernels implementations, in report order: by default the
         reference as written and ``torch.compile`` of it."""
-        return [Impl("eager", self.reference),
-                Impl("compile", torch.compile(self.reference, dynamic=False), kind="compile")]
+        return [
+            Impl("eager", self.reference),
+            Impl("compile", torch.compile(self.reference, dynamic=False), kind="compile"),
+        ]
 
     def check(self, inputs: dict[str, Any], output: Any) -> dict[str, float]:
         """Forward modes: an op's own score of one output (fields of
@@ -126,6 +133,7 @@ class BenchOp:
         ``family`` of kernels, except ``triton`` on CPU, which only runs in the
         interpreter)."""
         from dqkernels import backends as B
+
         names = B.available(device, dtype, self.family)
         if device.type == "cpu":
             names = [b for b in names if b != "triton"]
@@ -147,8 +155,14 @@ class TrainStepOp(BenchOp):
         """The case's model with its ops on ``backend`` (same initialisation every call)."""
         raise NotImplementedError
 
-    def make_batch(self, model: torch.nn.Module, case: Case, dtype: torch.dtype,
-                   device: torch.device, seed: int) -> dict[str, Any]:
+    def make_batch(
+        self,
+        model: torch.nn.Module,
+        case: Case,
+        dtype: torch.dtype,
+        device: torch.device,
+        seed: int,
+    ) -> dict[str, Any]:
         """The batch ``loss`` is called with. ``model`` is the torch-backend model, on the
         device and in the dtype; this is the place for data-dependent initialisation."""
         raise NotImplementedError

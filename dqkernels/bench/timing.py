@@ -4,6 +4,7 @@ CPU: ``time.perf_counter`` around each call, a warm-up, then as many repeats as 
 budget. CUDA: ``triton.testing.do_bench`` (L2 flushed between runs, median), or CUDA events
 with the same protocol when triton is missing or a call needs an untimed ``setup`` first.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,7 +18,7 @@ import torch
 
 @dataclass
 class TimingConfig:
-    cpu_budget_s: float = 0.5        # per timed quantity on CPU (fwd gets half)
+    cpu_budget_s: float = 0.5  # per timed quantity on CPU (fwd gets half)
     cpu_min_reps: int = 3
     cpu_max_reps: int = 200
     cuda_rep_ms: int = 100
@@ -33,12 +34,18 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_cpu(fn: Callable[[], Any], budget_s: float = 1.0, min_reps: int = 3,
-             max_reps: int = 200, warmup: int = 1,
-             setup: Callable[[], Any] | None = None) -> tuple[float, int]:
+def time_cpu(
+    fn: Callable[[], Any],
+    budget_s: float = 1.0,
+    min_reps: int = 3,
+    max_reps: int = 200,
+    warmup: int = 1,
+    setup: Callable[[], Any] | None = None,
+) -> tuple[float, int]:
     """Median wall time of ``fn`` in ms (``time.perf_counter``), with ``warmup`` calls
     first, then as many repeats as fit in ``budget_s`` (at least ``min_reps``). ``setup``,
     when given, runs untimed before every call."""
+
     def once() -> float:
         if setup is not None:
             setup()
@@ -58,8 +65,12 @@ def time_cpu(fn: Callable[[], Any], budget_s: float = 1.0, min_reps: int = 3,
     return statistics.median(times) * 1e3, n
 
 
-def time_cuda(fn: Callable[[], Any], rep_ms: int = 100, warmup_ms: int = 25,
-              setup: Callable[[], Any] | None = None) -> tuple[float, int]:
+def time_cuda(
+    fn: Callable[[], Any],
+    rep_ms: int = 100,
+    warmup_ms: int = 25,
+    setup: Callable[[], Any] | None = None,
+) -> tuple[float, int]:
     """Median GPU time of ``fn`` in ms: ``triton.testing.do_bench`` (L2 flushed between
     runs) when triton is importable and there is no ``setup``, otherwise CUDA events with
     the same protocol (``setup`` runs before the flush, outside the events)."""
@@ -67,6 +78,7 @@ def time_cuda(fn: Callable[[], Any], rep_ms: int = 100, warmup_ms: int = 25,
     if setup is None:
         try:
             from triton.testing import do_bench as triton_do_bench
+
             do_bench = triton_do_bench
         except Exception:  # noqa: BLE001 - triton missing or broken: use events
             pass
@@ -110,9 +122,14 @@ def _time_cuda_events(fn, rep_ms: int, warmup_ms: int, setup) -> tuple[float, in
     return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends)), n
 
 
-def time_call(fn: Callable[[], Any], device: torch.device, cfg: TimingConfig,
-              first_call_s: float | None = None, setup: Callable[[], Any] | None = None,
-              budget_scale: float = 1.0) -> tuple[float, int]:
+def time_call(
+    fn: Callable[[], Any],
+    device: torch.device,
+    cfg: TimingConfig,
+    first_call_s: float | None = None,
+    setup: Callable[[], Any] | None = None,
+    budget_scale: float = 1.0,
+) -> tuple[float, int]:
     """Median time of ``fn`` in ms and the number of timed repeats (-1: do_bench's).
 
     ``first_call_s``: the seconds of a call just made (the checked one). On CPU a long
@@ -122,8 +139,12 @@ def time_call(fn: Callable[[], Any], device: torch.device, cfg: TimingConfig,
     call (e.g. restoring state that the call updates in place). ``budget_scale`` scales
     the repeat budget."""
     if device.type == "cuda":
-        return time_cuda(fn, rep_ms=max(1, int(cfg.cuda_rep_ms * budget_scale)),
-                         warmup_ms=cfg.cuda_warmup_ms, setup=setup)
+        return time_cuda(
+            fn,
+            rep_ms=max(1, int(cfg.cuda_rep_ms * budget_scale)),
+            warmup_ms=cfg.cuda_warmup_ms,
+            setup=setup,
+        )
     if first_call_s is not None and first_call_s >= cfg.cpu_long_call_s:
         n = max(1, min(3, int(cfg.cpu_long_budget_s / first_call_s)))
         times = [first_call_s]
@@ -134,25 +155,37 @@ def time_call(fn: Callable[[], Any], device: torch.device, cfg: TimingConfig,
             fn()
             times.append(time.perf_counter() - t0)
         return statistics.median(times) * 1e3, n
-    return time_cpu(fn, budget_s=cfg.cpu_budget_s * budget_scale, min_reps=cfg.cpu_min_reps,
-                    max_reps=cfg.cpu_max_reps, setup=setup)
+    return time_cpu(
+        fn,
+        budget_s=cfg.cpu_budget_s * budget_scale,
+        min_reps=cfg.cpu_min_reps,
+        max_reps=cfg.cpu_max_reps,
+        setup=setup,
+    )
 
 
-def timing_note(cfg: TimingConfig, device_type: str, times_forward: bool, restores: bool,
-                long_calls: bool) -> str:
+def timing_note(
+    cfg: TimingConfig, device_type: str, times_forward: bool, restores: bool, long_calls: bool
+) -> str:
     """How :func:`time_call` timed a sweep, for the result's notes."""
     restore = "; the state is restored, untimed, before every call" if restores else ""
     if device_type == "cuda":
         if restores:
             return "timing: CUDA events (L2 flushed before each run, warm-up, median)" + restore
-        return ("timing: triton.testing.do_bench (L2 flushed before each run, median) "
-                "or CUDA events with the same protocol when triton is missing")
+        return (
+            "timing: triton.testing.do_bench (L2 flushed before each run, median) "
+            "or CUDA events with the same protocol when triton is missing"
+        )
     budget = f"{cfg.cpu_budget_s:g} s" + (" (half that for fwd_ms)" if times_forward else "")
-    warm = (f"after the checked call, 1 more warm-up (2 when cheap), then repeats filling "
-            f"{budget} (at least {cfg.cpu_min_reps}), median")
+    warm = (
+        f"after the checked call, 1 more warm-up (2 when cheap), then repeats filling "
+        f"{budget} (at least {cfg.cpu_min_reps}), median"
+    )
     if not long_calls:
         return "timing: time.perf_counter; " + warm + restore
-    return (f"timing: time.perf_counter; calls under {cfg.cpu_long_call_s:g} s: {warm}; "
-            f"longer calls: min(3, {cfg.cpu_long_budget_s:g} s / call) repeats, at least 1, "
-            "the first being the checked call itself (made under the memory profiler "
-            "unless --no-memory; no warm-up), median (reps in the JSON)" + restore)
+    return (
+        f"timing: time.perf_counter; calls under {cfg.cpu_long_call_s:g} s: {warm}; "
+        f"longer calls: min(3, {cfg.cpu_long_budget_s:g} s / call) repeats, at least 1, "
+        "the first being the checked call itself (made under the memory profiler "
+        "unless --no-memory; no warm-up), median (reps in the JSON)" + restore
+    )

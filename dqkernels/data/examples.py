@@ -19,6 +19,7 @@ and :class:`~dqkernels.data.TokenPairDataset` are the datasets of this package.
 tensor whose first dimension indexes them, or an object with ``__len__`` (e.g.
 :class:`~dqkernels.data.TokenBatch`).
 """
+
 from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
@@ -47,8 +48,10 @@ class TensorExamples:
 
     def __init__(self, data: torch.Tensor, dtype: torch.dtype):
         if not isinstance(data, torch.Tensor) or data.dim() < 1:
-            raise ValueError(f"TensorExamples: data must be a tensor with a leading example "
-                             f"dimension; got {type(data).__name__}")
+            raise ValueError(
+                f"TensorExamples: data must be a tensor with a leading example "
+                f"dimension; got {type(data).__name__}"
+            )
         self.data = data
         self.dtype = dtype
 
@@ -65,9 +68,10 @@ class TensorExamples:
         return TensorExamples(self.data[:n], self.dtype)
 
     def __repr__(self) -> str:
-        return (f"TensorExamples({tuple(self.data.shape)} {self.data.dtype} as "
-                f"{str(self.dtype).replace('torch.', '')}, {self.data.device})")
-
+        return (
+            f"TensorExamples({tuple(self.data.shape)} {self.data.dtype} as "
+            f"{str(self.dtype).replace('torch.', '')}, {self.data.device})"
+        )
 
 
 class TensorSplits:
@@ -80,6 +84,5 @@ class TensorSplits:
         """The examples of ``split`` (``"train"``, ``"test"`` or ``"valid"``)."""
         data = getattr(self, split, None) if split in ("train", "test", "valid") else None
         if data is None:
-            raise ValueError(f"{getattr(self, 'name', type(self).__name__)} has no {split!r} "
-                             f"split")
+            raise ValueError(f"{getattr(self, 'name', type(self).__name__)} has no {split!r} split")
         return TensorExamples(data, self.example_dtype)

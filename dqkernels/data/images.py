@@ -17,6 +17,7 @@ its splits hand out int64 levels. Models see grid values ``2k/(L-1) - 1`` in ``[
 * :func:`mnist` -- MNIST from the idx files (``train-images-idx3-ubyte[.gz]``,
   ``t10k-images-idx3-ubyte[.gz]``), 256 levels, ``[N, 1, 28, 28]``.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -30,10 +31,26 @@ import torch
 
 from dqkernels.data.examples import TensorSplits
 
-__all__ = ["LevelDataset", "DATASETS", "default_data_dir", "DEFAULT_BINARIZED_MNIST_DIR",
-           "DEFAULT_CIFAR10_DIR", "DEFAULT_MNIST_DIR", "UnsafePickleError", "digits",
-           "binarized_mnist", "cifar10", "mnist", "read_amat", "read_cifar_pickle",
-           "read_cifar_binary", "read_idx", "load_dataset", "levels_to_grid", "grid_to_levels"]
+__all__ = [
+    "LevelDataset",
+    "DATASETS",
+    "default_data_dir",
+    "DEFAULT_BINARIZED_MNIST_DIR",
+    "DEFAULT_CIFAR10_DIR",
+    "DEFAULT_MNIST_DIR",
+    "UnsafePickleError",
+    "digits",
+    "binarized_mnist",
+    "cifar10",
+    "mnist",
+    "read_amat",
+    "read_cifar_pickle",
+    "read_cifar_binary",
+    "read_idx",
+    "load_dataset",
+    "levels_to_grid",
+    "grid_to_levels",
+]
 
 
 def default_data_dir(name: str) -> str:
@@ -80,23 +97,28 @@ class LevelDataset(TensorSplits):
         return f"images of {c}x{h}x{w}, {self.num_levels} levels"
 
     def info(self) -> dict:
-        return {"kind": "images", "num_levels": self.num_levels,
-                "image_shape": list(self.image_shape)}
+        return {
+            "kind": "images",
+            "num_levels": self.num_levels,
+            "image_shape": list(self.image_shape),
+        }
 
 
 # ----------------------------------------------------------------------- conversions
 
 
-def levels_to_grid(k: torch.Tensor, num_levels: int, dtype: torch.dtype = torch.float32
-                   ) -> torch.Tensor:
+def levels_to_grid(
+    k: torch.Tensor, num_levels: int, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """Integer levels ``k`` in ``0 .. L-1`` to grid values ``2k/(L-1) - 1`` in ``[-1, 1]``."""
     if num_levels < 2:
         raise ValueError(f"num_levels must be >= 2; got {num_levels}")
     return k.to(dtype) * (2.0 / (num_levels - 1)) - 1.0
 
 
-def grid_to_levels(x: torch.Tensor, num_levels: int, dtype: torch.dtype = torch.int64
-                   ) -> torch.Tensor:
+def grid_to_levels(
+    x: torch.Tensor, num_levels: int, dtype: torch.dtype = torch.int64
+) -> torch.Tensor:
     """Grid values to the nearest integer level in ``0 .. L-1`` (values off the grid are
     rounded to the nearest level and clamped into range)."""
     if num_levels < 2:
@@ -124,8 +146,12 @@ def digits(test_size: int = 360, seed: int = 0) -> LevelDataset:
         raise ValueError(f"digits: test_size must be in 1..{n - 1}; got {test_size}")
     perm = np.random.RandomState(seed).permutation(n)
     test, train = levels[perm[:test_size]], levels[perm[test_size:]]
-    return LevelDataset("digits", torch.from_numpy(np.ascontiguousarray(train)),
-                        torch.from_numpy(np.ascontiguousarray(test)), num_levels=17)
+    return LevelDataset(
+        "digits",
+        torch.from_numpy(np.ascontiguousarray(train)),
+        torch.from_numpy(np.ascontiguousarray(test)),
+        num_levels=17,
+    )
 
 
 # ---------------------------------------------------------------------- binarized MNIST
@@ -150,8 +176,11 @@ def _parse_amat_fast(content: bytes, num_values: int) -> np.ndarray | None:
         return None
     a = np.frombuffer(content, dtype=np.uint8).reshape(-1, row)
     values = a[:, 0:row:2]
-    if not ((a[:, 1:row - 1:2] == ord(" ")).all() and (a[:, row - 1] == ord("\n")).all()
-            and ((values == ord("0")) | (values == ord("1"))).all()):
+    if not (
+        (a[:, 1 : row - 1 : 2] == ord(" ")).all()
+        and (a[:, row - 1] == ord("\n")).all()
+        and ((values == ord("0")) | (values == ord("1"))).all()
+    ):
         return None
     return values - np.uint8(ord("0"))
 
@@ -164,20 +193,26 @@ def _parse_amat_slow(content: bytes, num_values: int, path: str) -> np.ndarray:
         if not tokens:
             continue
         if len(tokens) != num_values:
-            raise ValueError(f"{path}, line {lineno}: expected {num_values} space-separated "
-                             f"0/1 values, found {len(tokens)}")
+            raise ValueError(
+                f"{path}, line {lineno}: expected {num_values} space-separated "
+                f"0/1 values, found {len(tokens)}"
+            )
         try:
             vals = np.array([float(t) for t in tokens])
         except ValueError:
             bad = next(t for t in tokens if not _is_float(t))
-            raise ValueError(f"{path}, line {lineno}: value {bad.decode(errors='replace')!r} "
-                             f"is not a number (expected 0 or 1)") from None
+            raise ValueError(
+                f"{path}, line {lineno}: value {bad.decode(errors='replace')!r} "
+                f"is not a number (expected 0 or 1)"
+            ) from None
         wrong = (vals != 0) & (vals != 1)
         if wrong.any():
             col = int(np.argmax(wrong))
-            raise ValueError(f"{path}, line {lineno}: value "
-                             f"{tokens[col].decode(errors='replace')!r} in column {col + 1} "
-                             f"is not 0 or 1")
+            raise ValueError(
+                f"{path}, line {lineno}: value "
+                f"{tokens[col].decode(errors='replace')!r} in column {col + 1} "
+                f"is not 0 or 1"
+            )
         rows.append(vals.astype(np.uint8))
     if not rows:
         raise ValueError(f"{path}: no rows (expected lines of {num_values} 0/1 values)")
@@ -216,11 +251,13 @@ def _amat_path(data_dir: str, split: str) -> str:
     if not os.path.isdir(data_dir):
         raise FileNotFoundError(
             f"binarized_mnist: data directory {data_dir!r} (resolved to {where}) does not "
-            f"exist; it must hold {expected}. Pass --data-dir DIR.")
+            f"exist; it must hold {expected}. Pass --data-dir DIR."
+        )
     raise FileNotFoundError(
         f"binarized_mnist: neither binarized_mnist_{split}.amat nor "
         f"binarized_mnist_{split}.amat.gz found in {data_dir!r} (resolved to {where}); "
-        f"the directory must hold {expected}.")
+        f"the directory must hold {expected}."
+    )
 
 
 def binarized_mnist(data_dir: str | None = None) -> LevelDataset:
@@ -233,8 +270,9 @@ def binarized_mnist(data_dir: str | None = None) -> LevelDataset:
     data_dir = DEFAULT_BINARIZED_MNIST_DIR if data_dir is None else os.fspath(data_dir)
     paths = {s: _amat_path(data_dir, s) for s in _AMAT_SPLITS}  # all checked up front
     splits = {s: read_amat(p).reshape(-1, 1, 28, 28) for s, p in paths.items()}
-    return LevelDataset("binarized_mnist", splits["train"], splits["test"], num_levels=2,
-                        valid=splits["valid"])
+    return LevelDataset(
+        "binarized_mnist", splits["train"], splits["test"], num_levels=2, valid=splits["valid"]
+    )
 
 
 # ----------------------------------------------------------------------------- CIFAR-10
@@ -272,8 +310,10 @@ def _numpy_pickle_globals() -> dict:
 def _latin1_encode(text, encoding="latin1"):
     # only the codec pickle itself uses: no lookup of arbitrary codecs by name
     if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
-        raise UnsafePickleError(f"_codecs.encode called with encoding {encoding!r}; only "
-                                f"'latin1' (what pickle writes) is accepted")
+        raise UnsafePickleError(
+            f"_codecs.encode called with encoding {encoding!r}; only "
+            f"'latin1' (what pickle writes) is accepted"
+        )
     return text.encode("latin1")
 
 
@@ -295,7 +335,8 @@ class _CifarUnpickler(pickle.Unpickler):
             raise UnsafePickleError(
                 f"{self._path}: refused to unpickle the global {module}.{name}: a CIFAR-10 "
                 f"batch holds only numpy arrays and plain data, so this file is not one (or "
-                f"has been tampered with); nothing from it was run")
+                f"has been tampered with); nothing from it was run"
+            )
         return obj
 
 
@@ -304,8 +345,9 @@ def _batch_field(batch: dict, key: str, path: str):
         if k in batch:
             return batch[k]
     present = ", ".join(repr(k) for k in list(batch)[:8])
-    raise ValueError(f"{path}: not a CIFAR-10 python batch: no {key.encode()!r} entry "
-                     f"(entries: {present})")
+    raise ValueError(
+        f"{path}: not a CIFAR-10 python batch: no {key.encode()!r} entry (entries: {present})"
+    )
 
 
 def read_cifar_pickle(path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -326,23 +368,36 @@ def read_cifar_pickle(path) -> tuple[torch.Tensor, torch.Tensor]:
     except UnsafePickleError:
         raise
     except Exception as exc:  # truncated or not a pickle at all
-        raise ValueError(f"{path}: not a CIFAR-10 python batch: unpickling failed "
-                         f"({type(exc).__name__}: {exc})") from None
+        raise ValueError(
+            f"{path}: not a CIFAR-10 python batch: unpickling failed ({type(exc).__name__}: {exc})"
+        ) from None
     if not isinstance(batch, dict):
-        raise ValueError(f"{path}: not a CIFAR-10 python batch: expected a pickled dict, "
-                         f"found {type(batch).__name__}")
+        raise ValueError(
+            f"{path}: not a CIFAR-10 python batch: expected a pickled dict, "
+            f"found {type(batch).__name__}"
+        )
     data = _batch_field(batch, "data", path)
     labels = _batch_field(batch, "labels", path)
-    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
-            and data.shape[1] == _CIFAR_PIXELS):
-        what = (f"a {data.dtype} array of shape {tuple(data.shape)}"
-                if isinstance(data, np.ndarray) else type(data).__name__)
-        raise ValueError(f"{path}: b'data' must be a uint8 array [N, {_CIFAR_PIXELS}]; "
-                         f"found {what}")
+    if not (
+        isinstance(data, np.ndarray)
+        and data.dtype == np.uint8
+        and data.ndim == 2
+        and data.shape[1] == _CIFAR_PIXELS
+    ):
+        what = (
+            f"a {data.dtype} array of shape {tuple(data.shape)}"
+            if isinstance(data, np.ndarray)
+            else type(data).__name__
+        )
+        raise ValueError(
+            f"{path}: b'data' must be a uint8 array [N, {_CIFAR_PIXELS}]; found {what}"
+        )
     labels = np.asarray(labels)
     if labels.shape != (data.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"{path}: b'labels' must be {data.shape[0]} integers (one per row of "
-                         f"b'data'); found {labels.dtype} values of shape {labels.shape}")
+        raise ValueError(
+            f"{path}: b'labels' must be {data.shape[0]} integers (one per row of "
+            f"b'data'); found {labels.dtype} values of shape {labels.shape}"
+        )
     if labels.size and (labels.min() < 0 or labels.max() > 9):
         raise ValueError(f"{path}: labels must be in 0..9; found {labels.min()}..{labels.max()}")
     images = np.ascontiguousarray(data.reshape(-1, 3, 32, 32))
@@ -357,15 +412,19 @@ def read_cifar_binary(path) -> tuple[torch.Tensor, torch.Tensor]:
     with open(path, "rb") as f:
         content = f.read()
     if not content or len(content) % _CIFAR_RECORD:
-        raise ValueError(f"{path}: size {len(content)} bytes is not a positive multiple of "
-                         f"{_CIFAR_RECORD} (one label byte + {_CIFAR_PIXELS} pixel bytes per "
-                         f"image); not a CIFAR-10 binary batch, or a truncated one")
+        raise ValueError(
+            f"{path}: size {len(content)} bytes is not a positive multiple of "
+            f"{_CIFAR_RECORD} (one label byte + {_CIFAR_PIXELS} pixel bytes per "
+            f"image); not a CIFAR-10 binary batch, or a truncated one"
+        )
     records = np.frombuffer(content, dtype=np.uint8).reshape(-1, _CIFAR_RECORD)
     labels = records[:, 0]
     if labels.max() > 9:
         bad = int(np.argmax(labels > 9))
-        raise ValueError(f"{path}: record {bad} has label byte {labels[bad]}; CIFAR-10 labels "
-                         f"are 0..9 (is this CIFAR-100's binary version?)")
+        raise ValueError(
+            f"{path}: record {bad} has label byte {labels[bad]}; CIFAR-10 labels "
+            f"are 0..9 (is this CIFAR-100's binary version?)"
+        )
     images = np.ascontiguousarray(records[:, 1:].reshape(-1, 3, 32, 32))
     return torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
 
@@ -374,21 +433,27 @@ def _cifar_layout(data_dir: str) -> tuple[str, str]:
     """``(directory, suffix)`` of the CIFAR-10 files under ``data_dir``: suffix "" for the
     python version, ".bin" for the binary one; also looks in the archives' subdirectories."""
     where = os.path.abspath(data_dir)
-    expected = ("the python version (data_batch_1..5 and test_batch) or the binary version "
-                "(data_batch_1..5.bin and test_batch.bin)")
+    expected = (
+        "the python version (data_batch_1..5 and test_batch) or the binary version "
+        "(data_batch_1..5.bin and test_batch.bin)"
+    )
     if not os.path.isdir(data_dir):
         raise FileNotFoundError(
             f"cifar10: data directory {data_dir!r} (resolved to {where}) does not exist; it "
             f"must hold {expected}, or the archive's cifar-10-batches-py/ or "
-            f"cifar-10-batches-bin/ directory. Pass --data-dir DIR.")
+            f"cifar-10-batches-bin/ directory. Pass --data-dir DIR."
+        )
     for directory in (data_dir, *(os.path.join(data_dir, s) for s in _CIFAR_SUBDIRS)):
         for suffix in ("", ".bin"):
-            if all(os.path.isfile(os.path.join(directory, f"{n}{suffix}"))
-                   for n in ("data_batch_1", "test_batch")):
+            if all(
+                os.path.isfile(os.path.join(directory, f"{n}{suffix}"))
+                for n in ("data_batch_1", "test_batch")
+            ):
                 return directory, suffix
     raise FileNotFoundError(
         f"cifar10: found neither {expected} in {data_dir!r} (resolved to {where}) nor in its "
-        f"cifar-10-batches-py/ or cifar-10-batches-bin/ subdirectory.")
+        f"cifar-10-batches-py/ or cifar-10-batches-bin/ subdirectory."
+    )
 
 
 def cifar10(data_dir: str | None = None) -> LevelDataset:
@@ -404,14 +469,18 @@ def cifar10(data_dir: str | None = None) -> LevelDataset:
     data_dir = DEFAULT_CIFAR10_DIR if data_dir is None else os.fspath(data_dir)
     directory, suffix = _cifar_layout(data_dir)
     read = read_cifar_binary if suffix else read_cifar_pickle
-    present = [k for k in range(1, _CIFAR_TRAIN_BATCHES + 1)
-               if os.path.isfile(os.path.join(directory, f"data_batch_{k}{suffix}"))]
+    present = [
+        k
+        for k in range(1, _CIFAR_TRAIN_BATCHES + 1)
+        if os.path.isfile(os.path.join(directory, f"data_batch_{k}{suffix}"))
+    ]
     if present != list(range(1, len(present) + 1)):
         missing = next(k for k in range(1, present[-1]) if k not in present)
         raise FileNotFoundError(
             f"cifar10: data_batch_{missing}{suffix} is missing from {directory!r} while "
             f"data_batch_{present[-1]}{suffix} is there; the training batches are "
-            f"data_batch_1..{_CIFAR_TRAIN_BATCHES}{suffix}")
+            f"data_batch_1..{_CIFAR_TRAIN_BATCHES}{suffix}"
+        )
     train = [read(os.path.join(directory, f"data_batch_{k}{suffix}"))[0] for k in present]
     test, _ = read(os.path.join(directory, f"test_batch{suffix}"))
     return LevelDataset("cifar10", torch.cat(train), test, num_levels=256)
@@ -429,11 +498,15 @@ def read_idx(path, ndim: int | None = None) -> torch.Tensor:
     path = os.fspath(path)
     content = _open_bytes(path)
     if len(content) < 4 or content[0] != 0 or content[1] != 0:
-        raise ValueError(f"{path}: not an idx file (its first bytes {content[:4].hex()} are "
-                         f"not the magic 0000<type><ndim>)")
+        raise ValueError(
+            f"{path}: not an idx file (its first bytes {content[:4].hex()} are "
+            f"not the magic 0000<type><ndim>)"
+        )
     if content[2] != _IDX_UBYTE:
-        raise ValueError(f"{path}: idx element type 0x{content[2]:02x}; only unsigned bytes "
-                         f"(0x08, what MNIST uses) are supported")
+        raise ValueError(
+            f"{path}: idx element type 0x{content[2]:02x}; only unsigned bytes "
+            f"(0x08, what MNIST uses) are supported"
+        )
     n = content[3]
     if ndim is not None and n != ndim:
         raise ValueError(f"{path}: idx file of {n} dimensions; expected {ndim}")
@@ -443,8 +516,10 @@ def read_idx(path, ndim: int | None = None) -> torch.Tensor:
     dims = tuple(int(d) for d in np.frombuffer(content, dtype=">u4", count=n, offset=4))
     expected = header + int(np.prod(dims, dtype=np.int64))
     if len(content) != expected:
-        raise ValueError(f"{path}: size {len(content)} bytes does not match its header "
-                         f"(sizes {'x'.join(map(str, dims))} need {expected} bytes)")
+        raise ValueError(
+            f"{path}: size {len(content)} bytes does not match its header "
+            f"(sizes {'x'.join(map(str, dims))} need {expected} bytes)"
+        )
     arr = np.frombuffer(content, dtype=np.uint8, offset=header).reshape(dims)
     return torch.from_numpy(arr.copy())
 
@@ -459,10 +534,14 @@ def _idx_path(data_dir: str, stem: str) -> str:
     where = os.path.abspath(data_dir)
     need = "train-images-idx3-ubyte[.gz] and t10k-images-idx3-ubyte[.gz]"
     if not os.path.isdir(data_dir):
-        raise FileNotFoundError(f"mnist: data directory {data_dir!r} (resolved to {where}) "
-                                f"does not exist; it must hold {need}. Pass --data-dir DIR.")
-    raise FileNotFoundError(f"mnist: {stem}[.gz] not found in {data_dir!r} (resolved to "
-                            f"{where}); the directory must hold {need}.")
+        raise FileNotFoundError(
+            f"mnist: data directory {data_dir!r} (resolved to {where}) "
+            f"does not exist; it must hold {need}. Pass --data-dir DIR."
+        )
+    raise FileNotFoundError(
+        f"mnist: {stem}[.gz] not found in {data_dir!r} (resolved to "
+        f"{where}); the directory must hold {need}."
+    )
 
 
 def mnist(data_dir: str | None = None) -> LevelDataset:
@@ -474,8 +553,10 @@ def mnist(data_dir: str | None = None) -> LevelDataset:
     paths = {s: _idx_path(data_dir, f"{s}-images-idx3-ubyte") for s in ("train", "t10k")}
     train, test = (read_idx(paths[s], ndim=3) for s in ("train", "t10k"))
     if train.shape[1:] != test.shape[1:]:
-        raise ValueError(f"mnist: train images are {tuple(train.shape[1:])} but test images "
-                         f"are {tuple(test.shape[1:])}")
+        raise ValueError(
+            f"mnist: train images are {tuple(train.shape[1:])} but test images "
+            f"are {tuple(test.shape[1:])}"
+        )
     return LevelDataset("mnist", train[:, None], test[:, None], num_levels=256)
 
 

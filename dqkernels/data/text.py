@@ -9,6 +9,7 @@
   such splits. :func:`encode_pairs` turns raw pairs into :class:`TokenPairs` with any
   tokenizer's ``encode`` functions.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -20,8 +21,17 @@ import torch
 
 from dqkernels.data.images import default_data_dir
 
-__all__ = ["ParallelText", "TokenBatch", "TokenPairs", "TokenPairDataset", "MULTI30K_SPLITS",
-           "encode_pairs", "multi30k", "read_parallel", "read_text_lines"]
+__all__ = [
+    "ParallelText",
+    "TokenBatch",
+    "TokenPairs",
+    "TokenPairDataset",
+    "MULTI30K_SPLITS",
+    "encode_pairs",
+    "multi30k",
+    "read_parallel",
+    "read_text_lines",
+]
 
 #: Multi30k (task 1) file stems of our split names
 MULTI30K_SPLITS = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
@@ -45,8 +55,9 @@ def read_text_lines(path: str) -> list[str]:
         try:
             out.append(line.decode("utf-8").rstrip("\r"))
         except UnicodeDecodeError as exc:
-            raise ValueError(f"{path}, line {lineno}: not UTF-8 text ({exc.reason} at byte "
-                             f"{exc.start})") from None
+            raise ValueError(
+                f"{path}, line {lineno}: not UTF-8 text ({exc.reason} at byte {exc.start})"
+            ) from None
     return out
 
 
@@ -57,22 +68,29 @@ def _text_path(data_dir: str, stem: str, lang: str, what: str) -> str:
             return candidate
     where = os.path.abspath(data_dir)
     if not os.path.isdir(data_dir):
-        raise FileNotFoundError(f"{what}: data directory {data_dir!r} (resolved to {where}) "
-                                f"does not exist. Pass --data-dir DIR.")
-    raise FileNotFoundError(f"{what}: neither {stem}.{lang} nor {stem}.{lang}.gz found in "
-                            f"{data_dir!r} (resolved to {where})")
+        raise FileNotFoundError(
+            f"{what}: data directory {data_dir!r} (resolved to {where}) "
+            f"does not exist. Pass --data-dir DIR."
+        )
+    raise FileNotFoundError(
+        f"{what}: neither {stem}.{lang} nor {stem}.{lang}.gz found in "
+        f"{data_dir!r} (resolved to {where})"
+    )
 
 
-def read_parallel(data_dir: str, stem: str, src_lang: str, tgt_lang: str,
-                  what: str = "parallel text") -> list[tuple[str, str]]:
+def read_parallel(
+    data_dir: str, stem: str, src_lang: str, tgt_lang: str, what: str = "parallel text"
+) -> list[tuple[str, str]]:
     """Sentence pairs from ``<stem>.<src_lang>[.gz]`` and ``<stem>.<tgt_lang>[.gz]`` in
     ``data_dir``; the two files must have the same number of lines."""
     src_path = _text_path(data_dir, stem, src_lang, what)
     tgt_path = _text_path(data_dir, stem, tgt_lang, what)
     src, tgt = read_text_lines(src_path), read_text_lines(tgt_path)
     if len(src) != len(tgt):
-        raise ValueError(f"{what}: {src_path} has {len(src)} lines but {tgt_path} has "
-                         f"{len(tgt)}; the lines of a parallel corpus must align")
+        raise ValueError(
+            f"{what}: {src_path} has {len(src)} lines but {tgt_path} has "
+            f"{len(tgt)}; the lines of a parallel corpus must align"
+        )
     return list(zip(src, tgt))
 
 
@@ -86,13 +104,16 @@ class ParallelText:
     splits: dict[str, list[tuple[str, str]]]
 
 
-def multi30k(data_dir: str | None = None, src_lang: str = "en",
-             tgt_lang: str = "de") -> ParallelText:
+def multi30k(
+    data_dir: str | None = None, src_lang: str = "en", tgt_lang: str = "de"
+) -> ParallelText:
     """Multi30k task 1 (29,000 / 1,014 / 1,000 pairs: train / val / test_2016_flickr) from
     ``data_dir`` (default ``../shared/data/multi30k``), raw and untokenised."""
     data_dir = default_data_dir("multi30k") if data_dir is None else os.fspath(data_dir)
-    splits = {name: read_parallel(data_dir, stem, src_lang, tgt_lang, what="multi30k")
-              for name, stem in MULTI30K_SPLITS.items()}
+    splits = {
+        name: read_parallel(data_dir, stem, src_lang, tgt_lang, what="multi30k")
+        for name, stem in MULTI30K_SPLITS.items()
+    }
     return ParallelText("multi30k", src_lang, tgt_lang, splits)
 
 
@@ -114,16 +135,20 @@ class TokenBatch:
         return self.src.shape[0]
 
     def to(self, device: torch.device | str) -> TokenBatch:
-        return TokenBatch(self.src.to(device), self.src_lengths.to(device),
-                          self.tgt.to(device), self.tgt_lengths.to(device), self.pad_id)
+        return TokenBatch(
+            self.src.to(device),
+            self.src_lengths.to(device),
+            self.tgt.to(device),
+            self.tgt_lengths.to(device),
+            self.pad_id,
+        )
 
 
 def _pad(seqs: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     lengths = torch.tensor([s.numel() for s in seqs], dtype=torch.int64)
-    out = torch.full((len(seqs), int(lengths.max()) if seqs else 0), pad_id,
-                     dtype=torch.int64)
+    out = torch.full((len(seqs), int(lengths.max()) if seqs else 0), pad_id, dtype=torch.int64)
     for i, s in enumerate(seqs):
-        out[i, :s.numel()] = s
+        out[i, : s.numel()] = s
     return out, lengths
 
 
@@ -132,16 +157,23 @@ class TokenPairs:
     ``take(index)`` collates the pairs at ``index`` into a :class:`TokenBatch` on the
     device given to :meth:`to` (the sequences stay on the CPU until then)."""
 
-    def __init__(self, src: Sequence[torch.Tensor], tgt: Sequence[torch.Tensor],
-                 pad_id: int = 0, device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        src: Sequence[torch.Tensor],
+        tgt: Sequence[torch.Tensor],
+        pad_id: int = 0,
+        device: torch.device | str = "cpu",
+    ):
         if len(src) != len(tgt):
             raise ValueError(f"TokenPairs: {len(src)} source but {len(tgt)} target sequences")
         for name, seqs in (("source", src), ("target", tgt)):
             for i, s in enumerate(seqs):
                 if not isinstance(s, torch.Tensor) or s.dim() != 1 or s.dtype != torch.int64:
-                    raise ValueError(f"TokenPairs: {name} sequence {i} must be a 1-D int64 "
-                                     f"tensor; got {getattr(s, 'dtype', type(s).__name__)} "
-                                     f"{tuple(getattr(s, 'shape', ()))}")
+                    raise ValueError(
+                        f"TokenPairs: {name} sequence {i} must be a 1-D int64 "
+                        f"tensor; got {getattr(s, 'dtype', type(s).__name__)} "
+                        f"{tuple(getattr(s, 'shape', ()))}"
+                    )
         self.src, self.tgt = list(src), list(tgt)
         self.pad_id = int(pad_id)
         self.device = torch.device(device)
@@ -166,8 +198,12 @@ class TokenPairs:
         return sum(s.numel() for s in self.src), sum(t.numel() for t in self.tgt)
 
 
-def encode_pairs(pairs: Sequence[tuple[str, str]], encode_src: Callable[[str], list[int]],
-                 encode_tgt: Callable[[str], list[int]], pad_id: int = 0) -> TokenPairs:
+def encode_pairs(
+    pairs: Sequence[tuple[str, str]],
+    encode_src: Callable[[str], list[int]],
+    encode_tgt: Callable[[str], list[int]],
+    pad_id: int = 0,
+) -> TokenPairs:
     """:class:`TokenPairs` of raw ``(source, target)`` sentences, each side encoded by its
     tokenizer's ``encode`` (a function from a string to token ids; add BOS/EOS there)."""
     src = [torch.tensor(encode_src(s), dtype=torch.int64) for s, _ in pairs]
@@ -197,10 +233,17 @@ class TokenPairDataset:
         return self.splits[split]
 
     def describe(self) -> str:
-        return (f"sentence pairs ({self.src_lang} -> {self.tgt_lang}, vocabularies "
-                f"{self.src_vocab_size} / {self.tgt_vocab_size})")
+        return (
+            f"sentence pairs ({self.src_lang} -> {self.tgt_lang}, vocabularies "
+            f"{self.src_vocab_size} / {self.tgt_vocab_size})"
+        )
 
     def info(self) -> dict:
-        return {"kind": "token_pairs", "src_lang": self.src_lang, "tgt_lang": self.tgt_lang,
-                "src_vocab_size": self.src_vocab_size, "tgt_vocab_size": self.tgt_vocab_size,
-                **self.extra_info}
+        return {
+            "kind": "token_pairs",
+            "src_lang": self.src_lang,
+            "tgt_lang": self.tgt_lang,
+            "src_vocab_size": self.src_vocab_size,
+            "tgt_vocab_size": self.tgt_vocab_size,
+            **self.extra_info,
+        }

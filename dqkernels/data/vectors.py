@@ -10,6 +10,7 @@ trainer dataset (see :mod:`dqkernels.data.examples`), hands out float32 batches 
   same fixed train/test split as the image version: the built-in default, so that a model
   of binary vectors runs on a fresh machine.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -42,16 +43,22 @@ class BinaryVectors(TensorSplits):
             if t is None:
                 continue
             if t.dim() != 2 or t.dtype != torch.uint8:
-                raise ValueError(f"BinaryVectors {self.name!r}: {split} must be uint8 [N, D]; "
-                                 f"got {str(t.dtype).replace('torch.', '')} "
-                                 f"{tuple(t.shape)}")
+                raise ValueError(
+                    f"BinaryVectors {self.name!r}: {split} must be uint8 [N, D]; "
+                    f"got {str(t.dtype).replace('torch.', '')} "
+                    f"{tuple(t.shape)}"
+                )
             if t.numel() and int(t.max()) > 1:
-                raise ValueError(f"BinaryVectors {self.name!r}: {split} holds values other "
-                                 f"than 0 and 1 (max {int(t.max())})")
+                raise ValueError(
+                    f"BinaryVectors {self.name!r}: {split} holds values other "
+                    f"than 0 and 1 (max {int(t.max())})"
+                )
             if t.shape[1] != self.train.shape[1]:
-                raise ValueError(f"BinaryVectors {self.name!r}: {split} vectors have "
-                                 f"{t.shape[1]} dimensions, train vectors "
-                                 f"{self.train.shape[1]}")
+                raise ValueError(
+                    f"BinaryVectors {self.name!r}: {split} vectors have "
+                    f"{t.shape[1]} dimensions, train vectors "
+                    f"{self.train.shape[1]}"
+                )
 
     @property
     def num_dims(self) -> int:
@@ -77,10 +84,12 @@ def binary_vectors(name: str, data_dir: str | None = None) -> BinaryVectors:
         return BinaryVectors("digits", _threshold(d.train), _threshold(d.test))
     if name == "binarized_mnist":
         d = binarized_mnist(data_dir)
-        return BinaryVectors("binarized_mnist", d.train.flatten(1), d.test.flatten(1),
-                             valid=d.valid.flatten(1))
-    raise ValueError(f"unknown binary-vector dataset {name!r}; choose one of "
-                     f"{', '.join(BINARY_DATASETS)}")
+        return BinaryVectors(
+            "binarized_mnist", d.train.flatten(1), d.test.flatten(1), valid=d.valid.flatten(1)
+        )
+    raise ValueError(
+        f"unknown binary-vector dataset {name!r}; choose one of {', '.join(BINARY_DATASETS)}"
+    )
 
 
 def _threshold(levels: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ kernels do not take; the tensor itself last, so that a temporary such as
 The binding (python/binding.h) checks the tensors against each other and fills the
 kernel's arguments from their own sizes.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -19,7 +20,8 @@ from dqkernels._ext import _C
 
 #: torch dtype -> the code csrc/common/dtype.h gives it
 DTYPE_CODES: dict[torch.dtype, int] = (
-    {} if _C is None else {getattr(torch, name): code for name, code in _C.dtype_codes().items()})
+    {} if _C is None else {getattr(torch, name): code for name, code in _C.dtype_codes().items()}
+)
 
 TensorArg = tuple  # (int, int, int, tuple[int, ...], tuple[int, ...], torch.Tensor)
 
@@ -28,16 +30,27 @@ def tensor_arg(t: torch.Tensor | None) -> TensorArg | None:
     """``t`` as the bindings take it (None stays None)."""
     if t is None:
         return None
-    return (t.data_ptr(), DTYPE_CODES.get(t.dtype, -1),
-            -1 if t.is_cpu else (t.get_device() if t.is_cuda else -2), t.shape, t.stride(), t)
+    return (
+        t.data_ptr(),
+        DTYPE_CODES.get(t.dtype, -1),
+        -1 if t.is_cpu else (t.get_device() if t.is_cuda else -2),
+        t.shape,
+        t.stride(),
+        t,
+    )
 
 
 def strided_arg(t: torch.Tensor, sizes: Sequence[int], strides: Sequence[int]) -> TensorArg:
     """``t``'s memory seen with other ``sizes`` and element ``strides`` (a view, without
     making one): how the coupling kernels receive their merged layouts."""
-    return (t.data_ptr(), DTYPE_CODES.get(t.dtype, -1),
-            -1 if t.is_cpu else (t.get_device() if t.is_cuda else -2), tuple(sizes),
-            tuple(strides), t)
+    return (
+        t.data_ptr(),
+        DTYPE_CODES.get(t.dtype, -1),
+        -1 if t.is_cpu else (t.get_device() if t.is_cuda else -2),
+        tuple(sizes),
+        tuple(strides),
+        t,
+    )
 
 
 def cpu_threads() -> int:

@@ -6,6 +6,7 @@ The coupling ops take ``x`` of any shape ``[B, *S]`` and parameter tensors of sh
 (size-1 dims dropped), padded in front with size 1 to three. If more than three dims
 remain (a rare mix of permutations), the tensors are made contiguous first.
 """
+
 from __future__ import annotations
 
 import torch
@@ -39,12 +40,12 @@ def element_layout(elem: list[torch.Tensor], per_k: list[torch.Tensor] = ()):
     """
     x = elem[0]
     B, S = x.shape[0], list(x.shape[1:])
-    sets = [list(t.stride()[1:1 + len(S)]) for t in list(elem) + list(per_k)]
+    sets = [list(t.stride()[1 : 1 + len(S)]) for t in list(elem) + list(per_k)]
     sizes, strides = _merge(S, sets)
     tensors = list(elem) + list(per_k)
     if len(sizes) > INNER_DIMS:
         tensors = [t.contiguous() for t in tensors]
-        sets = [list(t.stride()[1:1 + len(S)]) for t in tensors]
+        sets = [list(t.stride()[1 : 1 + len(S)]) for t in tensors]
         sizes, strides = _merge(S, sets)
     pad = INNER_DIMS - len(sizes)
     sizes = [1] * pad + sizes

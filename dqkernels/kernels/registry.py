@@ -17,6 +17,7 @@ modules, never a kernel module (so never triton); :func:`module` imports a backe
 when an op first runs on it. Families are found by listing this package's subpackages;
 :func:`register` adds one from elsewhere (or a fake one in tests).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -74,8 +75,10 @@ def _cuda_kernels_missing(device: torch.device) -> str | None:
     if not _ext.has_cpu_kernels():
         return f"not built: {_ext.LOAD_ERROR}"
     if not _ext.has_cuda_kernels():
-        return ("dqkernels._C was built without CUDA kernels (nvcc was not found, or DQK_CUDA=0 "
-                "at build time)")
+        return (
+            "dqkernels._C was built without CUDA kernels (nvcc was not found, or DQK_CUDA=0 "
+            "at build time)"
+        )
     return None
 
 
@@ -119,16 +122,19 @@ class Kernels:
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
-            raise ValueError(f"unknown backend {self.backend!r}; backends are "
-                             f"{', '.join(BACKENDS)}")
+            raise ValueError(
+                f"unknown backend {self.backend!r}; backends are {', '.join(BACKENDS)}"
+            )
         object.__setattr__(self, "_dtype_set", frozenset(getattr(torch, d) for d in self.dtypes))
 
     def why_not(self, device: torch.device, dtype: torch.dtype) -> str | None:
         """None if these kernels can run on tensors of ``device`` and ``dtype``, otherwise
         the reason, in words."""
         if dtype not in self._dtype_set:
-            return (f"dtype {str(dtype).replace('torch.', '')} is not supported (it takes "
-                    f"{', '.join(self.dtypes)})")
+            return (
+                f"dtype {str(dtype).replace('torch.', '')} is not supported (it takes "
+                f"{', '.join(self.dtypes)})"
+            )
         if self.devices and device.type not in self.devices:
             where = " and ".join(_DEVICE_WORDS.get(d, d) for d in self.devices)
             return f"runs on {where} tensors only; these are on {device}"
@@ -177,7 +183,8 @@ def register(family: str, kernels: Iterable[Kernels]) -> None:
         if k.backend in decls:
             raise ValueError(f"op family {family!r} declares {k.backend} kernels twice")
         decls[k.backend] = dataclasses.replace(
-            k, family=family, module=k.module or f"{__package__}.{family}.{k.backend}")
+            k, family=family, module=k.module or f"{__package__}.{family}.{k.backend}"
+        )
     _families[family] = decls
     for key in [key for key in _modules if key[0] == family]:
         del _modules[key]
@@ -209,8 +216,9 @@ def declared(family: str) -> dict[str, Kernels]:
     if decls is None:
         decls = families().get(family)
         if decls is None:
-            raise ValueError(f"unknown op family {family!r}; the families are "
-                             f"{', '.join(sorted(families()))}")
+            raise ValueError(
+                f"unknown op family {family!r}; the families are {', '.join(sorted(families()))}"
+            )
     return decls
 
 

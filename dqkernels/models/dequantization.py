@@ -34,6 +34,7 @@ The training loss is minus the bound, in nats. Test bits/dim come from the impor
 weighted bound with many samples (:meth:`DequantizationFlow.iw_nll`, evaluated in chunks
 of samples so memory stays bounded); it is an upper bound on ``-log2 P(x) / D``.
 """
+
 from __future__ import annotations
 
 import math
@@ -46,8 +47,15 @@ from dqkernels.data import levels_to_grid
 from dqkernels.models.flow import MultiScaleFlow, make_coupling, standard_normal_log_prob
 from dqkernels.ops import affine_coupling
 
-__all__ = ["AutoregressiveDequantizer", "DEQUANTIZERS", "DequantizationFlow", "OBJECTIVES",
-           "UniformDequantizer", "VariationalDequantizer", "bound"]
+__all__ = [
+    "AutoregressiveDequantizer",
+    "DEQUANTIZERS",
+    "DequantizationFlow",
+    "OBJECTIVES",
+    "UniformDequantizer",
+    "VariationalDequantizer",
+    "bound",
+]
 
 DEQUANTIZERS = ("uniform", "variational", "ard")
 OBJECTIVES = ("elbo", "iw", "renyi")
@@ -101,8 +109,9 @@ class UniformDequantizer(nn.Module):
     #: the base noise this dequantizer draws (see :meth:`DequantizationFlow.log_weights`)
     noise = "uniform"
 
-    def forward(self, x: torch.Tensor,
-                eps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, eps: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(u, log q(u | x))`` for levels ``x`` (float ``[N, C, H, W]``); ``eps``: the
         uniform draw itself, drawn when not given."""
         u = torch.rand_like(x) if eps is None else eps
@@ -116,14 +125,16 @@ class _FlowDequantizer(nn.Module):
 
     noise = "normal"
 
-    def __init__(self, in_channels: int, num_levels: int, context_channels: int,
-                 hidden: int, num_blocks: int):
+    def __init__(
+        self, in_channels: int, num_levels: int, context_channels: int, hidden: int, num_blocks: int
+    ):
         super().__init__()
         self.num_levels = num_levels
         self.context = ContextNet(in_channels, context_channels, hidden, num_blocks)
 
-    def forward(self, x: torch.Tensor,
-                eps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, eps: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(u, log q(u | x))`` for levels ``x`` (float ``[N, C, H, W]``); ``eps`` (the
         Gaussian noise, drawn when not given) makes the draw a deterministic function."""
         ctx = self.context(levels_to_grid(x, self.num_levels, x.dtype))
@@ -142,17 +153,34 @@ class VariationalDequantizer(_FlowDequantizer):
     nets see a context of ``x``; masks cycle checkerboard (parity 0, 1) then channel
     (parity 0, 1) where there are >= 2 channels, checkerboard only otherwise."""
 
-    def __init__(self, in_channels: int, num_levels: int, *, num_steps: int = 4,
-                 coupling: str = "mixlog", hidden: int = 64, num_blocks: int = 1,
-                 num_components: int = 8, context_channels: int = 16,
-                 backend: str | None = None):
+    def __init__(
+        self,
+        in_channels: int,
+        num_levels: int,
+        *,
+        num_steps: int = 4,
+        coupling: str = "mixlog",
+        hidden: int = 64,
+        num_blocks: int = 1,
+        num_components: int = 8,
+        context_channels: int = 16,
+        backend: str | None = None,
+    ):
         super().__init__(in_channels, num_levels, context_channels, hidden, num_blocks)
         self.steps = nn.ModuleList(
-            make_coupling(coupling, in_channels, i % 2, hidden=hidden, num_blocks=num_blocks,
-                          num_components=num_components, context_channels=context_channels,
-                          mask="checkerboard" if in_channels < 2 or i % 4 < 2 else "channel",
-                          backend=backend)
-            for i in range(num_steps))
+            make_coupling(
+                coupling,
+                in_channels,
+                i % 2,
+                hidden=hidden,
+                num_blocks=num_blocks,
+                num_components=num_components,
+                context_channels=context_channels,
+                mask="checkerboard" if in_channels < 2 or i % 4 < 2 else "channel",
+                backend=backend,
+            )
+            for i in range(num_steps)
+        )
 
     def _flow(self, eps, ctx):
         h, total = eps, None
@@ -166,17 +194,26 @@ class _ConvARNet(nn.Module):
     """PixelCNN-masked net: ``(shift, scale_logit)`` of every element from the elements
     before it in raster-then-channel order, plus an unmasked context of ``x``."""
 
-    def __init__(self, channels: int, hidden: int, num_blocks: int, context_channels: int,
-                 kernel_size: int, backend: str | None):
+    def __init__(
+        self,
+        channels: int,
+        hidden: int,
+        num_blocks: int,
+        context_channels: int,
+        kernel_size: int,
+        backend: str | None,
+    ):
         super().__init__()
         from dqkernels.nn import MaskedConv2d
-        width = max(hidden // channels, 1) * channels      # whole channel groups
+
+        width = max(hidden // channels, 1) * channels  # whole channel groups
         k = kernel_size
         self.first = MaskedConv2d(channels, width, k, "A", groups=channels, backend=backend)
         self.ctx = nn.Conv2d(context_channels, width, 1)
         self.blocks = nn.ModuleList(
             MaskedConv2d(width, width, k, "B", groups=channels, backend=backend)
-            for _ in range(num_blocks))
+            for _ in range(num_blocks)
+        )
         # output channel 2c is the shift of channel c, 2c+1 its scale logit: both fall in
         # channel group c (o * C // 2C = o // 2)
         self.out = MaskedConv2d(width, 2 * channels, k, "B", groups=channels, backend=backend)
@@ -196,25 +233,35 @@ class _MadeARNet(nn.Module):
     """MADE over the flattened ``C*H*W`` dimensions (raster-then-channel order, i.e.
     dimension ``(h*W + w)*C + c`` has degree ``1 + that index``)."""
 
-    def __init__(self, channels: int, height: int, width: int, hidden: int, num_blocks: int,
-                 context_channels: int, backend: str | None):
+    def __init__(
+        self,
+        channels: int,
+        height: int,
+        width: int,
+        hidden: int,
+        num_blocks: int,
+        context_channels: int,
+        backend: str | None,
+    ):
         super().__init__()
         from dqkernels.nn import MaskedLinear
+
         C, H, W = channels, height, width
         D = C * H * W
         self.shape = (C, H, W)
         # the position of element (c, h, w) in raster-then-channel order, 1-based
-        order = (torch.arange(H * W).view(1, H, W) * C + torch.arange(C).view(C, 1, 1) + 1)
-        in_deg = order.reshape(-1)                        # degrees in [C, H, W] flat layout
+        order = torch.arange(H * W).view(1, H, W) * C + torch.arange(C).view(C, 1, 1) + 1
+        in_deg = order.reshape(-1)  # degrees in [C, H, W] flat layout
         # hidden degrees ascending in 1 .. D-1 (a staircase the kernels skip along)
         hid_deg = 1 + (torch.arange(hidden) * max(D - 1, 1)) // hidden
         hid_deg = hid_deg.clamp(max=max(D - 1, 1))
-        out_deg = in_deg.repeat_interleave(2)             # (shift, scale) of each element
+        out_deg = in_deg.repeat_interleave(2)  # (shift, scale) of each element
         self.first = MaskedLinear(D, hidden, in_deg, hid_deg, strict=False, backend=backend)
         self.ctx = nn.Linear(context_channels * H * W, hidden)
         self.blocks = nn.ModuleList(
             MaskedLinear(hidden, hidden, hid_deg, hid_deg, strict=False, backend=backend)
-            for _ in range(num_blocks))
+            for _ in range(num_blocks)
+        )
         self.out = MaskedLinear(hidden, 2 * D, hid_deg, out_deg, strict=True, backend=backend)
         nn.init.zeros_(self.out.weight)
         if self.out.bias is not None:
@@ -232,14 +279,26 @@ class _MadeARNet(nn.Module):
 class AutoregressiveDequantizer(_FlowDequantizer):
     """ARD: an inverse autoregressive flow on ``eps`` (see the module docstring)."""
 
-    def __init__(self, in_channels: int, height: int, width: int, num_levels: int, *,
-                 num_steps: int = 4, net: str = "conv", hidden: int = 64, num_blocks: int = 1,
-                 context_channels: int = 16, kernel_size: int = 3,
-                 backend: str | None = None):
+    def __init__(
+        self,
+        in_channels: int,
+        height: int,
+        width: int,
+        num_levels: int,
+        *,
+        num_steps: int = 4,
+        net: str = "conv",
+        hidden: int = 64,
+        num_blocks: int = 1,
+        context_channels: int = 16,
+        kernel_size: int = 3,
+        backend: str | None = None,
+    ):
         super().__init__(in_channels, num_levels, context_channels, hidden, num_blocks)
         if net not in ARD_NETS:
-            raise ValueError(f"AutoregressiveDequantizer: net must be one of "
-                             f"{', '.join(ARD_NETS)}; got {net!r}")
+            raise ValueError(
+                f"AutoregressiveDequantizer: net must be one of {', '.join(ARD_NETS)}; got {net!r}"
+            )
         self.backend = backend
         # Each IAF layer's gate sigmoid(s + 2) is < 1, so the layers can only contract;
         # a learned per-element log-scale after them lets q widen. It starts where u is
@@ -250,17 +309,21 @@ class AutoregressiveDequantizer(_FlowDequantizer):
         self.out_shift = nn.Parameter(torch.zeros(in_channels, height, width))
         if net == "conv":
             self.nets = nn.ModuleList(
-                _ConvARNet(in_channels, hidden, num_blocks, context_channels, kernel_size,
-                           backend) for _ in range(num_steps))
+                _ConvARNet(in_channels, hidden, num_blocks, context_channels, kernel_size, backend)
+                for _ in range(num_steps)
+            )
         else:
             self.nets = nn.ModuleList(
-                _MadeARNet(in_channels, height, width, hidden, num_blocks, context_channels,
-                           backend) for _ in range(num_steps))
+                _MadeARNet(
+                    in_channels, height, width, hidden, num_blocks, context_channels, backend
+                )
+                for _ in range(num_steps)
+            )
 
     def _flow(self, eps, ctx):
         z, total = eps, None
         for i, net in enumerate(self.nets):
-            flip = i % 2 == 1          # reverse the autoregressive order every other layer
+            flip = i % 2 == 1  # reverse the autoregressive order every other layer
             zi = z.flip((1, 2, 3)) if flip else z
             shift, scale_logit = net(zi, ctx.flip((2, 3)) if flip else ctx)
             zi, ld = affine_coupling(zi, shift, scale_logit, backend=self.backend)
@@ -289,21 +352,31 @@ class DequantizationFlow(nn.Module):
     "elbo": mean_k log w_k [B], "log_q": mean_k log q [B]}`` in nats.
     """
 
-    def __init__(self, flow: MultiScaleFlow, dequantizer: nn.Module, num_levels: int, *,
-                 objective: str = "elbo", num_samples: int = 1, alpha: float = 0.5,
-                 logit_margin: float = 0.05):
+    def __init__(
+        self,
+        flow: MultiScaleFlow,
+        dequantizer: nn.Module,
+        num_levels: int,
+        *,
+        objective: str = "elbo",
+        num_samples: int = 1,
+        alpha: float = 0.5,
+        logit_margin: float = 0.05,
+    ):
         super().__init__()
         if objective not in OBJECTIVES:
-            raise ValueError(f"DequantizationFlow: objective must be one of "
-                             f"{', '.join(OBJECTIVES)}; got {objective!r}")
+            raise ValueError(
+                f"DequantizationFlow: objective must be one of "
+                f"{', '.join(OBJECTIVES)}; got {objective!r}"
+            )
         if num_samples < 1:
-            raise ValueError(f"DequantizationFlow: num_samples must be >= 1; got "
-                             f"{num_samples}")
+            raise ValueError(f"DequantizationFlow: num_samples must be >= 1; got {num_samples}")
         if objective == "renyi" and not 0.0 <= alpha < 1.0:
             raise ValueError(f"DequantizationFlow: alpha must be in [0, 1); got {alpha}")
         if not 0.0 < logit_margin < 0.5:
-            raise ValueError(f"DequantizationFlow: logit_margin must be in (0, 0.5); got "
-                             f"{logit_margin}")
+            raise ValueError(
+                f"DequantizationFlow: logit_margin must be in (0, 0.5); got {logit_margin}"
+            )
         self.flow = flow
         self.dequantizer = dequantizer
         self.num_levels = num_levels
@@ -316,8 +389,10 @@ class DequantizationFlow(nn.Module):
         want = self.flow.input_shape
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != want:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"DequantizationFlow.{where}: x must be levels of shape [B, "
-                             f"{', '.join(map(str, want))}]; got {got}")
+            raise ValueError(
+                f"DequantizationFlow.{where}: x must be levels of shape [B, "
+                f"{', '.join(map(str, want))}]; got {got}"
+            )
 
     def preprocess(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``y = logit(a + (1 - 2a) v / L)`` and ``log |dy/dv|`` summed per example."""
@@ -332,8 +407,9 @@ class DequantizationFlow(nn.Module):
         p = next(self.flow.parameters(), None)
         return torch.float32 if p is None else p.dtype
 
-    def draw_noise(self, x: torch.Tensor, num_samples: int,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+    def draw_noise(
+        self, x: torch.Tensor, num_samples: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """The dequantizer's base noise for ``num_samples`` draws per example of ``x``:
         ``[num_samples * B, C, H, W]``, uniform or standard normal (see ``noise``)."""
         shape = (num_samples * x.shape[0],) + tuple(x.shape[1:])
@@ -342,8 +418,9 @@ class DequantizationFlow(nn.Module):
             return torch.rand(shape, **kw)
         return torch.randn(shape, **kw)
 
-    def log_weights(self, x: torch.Tensor, num_samples: int,
-                    noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def log_weights(
+        self, x: torch.Tensor, num_samples: int, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(log w, log q)``, each ``[num_samples, B]``: ``log w = log p(x + u) - log q(u|x)``
         for ``num_samples`` draws ``u ~ q(u | x)`` per example (one batched pass). ``noise``
         (from :meth:`draw_noise`) fixes the draws; by default they are random."""
@@ -351,23 +428,27 @@ class DequantizationFlow(nn.Module):
         dtype = self._dtype()
         xr = x.to(dtype).repeat(num_samples, 1, 1, 1)
         if noise is not None and tuple(noise.shape) != tuple(xr.shape):
-            raise ValueError(f"DequantizationFlow: noise must have shape {tuple(xr.shape)} "
-                             f"(num_samples * B, C, H, W); got {tuple(noise.shape)}")
+            raise ValueError(
+                f"DequantizationFlow: noise must have shape {tuple(xr.shape)} "
+                f"(num_samples * B, C, H, W); got {tuple(noise.shape)}"
+            )
         u, log_q = self.dequantizer(xr, noise)
         y, ld = self.preprocess(xr + u.to(dtype))
         log_p = self.flow(y) + ld
         return (log_p - log_q).view(num_samples, B), log_q.view(num_samples, B)
 
-    def forward(self, x: torch.Tensor,
-                noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         self._check(x, "forward")
         log_w, log_q = self.log_weights(x, self.num_samples, noise)
         b = bound(log_w, self.objective, self.alpha)
         return {"loss": -b, "elbo": log_w.mean(dim=0), "log_q": log_q.mean(dim=0)}
 
     @torch.no_grad()
-    def iw_nll(self, x: torch.Tensor, num_samples: int = 1000,
-               max_rows: int = 8192) -> torch.Tensor:
+    def iw_nll(
+        self, x: torch.Tensor, num_samples: int = 1000, max_rows: int = 8192
+    ) -> torch.Tensor:
         """``-log mean_k w_k`` per example (nats, ``[B]``) with ``num_samples`` importance
         samples, drawn in chunks of ``max(1, max_rows // B)`` samples, i.e. at most
         ``max(max_rows, B)`` flow rows per pass (the trainer passes batches of
@@ -390,12 +471,12 @@ class DequantizationFlow(nn.Module):
         return (-total).float()
 
     @torch.no_grad()
-    def sample(self, n: int, *, temperature: float = 1.0,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(
+        self, n: int, *, temperature: float = 1.0, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """``n`` images as integer levels ``[n, C, H, W]`` (int64): ``y`` from the flow,
         undone preprocessing, ``x = floor(v)`` clamped to ``0 .. L-1``."""
-        y = self.flow.sample(n, temperature=temperature, generator=generator,
-                             dtype=self._dtype())
+        y = self.flow.sample(n, temperature=temperature, generator=generator, dtype=self._dtype())
         a, L = self.logit_margin, self.num_levels
         v = (torch.sigmoid(y.double()) - a) * (L / (1.0 - 2.0 * a))
         return v.floor().clamp(0, L - 1).to(torch.int64)

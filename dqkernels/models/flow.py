@@ -19,6 +19,7 @@ returns ``log p(y)`` exactly; :meth:`MultiScaleFlow.sample` inverts it. Each sca
 (float64 for float64 input). Every layer is exactly invertible, so ``sample`` draws exact
 samples (``temperature`` scales the Gaussians' standard deviations).
 """
+
 from __future__ import annotations
 
 import math
@@ -26,8 +27,7 @@ import math
 import torch
 import torch.nn as nn
 
-from dqkernels.nn import (ActNorm, AffineCoupling, InvConv1x1, MixLogCDFCoupling, SplitPrior,
-                          Squeeze)
+from dqkernels.nn import ActNorm, AffineCoupling, InvConv1x1, MixLogCDFCoupling, SplitPrior, Squeeze
 
 __all__ = ["MultiScaleFlow", "COUPLINGS"]
 
@@ -35,21 +35,43 @@ COUPLINGS = ("mixlog", "affine")
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
-def make_coupling(kind: str, channels: int, parity: int, *, hidden: int, num_blocks: int,
-                  num_components: int, context_channels: int = 0, mask: str | None = None,
-                  backend: str | None = None) -> nn.Module:
+def make_coupling(
+    kind: str,
+    channels: int,
+    parity: int,
+    *,
+    hidden: int,
+    num_blocks: int,
+    num_components: int,
+    context_channels: int = 0,
+    mask: str | None = None,
+    backend: str | None = None,
+) -> nn.Module:
     """A coupling of ``kind`` (``"mixlog"`` or ``"affine"``) on ``channels`` channels; mask
     by default ``"channel"`` when ``channels >= 2``, ``"checkerboard"`` otherwise."""
     if mask is None:
         mask = "channel" if channels >= 2 else "checkerboard"
     if kind == "mixlog":
-        return MixLogCDFCoupling(channels, num_components, hidden, mask=mask, parity=parity,
-                                 num_blocks=num_blocks, backend=backend,
-                                 context_channels=context_channels)
+        return MixLogCDFCoupling(
+            channels,
+            num_components,
+            hidden,
+            mask=mask,
+            parity=parity,
+            num_blocks=num_blocks,
+            backend=backend,
+            context_channels=context_channels,
+        )
     if kind == "affine":
-        return AffineCoupling(channels, hidden, mask=mask, parity=parity,
-                              num_blocks=num_blocks, backend=backend,
-                              context_channels=context_channels)
+        return AffineCoupling(
+            channels,
+            hidden,
+            mask=mask,
+            parity=parity,
+            num_blocks=num_blocks,
+            backend=backend,
+            context_channels=context_channels,
+        )
     raise ValueError(f"coupling must be one of {', '.join(COUPLINGS)}; got {kind!r}")
 
 
@@ -100,25 +122,48 @@ class MultiScaleFlow(nn.Module):
         backend: dqkernels backend of the coupling ops (None: the one in force).
     """
 
-    def __init__(self, in_channels: int, height: int, width: int, *, num_scales: int = 2,
-                 steps_per_scale: int = 4, coupling: str = "mixlog", hidden: int = 64,
-                 num_blocks: int = 1, num_components: int = 8, backend: str | None = None):
+    def __init__(
+        self,
+        in_channels: int,
+        height: int,
+        width: int,
+        *,
+        num_scales: int = 2,
+        steps_per_scale: int = 4,
+        coupling: str = "mixlog",
+        hidden: int = 64,
+        num_blocks: int = 1,
+        num_components: int = 8,
+        backend: str | None = None,
+    ):
         super().__init__()
-        for name, value, low in (("in_channels", in_channels, 1), ("height", height, 1),
-                                 ("width", width, 1), ("num_scales", num_scales, 1),
-                                 ("steps_per_scale", steps_per_scale, 1),
-                                 ("hidden", hidden, 1), ("num_blocks", num_blocks, 0),
-                                 ("num_components", num_components, 1)):
+        for name, value, low in (
+            ("in_channels", in_channels, 1),
+            ("height", height, 1),
+            ("width", width, 1),
+            ("num_scales", num_scales, 1),
+            ("steps_per_scale", steps_per_scale, 1),
+            ("hidden", hidden, 1),
+            ("num_blocks", num_blocks, 0),
+            ("num_components", num_components, 1),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"MultiScaleFlow: {name} must be an int >= {low}; got "
-                                 f"{value!r}")
+                raise ValueError(f"MultiScaleFlow: {name} must be an int >= {low}; got {value!r}")
         if coupling not in COUPLINGS:
-            raise ValueError(f"MultiScaleFlow: coupling must be one of {', '.join(COUPLINGS)}; "
-                             f"got {coupling!r}")
-        self.config = dict(in_channels=in_channels, height=height, width=width,
-                           num_scales=num_scales, steps_per_scale=steps_per_scale,
-                           coupling=coupling, hidden=hidden, num_blocks=num_blocks,
-                           num_components=num_components)
+            raise ValueError(
+                f"MultiScaleFlow: coupling must be one of {', '.join(COUPLINGS)}; got {coupling!r}"
+            )
+        self.config = dict(
+            in_channels=in_channels,
+            height=height,
+            width=width,
+            num_scales=num_scales,
+            steps_per_scale=steps_per_scale,
+            coupling=coupling,
+            hidden=hidden,
+            num_blocks=num_blocks,
+            num_components=num_components,
+        )
         self.input_shape = (in_channels, height, width)
         C, H, W = in_channels, height, width
         self.scales = nn.ModuleList()
@@ -128,11 +173,20 @@ class MultiScaleFlow(nn.Module):
             if scale.squeeze is not None:
                 C, H, W = 4 * C, H // 2, W // 2
             scale.steps = nn.ModuleList(
-                _Step(C, make_coupling(coupling, C, i % 2, hidden=hidden,
-                                              num_blocks=num_blocks,
-                                              num_components=num_components,
-                                              backend=backend))
-                for i in range(steps_per_scale))
+                _Step(
+                    C,
+                    make_coupling(
+                        coupling,
+                        C,
+                        i % 2,
+                        hidden=hidden,
+                        num_blocks=num_blocks,
+                        num_components=num_components,
+                        backend=backend,
+                    ),
+                )
+                for i in range(steps_per_scale)
+            )
             last = s == num_scales - 1
             scale.split = SplitPrior(C) if not last and C >= 2 else None
             if scale.split is not None:
@@ -141,11 +195,16 @@ class MultiScaleFlow(nn.Module):
         self.latent_shape = (C, H, W)
 
     def _check(self, y: torch.Tensor, where: str) -> None:
-        if not isinstance(y, torch.Tensor) or y.dim() != 4 or \
-                tuple(y.shape[1:]) != self.input_shape:
+        if (
+            not isinstance(y, torch.Tensor)
+            or y.dim() != 4
+            or tuple(y.shape[1:]) != self.input_shape
+        ):
             got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
-            raise ValueError(f"MultiScaleFlow.{where}: expected [B, "
-                             f"{', '.join(map(str, self.input_shape))}]; got {got}")
+            raise ValueError(
+                f"MultiScaleFlow.{where}: expected [B, "
+                f"{', '.join(map(str, self.input_shape))}]; got {got}"
+            )
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         """``log p(y)``, ``[B]`` (float32; float64 for float64 input)."""
@@ -164,15 +223,22 @@ class MultiScaleFlow(nn.Module):
         return total + standard_normal_log_prob(h)
 
     @torch.no_grad()
-    def sample(self, n: int, *, temperature: float = 1.0,
-               generator: torch.Generator | None = None,
-               device: torch.device | str | None = None,
-               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def sample(
+        self,
+        n: int,
+        *,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> torch.Tensor:
         """``n`` exact samples ``y`` (``[n, C, H, W]``) by inverting the flow."""
         if device is None:
             device = next(self.parameters()).device
-        h = torch.randn((n,) + self.latent_shape, generator=generator, device=device,
-                        dtype=dtype) * temperature
+        h = (
+            torch.randn((n,) + self.latent_shape, generator=generator, device=device, dtype=dtype)
+            * temperature
+        )
         for scale in reversed(self.scales):
             if scale.split is not None:
                 h, _ = scale.split.inverse(h, temperature, generator=generator)

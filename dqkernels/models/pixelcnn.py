@@ -20,6 +20,7 @@ Stacked 3x3 type-B masks leave PixelCNN's "blind spot" up and to the right; for 
 images this model is for, that costs little (a gated PixelCNN with vertical and
 horizontal stacks removes it).
 """
+
 from __future__ import annotations
 
 import math
@@ -64,22 +65,42 @@ class PixelCNN(nn.Module):
     (see :func:`dqkernels.data.levels_to_grid`).
     """
 
-    def __init__(self, in_channels: int = 1, num_levels: int = 256, width: int = 64,
-                 num_blocks: int = 5, num_mixtures: int = 5, first_kernel: int = 7,
-                 kernel_size: int = 3, gated: bool = True, dropout: float = 0.0,
-                 min_log_scale: float = -7.0, backend: str | None = None):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_levels: int = 256,
+        width: int = 64,
+        num_blocks: int = 5,
+        num_mixtures: int = 5,
+        first_kernel: int = 7,
+        kernel_size: int = 3,
+        gated: bool = True,
+        dropout: float = 0.0,
+        min_log_scale: float = -7.0,
+        backend: str | None = None,
+    ):
         super().__init__()
         if in_channels not in (1, 3):
             raise ValueError(f"PixelCNN: in_channels must be 1 or 3; got {in_channels}")
         if num_levels < 2:
             raise ValueError(f"PixelCNN: num_levels must be >= 2; got {num_levels}")
         if width < 1 or num_blocks < 0 or num_mixtures < 1:
-            raise ValueError(f"PixelCNN: need width >= 1, num_blocks >= 0, num_mixtures >= 1; "
-                             f"got {width}, {num_blocks}, {num_mixtures}")
-        self.config = dict(in_channels=in_channels, num_levels=num_levels, width=width,
-                           num_blocks=num_blocks, num_mixtures=num_mixtures,
-                           first_kernel=first_kernel, kernel_size=kernel_size, gated=gated,
-                           dropout=dropout, min_log_scale=min_log_scale)
+            raise ValueError(
+                f"PixelCNN: need width >= 1, num_blocks >= 0, num_mixtures >= 1; "
+                f"got {width}, {num_blocks}, {num_mixtures}"
+            )
+        self.config = dict(
+            in_channels=in_channels,
+            num_levels=num_levels,
+            width=width,
+            num_blocks=num_blocks,
+            num_mixtures=num_mixtures,
+            first_kernel=first_kernel,
+            kernel_size=kernel_size,
+            gated=gated,
+            dropout=dropout,
+            min_log_scale=min_log_scale,
+        )
         self.in_channels = in_channels
         self.num_levels = num_levels
         self.num_mixtures = num_mixtures
@@ -89,10 +110,17 @@ class PixelCNN(nn.Module):
 
         self.input = MaskedConv2d(in_channels + 1, width, first_kernel, "A", backend=backend)
         self.blocks = nn.ModuleList(
-            ResidualBlock(width, "gated" if gated else "relu", pre_activation="elu",
-                          kernel_size=kernel_size, masked=True, dropout=dropout,
-                          backend=backend)
-            for _ in range(num_blocks))
+            ResidualBlock(
+                width,
+                "gated" if gated else "relu",
+                pre_activation="elu",
+                kernel_size=kernel_size,
+                masked=True,
+                dropout=dropout,
+                backend=backend,
+            )
+            for _ in range(num_blocks)
+        )
         self.head1 = nn.Conv2d(width, width, 1)
         self.head2 = nn.Conv2d(width, self.num_params, 1)
 
@@ -100,8 +128,9 @@ class PixelCNN(nn.Module):
         """dmol params ``[B, M*(1 + J*C), H, W]``; those at pixel (i, j) depend only on the
         pixels of ``x`` before (i, j) in raster order."""
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"PixelCNN: x must be [B, {self.in_channels}, H, W]; got shape "
-                             f"{tuple(x.shape)}")
+            raise ValueError(
+                f"PixelCNN: x must be [B, {self.in_channels}, H, W]; got shape {tuple(x.shape)}"
+            )
         ones = x.new_ones(x.shape[0], 1, *x.shape[2:])
         h = self.input(torch.cat([x, ones], dim=1))
         for block in self.blocks:
@@ -111,8 +140,13 @@ class PixelCNN(nn.Module):
     def nll_per_pixel(self, x: torch.Tensor) -> torch.Tensor:
         """NLL in nats per pixel (all channels of a pixel together), ``[B, H, W]``."""
         params = self(x)
-        return dmol_nll(x.to(params.dtype), params, num_levels=self.num_levels,
-                        min_log_scale=self.min_log_scale, backend=self.backend)
+        return dmol_nll(
+            x.to(params.dtype),
+            params,
+            num_levels=self.num_levels,
+            min_log_scale=self.min_log_scale,
+            backend=self.backend,
+        )
 
     def nll(self, x: torch.Tensor) -> torch.Tensor:
         """NLL in nats of each image, ``[B]`` (summed over pixels and channels)."""
@@ -123,8 +157,12 @@ class PixelCNN(nn.Module):
         return self.nll(x).sum() / (x[0].numel() * x.shape[0] * math.log(2.0))
 
     @torch.no_grad()
-    def sample(self, n: int, image_size: tuple[int, int] | int = (8, 8),
-               generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(
+        self,
+        n: int,
+        image_size: tuple[int, int] | int = (8, 8),
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Draw ``n`` images ``[n, C, H, W]`` of grid values, one pixel at a time in raster
         order (``H*W`` forward passes); for C == 3 the dmol draws the channels of a pixel.
 
@@ -140,11 +178,15 @@ class PixelCNN(nn.Module):
             x = torch.zeros(n, self.in_channels, H, W, device=p.device, dtype=p.dtype)
             for i in range(H):
                 for j in range(W):
-                    params = self(x)[:, :, i:i + 1, j:j + 1]
-                    x[:, :, i:i + 1, j:j + 1] = dmol_sample(
-                        params, self.in_channels, num_levels=self.num_levels,
-                        min_log_scale=self.min_log_scale, generator=generator,
-                        backend=self.backend)
+                    params = self(x)[:, :, i : i + 1, j : j + 1]
+                    x[:, :, i : i + 1, j : j + 1] = dmol_sample(
+                        params,
+                        self.in_channels,
+                        num_levels=self.num_levels,
+                        min_log_scale=self.min_log_scale,
+                        generator=generator,
+                        backend=self.backend,
+                    )
         finally:
             self.train(was_training)
         return x

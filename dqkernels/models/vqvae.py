@@ -25,6 +25,7 @@ Units (nats per image): ``recon = -log p(x | codes)`` with the codes of the quan
 the bound ``recon + rate >= -log p(x)`` (valid in eval mode, where the decoder sees one
 code per latent). Training minimises ``recon + commitment``; the rate is a constant.
 """
+
 from __future__ import annotations
 
 import math
@@ -68,30 +69,54 @@ class VQVAE(nn.Module):
     0-dim ``perplexity``, ``used_codes`` and ``dead_codes``.
     """
 
-    def __init__(self, in_channels: int = 1, num_levels: int = 256,
-                 image_size: tuple[int, int] = (8, 8), *, num_codes: int = 256,
-                 code_dim: int = 16, width: int = 64, num_blocks: int = 2, downsample: int = 2,
-                 num_mixtures: int = 5, min_log_scale: float = -7.0,
-                 backend: str | None = None, **vq):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_levels: int = 256,
+        image_size: tuple[int, int] = (8, 8),
+        *,
+        num_codes: int = 256,
+        code_dim: int = 16,
+        width: int = 64,
+        num_blocks: int = 2,
+        downsample: int = 2,
+        num_mixtures: int = 5,
+        min_log_scale: float = -7.0,
+        backend: str | None = None,
+        **vq,
+    ):
         super().__init__()
         if in_channels not in (1, 3):
             raise ValueError(f"VQVAE: in_channels must be 1 or 3; got {in_channels}")
         if num_levels < 2:
             raise ValueError(f"VQVAE: num_levels must be >= 2; got {num_levels}")
         if width < 1 or num_blocks < 0 or downsample < 0 or num_mixtures < 1:
-            raise ValueError(f"VQVAE: need width >= 1, num_blocks >= 0, downsample >= 0, "
-                             f"num_mixtures >= 1; got {width}, {num_blocks}, {downsample}, "
-                             f"{num_mixtures}")
+            raise ValueError(
+                f"VQVAE: need width >= 1, num_blocks >= 0, downsample >= 0, "
+                f"num_mixtures >= 1; got {width}, {num_blocks}, {downsample}, "
+                f"{num_mixtures}"
+            )
         H, W = (int(s) for s in image_size)
-        f = 2 ** downsample
+        f = 2**downsample
         if H % f or W % f or H < f or W < f:
-            raise ValueError(f"VQVAE: the image size {H}x{W} must be divisible by "
-                             f"2**downsample = {f} (downsample {downsample})")
+            raise ValueError(
+                f"VQVAE: the image size {H}x{W} must be divisible by "
+                f"2**downsample = {f} (downsample {downsample})"
+            )
         self.quantizer = VectorQuantizer(num_codes, code_dim, backend=backend, **vq)
-        self.config = dict(in_channels=in_channels, num_levels=num_levels,
-                           image_size=(H, W), num_codes=num_codes, code_dim=code_dim,
-                           width=width, num_blocks=num_blocks, downsample=downsample,
-                           num_mixtures=num_mixtures, min_log_scale=min_log_scale, **vq)
+        self.config = dict(
+            in_channels=in_channels,
+            num_levels=num_levels,
+            image_size=(H, W),
+            num_codes=num_codes,
+            code_dim=code_dim,
+            width=width,
+            num_blocks=num_blocks,
+            downsample=downsample,
+            num_mixtures=num_mixtures,
+            min_log_scale=min_log_scale,
+            **vq,
+        )
         self.in_channels = in_channels
         self.num_levels = num_levels
         self.image_size = (H, W)
@@ -136,10 +161,17 @@ class VQVAE(nn.Module):
 
     def _check(self, levels: torch.Tensor) -> None:
         C, (H, W) = self.in_channels, self.image_size
-        if not isinstance(levels, torch.Tensor) or levels.dtype.is_floating_point \
-                or levels.dim() != 4 or tuple(levels.shape[1:]) != (C, H, W):
-            got = (f"{tuple(levels.shape)} {str(levels.dtype).replace('torch.', '')}"
-                   if isinstance(levels, torch.Tensor) else type(levels).__name__)
+        if (
+            not isinstance(levels, torch.Tensor)
+            or levels.dtype.is_floating_point
+            or levels.dim() != 4
+            or tuple(levels.shape[1:]) != (C, H, W)
+        ):
+            got = (
+                f"{tuple(levels.shape)} {str(levels.dtype).replace('torch.', '')}"
+                if isinstance(levels, torch.Tensor)
+                else type(levels).__name__
+            )
             raise ValueError(f"VQVAE: expected integer levels [B, {C}, {H}, {W}]; got {got}")
 
     def grid(self, levels: torch.Tensor) -> torch.Tensor:
@@ -150,8 +182,13 @@ class VQVAE(nn.Module):
 
     def nll(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """``-log p(x | codes)`` per image ``[B]`` of grid values ``x`` under dmol ``params``."""
-        per_pixel = dmol_nll(x.to(params.dtype), params, num_levels=self.num_levels,
-                             min_log_scale=self.min_log_scale, backend=self.backend)
+        per_pixel = dmol_nll(
+            x.to(params.dtype),
+            params,
+            num_levels=self.num_levels,
+            min_log_scale=self.min_log_scale,
+            backend=self.backend,
+        )
         return per_pixel.flatten(1).sum(1)
 
     def forward(self, levels: torch.Tensor) -> dict:
@@ -162,9 +199,16 @@ class VQVAE(nn.Module):
         recon = self.nll(x, params)
         commitment = vq.commitment.to(recon.dtype)
         rate = torch.full_like(recon, self.rate)
-        return {"loss": recon + commitment, "recon": recon, "commitment": commitment,
-                "rate": rate, "bound": recon + rate, "perplexity": vq.perplexity,
-                "used_codes": vq.used_codes, "dead_codes": vq.dead_codes}
+        return {
+            "loss": recon + commitment,
+            "recon": recon,
+            "commitment": commitment,
+            "rate": rate,
+            "bound": recon + rate,
+            "perplexity": vq.perplexity,
+            "used_codes": vq.used_codes,
+            "dead_codes": vq.dead_codes,
+        }
 
     @torch.no_grad()
     def codes(self, levels: torch.Tensor) -> torch.Tensor:
@@ -179,30 +223,38 @@ class VQVAE(nn.Module):
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """dmol params ``[B, P, H, W]`` of the code indices ``[B, h, w]``."""
         dtype = self.decoder[0].weight.dtype
-        z = self.quantizer.codebook().to(dtype)[codes]          # [B, h, w, D]
+        z = self.quantizer.codebook().to(dtype)[codes]  # [B, h, w, D]
         return self.decoder(z.movedim(-1, 1))
 
     @torch.no_grad()
-    def sample_levels(self, params: torch.Tensor,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample_levels(
+        self, params: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Integer levels ``[B, C, H, W]`` drawn from ``p(x | codes)`` given its params."""
         from dqkernels.data import grid_to_levels
 
-        x = dmol_sample(params, self.in_channels, num_levels=self.num_levels,
-                        min_log_scale=self.min_log_scale, generator=generator,
-                        backend=self.backend)
+        x = dmol_sample(
+            params,
+            self.in_channels,
+            num_levels=self.num_levels,
+            min_log_scale=self.min_log_scale,
+            generator=generator,
+            backend=self.backend,
+        )
         return grid_to_levels(x, self.num_levels)
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` images as levels: codes drawn uniformly (the prior), decoded, sampled."""
         dev = self.decoder[0].weight.device
-        codes = torch.randint(self.num_codes, (n, *self.latent_shape), generator=generator,
-                              device=dev)
+        codes = torch.randint(
+            self.num_codes, (n, *self.latent_shape), generator=generator, device=dev
+        )
         return self.sample_levels(self.decode(codes), generator)
 
     @torch.no_grad()
-    def reconstruct(self, levels: torch.Tensor,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
+    def reconstruct(
+        self, levels: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Levels drawn from ``p(x | nearest codes of levels)``."""
         return self.sample_levels(self.decode(self.codes(levels)), generator)

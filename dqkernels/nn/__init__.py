@@ -11,9 +11,14 @@ layers (``forward(x) -> y``), the building blocks of autoregressive flows and mo
 a :class:`~dqkernels.nn.vector_quantizer.VQOutput`. :class:`ResidualBlock` is the residual
 block of the coupling layers' conditioning nets and of the VQ-VAE and PixelCNN models.
 """
+
 from dqkernels.nn.actnorm import ActNorm
-from dqkernels.nn.coupling import (AffineCoupling, ConditioningNet, MixLogCDFCoupling,
-                                   checkerboard_index)
+from dqkernels.nn.coupling import (
+    AffineCoupling,
+    ConditioningNet,
+    MixLogCDFCoupling,
+    checkerboard_index,
+)
 from dqkernels.nn.invconv import InvConv1x1
 from dqkernels.nn.masked_conv2d import MaskedConv2d
 from dqkernels.nn.masked_linear import MaskedLinear, made_degrees
@@ -22,6 +27,18 @@ from dqkernels.nn.split import SplitPrior
 from dqkernels.nn.squeeze import Squeeze
 from dqkernels.nn.vector_quantizer import VectorQuantizer
 
-__all__ = ["ActNorm", "AffineCoupling", "ConditioningNet", "InvConv1x1", "MaskedConv2d",
-           "MaskedLinear", "MixLogCDFCoupling", "ResidualBlock", "SplitPrior", "Squeeze",
-           "VectorQuantizer", "checkerboard_index", "made_degrees"]
+__all__ = [
+    "ActNorm",
+    "AffineCoupling",
+    "ConditioningNet",
+    "InvConv1x1",
+    "MaskedConv2d",
+    "MaskedLinear",
+    "MixLogCDFCoupling",
+    "ResidualBlock",
+    "SplitPrior",
+    "Squeeze",
+    "VectorQuantizer",
+    "checkerboard_index",
+    "made_degrees",
+]

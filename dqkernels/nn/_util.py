@@ -1,4 +1,5 @@
 """Small helpers shared by the flow layers."""
+
 from __future__ import annotations
 
 import torch
@@ -14,12 +15,14 @@ def check_input(layer: str, x, num_channels: int, dims: tuple[int, ...] = (4,)) 
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{layer}: x must be a torch.Tensor; got {type(x).__name__}")
     if not x.dtype.is_floating_point:
-        raise TypeError(f"{layer}: x must be a floating tensor; got dtype "
-                        f"{str(x.dtype).replace('torch.', '')}")
+        raise TypeError(
+            f"{layer}: x must be a floating tensor; got dtype {str(x.dtype).replace('torch.', '')}"
+        )
     layouts = {2: "[B, C]", 4: "[B, C, H, W]"}
     if x.dim() not in dims or x.shape[1] != num_channels:
-        want = " or ".join(layouts[d].replace("C", str(num_channels))
-                           for d in sorted(dims, reverse=True))
+        want = " or ".join(
+            layouts[d].replace("C", str(num_channels)) for d in sorted(dims, reverse=True)
+        )
         raise ValueError(f"{layer}: x must be {want}; got shape {tuple(x.shape)}")
 
 

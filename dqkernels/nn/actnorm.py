@@ -17,6 +17,7 @@ from the statistics of the global batch and the parameters agree on every rank (
 broadcasts parameters at construction, so without this the ranks would drift apart).
 Every rank must therefore run its first training forward pass together, as DDP does.
 """
+
 from __future__ import annotations
 
 import torch
@@ -73,8 +74,13 @@ class ActNorm(nn.Module):
         ``torch.distributed``) and mark the module initialised."""
         check_input("ActNorm", x, self.num_channels, dims=(2, 4))
         flat = x.detach().transpose(0, 1).reshape(self.num_channels, -1).to(torch.float64)
-        stats = torch.stack([flat.new_full((self.num_channels,), flat.shape[1]),
-                             flat.sum(dim=1), (flat * flat).sum(dim=1)])
+        stats = torch.stack(
+            [
+                flat.new_full((self.num_channels,), flat.shape[1]),
+                flat.sum(dim=1),
+                (flat * flat).sum(dim=1),
+            ]
+        )
         if _distributed():
             dist.all_reduce(stats, op=dist.ReduceOp.SUM)
         count, total, total_sq = stats.unbind(0)

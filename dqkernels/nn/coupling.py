@@ -38,6 +38,7 @@ Both layers return ``(y, logdet)`` with ``logdet`` ``[B]`` in float32 (float64 f
 float64 inputs), take ``inverse(y) -> (x, -logdet)``, and run the op on the backend in
 force unless ``backend=`` names one.
 """
+
 from __future__ import annotations
 
 import torch
@@ -52,9 +53,9 @@ __all__ = ["AffineCoupling", "ConditioningNet", "MixLogCDFCoupling", "checkerboa
 MASKS = ("channel", "checkerboard")
 
 
-def checkerboard_index(height: int, width: int, parity: int,
-                       device: torch.device | str | None = None
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+def checkerboard_index(
+    height: int, width: int, parity: int, device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(index, cond_mask)``: ``index`` (int64, ascending) lists the flat positions
     ``i * width + j`` with ``(i + j) % 2 == parity`` (the transformed pixels);
     ``cond_mask`` (``[1, 1, H, W]`` float32) is 1 at the other (conditioning) pixels."""
@@ -76,18 +77,25 @@ class ConditioningNet(nn.Module):
         activation: ``"relu"``, ``"gelu"`` or ``"elu"``.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, hidden: int = 64,
-                 num_blocks: int = 0, activation: str = "relu"):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        hidden: int = 64,
+        num_blocks: int = 0,
+        activation: str = "relu",
+    ):
         super().__init__()
         if hidden < 1 or num_blocks < 0:
-            raise ValueError(f"ConditioningNet: need hidden >= 1 and num_blocks >= 0; got "
-                             f"hidden={hidden}, num_blocks={num_blocks}")
+            raise ValueError(
+                f"ConditioningNet: need hidden >= 1 and num_blocks >= 0; got "
+                f"hidden={hidden}, num_blocks={num_blocks}"
+            )
         self.inp = nn.Conv2d(in_channels, hidden, 3, padding=1)
         self.act1 = make_activation(activation, "ConditioningNet")
         self.mid = nn.Conv2d(hidden, hidden, 1)
         self.act2 = make_activation(activation, "ConditioningNet")
-        self.blocks = nn.ModuleList(ResidualBlock(hidden, activation)
-                                    for _ in range(num_blocks))
+        self.blocks = nn.ModuleList(ResidualBlock(hidden, activation) for _ in range(num_blocks))
         self.out = nn.Conv2d(hidden, out_channels, 3, padding=1)
         nn.init.zeros_(self.out.weight)
         assert self.out.bias is not None  # built with a bias
@@ -106,9 +114,18 @@ class _Coupling(nn.Module):
 
     _name = "Coupling"
 
-    def __init__(self, num_channels: int, per_element: int, hidden: int, num_blocks: int,
-                 mask: str, parity: int, activation: str, backend: str | None,
-                 context_channels: int = 0):
+    def __init__(
+        self,
+        num_channels: int,
+        per_element: int,
+        hidden: int,
+        num_blocks: int,
+        mask: str,
+        parity: int,
+        activation: str,
+        backend: str | None,
+        context_channels: int = 0,
+    ):
         super().__init__()
         name = self._name
         if mask not in MASKS:
@@ -116,8 +133,10 @@ class _Coupling(nn.Module):
         if parity not in (0, 1):
             raise ValueError(f"{name}: parity must be 0 or 1; got {parity!r}")
         if num_channels < 1 or (mask == "channel" and num_channels < 2):
-            raise ValueError(f"{name}: num_channels must be >= {2 if mask == 'channel' else 1}"
-                             f" for the {mask} mask; got {num_channels}")
+            raise ValueError(
+                f"{name}: num_channels must be >= {2 if mask == 'channel' else 1}"
+                f" for the {mask} mask; got {num_channels}"
+            )
         if context_channels < 0:
             raise ValueError(f"{name}: context_channels must be >= 0; got {context_channels}")
         self.num_channels = num_channels
@@ -133,9 +152,13 @@ class _Coupling(nn.Module):
             self.trans_channels = num_channels
             net_in = num_channels + 1
         self.per_element = per_element
-        self.net = ConditioningNet(net_in + context_channels,
-                                   per_element * self.trans_channels, hidden, num_blocks,
-                                   activation)
+        self.net = ConditioningNet(
+            net_in + context_channels,
+            per_element * self.trans_channels,
+            hidden,
+            num_blocks,
+            activation,
+        )
         self._index_cache: dict = {}
 
     def _checkerboard(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,20 +173,25 @@ class _Coupling(nn.Module):
     def _net(self, inp: torch.Tensor, context: torch.Tensor | None, where: str) -> torch.Tensor:
         if self.context_channels:
             if context is None:
-                raise ValueError(f"{where}: this layer was built with context_channels="
-                                 f"{self.context_channels}; pass context=")
+                raise ValueError(
+                    f"{where}: this layer was built with context_channels="
+                    f"{self.context_channels}; pass context="
+                )
             want = (inp.shape[0], self.context_channels) + tuple(inp.shape[2:])
             if tuple(context.shape) != want:
-                raise ValueError(f"{where}: context must have shape {want}; got "
-                                 f"{tuple(context.shape)}")
+                raise ValueError(
+                    f"{where}: context must have shape {want}; got {tuple(context.shape)}"
+                )
             inp = torch.cat([inp, context.to(inp.dtype)], dim=1)
         elif context is not None:
-            raise ValueError(f"{where}: context given, but this layer was built with "
-                             f"context_channels=0")
+            raise ValueError(
+                f"{where}: context given, but this layer was built with context_channels=0"
+            )
         return self.net(inp)
 
-    def _run(self, x: torch.Tensor, inverse: bool,
-             context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _run(
+        self, x: torch.Tensor, inverse: bool, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         where = self._name + (".inverse" if inverse else "")
         check_input(where, x, self.num_channels)
         C = self.num_channels
@@ -172,16 +200,17 @@ class _Coupling(nn.Module):
             if self.parity == 0:
                 cond, xt = x[:, :h], x[:, h:]
             else:
-                xt, cond = x[:, :C - h], x[:, C - h:]
+                xt, cond = x[:, : C - h], x[:, C - h :]
             params = self._net(cond, context, where).to(x.dtype)
             yt, logdet = self._couple(xt, params, inverse)
             return torch.cat([cond, yt] if self.parity == 0 else [yt, cond], dim=1), logdet
         index, mask = self._checkerboard(x)
         B, _, H, W = x.shape
-        params = self._net(torch.cat([x * mask, mask.expand(B, 1, H, W)], dim=1), context,
-                           where).to(x.dtype)
+        params = self._net(
+            torch.cat([x * mask, mask.expand(B, 1, H, W)], dim=1), context, where
+        ).to(x.dtype)
         flat = x.reshape(B, C, H * W)
-        xt = flat.index_select(2, index)                              # [B, C, n]
+        xt = flat.index_select(2, index)  # [B, C, n]
         pt = params.reshape(B, params.shape[1], H * W).index_select(2, index)
         yt, logdet = self._couple(xt, pt, inverse)
         return flat.index_copy(2, index, yt.to(x.dtype)).view(B, C, H, W), logdet
@@ -189,17 +218,21 @@ class _Coupling(nn.Module):
     def _couple(self, xt, params, inverse):
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor,
-                context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return self._run(x, False, context)
 
-    def inverse(self, y: torch.Tensor,
-                context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def inverse(
+        self, y: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return self._run(y, True, context)
 
     def extra_repr(self) -> str:
-        return (f"{self.num_channels}, mask={self.mask!r}, parity={self.parity}, "
-                f"backend={self.backend!r}")
+        return (
+            f"{self.num_channels}, mask={self.mask!r}, parity={self.parity}, "
+            f"backend={self.backend!r}"
+        )
 
 
 class AffineCoupling(_Coupling):
@@ -222,11 +255,20 @@ class AffineCoupling(_Coupling):
 
     _name = "AffineCoupling"
 
-    def __init__(self, num_channels: int, hidden: int = 64, mask: str = "channel",
-                 parity: int = 0, num_blocks: int = 0, activation: str = "relu",
-                 backend: str | None = None, context_channels: int = 0):
-        super().__init__(num_channels, 2, hidden, num_blocks, mask, parity, activation,
-                         backend, context_channels)
+    def __init__(
+        self,
+        num_channels: int,
+        hidden: int = 64,
+        mask: str = "channel",
+        parity: int = 0,
+        num_blocks: int = 0,
+        activation: str = "relu",
+        backend: str | None = None,
+        context_channels: int = 0,
+    ):
+        super().__init__(
+            num_channels, 2, hidden, num_blocks, mask, parity, activation, backend, context_channels
+        )
 
     def _couple(self, xt, params, inverse):
         p = params.unflatten(1, (2, self.trans_channels))
@@ -250,33 +292,54 @@ class MixLogCDFCoupling(_Coupling):
 
     _name = "MixLogCDFCoupling"
 
-    def __init__(self, num_channels: int, num_components: int = 4, hidden: int = 64,
-                 mask: str = "channel", parity: int = 0, num_blocks: int = 0,
-                 activation: str = "relu", max_log_scale: float = 7.0,
-                 backend: str | None = None, context_channels: int = 0):
+    def __init__(
+        self,
+        num_channels: int,
+        num_components: int = 4,
+        hidden: int = 64,
+        mask: str = "channel",
+        parity: int = 0,
+        num_blocks: int = 0,
+        activation: str = "relu",
+        max_log_scale: float = 7.0,
+        backend: str | None = None,
+        context_channels: int = 0,
+    ):
         if num_components < 1:
-            raise ValueError(f"MixLogCDFCoupling: num_components must be >= 1; got "
-                             f"{num_components}")
+            raise ValueError(
+                f"MixLogCDFCoupling: num_components must be >= 1; got {num_components}"
+            )
         if not max_log_scale > 0:
-            raise ValueError(f"MixLogCDFCoupling: max_log_scale must be > 0; got "
-                             f"{max_log_scale}")
-        super().__init__(num_channels, 3 * num_components + 2, hidden, num_blocks, mask,
-                         parity, activation, backend, context_channels)
+            raise ValueError(f"MixLogCDFCoupling: max_log_scale must be > 0; got {max_log_scale}")
+        super().__init__(
+            num_channels,
+            3 * num_components + 2,
+            hidden,
+            num_blocks,
+            mask,
+            parity,
+            activation,
+            backend,
+            context_channels,
+        )
         self.num_components = num_components
         self.max_log_scale = float(max_log_scale)
         self.a_scale = nn.Parameter(torch.ones(self.trans_channels))
 
     def _couple(self, xt, params, inverse):
         K = self.num_components
-        p = params.unflatten(1, (3 * K + 2, self.trans_channels))    # [B, 3K+2, T, *S]
-        per_k = p[:, 2:].unflatten(1, (3, K)).movedim(2, -1)         # [B, 3, T, *S, K]
+        p = params.unflatten(1, (3 * K + 2, self.trans_channels))  # [B, 3K+2, T, *S]
+        per_k = p[:, 2:].unflatten(1, (3, K)).movedim(2, -1)  # [B, 3, T, *S, K]
         logits, means, raw_log_scales = per_k.unbind(1)
         log_scales = self.max_log_scale * torch.tanh(raw_log_scales / self.max_log_scale)
         a_scale = self.a_scale.to(xt.dtype).view((1, -1) + (1,) * (xt.dim() - 2))
         a = a_scale * torch.tanh(p[:, 0])
-        return mixlogcdf_coupling(xt, logits, means, log_scales, a, p[:, 1],
-                                  inverse=inverse, backend=self.backend)
+        return mixlogcdf_coupling(
+            xt, logits, means, log_scales, a, p[:, 1], inverse=inverse, backend=self.backend
+        )
 
     def extra_repr(self) -> str:
-        return (f"{self.num_channels}, num_components={self.num_components}, "
-                f"mask={self.mask!r}, parity={self.parity}, backend={self.backend!r}")
+        return (
+            f"{self.num_channels}, num_components={self.num_components}, "
+            f"mask={self.mask!r}, parity={self.parity}, backend={self.backend!r}"
+        )

@@ -11,6 +11,7 @@ nothing and the inverse is two triangular solves. Without LU, ``log|det W|`` com
 float64 and cast back, so ``inverse(forward(x))`` is exact to the rounding of the two
 matrix products (~1e-6 in float32 for a well-conditioned ``W``).
 """
+
 from __future__ import annotations
 
 import torch
@@ -74,8 +75,9 @@ class InvConv1x1(nn.Module):
         """``(P, L, U)`` with ``W = P @ L @ U``, in ``dtype``."""
         eye = self.eye.to(dtype)
         lower = self.lower.to(dtype) * self.lower_mask.to(dtype) + eye
-        upper = (self.upper.to(dtype) * self.lower_mask.T.to(dtype)
-                 + torch.diag(self.sign_s.to(dtype) * torch.exp(self.log_s.to(dtype))))
+        upper = self.upper.to(dtype) * self.lower_mask.T.to(dtype) + torch.diag(
+            self.sign_s.to(dtype) * torch.exp(self.log_s.to(dtype))
+        )
         return self.perm.to(dtype), lower, upper
 
     def weight_matrix(self, dtype: torch.dtype | None = None) -> torch.Tensor:

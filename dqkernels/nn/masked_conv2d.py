@@ -2,6 +2,7 @@
 
 Unlike the flow layers of this package it is not invertible: ``forward(x) -> y``.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,27 +39,39 @@ class MaskedConv2d(nn.Module):
     channel (PyTorch's ``Conv2d`` rule applied to the kept taps).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, mask_type: str,
-                 groups: int = 1, bias: bool = True, backend: str | None = None):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        mask_type: str,
+        groups: int = 1,
+        bias: bool = True,
+        backend: str | None = None,
+    ):
         super().__init__()
         layer = "MaskedConv2d"
         check_int(layer, "in_channels", in_channels, 1)
         check_int(layer, "out_channels", out_channels, 1)
         check_int(layer, "kernel_size", kernel_size, 1)
-        check_masked_conv2d_args(layer, in_channels, out_channels, kernel_size, mask_type,
-                                 groups)
+        check_masked_conv2d_args(layer, in_channels, out_channels, kernel_size, mask_type, groups)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.mask_type, self.groups = kernel_size, mask_type, groups
         self.backend = backend
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size,
-                                               kernel_size))
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
         self.reset_parameters()
 
     def mask(self) -> torch.Tensor:
         """The boolean ``[Cout, Cin, k, k]`` mask (True = kept) on the weight's device."""
-        return conv2d_mask(self.out_channels, self.in_channels, self.kernel_size,
-                           self.mask_type, self.groups, device=self.weight.device)
+        return conv2d_mask(
+            self.out_channels,
+            self.in_channels,
+            self.kernel_size,
+            self.mask_type,
+            self.groups,
+            device=self.weight.device,
+        )
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -72,11 +85,18 @@ class MaskedConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input("MaskedConv2d", x, self.in_channels)
-        return masked_conv2d(x, self.weight.to(x.dtype),
-                             None if self.bias is None else self.bias.to(x.dtype),
-                             mask_type=self.mask_type, groups=self.groups, backend=self.backend)
+        return masked_conv2d(
+            x,
+            self.weight.to(x.dtype),
+            None if self.bias is None else self.bias.to(x.dtype),
+            mask_type=self.mask_type,
+            groups=self.groups,
+            backend=self.backend,
+        )
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"mask_type={self.mask_type!r}, groups={self.groups}, "
-                f"bias={self.bias is not None}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"mask_type={self.mask_type!r}, groups={self.groups}, "
+            f"bias={self.bias is not None}"
+        )

@@ -17,6 +17,7 @@ hidden degrees, so every hidden layer's mask is a staircase::
 Output ``d`` of the last layer then depends on inputs of degree below ``d`` only (inputs
 are numbered by degree ``1..D``): the autoregressive property.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,8 +35,10 @@ __all__ = ["MaskedLinear", "made_degrees"]
 def _degrees(name: str, d, length: int) -> torch.Tensor:
     t = torch.as_tensor(d)
     if t.dtype not in (torch.int32, torch.int64) or t.dim() != 1:
-        raise TypeError(f"MaskedLinear: {name} must be a 1-D integer sequence or tensor; got "
-                        f"dtype {str(t.dtype).replace('torch.', '')} and shape {tuple(t.shape)}")
+        raise TypeError(
+            f"MaskedLinear: {name} must be a 1-D integer sequence or tensor; got "
+            f"dtype {str(t.dtype).replace('torch.', '')} and shape {tuple(t.shape)}"
+        )
     if t.shape[0] != length:
         raise ValueError(f"MaskedLinear: {name} must have length {length}; got {t.shape[0]}")
     return t.detach().to(torch.int64).clone()
@@ -68,9 +71,18 @@ class MaskedLinear(nn.Module):
     in_degrees: torch.Tensor
     out_degrees: torch.Tensor
 
-    def __init__(self, in_features: int, out_features: int, in_degrees, out_degrees,
-                 strict: bool, bias: bool = True, backend: str | None = None,
-                 device=None, dtype=None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        in_degrees,
+        out_degrees,
+        strict: bool,
+        bias: bool = True,
+        backend: str | None = None,
+        device=None,
+        dtype=None,
+    ):
         super().__init__()
         _check_size("MaskedLinear", "in_features", in_features)
         _check_size("MaskedLinear", "out_features", out_features)
@@ -80,9 +92,12 @@ class MaskedLinear(nn.Module):
         self.out_features = out_features
         self.strict = strict
         self.backend = backend
-        self.register_buffer("in_degrees", _degrees("in_degrees", in_degrees, in_features).to(device))
-        self.register_buffer("out_degrees",
-                             _degrees("out_degrees", out_degrees, out_features).to(device))
+        self.register_buffer(
+            "in_degrees", _degrees("in_degrees", in_degrees, in_features).to(device)
+        )
+        self.register_buffer(
+            "out_degrees", _degrees("out_degrees", out_degrees, out_features).to(device)
+        )
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory))
         if bias:
@@ -102,16 +117,29 @@ class MaskedLinear(nn.Module):
         return linear_mask(self.in_degrees, self.out_degrees, self.strict)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return masked_linear(x, self.weight, self.bias, self.in_degrees, self.out_degrees,
-                             strict=self.strict, backend=self.backend)
+        return masked_linear(
+            x,
+            self.weight,
+            self.bias,
+            self.in_degrees,
+            self.out_degrees,
+            strict=self.strict,
+            backend=self.backend,
+        )
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"strict={self.strict}, bias={self.bias is not None}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"strict={self.strict}, bias={self.bias is not None}"
+        )
 
 
-def made_degrees(num_inputs: int, hidden_sizes: Sequence[int], *,
-                 order: Sequence[int] | torch.Tensor | None = None) -> list[torch.Tensor]:
+def made_degrees(
+    num_inputs: int,
+    hidden_sizes: Sequence[int],
+    *,
+    order: Sequence[int] | torch.Tensor | None = None,
+) -> list[torch.Tensor]:
     """Degrees of a MADE: ``[input, hidden_1, ..., hidden_L]`` (int64 tensors).
 
     Input ``i`` has degree ``order[i] + 1`` (``order`` a permutation of ``range(D)``;
@@ -122,14 +150,16 @@ def made_degrees(num_inputs: int, hidden_sizes: Sequence[int], *,
     degrees) with ``strict=True``.
     """
     _check_size("made_degrees", "num_inputs", num_inputs)
-    sizes = [_check_size("made_degrees", f"hidden_sizes[{i}]", h)
-             for i, h in enumerate(hidden_sizes)]
+    sizes = [
+        _check_size("made_degrees", f"hidden_sizes[{i}]", h) for i, h in enumerate(hidden_sizes)
+    ]
     if order is None:
         inputs = torch.arange(1, num_inputs + 1, dtype=torch.int64)
     else:
         o = torch.as_tensor(order).to(torch.int64).flatten()
-        if o.shape[0] != num_inputs or not torch.equal(torch.sort(o).values,
-                                                       torch.arange(num_inputs)):
+        if o.shape[0] != num_inputs or not torch.equal(
+            torch.sort(o).values, torch.arange(num_inputs)
+        ):
             raise ValueError(f"made_degrees: order must be a permutation of range({num_inputs})")
         inputs = o + 1
     span = max(num_inputs - 1, 1)

@@ -25,6 +25,7 @@ The convolutions are created ``conv`` then ``out`` with their own default initia
 (the owner re-initialises them if it wants another), and the parameters are
 ``conv.weight``, ``conv.bias``, ``out.weight``, ``out.bias``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -37,14 +38,16 @@ __all__ = ["ACTIVATIONS", "GatedTanh", "ResidualBlock", "make_activation"]
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "elu": nn.ELU}
 
 
-def make_activation(name: str, layer: str, arg: str = "activation",
-                    also: tuple[str, ...] = ()) -> nn.Module:
+def make_activation(
+    name: str, layer: str, arg: str = "activation", also: tuple[str, ...] = ()
+) -> nn.Module:
     """A fresh ``nn.ReLU``, ``nn.GELU`` or ``nn.ELU`` by name. The error for another name
     says ``"{layer}: {arg} must be one of ..."``, listing ``also`` (names the caller
     handles itself) after the three."""
     if name not in ACTIVATIONS:
-        raise ValueError(f"{layer}: {arg} must be one of {', '.join((*ACTIVATIONS, *also))}; "
-                         f"got {name!r}")
+        raise ValueError(
+            f"{layer}: {arg} must be one of {', '.join((*ACTIVATIONS, *also))}; got {name!r}"
+        )
     return ACTIVATIONS[name]()
 
 
@@ -72,9 +75,17 @@ class ResidualBlock(nn.Module):
         backend: of the masked convolution's op (None: the backend in force).
     """
 
-    def __init__(self, width: int, activation: str = "relu", *,
-                 pre_activation: str | None = None, kernel_size: int = 3,
-                 masked: bool = False, dropout: float = 0.0, backend: str | None = None):
+    def __init__(
+        self,
+        width: int,
+        activation: str = "relu",
+        *,
+        pre_activation: str | None = None,
+        kernel_size: int = 3,
+        masked: bool = False,
+        dropout: float = 0.0,
+        backend: str | None = None,
+    ):
         super().__init__()
         name = "ResidualBlock"
         if width < 1:
@@ -84,19 +95,19 @@ class ResidualBlock(nn.Module):
         if not 0.0 <= dropout <= 1.0:
             raise ValueError(f"{name}: dropout must be in [0, 1]; got {dropout}")
         gated = activation == "gated"
-        self.pre = (nn.Identity() if pre_activation is None
-                    else make_activation(pre_activation, name, "pre_activation"))
+        self.pre = (
+            nn.Identity()
+            if pre_activation is None
+            else make_activation(pre_activation, name, "pre_activation")
+        )
         hidden = 2 * width if gated else width
         if masked:
-            self.conv: nn.Module = MaskedConv2d(width, hidden, kernel_size, "B",
-                                                backend=backend)
+            self.conv: nn.Module = MaskedConv2d(width, hidden, kernel_size, "B", backend=backend)
         else:
             self.conv = nn.Conv2d(width, hidden, kernel_size, padding=kernel_size // 2)
-        self.act = (GatedTanh() if gated
-                    else make_activation(activation, name, also=("gated",)))
+        self.act = GatedTanh() if gated else make_activation(activation, name, also=("gated",))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.out = nn.Conv2d(width, width, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.out(self.dropout(self.act(self.conv(self.pre(x)))))
-

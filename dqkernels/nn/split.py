@@ -16,6 +16,7 @@ output is minus the forward's. Without ``z2`` the inverse samples
 ``z2 = mean + temperature * exp(log_scale) * eps`` and returns ``-log_p`` of that sample
 under the untempered prior.
 """
+
 from __future__ import annotations
 
 import math
@@ -43,8 +44,8 @@ class SplitPrior(nn.Module):
         if num_channels < 2:
             raise ValueError(f"SplitPrior: num_channels must be >= 2; got {num_channels}")
         self.num_channels = num_channels
-        self.out_channels = num_channels // 2          # factored out (z2)
-        self.keep_channels = num_channels - num_channels // 2   # kept (z1)
+        self.out_channels = num_channels // 2  # factored out (z2)
+        self.keep_channels = num_channels - num_channels // 2  # kept (z1)
         self.conv = nn.Conv2d(self.keep_channels, 2 * self.out_channels, 3, padding=1)
         nn.init.zeros_(self.conv.weight)
         assert self.conv.bias is not None  # built with a bias
@@ -53,7 +54,7 @@ class SplitPrior(nn.Module):
     def prior(self, z1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mean, log_scale)`` of ``z2`` given ``z1``, each ``[B, C//2, H, W]``."""
         h = self.conv(z1).to(z1.dtype)
-        return h[:, :self.out_channels], h[:, self.out_channels:]
+        return h[:, : self.out_channels], h[:, self.out_channels :]
 
     def log_prob(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
         """``log p(z2 | z1)`` summed per batch element, ``[B]`` (float32/float64)."""
@@ -70,29 +71,32 @@ class SplitPrior(nn.Module):
     def forward(self, x: torch.Tensor, return_z2: bool = False):
         """``(z1, log p(z2|z1))``, or ``(z1, log p(z2|z1), z2)`` with ``return_z2``."""
         check_input("SplitPrior", x, self.num_channels)
-        z1, z2 = x[:, :self.keep_channels], x[:, self.keep_channels:]
+        z1, z2 = x[:, : self.keep_channels], x[:, self.keep_channels :]
         log_p = self.log_prob(z1, z2)
         return (z1, log_p, z2) if return_z2 else (z1, log_p)
 
-    def inverse(self, z1: torch.Tensor, temperature: float = 1.0,
-                z2: torch.Tensor | None = None,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def inverse(
+        self,
+        z1: torch.Tensor,
+        temperature: float = 1.0,
+        z2: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x, -log p(z2|z1))`` with ``x = cat([z1, z2])``; ``z2`` is drawn from the prior
         with its scale multiplied by ``temperature`` unless given."""
         check_input("SplitPrior.inverse", z1, self.keep_channels)
         mean, log_scale = self.prior(z1)
         if z2 is None:
-            eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype,
-                              device=mean.device)
+            eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
             z2 = mean + temperature * torch.exp(log_scale) * eps
         else:
             want = (z1.shape[0], self.out_channels) + tuple(z1.shape[2:])
             if tuple(z2.shape) != want:
-                raise ValueError(f"SplitPrior.inverse: z2 must have shape {want}; got "
-                                 f"{tuple(z2.shape)}")
+                raise ValueError(
+                    f"SplitPrior.inverse: z2 must have shape {want}; got {tuple(z2.shape)}"
+                )
         log_p = self._log_prob(mean, log_scale, z2)
         return torch.cat([z1, z2.to(z1.dtype)], dim=1), -log_p
 
     def extra_repr(self) -> str:
-        return (f"{self.num_channels} (keeps {self.keep_channels}, factors out "
-                f"{self.out_channels})")
+        return f"{self.num_channels} (keeps {self.keep_channels}, factors out {self.out_channels})"

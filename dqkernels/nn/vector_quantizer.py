@@ -61,6 +61,7 @@ sizes) and broadcasts the picks.
 Every collective has the same shape on every rank whatever its batch size (an empty local
 batch included), so all ranks must call ``forward`` in training mode together.
 """
+
 from __future__ import annotations
 
 import math
@@ -83,9 +84,9 @@ _STATE_DTYPES = (torch.float32, torch.float64)
 class VQOutput(NamedTuple):
     """What :meth:`VectorQuantizer.forward` returns."""
 
-    quantized: torch.Tensor   #: ``z + sg(z_q - z)``, z's shape and dtype
+    quantized: torch.Tensor  #: ``z + sg(z_q - z)``, z's shape and dtype
     commitment: torch.Tensor  #: ``[B]`` float32 (float64 for float64 z): beta |z - sg(z_q)|^2
-    indices: torch.Tensor     #: int64, z's shape without D (hard / eval), plus ``[m]`` (soft)
+    indices: torch.Tensor  #: int64, z's shape without D (hard / eval), plus ``[m]`` (soft)
     perplexity: torch.Tensor  #: 0-dim, exp of the entropy of the step's code usage
     used_codes: torch.Tensor  #: 0-dim, codes assigned at least once in the step
     dead_codes: torch.Tensor  #: 0-dim, codes whose EMA count is below ``dead_threshold``
@@ -97,8 +98,9 @@ def _world() -> int:
     return 1
 
 
-def _check_number(name: str, value, low: float, high: float = math.inf, *,
-                  low_open: bool = False) -> float:
+def _check_number(
+    name: str, value, low: float, high: float = math.inf, *, low_open: bool = False
+) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"VectorQuantizer: {name} must be a number; got {type(value).__name__}")
     value = float(value)
@@ -106,8 +108,9 @@ def _check_number(name: str, value, low: float, high: float = math.inf, *,
     if not ok or math.isnan(value):
         lo = "(" if low_open else "["
         hi = "]" if math.isfinite(high) else ")"
-        raise ValueError(f"VectorQuantizer: {name} must be in {lo}{low:g}, {high:g}{hi}; got "
-                         f"{value:g}")
+        raise ValueError(
+            f"VectorQuantizer: {name} must be in {lo}{low:g}, {high:g}{hi}; got {value:g}"
+        )
     return value
 
 
@@ -142,16 +145,29 @@ class VectorQuantizer(nn.Module):
     embed_sum: torch.Tensor
     initialized: torch.Tensor
 
-    def __init__(self, num_codes: int, dim: int, *, em: str = "hard", num_samples: int = 10,
-                 decay: float = 0.999, eps: float = 1e-5, beta: float = 0.25,
-                 dead_threshold: float = 0.01, reinit_dead: bool = False,
-                 temperature: float = 1.0, init: str = "batch", backend: str | None = None):
+    def __init__(
+        self,
+        num_codes: int,
+        dim: int,
+        *,
+        em: str = "hard",
+        num_samples: int = 10,
+        decay: float = 0.999,
+        eps: float = 1e-5,
+        beta: float = 0.25,
+        dead_threshold: float = 0.01,
+        reinit_dead: bool = False,
+        temperature: float = 1.0,
+        init: str = "batch",
+        backend: str | None = None,
+    ):
         super().__init__()
         self.num_codes = _check_count("num_codes", num_codes)
         self.dim = _check_count("dim", dim)
         if em not in EM_MODES:
-            raise ValueError(f"VectorQuantizer: em must be one of {', '.join(EM_MODES)}; got "
-                             f"{em!r}")
+            raise ValueError(
+                f"VectorQuantizer: em must be one of {', '.join(EM_MODES)}; got {em!r}"
+            )
         self.em = em
         self.num_samples = _check_count("num_samples", num_samples)
         self.decay = _check_number("decay", decay, 0.0, 1.0)
@@ -161,8 +177,9 @@ class VectorQuantizer(nn.Module):
         self.temperature = _check_number("temperature", temperature, 0.0, low_open=True)
         self.reinit_dead = bool(reinit_dead)
         if init not in INIT_MODES:
-            raise ValueError(f"VectorQuantizer: init must be one of {', '.join(INIT_MODES)}; "
-                             f"got {init!r}")
+            raise ValueError(
+                f"VectorQuantizer: init must be one of {', '.join(INIT_MODES)}; got {init!r}"
+            )
         self.init = init
         self.backend = backend
         self.register_buffer("cluster_size", torch.ones(num_codes))
@@ -194,11 +211,16 @@ class VectorQuantizer(nn.Module):
         return self
 
     def extra_repr(self) -> str:
-        soft = (f", num_samples={self.num_samples}, temperature={self.temperature:g}"
-                if self.em == "soft" else "")
-        return (f"{self.num_codes}, {self.dim}, em={self.em!r}{soft}, decay={self.decay:g}, "
-                f"beta={self.beta:g}, dead_threshold={self.dead_threshold:g}, "
-                f"reinit_dead={self.reinit_dead}, init={self.init!r}")
+        soft = (
+            f", num_samples={self.num_samples}, temperature={self.temperature:g}"
+            if self.em == "soft"
+            else ""
+        )
+        return (
+            f"{self.num_codes}, {self.dim}, em={self.em!r}{soft}, decay={self.decay:g}, "
+            f"beta={self.beta:g}, dead_threshold={self.dead_threshold:g}, "
+            f"reinit_dead={self.reinit_dead}, init={self.init!r}"
+        )
 
     # ------------------------------------------------------------------ codebook
 
@@ -217,26 +239,33 @@ class VectorQuantizer(nn.Module):
 
     def _check_input(self, z) -> None:
         if not isinstance(z, torch.Tensor):
-            raise TypeError(f"VectorQuantizer: z must be a torch.Tensor; got "
-                            f"{type(z).__name__}")
+            raise TypeError(f"VectorQuantizer: z must be a torch.Tensor; got {type(z).__name__}")
         if not z.dtype.is_floating_point:
-            raise TypeError(f"VectorQuantizer: z must be a floating tensor; got dtype "
-                            f"{str(z.dtype).replace('torch.', '')}")
+            raise TypeError(
+                f"VectorQuantizer: z must be a floating tensor; got dtype "
+                f"{str(z.dtype).replace('torch.', '')}"
+            )
         if z.dim() < 2 or z.shape[-1] != self.dim:
-            raise ValueError(f"VectorQuantizer: z must be [B, ..., {self.dim}] (channels "
-                             f"last, D = {self.dim}); got shape {tuple(z.shape)}")
+            raise ValueError(
+                f"VectorQuantizer: z must be [B, ..., {self.dim}] (channels "
+                f"last, D = {self.dim}); got shape {tuple(z.shape)}"
+            )
 
     def forward(self, z: torch.Tensor, *, channel_dim: int = -1) -> VQOutput:
         """Quantise ``z``; ``channel_dim=1`` takes and returns ``[B, D, H, W]``-style input
         (indices then ``[B, H, W]`` (+ ``[m]``)). See :class:`VQOutput`."""
         if channel_dim not in (-1, 1):
-            raise ValueError(f"VectorQuantizer: channel_dim must be -1 (channels last) or 1 "
-                             f"(channels first); got {channel_dim}")
+            raise ValueError(
+                f"VectorQuantizer: channel_dim must be -1 (channels last) or 1 "
+                f"(channels first); got {channel_dim}"
+            )
         if channel_dim == 1:
             if not isinstance(z, torch.Tensor) or z.dim() < 2:
-                raise ValueError(f"VectorQuantizer: z must be [B, {self.dim}, ...] with "
-                                 f"channel_dim=1; got "
-                                 f"{tuple(z.shape) if isinstance(z, torch.Tensor) else z}")
+                raise ValueError(
+                    f"VectorQuantizer: z must be [B, {self.dim}, ...] with "
+                    f"channel_dim=1; got "
+                    f"{tuple(z.shape) if isinstance(z, torch.Tensor) else z}"
+                )
             out = self.forward(z.movedim(1, -1))
             return out._replace(quantized=out.quantized.movedim(-1, 1))
         self._check_input(z)
@@ -245,13 +274,18 @@ class VectorQuantizer(nn.Module):
         z2 = z.reshape(-1, D)
         if self.training and not self.is_initialized():
             self._initialize(z2.detach())
-        codebook = self.codebook()                    # the state's dtype
+        codebook = self.codebook()  # the state's dtype
         search = codebook.to(z.dtype)
         soft = self.training and self.em == "soft"
         with torch.no_grad():
             if soft:
-                idx = vq_sample(z2.detach(), search, self.num_samples,
-                                temperature=self.temperature, backend=self.backend)
+                idx = vq_sample(
+                    z2.detach(),
+                    search,
+                    self.num_samples,
+                    temperature=self.temperature,
+                    backend=self.backend,
+                )
                 zq = codebook.index_select(0, idx.reshape(-1)).view(-1, self.num_samples, D)
                 zq = zq.mean(1)
             else:
@@ -260,8 +294,9 @@ class VectorQuantizer(nn.Module):
         acc = accumulate_dtype(z.dtype)
         diff = z2.to(acc) - zq.to(acc)
         per_vector = (diff * diff).sum(1).view(lead)
-        commitment = self.beta * (per_vector.flatten(1).sum(1) if per_vector.dim() > 1
-                                  else per_vector)
+        commitment = self.beta * (
+            per_vector.flatten(1).sum(1) if per_vector.dim() > 1 else per_vector
+        )
         quantized = z + (zq.to(z.dtype).view(z.shape) - z).detach()
         indices = idx.view(*lead, self.num_samples) if soft else idx.view(lead)
 
@@ -295,12 +330,12 @@ class VectorQuantizer(nn.Module):
     def _update(self, z2: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """The EMA update (all-reduced statistics under DDP); returns the step's usage counts."""
         if _world() == 1:
-            vq_ema_update(self.cluster_size, self.embed_sum, z2, idx, decay=self.decay,
-                          backend=self.backend)
+            vq_ema_update(
+                self.cluster_size, self.embed_sum, z2, idx, decay=self.decay, backend=self.backend
+            )
             return self._counts(idx)
         K, D = self.num_codes, self.dim
-        stats = torch.zeros(K * (D + 1), dtype=self.embed_sum.dtype,
-                            device=self.embed_sum.device)
+        stats = torch.zeros(K * (D + 1), dtype=self.embed_sum.dtype, device=self.embed_sum.device)
         counts, sums = stats[:K], stats[K:].view(K, D)
         # views of one buffer: the op writes them in place, one collective sends both
         vq_ema_update(counts, sums, z2, idx, decay=0.0, backend=self.backend)
@@ -348,8 +383,9 @@ class VectorQuantizer(nn.Module):
         if dist.get_rank() == 0:
             # code k takes candidate k of a rank drawn in proportion to the ranks' batch
             # sizes: a uniform draw from the union (an all-empty batch: any rank, unused)
-            source = torch.multinomial(weights + (total == 0).to(weights.dtype), K,
-                                       replacement=True)
+            source = torch.multinomial(
+                weights + (total == 0).to(weights.dtype), K, replacement=True
+            )
         dist.broadcast(source, src=0)
         index = source.view(1, K, 1).expand(1, K, self.dim)
         return torch.stack(cands).gather(0, index).squeeze(0), total > 0

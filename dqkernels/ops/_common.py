@@ -1,4 +1,5 @@
 """Shared helpers of the op layer: output allocation, argument checks, backend modules."""
+
 from __future__ import annotations
 
 import math
@@ -28,8 +29,7 @@ def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 @torch.compiler.assume_constant_result
-def resolve_backend(op: str, device: torch.device, dtype: torch.dtype, backend,
-                    family: str) -> str:
+def resolve_backend(op: str, device: torch.device, dtype: torch.dtype, backend, family: str) -> str:
     """The backend op ``op`` of op family ``family`` runs on (constant under
     ``torch.compile``); see :func:`dqkernels.backends.resolve`."""
     return backends.resolve(op, device, dtype, backend, family)
@@ -55,20 +55,27 @@ def check_tensor(op: str, name: str, t, ndim: int | None = None, layout: str = "
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{op}: {name} must be a torch.Tensor; got {type(t).__name__}")
     if t.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{op}: {name} must be a floating tensor (float16, bfloat16, float32 "
-                        f"or float64); got dtype {_dt(t.dtype)}")
+        raise TypeError(
+            f"{op}: {name} must be a floating tensor (float16, bfloat16, float32 "
+            f"or float64); got dtype {_dt(t.dtype)}"
+        )
     if ndim is not None and t.dim() != ndim:
-        raise ValueError(f"{op}: {name} must have {ndim} dimensions {layout}; got shape "
-                         f"{tuple(t.shape)}")
+        raise ValueError(
+            f"{op}: {name} must have {ndim} dimensions {layout}; got shape {tuple(t.shape)}"
+        )
 
 
 def check_same(op: str, name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
     if a.dtype != b.dtype:
-        raise TypeError(f"{op}: {name_a} and {name_b} must have the same dtype; got "
-                        f"{name_a} {_dt(a.dtype)} and {name_b} {_dt(b.dtype)}")
+        raise TypeError(
+            f"{op}: {name_a} and {name_b} must have the same dtype; got "
+            f"{name_a} {_dt(a.dtype)} and {name_b} {_dt(b.dtype)}"
+        )
     if a.device != b.device:
-        raise ValueError(f"{op}: {name_a} and {name_b} must be on the same device; got "
-                         f"{name_a} on {a.device} and {name_b} on {b.device}")
+        raise ValueError(
+            f"{op}: {name_a} and {name_b} must be on the same device; got "
+            f"{name_a} on {a.device} and {name_b} on {b.device}"
+        )
 
 
 def check_int(op: str, name: str, value, minimum: int) -> int:

@@ -6,21 +6,29 @@ Custom ops ``torch.ops.dqk.affine_coupling`` and ``torch.ops.dqk.affine_coupling
 with fake implementations and autograd (in both directions); the math is defined in
 :mod:`dqkernels.reference.affine_coupling`.
 """
+
 from __future__ import annotations
 
 import torch
 
-from dqkernels.ops._common import (accumulate_dtype, check_same, check_tensor, kernels,
-                                   new_output, resolve_backend)
+from dqkernels.ops._common import (
+    accumulate_dtype,
+    check_same,
+    check_tensor,
+    kernels,
+    new_output,
+    resolve_backend,
+)
 
 __all__ = ["affine_coupling"]
 
-_FAMILY = "affine"   # the op family: dqkernels/kernels/affine/
+_FAMILY = "affine"  # the op family: dqkernels/kernels/affine/
 
 
 @torch.library.custom_op("dqk::affine_coupling", mutates_args=())
-def _forward_op(x: torch.Tensor, shift: torch.Tensor, scale_logit: torch.Tensor,
-                inverse: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _forward_op(
+    x: torch.Tensor, shift: torch.Tensor, scale_logit: torch.Tensor, inverse: bool, backend: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     y = new_output(x.shape, x.dtype, x.device)
     logdet = new_output((x.shape[0],), accumulate_dtype(x.dtype), x.device)
     if x.numel():
@@ -32,18 +40,26 @@ def _forward_op(x: torch.Tensor, shift: torch.Tensor, scale_logit: torch.Tensor,
 
 @_forward_op.register_fake
 def _(x, shift, scale_logit, inverse, backend):
-    return torch.empty_like(x, memory_format=torch.contiguous_format), \
-        x.new_empty((x.shape[0],), dtype=accumulate_dtype(x.dtype))
+    return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(
+        (x.shape[0],), dtype=accumulate_dtype(x.dtype)
+    )
 
 
 @torch.library.custom_op("dqk::affine_coupling_backward", mutates_args=())
-def _backward_op(x: torch.Tensor, shift: torch.Tensor, scale_logit: torch.Tensor,
-                 grad_y: torch.Tensor, grad_logdet: torch.Tensor, inverse: bool,
-                 backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _backward_op(
+    x: torch.Tensor,
+    shift: torch.Tensor,
+    scale_logit: torch.Tensor,
+    grad_y: torch.Tensor,
+    grad_logdet: torch.Tensor,
+    inverse: bool,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     grads = [new_output(x.shape, x.dtype, x.device) for _ in range(3)]
     if x.numel():
-        kernels(backend, _FAMILY).backward(x, shift, scale_logit, grad_y, grad_logdet,
-                                            *grads, inverse)
+        kernels(backend, _FAMILY).backward(
+            x, shift, scale_logit, grad_y, grad_logdet, *grads, inverse
+        )
     gx, gshift, gscale_logit = grads
     return gx, gshift, gscale_logit
 
@@ -64,19 +80,30 @@ def _backward(ctx, grad_y, grad_logdet):
     if not any(ctx.needs_input_grad[:3]):
         return None, None, None, None, None
     inverse, backend = ctx.args
-    gx, gs, gl = _backward_op(x, shift, scale_logit, grad_y.to(x.dtype),
-                              grad_logdet.to(accumulate_dtype(x.dtype)), inverse, backend)
+    gx, gs, gl = _backward_op(
+        x,
+        shift,
+        scale_logit,
+        grad_y.to(x.dtype),
+        grad_logdet.to(accumulate_dtype(x.dtype)),
+        inverse,
+        backend,
+    )
     need = ctx.needs_input_grad
-    return (gx if need[0] else None, gs if need[1] else None, gl if need[2] else None,
-            None, None)
+    return (gx if need[0] else None, gs if need[1] else None, gl if need[2] else None, None, None)
 
 
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def affine_coupling(x: torch.Tensor, shift: torch.Tensor, scale_logit: torch.Tensor, *,
-                    inverse: bool = False, backend: str | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def affine_coupling(
+    x: torch.Tensor,
+    shift: torch.Tensor,
+    scale_logit: torch.Tensor,
+    *,
+    inverse: bool = False,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Glow's affine coupling, elementwise, with its log-determinant per batch element.
 
     Args:
@@ -101,8 +128,9 @@ def affine_coupling(x: torch.Tensor, shift: torch.Tensor, scale_logit: torch.Ten
         check_tensor(op, name, t)
         check_same(op, "x", x, name, t)
         if t.shape != x.shape:
-            raise ValueError(f"{op}: {name} must have x's shape {tuple(x.shape)}; got "
-                             f"{tuple(t.shape)}")
+            raise ValueError(
+                f"{op}: {name} must have x's shape {tuple(x.shape)}; got {tuple(t.shape)}"
+            )
     if not isinstance(inverse, bool):
         raise TypeError(f"{op}: inverse must be a bool; got {type(inverse).__name__}")
     name = resolve_backend(op, x.device, x.dtype, backend, _FAMILY)

@@ -7,18 +7,26 @@ implementations, so they trace under ``torch.compile`` without graph breaks and 
 ``torch.library.opcheck``. The backend is resolved in the Python wrapper and passed to
 the op as a string. The math is defined in :mod:`dqkernels.reference.dmol`.
 """
+
 from __future__ import annotations
 
 import torch
 
-from dqkernels.ops._common import (accumulate_dtype, check_finite_float, check_int,
-                                   check_same, check_tensor, kernels, new_output,
-                                   resolve_backend)
+from dqkernels.ops._common import (
+    accumulate_dtype,
+    check_finite_float,
+    check_int,
+    check_same,
+    check_tensor,
+    kernels,
+    new_output,
+    resolve_backend,
+)
 from dqkernels.reference.dmol import params_per_mixture
 
 __all__ = ["dmol_nll", "dmol_sample", "num_mixtures"]
 
-_FAMILY = "dmol"   # the op family: dqkernels/kernels/dmol/
+_FAMILY = "dmol"  # the op family: dqkernels/kernels/dmol/
 
 _LAYOUT = "[B, C, H, W]"
 
@@ -31,7 +39,8 @@ def num_mixtures(num_params: int, num_channels: int) -> int:
         raise ValueError(
             f"params has {num_params} channels, which fits no mixture count for "
             f"C={num_channels}: expected a positive multiple of {per} "
-            f"(M * (1 + {j}*{num_channels}))")
+            f"(M * (1 + {j}*{num_channels}))"
+        )
     return num_params // per
 
 
@@ -53,8 +62,9 @@ def _check_channels(op: str, name: str, c) -> int:
 
 
 @torch.library.custom_op("dqk::dmol_nll", mutates_args=())
-def _nll_op(x: torch.Tensor, params: torch.Tensor, num_levels: int, min_log_scale: float,
-            backend: str) -> torch.Tensor:
+def _nll_op(
+    x: torch.Tensor, params: torch.Tensor, num_levels: int, min_log_scale: float, backend: str
+) -> torch.Tensor:
     B, _, H, W = x.shape
     out = new_output((B, H, W), accumulate_dtype(params.dtype), params.device)
     if out.numel():
@@ -69,12 +79,17 @@ def _(x, params, num_levels, min_log_scale, backend):
 
 
 @torch.library.custom_op("dqk::dmol_nll_backward", mutates_args=())
-def _nll_backward_op(x: torch.Tensor, params: torch.Tensor, grad_out: torch.Tensor,
-                     num_levels: int, min_log_scale: float, backend: str) -> torch.Tensor:
+def _nll_backward_op(
+    x: torch.Tensor,
+    params: torch.Tensor,
+    grad_out: torch.Tensor,
+    num_levels: int,
+    min_log_scale: float,
+    backend: str,
+) -> torch.Tensor:
     grad = new_output(params.shape, params.dtype, params.device)
     if grad.numel():
-        kernels(backend, _FAMILY).nll_backward(x, params, grad_out, grad, num_levels,
-                                              min_log_scale)
+        kernels(backend, _FAMILY).nll_backward(x, params, grad_out, grad, num_levels, min_log_scale)
     return grad
 
 
@@ -108,22 +123,26 @@ FUSED_BACKWARD_BACKENDS = ("cpp",)
 
 
 @torch.library.custom_op("dqk::dmol_nll_fused", mutates_args=())
-def _nll_fused_op(x: torch.Tensor, params: torch.Tensor, num_levels: int,
-                  min_log_scale: float, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _nll_fused_op(
+    x: torch.Tensor, params: torch.Tensor, num_levels: int, min_log_scale: float, backend: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     B, _, H, W = x.shape
     out = new_output((B, H, W), accumulate_dtype(params.dtype), params.device)
     grad_unit = new_output(params.shape, params.dtype, params.device)
     if out.numel():
-        kernels(backend, _FAMILY).nll_forward_backward(x, params, out, grad_unit, num_levels,
-                                                      min_log_scale)
+        kernels(backend, _FAMILY).nll_forward_backward(
+            x, params, out, grad_unit, num_levels, min_log_scale
+        )
     return out, grad_unit
 
 
 @_nll_fused_op.register_fake
 def _(x, params, num_levels, min_log_scale, backend):
     B, _, H, W = x.shape
-    return (params.new_empty((B, H, W), dtype=accumulate_dtype(params.dtype)),
-            torch.empty_like(params))
+    return (
+        params.new_empty((B, H, W), dtype=accumulate_dtype(params.dtype)),
+        torch.empty_like(params),
+    )
 
 
 def _fused_setup_context(ctx, inputs, output):
@@ -141,8 +160,14 @@ _nll_fused_op.register_autograd(_fused_backward, setup_context=_fused_setup_cont
 
 
 @torch.library.custom_op("dqk::dmol_sample", mutates_args=())
-def _sample_op(params: torch.Tensor, u: torch.Tensor, num_channels: int, num_levels: int,
-               min_log_scale: float, backend: str) -> torch.Tensor:
+def _sample_op(
+    params: torch.Tensor,
+    u: torch.Tensor,
+    num_channels: int,
+    num_levels: int,
+    min_log_scale: float,
+    backend: str,
+) -> torch.Tensor:
     B, _, H, W = params.shape
     out = new_output((B, num_channels, H, W), params.dtype, params.device)
     if out.numel():
@@ -159,8 +184,14 @@ def _(params, u, num_channels, num_levels, min_log_scale, backend):
 # ----------------------------------------------------------------------------- API
 
 
-def dmol_nll(x: torch.Tensor, params: torch.Tensor, *, num_levels: int = 256,
-             min_log_scale: float = -7.0, backend: str | None = None) -> torch.Tensor:
+def dmol_nll(
+    x: torch.Tensor,
+    params: torch.Tensor,
+    *,
+    num_levels: int = 256,
+    min_log_scale: float = -7.0,
+    backend: str | None = None,
+) -> torch.Tensor:
     """Per-pixel negative log-likelihood (nats) of ``x`` under a discretized logistic mixture.
 
     Args:
@@ -186,7 +217,8 @@ def dmol_nll(x: torch.Tensor, params: torch.Tensor, *, num_levels: int = 256,
     if params.shape[0] != x.shape[0] or params.shape[2:] != x.shape[2:]:
         raise ValueError(
             f"{op}: x and params must agree in batch and spatial size [B, *, H, W]; got x "
-            f"{tuple(x.shape)} and params {tuple(params.shape)}")
+            f"{tuple(x.shape)} and params {tuple(params.shape)}"
+        )
     num_levels = check_int(op, "num_levels", num_levels, 2)
     min_log_scale = check_finite_float(op, "min_log_scale", min_log_scale)
     name = resolve_backend(op, params.device, params.dtype, backend, _FAMILY)
@@ -195,9 +227,15 @@ def dmol_nll(x: torch.Tensor, params: torch.Tensor, *, num_levels: int = 256,
     return _nll_op(x, params, num_levels, min_log_scale, name)
 
 
-def dmol_sample(params: torch.Tensor, num_channels: int, *, num_levels: int = 256,
-                min_log_scale: float = -7.0, generator: torch.Generator | None = None,
-                backend: str | None = None) -> torch.Tensor:
+def dmol_sample(
+    params: torch.Tensor,
+    num_channels: int,
+    *,
+    num_levels: int = 256,
+    min_log_scale: float = -7.0,
+    generator: torch.Generator | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
     """Draw ``[B, C, H, W]`` grid values from the discretized logistic mixture ``params``.
 
     One component is drawn per pixel, then each channel in order from its logistic,
@@ -214,6 +252,10 @@ def dmol_sample(params: torch.Tensor, num_channels: int, *, num_levels: int = 25
     params = params.detach()
     name = resolve_backend(op, params.device, params.dtype, backend, _FAMILY)
     B, _, H, W = params.shape
-    u = torch.rand((B, 1 + C, H, W), generator=generator, device=params.device,
-                   dtype=accumulate_dtype(params.dtype))
+    u = torch.rand(
+        (B, 1 + C, H, W),
+        generator=generator,
+        device=params.device,
+        dtype=accumulate_dtype(params.dtype),
+    )
     return _sample_op(params, u, C, num_levels, min_log_scale, name)

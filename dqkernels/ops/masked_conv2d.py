@@ -10,19 +10,26 @@ and their gradient is exactly zero.
 Custom ops ``torch.ops.dqk.masked_conv2d`` and ``torch.ops.dqk.masked_conv2d_backward``
 with fake implementations and autograd.
 """
+
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
 
-from dqkernels.ops._common import (check_int, check_same, check_tensor, kernels, new_output,
-                                   resolve_backend)
+from dqkernels.ops._common import (
+    check_int,
+    check_same,
+    check_tensor,
+    kernels,
+    new_output,
+    resolve_backend,
+)
 from dqkernels.reference.masked_conv2d import MASK_TYPES
 
 __all__ = ["masked_conv2d"]
 
-_FAMILY = "masked_conv2d"   # the op family: dqkernels/kernels/masked_conv2d/
+_FAMILY = "masked_conv2d"  # the op family: dqkernels/kernels/masked_conv2d/
 
 
 def _empty(t: torch.Tensor) -> torch.Tensor:
@@ -31,8 +38,14 @@ def _empty(t: torch.Tensor) -> torch.Tensor:
 
 
 @torch.library.custom_op("dqk::masked_conv2d", mutates_args=())
-def _forward_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                mask_type: str, groups: int, backend: str) -> torch.Tensor:
+def _forward_op(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    mask_type: str,
+    groups: int,
+    backend: str,
+) -> torch.Tensor:
     B, _, H, W = x.shape
     y = new_output((B, weight.shape[0], H, W), x.dtype, x.device)
     if y.numel():
@@ -47,30 +60,47 @@ def _(x, weight, bias, mask_type, groups, backend):
 
 
 @torch.library.custom_op("dqk::masked_conv2d_backward", mutates_args=())
-def _backward_op(x: torch.Tensor, weight: torch.Tensor, grad_y: torch.Tensor, mask_type: str,
-                 groups: int, need_x: bool, need_weight: bool, need_bias: bool, backend: str
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _backward_op(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    grad_y: torch.Tensor,
+    mask_type: str,
+    groups: int,
+    need_x: bool,
+    need_weight: bool,
+    need_bias: bool,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(grad_x, grad_weight, grad_bias)``; a gradient not needed is an empty ``[0]``."""
     gx = new_output(x.shape, x.dtype, x.device) if need_x else _empty(x)
     gw = new_output(weight.shape, x.dtype, x.device) if need_weight else _empty(x)
     gb = new_output((weight.shape[0],), x.dtype, x.device) if need_bias else _empty(x)
-    if grad_y.numel() == 0:        # no pixels: dW and db are sums over nothing
+    if grad_y.numel() == 0:  # no pixels: dW and db are sums over nothing
         if need_weight:
             gw.zero_()
         if need_bias:
             gb.zero_()
     elif need_x or need_weight or need_bias:
         kernels(backend, _FAMILY).backward(
-            x, weight, grad_y, gx if need_x else None, gw if need_weight else None,
-            gb if need_bias else None, mask_type, groups)
+            x,
+            weight,
+            grad_y,
+            gx if need_x else None,
+            gw if need_weight else None,
+            gb if need_bias else None,
+            mask_type,
+            groups,
+        )
     return gx, gw, gb
 
 
 @_backward_op.register_fake
 def _(x, weight, grad_y, mask_type, groups, need_x, need_weight, need_bias, backend):
-    return (x.new_empty(x.shape) if need_x else _empty(x),
-            x.new_empty(weight.shape) if need_weight else _empty(x),
-            x.new_empty((weight.shape[0],)) if need_bias else _empty(x))
+    return (
+        x.new_empty(x.shape) if need_x else _empty(x),
+        x.new_empty(weight.shape) if need_weight else _empty(x),
+        x.new_empty((weight.shape[0],)) if need_bias else _empty(x),
+    )
 
 
 def _setup_context(ctx, inputs, output):
@@ -85,36 +115,63 @@ def _backward(ctx, grad_y):
     if not any(need[:3]):
         return None, None, None, None, None, None
     mask_type, groups, backend = ctx.args
-    gx, gw, gb = _backward_op(x, weight, grad_y.to(x.dtype), mask_type, groups,
-                              bool(need[0]), bool(need[1]), bool(need[2]), backend)
-    return (gx if need[0] else None, gw if need[1] else None, gb if need[2] else None,
-            None, None, None)
+    gx, gw, gb = _backward_op(
+        x,
+        weight,
+        grad_y.to(x.dtype),
+        mask_type,
+        groups,
+        bool(need[0]),
+        bool(need[1]),
+        bool(need[2]),
+        backend,
+    )
+    return (
+        gx if need[0] else None,
+        gw if need[1] else None,
+        gb if need[2] else None,
+        None,
+        None,
+        None,
+    )
 
 
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def check_masked_conv2d_args(op: str, in_channels: int, out_channels: int, kernel_size,
-                             mask_type, groups) -> None:
+def check_masked_conv2d_args(
+    op: str, in_channels: int, out_channels: int, kernel_size, mask_type, groups
+) -> None:
     """Checks shared by :func:`masked_conv2d` and :class:`dqkernels.nn.MaskedConv2d`."""
     if not isinstance(mask_type, str):
-        raise TypeError(f"{op}: mask_type must be a str, 'A' or 'B'; got "
-                        f"{type(mask_type).__name__}")
+        raise TypeError(
+            f"{op}: mask_type must be a str, 'A' or 'B'; got {type(mask_type).__name__}"
+        )
     if mask_type not in MASK_TYPES:
         raise ValueError(f"{op}: mask_type must be 'A' or 'B'; got {mask_type!r}")
     if kernel_size % 2 == 0:
-        raise ValueError(f"{op}: the kernel size must be odd (centre tap at k // 2); got "
-                         f"{kernel_size}")
+        raise ValueError(
+            f"{op}: the kernel size must be odd (centre tap at k // 2); got {kernel_size}"
+        )
     check_int(op, "groups", groups, 1)
     limit = min(in_channels, out_channels)
     if groups > limit:
-        raise ValueError(f"{op}: groups must be <= min(in_channels, out_channels) = "
-                         f"min({in_channels}, {out_channels}) = {limit}, so that every "
-                         f"channel block is non-empty; got {groups}")
+        raise ValueError(
+            f"{op}: groups must be <= min(in_channels, out_channels) = "
+            f"min({in_channels}, {out_channels}) = {limit}, so that every "
+            f"channel block is non-empty; got {groups}"
+        )
 
 
-def masked_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *,
-                  mask_type: str, groups: int = 1, backend: str | None = None) -> torch.Tensor:
+def masked_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    mask_type: str,
+    groups: int = 1,
+    backend: str | None = None,
+) -> torch.Tensor:
     """PixelCNN masked 2-D convolution ("same" padding, stride 1).
 
     Args:
@@ -140,21 +197,27 @@ def masked_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     check_same(op, "x", x, "weight", weight)
     cout, cin, kh, kw = weight.shape
     if kh != kw:
-        raise ValueError(f"{op}: weight must have a square kernel [Cout, Cin, k, k]; got "
-                         f"shape {tuple(weight.shape)} (kernel {kh}x{kw})")
+        raise ValueError(
+            f"{op}: weight must have a square kernel [Cout, Cin, k, k]; got "
+            f"shape {tuple(weight.shape)} (kernel {kh}x{kw})"
+        )
     if cin != x.shape[1]:
-        raise ValueError(f"{op}: weight must have x's {x.shape[1]} input channels "
-                         f"(weight.shape[1] == x.shape[1]); got weight shape "
-                         f"{tuple(weight.shape)}")
+        raise ValueError(
+            f"{op}: weight must have x's {x.shape[1]} input channels "
+            f"(weight.shape[1] == x.shape[1]); got weight shape "
+            f"{tuple(weight.shape)}"
+        )
     if cout < 1:
-        raise ValueError(f"{op}: weight must have at least one output channel; got shape "
-                         f"{tuple(weight.shape)}")
+        raise ValueError(
+            f"{op}: weight must have at least one output channel; got shape {tuple(weight.shape)}"
+        )
     if bias is not None:
         check_tensor(op, "bias", bias)
         check_same(op, "x", x, "bias", bias)
         if tuple(bias.shape) != (cout,):
-            raise ValueError(f"{op}: bias must have shape [Cout] = ({cout},); got "
-                             f"{tuple(bias.shape)}")
+            raise ValueError(
+                f"{op}: bias must have shape [Cout] = ({cout},); got {tuple(bias.shape)}"
+            )
     check_masked_conv2d_args(op, cin, cout, kh, mask_type, groups)
     name = resolve_backend(op, x.device, x.dtype, backend, _FAMILY)
     return _forward_op(x, weight, bias, mask_type, groups, name)

@@ -7,25 +7,39 @@ math is defined in :mod:`dqkernels.reference.masked_linear`. The kernels skip th
 ``M`` that are entirely zero (the staircase of ascending degrees) and select inside the
 tiles that are partly masked, so a masked weight is never read into a sum.
 """
-from __future__ import annotations
 
+from __future__ import annotations
 
 import torch
 
-from dqkernels.ops._common import (_dt, accumulate_dtype, check_same, check_tensor, kernels,
-                                   leading_size, new_output, resolve_backend)
+from dqkernels.ops._common import (
+    _dt,
+    accumulate_dtype,
+    check_same,
+    check_tensor,
+    kernels,
+    leading_size,
+    new_output,
+    resolve_backend,
+)
 
 __all__ = ["masked_linear"]
 
-_FAMILY = "masked_linear"   # the op family: dqkernels/kernels/masked_linear/
+_FAMILY = "masked_linear"  # the op family: dqkernels/kernels/masked_linear/
 
 DEGREE_DTYPES = (torch.int32, torch.int64)
 
 
 @torch.library.custom_op("dqk::masked_linear", mutates_args=())
-def _forward_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                in_degrees: torch.Tensor, out_degrees: torch.Tensor, strict: bool,
-                backend: str) -> torch.Tensor:
+def _forward_op(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_degrees: torch.Tensor,
+    out_degrees: torch.Tensor,
+    strict: bool,
+    backend: str,
+) -> torch.Tensor:
     n_out, n_in = weight.shape
     y = new_output((*x.shape[:-1], n_out), x.dtype, x.device)
     rows = leading_size(x)
@@ -38,8 +52,9 @@ def _forward_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         else:
             y2.copy_(bias.expand(rows, n_out))
         return y
-    kernels(backend, _FAMILY).forward(x.reshape(rows, n_in), weight, bias, in_degrees,
-                                              out_degrees, strict, y2)
+    kernels(backend, _FAMILY).forward(
+        x.reshape(rows, n_in), weight, bias, in_degrees, out_degrees, strict, y2
+    )
     return y
 
 
@@ -49,10 +64,18 @@ def _(x, weight, bias, in_degrees, out_degrees, strict, backend):
 
 
 @torch.library.custom_op("dqk::masked_linear_backward", mutates_args=())
-def _backward_op(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
-                 in_degrees: torch.Tensor, out_degrees: torch.Tensor, strict: bool,
-                 need_x: bool, need_weight: bool, need_bias: bool,
-                 backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _backward_op(
+    grad_y: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    in_degrees: torch.Tensor,
+    out_degrees: torch.Tensor,
+    strict: bool,
+    need_x: bool,
+    need_weight: bool,
+    need_bias: bool,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(grad_x, grad_weight, grad_bias)``; one not asked for is an empty ``[0]`` tensor."""
     n_out, n_in = weight.shape
     gx = new_output(x.shape, x.dtype, x.device) if need_x else x.new_empty((0,))
@@ -72,18 +95,26 @@ def _backward_op(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                 gb.copy_(grad_y.reshape(rows, n_out).sum(dim=0, dtype=accumulate_dtype(x.dtype)))
         return gx, gw, gb
     kernels(backend, _FAMILY).backward(
-        grad_y.reshape(rows, n_out), x.reshape(rows, n_in), weight, in_degrees, out_degrees,
-        strict, gx.view(rows, n_in) if need_x else None, gw if need_weight else None,
-        gb if need_bias else None)
+        grad_y.reshape(rows, n_out),
+        x.reshape(rows, n_in),
+        weight,
+        in_degrees,
+        out_degrees,
+        strict,
+        gx.view(rows, n_in) if need_x else None,
+        gw if need_weight else None,
+        gb if need_bias else None,
+    )
     return gx, gw, gb
 
 
 @_backward_op.register_fake
-def _(grad_y, x, weight, in_degrees, out_degrees, strict, need_x, need_weight, need_bias,
-      backend):
-    return (x.new_empty(x.shape if need_x else (0,)),
-            x.new_empty(weight.shape if need_weight else (0,)),
-            x.new_empty((weight.shape[0],) if need_bias else (0,)))
+def _(grad_y, x, weight, in_degrees, out_degrees, strict, need_x, need_weight, need_bias, backend):
+    return (
+        x.new_empty(x.shape if need_x else (0,)),
+        x.new_empty(weight.shape if need_weight else (0,)),
+        x.new_empty((weight.shape[0],) if need_bias else (0,)),
+    )
 
 
 def _setup_context(ctx, inputs, output):
@@ -98,10 +129,27 @@ def _backward(ctx, grad_y):
         return None, None, None, None, None, None, None
     x, weight, in_degrees, out_degrees = ctx.saved_tensors
     strict, backend, has_bias = ctx.args
-    gx, gw, gb = _backward_op(grad_y.to(x.dtype), x, weight, in_degrees, out_degrees, strict,
-                              bool(need[0]), bool(need[1]), bool(need[2] and has_bias), backend)
-    return (gx if need[0] else None, gw if need[1] else None,
-            gb if need[2] and has_bias else None, None, None, None, None)
+    gx, gw, gb = _backward_op(
+        grad_y.to(x.dtype),
+        x,
+        weight,
+        in_degrees,
+        out_degrees,
+        strict,
+        bool(need[0]),
+        bool(need[1]),
+        bool(need[2] and has_bias),
+        backend,
+    )
+    return (
+        gx if need[0] else None,
+        gw if need[1] else None,
+        gb if need[2] and has_bias else None,
+        None,
+        None,
+        None,
+        None,
+    )
 
 
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
@@ -111,21 +159,32 @@ def _check_degrees(op: str, name: str, d, length: int, what: str, x: torch.Tenso
     if not isinstance(d, torch.Tensor):
         raise TypeError(f"{op}: {name} must be a torch.Tensor; got {type(d).__name__}")
     if d.dtype not in DEGREE_DTYPES:
-        raise TypeError(f"{op}: {name} must be an integer tensor (int32 or int64); got dtype "
-                        f"{_dt(d.dtype)}")
+        raise TypeError(
+            f"{op}: {name} must be an integer tensor (int32 or int64); got dtype {_dt(d.dtype)}"
+        )
     if d.dim() != 1:
         raise ValueError(f"{op}: {name} must be 1-D; got shape {tuple(d.shape)}")
     if d.shape[0] != length:
-        raise ValueError(f"{op}: {name} must have length {length} (weight's {what}); got "
-                         f"{d.shape[0]}")
+        raise ValueError(
+            f"{op}: {name} must have length {length} (weight's {what}); got {d.shape[0]}"
+        )
     if d.device != x.device:
-        raise ValueError(f"{op}: x and {name} must be on the same device; got x on {x.device} "
-                         f"and {name} on {d.device}")
+        raise ValueError(
+            f"{op}: x and {name} must be on the same device; got x on {x.device} "
+            f"and {name} on {d.device}"
+        )
 
 
-def masked_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                  in_degrees: torch.Tensor, out_degrees: torch.Tensor, *, strict: bool,
-                  backend: str | None = None) -> torch.Tensor:
+def masked_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_degrees: torch.Tensor,
+    out_degrees: torch.Tensor,
+    *,
+    strict: bool,
+    backend: str | None = None,
+) -> torch.Tensor:
     """MADE's masked linear layer ``y = x @ (weight * M).T + bias``.
 
     Args:
@@ -149,20 +208,25 @@ def masked_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     op = "masked_linear"
     check_tensor(op, "x", x)
     if x.dim() < 1:
-        raise ValueError(f"{op}: x must have at least one dimension [..., in_features]; got "
-                         "a 0-d tensor")
+        raise ValueError(
+            f"{op}: x must have at least one dimension [..., in_features]; got a 0-d tensor"
+        )
     check_tensor(op, "weight", weight, 2, "[out_features, in_features]")
     check_same(op, "x", x, "weight", weight)
     n_out, n_in = weight.shape
     if x.shape[-1] != n_in:
-        raise ValueError(f"{op}: x's last dimension must equal weight's in_features {n_in}; "
-                         f"got x {tuple(x.shape)} and weight {tuple(weight.shape)}")
+        raise ValueError(
+            f"{op}: x's last dimension must equal weight's in_features {n_in}; "
+            f"got x {tuple(x.shape)} and weight {tuple(weight.shape)}"
+        )
     if bias is not None:
         check_tensor(op, "bias", bias)
         check_same(op, "x", x, "bias", bias)
         if tuple(bias.shape) != (n_out,):
-            raise ValueError(f"{op}: bias must have shape ({n_out},) (weight's out_features); "
-                             f"got {tuple(bias.shape)}")
+            raise ValueError(
+                f"{op}: bias must have shape ({n_out},) (weight's out_features); "
+                f"got {tuple(bias.shape)}"
+            )
     _check_degrees(op, "in_degrees", in_degrees, n_in, "in_features", x)
     _check_degrees(op, "out_degrees", out_degrees, n_out, "out_features", x)
     if not isinstance(strict, bool):

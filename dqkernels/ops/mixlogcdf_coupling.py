@@ -9,34 +9,51 @@ function theorem (never through its iterations): with ``h`` the forward map at t
 ``dx/dy = 1/h_x`` and ``dx/dtheta = -h_theta / h_x``. The math is defined in
 :mod:`dqkernels.reference.mixlogcdf_coupling`; docs/INTERNALS.md has the gradients.
 """
+
 from __future__ import annotations
 
 import torch
 
-from dqkernels.ops._common import (accumulate_dtype, check_same, check_tensor, kernels,
-                                   new_output, resolve_backend)
+from dqkernels.ops._common import (
+    accumulate_dtype,
+    check_same,
+    check_tensor,
+    kernels,
+    new_output,
+    resolve_backend,
+)
 
 __all__ = ["mixlogcdf_coupling"]
 
-_FAMILY = "mixlog"   # the op family: dqkernels/kernels/mixlog/
+_FAMILY = "mixlog"  # the op family: dqkernels/kernels/mixlog/
 
 _NAMES = ("logits", "means", "log_scales", "a", "b")
 
 
 def _outputs(x):
-    return (new_output(x.shape, x.dtype, x.device),
-            new_output((x.shape[0],), accumulate_dtype(x.dtype), x.device))
+    return (
+        new_output(x.shape, x.dtype, x.device),
+        new_output((x.shape[0],), accumulate_dtype(x.dtype), x.device),
+    )
 
 
 def _fake_outputs(x):
-    return (torch.empty_like(x, memory_format=torch.contiguous_format),
-            x.new_empty((x.shape[0],), dtype=accumulate_dtype(x.dtype)))
+    return (
+        torch.empty_like(x, memory_format=torch.contiguous_format),
+        x.new_empty((x.shape[0],), dtype=accumulate_dtype(x.dtype)),
+    )
 
 
 @torch.library.custom_op("dqk::mixlogcdf_coupling", mutates_args=())
-def _forward_op(x: torch.Tensor, logits: torch.Tensor, means: torch.Tensor,
-                log_scales: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
-                backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _forward_op(
+    x: torch.Tensor,
+    logits: torch.Tensor,
+    means: torch.Tensor,
+    log_scales: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
     y, logdet = _outputs(x)
     if x.numel():
         kernels(backend, _FAMILY).forward(x, logits, means, log_scales, a, b, y, logdet)
@@ -51,9 +68,15 @@ def _(x, logits, means, log_scales, a, b, backend):
 
 
 @torch.library.custom_op("dqk::mixlogcdf_coupling_inverse", mutates_args=())
-def _inverse_op(y: torch.Tensor, logits: torch.Tensor, means: torch.Tensor,
-                log_scales: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
-                backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _inverse_op(
+    y: torch.Tensor,
+    logits: torch.Tensor,
+    means: torch.Tensor,
+    log_scales: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
     x, logdet = _outputs(y)
     if y.numel():
         kernels(backend, _FAMILY).inverse(y, logits, means, log_scales, a, b, x, logdet)
@@ -68,31 +91,41 @@ def _(y, logits, means, log_scales, a, b, backend):
 
 
 @torch.library.custom_op("dqk::mixlogcdf_coupling_backward", mutates_args=())
-def _backward_op(x: torch.Tensor, logits: torch.Tensor, means: torch.Tensor,
-                 log_scales: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
-                 grad_out: torch.Tensor, grad_logdet: torch.Tensor, inverse: bool,
-                 backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                        torch.Tensor, torch.Tensor, torch.Tensor]:
+def _backward_op(
+    x: torch.Tensor,
+    logits: torch.Tensor,
+    means: torch.Tensor,
+    log_scales: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    grad_out: torch.Tensor,
+    grad_logdet: torch.Tensor,
+    inverse: bool,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients for ``(input, logits, means, log_scales, a, b)``. ``x`` is the forward's
     input, or for ``inverse=True`` the inverse's output (the root)."""
     grads = [new_output(t.shape, t.dtype, t.device) for t in (x, logits, means, log_scales, a, b)]
     if x.numel():
-        kernels(backend, _FAMILY).backward(x, logits, means, log_scales, a, b, grad_out,
-                                            grad_logdet, *grads, inverse)
+        kernels(backend, _FAMILY).backward(
+            x, logits, means, log_scales, a, b, grad_out, grad_logdet, *grads, inverse
+        )
     gx, glogits, gmeans, glog_scales, ga, gb = grads
     return gx, glogits, gmeans, glog_scales, ga, gb
 
 
 @_backward_op.register_fake
 def _(x, logits, means, log_scales, a, b, grad_out, grad_logdet, inverse, backend):
-    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format)
-                 for t in (x, logits, means, log_scales, a, b))
+    return tuple(
+        torch.empty_like(t, memory_format=torch.contiguous_format)
+        for t in (x, logits, means, log_scales, a, b)
+    )
 
 
 def _make_autograd(inverse: bool):
     def setup_context(ctx, inputs, output):
         x, logits, means, log_scales, a, b, backend = inputs
-        point = output[0] if inverse else x      # where the forward map is differentiated
+        point = output[0] if inverse else x  # where the forward map is differentiated
         ctx.save_for_backward(point, logits, means, log_scales, a, b)
         ctx.backend = backend
 
@@ -100,11 +133,17 @@ def _make_autograd(inverse: bool):
         if not any(ctx.needs_input_grad[:6]):
             return (None,) * 7
         point, *theta = ctx.saved_tensors
-        grads = _backward_op(point, *theta, grad_out.to(point.dtype),
-                             grad_logdet.to(accumulate_dtype(point.dtype)), inverse,
-                             ctx.backend)
-        return tuple(g if need else None
-                     for g, need in zip(grads, ctx.needs_input_grad[:6])) + (None,)
+        grads = _backward_op(
+            point,
+            *theta,
+            grad_out.to(point.dtype),
+            grad_logdet.to(accumulate_dtype(point.dtype)),
+            inverse,
+            ctx.backend,
+        )
+        return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad[:6])) + (
+            None,
+        )
 
     return backward, setup_context
 
@@ -123,28 +162,42 @@ def _check(op: str, x, logits, means, log_scales, a, b) -> None:
         check_same(op, "x", x, name, t)
     for name, t in (("a", a), ("b", b)):
         if t.shape != x.shape:
-            raise ValueError(f"{op}: {name} must have x's shape {tuple(x.shape)}; got "
-                             f"{tuple(t.shape)}")
+            raise ValueError(
+                f"{op}: {name} must have x's shape {tuple(x.shape)}; got {tuple(t.shape)}"
+            )
     if logits.shape[:-1] != x.shape or logits.dim() != x.dim() + 1:
-        raise ValueError(f"{op}: logits must have shape [*x.shape, K] = "
-                         f"{list(x.shape) + ['K']}; got {tuple(logits.shape)}")
+        raise ValueError(
+            f"{op}: logits must have shape [*x.shape, K] = "
+            f"{list(x.shape) + ['K']}; got {tuple(logits.shape)}"
+        )
     K = logits.shape[-1]
     if K < 1:
-        raise ValueError(f"{op}: the mixture needs K >= 1 components; got logits of shape "
-                         f"{tuple(logits.shape)}")
+        raise ValueError(
+            f"{op}: the mixture needs K >= 1 components; got logits of shape {tuple(logits.shape)}"
+        )
     for name, t in (("means", means), ("log_scales", log_scales)):
         if t.shape != logits.shape:
-            what = (f"K mismatch: logits has K={K} components and {name} has "
-                    f"{t.shape[-1]}" if t.shape[:-1] == logits.shape[:-1] and t.dim() ==
-                    logits.dim() else f"expected logits' shape {tuple(logits.shape)}")
-            raise ValueError(f"{op}: {name} must have shape [*x.shape, K]; {what}; got "
-                             f"{tuple(t.shape)}")
+            what = (
+                f"K mismatch: logits has K={K} components and {name} has {t.shape[-1]}"
+                if t.shape[:-1] == logits.shape[:-1] and t.dim() == logits.dim()
+                else f"expected logits' shape {tuple(logits.shape)}"
+            )
+            raise ValueError(
+                f"{op}: {name} must have shape [*x.shape, K]; {what}; got {tuple(t.shape)}"
+            )
 
 
-def mixlogcdf_coupling(x: torch.Tensor, logits: torch.Tensor, means: torch.Tensor,
-                       log_scales: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *,
-                       inverse: bool = False, backend: str | None = None
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+def mixlogcdf_coupling(
+    x: torch.Tensor,
+    logits: torch.Tensor,
+    means: torch.Tensor,
+    log_scales: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    *,
+    inverse: bool = False,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Flow++'s mixture-of-logistics CDF coupling, elementwise, with its log-determinant.
 
     Args:

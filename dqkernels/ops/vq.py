@@ -19,17 +19,27 @@ Kernel modules ``dqkernels.kernels.vq.<backend>`` provide, on contiguous 2-D ten
 * ``ema_update(cluster_size [K], embed_sum [K, D], z [N, D], indices int64 [N, S], decay)``:
   in place, state float32 or float64; each of a row's ``S`` indices has weight ``1/S``.
 """
+
 from __future__ import annotations
 
 import torch
 
-from dqkernels.ops._common import (_dt, accumulate_dtype, check_finite_float, check_int,
-                                   check_same, check_tensor, kernels, leading_size, new_output,
-                                   resolve_backend)
+from dqkernels.ops._common import (
+    _dt,
+    accumulate_dtype,
+    check_finite_float,
+    check_int,
+    check_same,
+    check_tensor,
+    kernels,
+    leading_size,
+    new_output,
+    resolve_backend,
+)
 
 __all__ = ["vq_nearest", "vq_sample", "vq_ema_update"]
 
-_FAMILY = "vq"   # the op family: dqkernels/kernels/vq/
+_FAMILY = "vq"  # the op family: dqkernels/kernels/vq/
 
 STATE_DTYPES = (torch.float32, torch.float64)
 INDEX_DTYPES = (torch.int32, torch.int64)
@@ -38,17 +48,17 @@ INDEX_DTYPES = (torch.int32, torch.int64)
 # ----------------------------------------------------------------------------- nearest
 
 
-
 @torch.library.custom_op("dqk::vq_nearest", mutates_args=())
-def _nearest_op(z: torch.Tensor, codebook: torch.Tensor,
-                backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _nearest_op(
+    z: torch.Tensor, codebook: torch.Tensor, backend: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     D = z.shape[-1]
     z2 = z.reshape(leading_size(z), D)
     N = z2.shape[0]
     idx = _new_indices((N,), z.device)
     dist = new_output((N,), accumulate_dtype(z.dtype), z.device)
     if N > 0:
-        if D == 0:      # every code is at distance 0: the first one
+        if D == 0:  # every code is at distance 0: the first one
             idx.zero_()
             dist.zero_()
         else:
@@ -59,13 +69,16 @@ def _nearest_op(z: torch.Tensor, codebook: torch.Tensor,
 @_nearest_op.register_fake
 def _(z, codebook, backend):
     shape = z.shape[:-1]
-    return (z.new_empty(shape, dtype=torch.int64),
-            z.new_empty(shape, dtype=accumulate_dtype(z.dtype)))
+    return (
+        z.new_empty(shape, dtype=torch.int64),
+        z.new_empty(shape, dtype=accumulate_dtype(z.dtype)),
+    )
 
 
 def _new_indices(shape, device) -> torch.Tensor:
     """An int64 output; poisoned outputs start at -1 (never a valid index)."""
     from dqkernels.ops import _common
+
     if _common.poison_outputs:
         return torch.full(shape, -1, dtype=torch.int64, device=device)
     return torch.empty(shape, dtype=torch.int64, device=device)
@@ -103,19 +116,21 @@ _nearest_op.register_autograd(_nearest_backward, setup_context=_nearest_setup)
 
 
 @torch.library.custom_op("dqk::vq_sample", mutates_args=())
-def _sample_op(z: torch.Tensor, codebook: torch.Tensor, u: torch.Tensor,
-               inv_temperature: float, backend: str) -> torch.Tensor:
+def _sample_op(
+    z: torch.Tensor, codebook: torch.Tensor, u: torch.Tensor, inv_temperature: float, backend: str
+) -> torch.Tensor:
     D = z.shape[-1]
     z2 = z.reshape(leading_size(z), D)
     N, S, K = z2.shape[0], u.shape[-1], codebook.shape[0]
     out = _new_indices((N, S), z.device)
     if N > 0 and S > 0:
         u2 = u.reshape(N, S)
-        if D == 0:      # all distances 0: uniform over the codes
+        if D == 0:  # all distances 0: uniform over the codes
             out.copy_((u2 * K).floor().clamp_(max=K - 1).to(torch.int64))
         else:
-            kernels(backend, _FAMILY).sample(z2.contiguous(), codebook.contiguous(),
-                                          u2.contiguous(), inv_temperature, out)
+            kernels(backend, _FAMILY).sample(
+                z2.contiguous(), codebook.contiguous(), u2.contiguous(), inv_temperature, out
+            )
     return out.view(*z.shape[:-1], S)
 
 
@@ -128,8 +143,14 @@ def _(z, codebook, u, inv_temperature, backend):
 
 
 @torch.library.custom_op("dqk::vq_ema_update", mutates_args=("cluster_size", "embed_sum"))
-def _ema_op(cluster_size: torch.Tensor, embed_sum: torch.Tensor, z: torch.Tensor,
-            indices: torch.Tensor, decay: float, backend: str) -> None:
+def _ema_op(
+    cluster_size: torch.Tensor,
+    embed_sum: torch.Tensor,
+    z: torch.Tensor,
+    indices: torch.Tensor,
+    decay: float,
+    backend: str,
+) -> None:
     K, D = embed_sum.shape
     z2 = z.reshape(leading_size(z), D)
     N = z2.shape[0]
@@ -139,14 +160,16 @@ def _ema_op(cluster_size: torch.Tensor, embed_sum: torch.Tensor, z: torch.Tensor
         lo, hi = int(lo_hi.min), int(lo_hi.max)
         if lo < 0 or hi >= K:
             bad = lo if lo < 0 else hi
-            raise IndexError(f"vq_ema_update: indices must be in [0, {K}) (the codebook "
-                             f"size); got {bad}")
+            raise IndexError(
+                f"vq_ema_update: indices must be in [0, {K}) (the codebook size); got {bad}"
+            )
     if N == 0 or D == 0 or idx.shape[1] == 0:
         cluster_size.mul_(decay)
         embed_sum.mul_(decay)
         return
-    kernels(backend, _FAMILY).ema_update(cluster_size, embed_sum, z2.contiguous(),
-                                      idx.to(torch.int64).contiguous(), decay)
+    kernels(backend, _FAMILY).ema_update(
+        cluster_size, embed_sum, z2.contiguous(), idx.to(torch.int64).contiguous(), decay
+    )
 
 
 @_ema_op.register_fake
@@ -164,16 +187,21 @@ def _check_pair(op: str, z, codebook) -> None:
         raise ValueError(f"{op}: z must have at least 1 dimension [..., D]; got a scalar")
     check_same(op, "z", z, "codebook", codebook)
     if z.shape[-1] != codebook.shape[1]:
-        raise ValueError(f"{op}: z's last dimension ({z.shape[-1]}) must equal the codebook's "
-                         f"dimension D ({codebook.shape[1]}); got z {tuple(z.shape)} and "
-                         f"codebook {tuple(codebook.shape)}")
+        raise ValueError(
+            f"{op}: z's last dimension ({z.shape[-1]}) must equal the codebook's "
+            f"dimension D ({codebook.shape[1]}); got z {tuple(z.shape)} and "
+            f"codebook {tuple(codebook.shape)}"
+        )
     if codebook.shape[0] == 0:
-        raise ValueError(f"{op}: codebook must have at least one code (K >= 1); got shape "
-                         f"{tuple(codebook.shape)}")
+        raise ValueError(
+            f"{op}: codebook must have at least one code (K >= 1); got shape "
+            f"{tuple(codebook.shape)}"
+        )
 
 
-def vq_nearest(z: torch.Tensor, codebook: torch.Tensor, *,
-               backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def vq_nearest(
+    z: torch.Tensor, codebook: torch.Tensor, *, backend: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest code of every vector: ``argmin_k |z_n - e_k|^2``.
 
     Args:
@@ -205,9 +233,15 @@ def _sorted_uniforms(shape, dtype, device, generator):
     return torch.sort(u, dim=-1)
 
 
-def vq_sample(z: torch.Tensor, codebook: torch.Tensor, num_samples: int, *,
-              temperature: float = 1.0, generator: torch.Generator | None = None,
-              backend: str | None = None) -> torch.Tensor:
+def vq_sample(
+    z: torch.Tensor,
+    codebook: torch.Tensor,
+    num_samples: int,
+    *,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
     """Codes drawn from ``softmax_k(-|z_n - e_k|^2 / temperature)`` (soft EM).
 
     Draws ``num_samples`` independent codes per vector by inverse CDF on uniforms from
@@ -239,8 +273,15 @@ def vq_sample(z: torch.Tensor, codebook: torch.Tensor, num_samples: int, *,
     return torch.empty_like(drawn).scatter_(-1, order, drawn)
 
 
-def vq_ema_update(cluster_size: torch.Tensor, embed_sum: torch.Tensor, z: torch.Tensor,
-                  indices: torch.Tensor, *, decay: float, backend: str | None = None) -> None:
+def vq_ema_update(
+    cluster_size: torch.Tensor,
+    embed_sum: torch.Tensor,
+    z: torch.Tensor,
+    indices: torch.Tensor,
+    *,
+    decay: float,
+    backend: str | None = None,
+) -> None:
     """In-place EMA of the codebook statistics (VQ-VAE's EMA codebook update)::
 
         cluster_size = decay * cluster_size + (1 - decay) * counts
@@ -260,39 +301,57 @@ def vq_ema_update(cluster_size: torch.Tensor, embed_sum: torch.Tensor, z: torch.
             a DDP rank all-reduces before mixing them in).
     """
     op = "vq_ema_update"
-    for name, t, ndim, layout in (("cluster_size", cluster_size, 1, "[K]"),
-                                  ("embed_sum", embed_sum, 2, "[K, D]")):
+    for name, t, ndim, layout in (
+        ("cluster_size", cluster_size, 1, "[K]"),
+        ("embed_sum", embed_sum, 2, "[K, D]"),
+    ):
         check_tensor(op, name, t, ndim=ndim, layout=layout)
         if t.dtype not in STATE_DTYPES:
-            raise TypeError(f"{op}: {name} must be float32 or float64 (the EMA state is kept "
-                            f"in full precision); got {_dt(t.dtype)}")
+            raise TypeError(
+                f"{op}: {name} must be float32 or float64 (the EMA state is kept "
+                f"in full precision); got {_dt(t.dtype)}"
+            )
     check_same(op, "cluster_size", cluster_size, "embed_sum", embed_sum)
     for name, t in (("cluster_size", cluster_size), ("embed_sum", embed_sum)):
         if not t.is_contiguous():
-            raise ValueError(f"{op}: {name} must be contiguous (it is updated in place); got "
-                             f"strides {tuple(t.stride())} for shape {tuple(t.shape)}")
+            raise ValueError(
+                f"{op}: {name} must be contiguous (it is updated in place); got "
+                f"strides {tuple(t.stride())} for shape {tuple(t.shape)}"
+            )
     if cluster_size.shape[0] != embed_sum.shape[0]:
-        raise ValueError(f"{op}: cluster_size has {cluster_size.shape[0]} codes but embed_sum "
-                         f"has {embed_sum.shape[0]}")
+        raise ValueError(
+            f"{op}: cluster_size has {cluster_size.shape[0]} codes but embed_sum "
+            f"has {embed_sum.shape[0]}"
+        )
     check_tensor(op, "z", z)
     if z.dim() < 1 or z.shape[-1] != embed_sum.shape[1]:
-        raise ValueError(f"{op}: z's last dimension must equal embed_sum's D "
-                         f"({embed_sum.shape[1]}); got z {tuple(z.shape)}")
+        raise ValueError(
+            f"{op}: z's last dimension must equal embed_sum's D "
+            f"({embed_sum.shape[1]}); got z {tuple(z.shape)}"
+        )
     if z.device != embed_sum.device:
-        raise ValueError(f"{op}: z and embed_sum must be on the same device; got z on "
-                         f"{z.device} and embed_sum on {embed_sum.device}")
+        raise ValueError(
+            f"{op}: z and embed_sum must be on the same device; got z on "
+            f"{z.device} and embed_sum on {embed_sum.device}"
+        )
     if not isinstance(indices, torch.Tensor):
         raise TypeError(f"{op}: indices must be a torch.Tensor; got {type(indices).__name__}")
     if indices.dtype not in INDEX_DTYPES:
-        raise TypeError(f"{op}: indices must be an integer tensor (int64 or int32); got dtype "
-                        f"{_dt(indices.dtype)}")
+        raise TypeError(
+            f"{op}: indices must be an integer tensor (int64 or int32); got dtype "
+            f"{_dt(indices.dtype)}"
+        )
     lead = tuple(z.shape[:-1])
     if tuple(indices.shape) != lead and tuple(indices.shape[:-1]) != lead:
-        raise ValueError(f"{op}: indices must have shape {lead} or {lead} + (S,) for z of "
-                         f"shape {tuple(z.shape)}; got {tuple(indices.shape)}")
+        raise ValueError(
+            f"{op}: indices must have shape {lead} or {lead} + (S,) for z of "
+            f"shape {tuple(z.shape)}; got {tuple(indices.shape)}"
+        )
     if indices.device != z.device:
-        raise ValueError(f"{op}: z and indices must be on the same device; got z on {z.device} "
-                         f"and indices on {indices.device}")
+        raise ValueError(
+            f"{op}: z and indices must be on the same device; got z on {z.device} "
+            f"and indices on {indices.device}"
+        )
     decay = check_finite_float(op, "decay", decay)
     if not 0.0 <= decay <= 1.0:
         raise ValueError(f"{op}: decay must be in [0, 1]; got {decay}")
@@ -300,4 +359,3 @@ def vq_ema_update(cluster_size: torch.Tensor, embed_sum: torch.Tensor, z: torch.
         indices = indices.unsqueeze(-1)
     backend = resolve_backend(op, z.device, z.dtype, backend, _FAMILY)
     _ema_op(cluster_size, embed_sum, z, indices, decay, backend)
-

@@ -9,6 +9,7 @@
 for any finite ``scale_logit``. Differentiable torch ops only: autograd of this file is
 the reference gradient, and it runs in float64 for the tests' gold values.
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,8 +23,9 @@ def log_scale(scale_logit: torch.Tensor) -> torch.Tensor:
     return -F.softplus(-(scale_logit + SCALE_OFFSET))
 
 
-def affine_coupling_reference(x: torch.Tensor, shift: torch.Tensor, scale_logit: torch.Tensor,
-                              inverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def affine_coupling_reference(
+    x: torch.Tensor, shift: torch.Tensor, scale_logit: torch.Tensor, inverse: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(y, logdet)`` with logdet ``[B]``; all tensors of ``x``'s shape, any dtype."""
     ls = log_scale(scale_logit)
     scale = torch.sigmoid(scale_logit + SCALE_OFFSET)

@@ -30,6 +30,7 @@ For C == 3 the means are coupled to the (snapped) values of earlier channels::
 where ``r_c`` is channel c's j=2 slot. The per-pixel NLL in nats is
 ``-logsumexp_m(log_softmax(logits)_m + sum_c log P(x_c | m))``.
 """
+
 from __future__ import annotations
 
 import math
@@ -104,15 +105,16 @@ def bin_log_prob(k, xs, means, log_scales, num_levels: int) -> torch.Tensor:
     centered = xs - means
     a = (centered + d) * inv_s
     b = (centered - d) * inv_s
-    log_cdf_a = -F.softplus(-a)        # log sigmoid(a): the lowest bin
-    log_sf_b = -F.softplus(b)          # log (1 - sigmoid(b)): the highest bin
+    log_cdf_a = -F.softplus(-a)  # log sigmoid(a): the lowest bin
+    log_sf_b = -F.softplus(b)  # log (1 - sigmoid(b)): the highest bin
     log_delta = math.log(2.0 * d) - log_scales
     interior = log_cdf_a + log_sf_b + log1mexp(torch.exp(log_delta), log_delta)
     return torch.where(k == 0, log_cdf_a, torch.where(k == num_levels - 1, log_sf_b, interior))
 
 
-def dmol_nll_reference(x: torch.Tensor, params: torch.Tensor, num_levels: int = 256,
-                       min_log_scale: float = -7.0) -> torch.Tensor:
+def dmol_nll_reference(
+    x: torch.Tensor, params: torch.Tensor, num_levels: int = 256, min_log_scale: float = -7.0
+) -> torch.Tensor:
     """Per-pixel NLL in nats, ``[B, H, W]``, in the dtype of ``params`` (differentiable)."""
     C = x.shape[1]
     logits, means, log_scales, coeffs = split_params(params, C)
@@ -123,8 +125,13 @@ def dmol_nll_reference(x: torch.Tensor, params: torch.Tensor, num_levels: int = 
     return -torch.logsumexp(torch.log_softmax(logits, dim=1) + lp.sum(dim=1), dim=1)
 
 
-def dmol_sample_reference(params: torch.Tensor, u: torch.Tensor, num_channels: int,
-                          num_levels: int = 256, min_log_scale: float = -7.0) -> torch.Tensor:
+def dmol_sample_reference(
+    params: torch.Tensor,
+    u: torch.Tensor,
+    num_channels: int,
+    num_levels: int = 256,
+    min_log_scale: float = -7.0,
+) -> torch.Tensor:
     """Draw ``[B, C, H, W]`` grid values given uniforms ``u`` in [0, 1) of ``[B, 1+C, H, W]``.
 
     ``u[:, 0]`` picks the mixture component by inverting the CDF of ``softmax(logits)``
@@ -151,15 +158,16 @@ def dmol_sample_reference(params: torch.Tensor, u: torch.Tensor, num_channels: i
                 mean = mean + t[:, 0:1] * xs[0]
             else:
                 mean = mean + t[:, 1:2] * xs[0] + t[:, 2:3] * xs[1]
-        uc = u[:, 1 + c:2 + c].to(params.dtype)
+        uc = u[:, 1 + c : 2 + c].to(params.dtype)
         y = mean + torch.exp(ls) * (torch.log(uc) - torch.log1p(-uc))
         k = torch.round(((y + 1.0) * half).clamp(0, num_levels - 1))
         xs.append(k / half - 1.0)
     return torch.cat(xs, dim=1)
 
 
-def dmol_level_log_probs(params: torch.Tensor, num_channels: int, num_levels: int,
-                         min_log_scale: float = -7.0) -> torch.Tensor:
+def dmol_level_log_probs(
+    params: torch.Tensor, num_channels: int, num_levels: int, min_log_scale: float = -7.0
+) -> torch.Tensor:
     """Exact log-probability of every joint outcome of every pixel, for tests.
 
     Returns ``[B, L**C, H, W]``; outcome index ``sum_c k_c * L**(C-1-c)``. Only for small

@@ -11,6 +11,7 @@ the gradient of ``weight`` is exactly zero where ``M`` is 0. Differentiable torc
 only: autograd of this file is the reference gradient, and it runs in float64 for the
 tests' gold values.
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,9 +27,14 @@ def linear_mask(in_degrees: torch.Tensor, out_degrees: torch.Tensor, strict: boo
     return hi > lo if strict else hi >= lo
 
 
-def masked_linear_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                            in_degrees: torch.Tensor, out_degrees: torch.Tensor,
-                            strict: bool) -> torch.Tensor:
+def masked_linear_reference(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_degrees: torch.Tensor,
+    out_degrees: torch.Tensor,
+    strict: bool,
+) -> torch.Tensor:
     """``x @ (weight * M).T + bias`` for ``x`` of shape ``[..., in_features]``."""
     mask = linear_mask(in_degrees.to(weight.device), out_degrees.to(weight.device), strict)
     w = torch.where(mask, weight, torch.zeros((), dtype=weight.dtype, device=weight.device))

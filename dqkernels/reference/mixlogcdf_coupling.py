@@ -22,6 +22,7 @@ CDF, the root of ``g(x) = t`` lies in ``[min_k(means_k + scale_k t), max_k(...)]
 of any bracket of finite floats reach adjacent floats, and it is the eager baseline the
 benchmarks time. The inverse's logdet is minus the forward logdet at the returned point.
 """
+
 from __future__ import annotations
 
 import torch
@@ -63,8 +64,9 @@ def bracket(t, means, log_scales):
 
 
 @torch.no_grad()
-def mixlogcdf_inverse_bisection(y, logits, means, log_scales, a, b,
-                                steps: int = BISECTION_STEPS) -> torch.Tensor:
+def mixlogcdf_inverse_bisection(
+    y, logits, means, log_scales, a, b, steps: int = BISECTION_STEPS
+) -> torch.Tensor:
     """The root ``x`` of ``forward(x) = y`` by ``steps`` bisections of the bracket."""
     t = (y - b) * torch.exp(-a)
     lo, hi = bracket(t, means, log_scales)
@@ -76,8 +78,7 @@ def mixlogcdf_inverse_bisection(y, logits, means, log_scales, a, b,
     return 0.5 * (lo + hi)
 
 
-def mixlogcdf_inverse_reference(y, logits, means, log_scales, a, b,
-                                steps: int = BISECTION_STEPS):
+def mixlogcdf_inverse_reference(y, logits, means, log_scales, a, b, steps: int = BISECTION_STEPS):
     """``(x, logdet)`` of the inverse, differentiable by the implicit function theorem.
 
     The root ``x0`` comes from bisection (no graph); then ``x = x0 - (forward(x0) - y) /
@@ -85,8 +86,15 @@ def mixlogcdf_inverse_reference(y, logits, means, log_scales, a, b,
     correction, below rounding) and the first derivatives ``dx/dy = 1/(dy/dx)`` and
     ``dx/dtheta = -(dy/dtheta)/(dy/dx)``. The logdet is minus the forward logdet at ``x``.
     """
-    x0 = mixlogcdf_inverse_bisection(y.detach(), logits.detach(), means.detach(),
-                                     log_scales.detach(), a.detach(), b.detach(), steps)
+    x0 = mixlogcdf_inverse_bisection(
+        y.detach(),
+        logits.detach(),
+        means.detach(),
+        log_scales.detach(),
+        a.detach(),
+        b.detach(),
+        steps,
+    )
     g0, dlog0 = logit_cdf(x0, logits, means, log_scales)
     dydx = torch.exp(dlog0 + a).detach()
     x = x0 - (g0 * torch.exp(a) + b - y) / dydx

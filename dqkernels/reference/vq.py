@@ -12,12 +12,18 @@ computes the same things in bounded memory).
   ``embed_sum <- decay * embed_sum + (1 - decay) * sums``, where a row of ``z`` with ``S``
   sampled indices adds ``1/S`` to each sampled code's count and ``z_n / S`` to its sum.
 """
+
 from __future__ import annotations
 
 import torch
 
-__all__ = ["sqdist_matrix", "vq_nearest_reference", "vq_probs_reference",
-           "vq_sample_reference", "vq_ema_update_reference"]
+__all__ = [
+    "sqdist_matrix",
+    "vq_nearest_reference",
+    "vq_probs_reference",
+    "vq_sample_reference",
+    "vq_ema_update_reference",
+]
 
 
 def sqdist_matrix(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
@@ -29,30 +35,37 @@ def sqdist_matrix(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
 def vq_nearest_reference(z: torch.Tensor, codebook: torch.Tensor):
     """``(indices int64 [N], sqdist float64 [N])`` for ``z [N, D]``, ``codebook [K, D]``."""
     d = sqdist_matrix(z, codebook)
-    idx = torch.argmin(d, dim=1)   # documented: the first minimal value on ties
+    idx = torch.argmin(d, dim=1)  # documented: the first minimal value on ties
     return idx, d.gather(1, idx[:, None])[:, 0]
 
 
-def vq_probs_reference(z: torch.Tensor, codebook: torch.Tensor,
-                       temperature: float = 1.0) -> torch.Tensor:
+def vq_probs_reference(
+    z: torch.Tensor, codebook: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
     """``[N, K]`` float64 probabilities ``softmax(-d / T)``."""
     return torch.softmax(-sqdist_matrix(z, codebook) / temperature, dim=1)
 
 
-def vq_sample_reference(z: torch.Tensor, codebook: torch.Tensor, u: torch.Tensor,
-                        temperature: float = 1.0) -> torch.Tensor:
+def vq_sample_reference(
+    z: torch.Tensor, codebook: torch.Tensor, u: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
     """Inverse-CDF draws ``[N, S]`` for uniforms ``u [N, S]`` in ``[0, 1)``: the first
     ``k`` with ``cumsum(p)[k] > u`` (clamped to the last code of positive probability)."""
     p = vq_probs_reference(z, codebook, temperature)
     cdf = torch.cumsum(p, dim=1)
     cdf = cdf / cdf[:, -1:]
     k = torch.searchsorted(cdf, u.double().contiguous(), right=True)
-    last = (p > 0).double().cumsum(1).argmax(1, keepdim=True)   # last positive code
+    last = (p > 0).double().cumsum(1).argmax(1, keepdim=True)  # last positive code
     return torch.minimum(k, last.expand_as(k))
 
 
-def vq_ema_update_reference(cluster_size: torch.Tensor, embed_sum: torch.Tensor,
-                            z: torch.Tensor, indices: torch.Tensor, decay: float):
+def vq_ema_update_reference(
+    cluster_size: torch.Tensor,
+    embed_sum: torch.Tensor,
+    z: torch.Tensor,
+    indices: torch.Tensor,
+    decay: float,
+):
     """New ``(cluster_size, embed_sum)`` (float64 copies; the inputs are not modified).
     ``indices`` is ``[N]`` or ``[N, S]``."""
     K, D = embed_sum.shape
@@ -63,5 +76,7 @@ def vq_ema_update_reference(cluster_size: torch.Tensor, embed_sum: torch.Tensor,
         onehot[torch.arange(idx.shape[0], device=z.device), idx[:, s]] += 1.0 / S
     counts = onehot.sum(0)
     sums = onehot.T @ z.reshape(-1, D).double()
-    return (decay * cluster_size.double() + (1 - decay) * counts,
-            decay * embed_sum.double() + (1 - decay) * sums)
+    return (
+        decay * cluster_size.double() + (1 - decay) * counts,
+        decay * embed_sum.double() + (1 - decay) * sums,
+    )

@@ -6,6 +6,7 @@ learn's digits by default, binarized MNIST, CIFAR-10, MNIST), batches of int64 l
 ``log2(L)``. Outputs: a grid of ``--grid`` samples (``samples.png``) and the model's
 :meth:`ImageTask.extra_outputs`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,18 +27,26 @@ class ImageTask(Task):
     ``super().add_arguments`` / ``super().check_args`` when they override those."""
 
     datasets = DATASETS
-    dataset_help = ("digits: scikit-learn's 8x8 digits, 17 levels, bundled (default); "
-                    "binarized_mnist, cifar10, mnist: the standard files in --data-dir")
-    data_dir_help = ("directory of the dataset's files (default ../shared/data/<dataset>): "
-                     "binarized_mnist_{train,valid,test}.amat[.gz]; CIFAR-10's python "
-                     "(data_batch_1..5, test_batch) or binary (*.bin) batches; MNIST's "
-                     "{train,t10k}-images-idx3-ubyte[.gz]")
+    dataset_help = (
+        "digits: scikit-learn's 8x8 digits, 17 levels, bundled (default); "
+        "binarized_mnist, cifar10, mnist: the standard files in --data-dir"
+    )
+    data_dir_help = (
+        "directory of the dataset's files (default ../shared/data/<dataset>): "
+        "binarized_mnist_{train,valid,test}.amat[.gz]; CIFAR-10's python "
+        "(data_batch_1..5, test_batch) or binary (*.bin) batches; MNIST's "
+        "{train,t10k}-images-idx3-ubyte[.gz]"
+    )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         g = parser.add_argument_group("image outputs")
-        g.add_argument("--grid", type=int, default=64, metavar="N",
-                       help="images in the sample grid samples.png (default %(default)s; 0 "
-                            "skips it)")
+        g.add_argument(
+            "--grid",
+            type=int,
+            default=64,
+            metavar="N",
+            help="images in the sample grid samples.png (default %(default)s; 0 skips it)",
+        )
 
     def check_args(self, args: argparse.Namespace) -> None:
         if args.grid < 0:
@@ -54,14 +63,14 @@ class ImageTask(Task):
 
     # ------------------------------------------------------------------ outputs
 
-    def sample(self, model: torch.nn.Module, n: int, generator: torch.Generator
-               ) -> torch.Tensor:
+    def sample(self, model: torch.nn.Module, n: int, generator: torch.Generator) -> torch.Tensor:
         """``n`` images as integer levels ``[n, C, H, W]`` (unwrapped model, eval mode,
         ``no_grad``); ``generator`` lives on the model's device."""
         raise NotImplementedError
 
-    def extra_outputs(self, model: torch.nn.Module, data, out_dir: str,
-                      args: argparse.Namespace, metrics: dict) -> list[str]:
+    def extra_outputs(
+        self, model: torch.nn.Module, data, out_dir: str, args: argparse.Namespace, metrics: dict
+    ) -> list[str]:
         """The model's own files besides the samples (``metrics``: the final
         evaluation's); returns their paths."""
         return []
@@ -79,14 +88,17 @@ class ImageTask(Task):
                 levels = self.sample(model, args.grid, gen)
             shape = (args.grid, *data.image_shape)
             if tuple(levels.shape) != shape:
-                raise ValueError(f"{type(self).__name__}.sample must return "
-                                 f"[{', '.join(map(str, shape))}] levels; got "
-                                 f"{tuple(levels.shape)}")
+                raise ValueError(
+                    f"{type(self).__name__}.sample must return "
+                    f"[{', '.join(map(str, shape))}] levels; got "
+                    f"{tuple(levels.shape)}"
+                )
             path = os.path.join(ctx.out_dir, "samples.png")
             value = ctx.metrics.get(ctx.units.key)
             shown = f", test {value:.3f} {ctx.units.label}" if value is not None else ""
-            save_image_grid(levels.cpu(), data.num_levels, path,
-                            f"{ctx.title}: {args.grid} samples{shown}")
+            save_image_grid(
+                levels.cpu(), data.num_levels, path, f"{ctx.title}: {args.grid} samples{shown}"
+            )
             print(f"drew {args.grid} samples in {time.perf_counter() - t0:.1f} s", flush=True)
             written.append(path)
         with ctx.fork_rng(EXTRA_KEY):

@@ -1,5 +1,6 @@
 """``dqk train pixelcnn``: a small PixelCNN with the discretized logistic mixture likelihood
 (:func:`dqkernels.ops.dmol_nll`), the model in :mod:`dqkernels.models.pixelcnn`."""
+
 from __future__ import annotations
 
 import torch
@@ -42,10 +43,19 @@ class PixelCNNTask(ImageTask):
         g = parser.add_argument_group("pixelcnn")
         g.add_argument("--width", type=int, default=96, help="hidden channels (default 96)")
         g.add_argument("--blocks", type=int, default=5, help="residual blocks (default 5)")
-        g.add_argument("--dropout", type=float, default=0.1,
-                       help="dropout in the residual blocks (default 0.1)")
-        g.add_argument("--mixtures", type=int, default=5, metavar="M",
-                       help="logistic mixture components per pixel (default 5)")
+        g.add_argument(
+            "--dropout",
+            type=float,
+            default=0.1,
+            help="dropout in the residual blocks (default 0.1)",
+        )
+        g.add_argument(
+            "--mixtures",
+            type=int,
+            default=5,
+            metavar="M",
+            help="logistic mixture components per pixel (default 5)",
+        )
 
     def check_args(self, args) -> None:
         super().check_args(args)
@@ -64,9 +74,14 @@ class PixelCNNTask(ImageTask):
         if C not in (1, 3):
             raise UsageError(f"pixelcnn models 1 or 3 channels; {args.dataset} has {C}")
         # backend None: the ops follow the trainer's --backend (set for the whole run)
-        net = PixelCNN(in_channels=C, num_levels=data.num_levels, width=args.width,
-                       num_blocks=args.blocks, num_mixtures=args.mixtures,
-                       dropout=args.dropout)
+        net = PixelCNN(
+            in_channels=C,
+            num_levels=data.num_levels,
+            width=args.width,
+            num_blocks=args.blocks,
+            num_mixtures=args.mixtures,
+            dropout=args.dropout,
+        )
         return LevelPixelCNN(net, data.image_shape)
 
     def evaluate(self, model, x, args, *, final):
@@ -81,8 +96,10 @@ class PixelCNNTask(ImageTask):
 
     def banner(self, model, args) -> str:
         c = model.config
-        return (f"PixelCNN: width {c['width']}, {c['num_blocks']} gated residual blocks, "
-                f"{c['num_mixtures']} logistic mixtures per pixel, dropout {c['dropout']}")
+        return (
+            f"PixelCNN: width {c['width']}, {c['num_blocks']} gated residual blocks, "
+            f"{c['num_mixtures']} logistic mixtures per pixel, dropout {c['dropout']}"
+        )
 
 
 TASK = PixelCNNTask()

@@ -36,16 +36,36 @@ Exit status of :func:`train`: 0 done (or stopped at ``--max-steps``), 1 non-fini
 2 bad arguments or input, 128 + signal number when stopped by SIGINT (130) or SIGTERM
 (143).
 """
+
 from dqkernels.trainer.args import check_common_args, configure_parser
-from dqkernels.trainer.checkpoint import (KEEP_CHECKPOINTS, latest_checkpoint,
-                                          list_checkpoints, load_checkpoint, save_atomic)
+from dqkernels.trainer.checkpoint import (
+    KEEP_CHECKPOINTS,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_atomic,
+)
 from dqkernels.trainer.loop import Run, train
 from dqkernels.trainer.schedule import WarmupCosine
 from dqkernels.trainer.state import RunState
-from dqkernels.trainer.task import (EXTRA_KEY, SAMPLE_KEY, OutputContext, Task, Units,
-                                    UsageError)
+from dqkernels.trainer.task import EXTRA_KEY, SAMPLE_KEY, OutputContext, Task, Units, UsageError
 
-__all__ = ["EXTRA_KEY", "KEEP_CHECKPOINTS", "SAMPLE_KEY", "OutputContext", "Run", "RunState",
-           "Task", "Units", "UsageError", "WarmupCosine", "check_common_args",
-           "configure_parser", "latest_checkpoint", "list_checkpoints", "load_checkpoint",
-           "save_atomic", "train"]
+__all__ = [
+    "EXTRA_KEY",
+    "KEEP_CHECKPOINTS",
+    "SAMPLE_KEY",
+    "OutputContext",
+    "Run",
+    "RunState",
+    "Task",
+    "Units",
+    "UsageError",
+    "WarmupCosine",
+    "check_common_args",
+    "configure_parser",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "save_atomic",
+    "train",
+]

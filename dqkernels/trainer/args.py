@@ -1,5 +1,6 @@
 """The common flags of ``dqk train <model>``, their checks, and how ``--resume`` merges
 them with the checkpoint's."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,8 +13,17 @@ __all__ = ["check_common_args", "configure_parser", "merge_resumed_args", "run_a
 # Flags that --resume takes from the command line as given (never from the checkpoint).
 RESUME_FREE = frozenset({"out", "resume", "max_steps", "device", "overwrite", "dump_params"})
 # Flags that --resume may change, but that default to the checkpoint's value.
-RESUME_RUNTIME = frozenset({"backend", "compile", "checkpoint_every", "eval_every",
-                            "eval_batch_size", "data_dir", "no_progress"})
+RESUME_RUNTIME = frozenset(
+    {
+        "backend",
+        "compile",
+        "checkpoint_every",
+        "eval_every",
+        "eval_batch_size",
+        "data_dir",
+        "no_progress",
+    }
+)
 
 
 def configure_parser(parser: argparse.ArgumentParser, task: Task) -> None:
@@ -23,59 +33,138 @@ def configure_parser(parser: argparse.ArgumentParser, task: Task) -> None:
     g = parser.add_argument_group("data")
     datasets = tuple(task.datasets)
     if datasets:
-        g.add_argument("--dataset", choices=datasets, default=datasets[0],
-                       help=task.dataset_help or "default %(default)s")
+        g.add_argument(
+            "--dataset",
+            choices=datasets,
+            default=datasets[0],
+            help=task.dataset_help or "default %(default)s",
+        )
     else:
         g.add_argument("--dataset", default=None, help="the data set (task specific)")
-    g.add_argument("--data-dir", default=None, metavar="DIR",
-                   help=task.data_dir_help
-                   or "directory of the dataset's files (default ../shared/data/<dataset>)")
-    g.add_argument("--limit", type=int, default=None, metavar="N",
-                   help="use only the first N training examples (smoke tests)")
+    g.add_argument(
+        "--data-dir",
+        default=None,
+        metavar="DIR",
+        help=task.data_dir_help
+        or "directory of the dataset's files (default ../shared/data/<dataset>)",
+    )
+    g.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="use only the first N training examples (smoke tests)",
+    )
 
     g = parser.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=10, metavar="N", help="default %(default)s")
-    g.add_argument("--batch-size", type=int, default=64, metavar="B",
-                   help="GLOBAL batch size, split evenly over the processes of a torchrun "
-                        "(default %(default)s)")
-    g.add_argument("--lr", type=float, default=1e-3,
-                   help="Adam learning rate; linear warm-up over --warmup-steps, then cosine "
-                        "decay to 0 at the end of the last epoch (default %(default)s)")
-    g.add_argument("--warmup-steps", type=int, default=0, metavar="N",
-                   help="optimizer steps of linear learning-rate warm-up (default %(default)s)")
-    g.add_argument("--grad-clip", type=float, default=None, metavar="NORM",
-                   help="clip the global gradient norm to NORM (default: no clipping)")
+    g.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        metavar="B",
+        help="GLOBAL batch size, split evenly over the processes of a torchrun "
+        "(default %(default)s)",
+    )
+    g.add_argument(
+        "--lr",
+        type=float,
+        default=1e-3,
+        help="Adam learning rate; linear warm-up over --warmup-steps, then cosine "
+        "decay to 0 at the end of the last epoch (default %(default)s)",
+    )
+    g.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=0,
+        metavar="N",
+        help="optimizer steps of linear learning-rate warm-up (default %(default)s)",
+    )
+    g.add_argument(
+        "--grad-clip",
+        type=float,
+        default=None,
+        metavar="NORM",
+        help="clip the global gradient norm to NORM (default: no clipping)",
+    )
     g.add_argument("--seed", type=int, default=0, help="default %(default)s")
-    g.add_argument("--bf16", action="store_true",
-                   help="torch.autocast to bfloat16 around the training forward (CPU and CUDA)")
-    g.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
-                   help="torch.compile the training module (BACKEND default inductor; "
-                        "e.g. aot_eager, cudagraphs)")
-    g.add_argument("--backend", choices=CHOICES, default=None,
-                   help="dqkernels backend of every op for the run (default: the one in "
-                        "force, normally auto)")
-    g.add_argument("--device", choices=("cpu", "cuda"), default=None,
-                   help="default: cuda when available, else cpu")
+    g.add_argument(
+        "--bf16",
+        action="store_true",
+        help="torch.autocast to bfloat16 around the training forward (CPU and CUDA)",
+    )
+    g.add_argument(
+        "--compile",
+        nargs="?",
+        const="inductor",
+        default=None,
+        metavar="BACKEND",
+        help="torch.compile the training module (BACKEND default inductor; "
+        "e.g. aot_eager, cudagraphs)",
+    )
+    g.add_argument(
+        "--backend",
+        choices=CHOICES,
+        default=None,
+        help="dqkernels backend of every op for the run (default: the one in force, normally auto)",
+    )
+    g.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default=None,
+        help="default: cuda when available, else cpu",
+    )
 
     g = parser.add_argument_group("outputs and checkpoints")
-    g.add_argument("--out", default=None, metavar="DIR",
-                   help="output directory (default runs/<model>-<dataset>)")
-    g.add_argument("--eval-every", type=int, default=1, metavar="E",
-                   help="evaluate the test set every E epochs and after the last one "
-                        "(default %(default)s)")
-    g.add_argument("--eval-batch-size", type=int, default=256, metavar="B",
-                   help="test examples per evaluation batch (default %(default)s)")
-    g.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
-                   help="also write a checkpoint every N optimizer steps (default: only at "
-                        "the end of every epoch)")
-    g.add_argument("--max-steps", type=int, default=None, metavar="N",
-                   help="stop after N optimizer steps in total, writing a checkpoint")
-    g.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH",
-                   help="continue from checkpoint PATH (no PATH: the newest in --out); the "
-                        "run keeps the settings it was started with")
-    g.add_argument("--overwrite", action="store_true",
-                   help="start afresh in an --out that holds checkpoints of an earlier run "
-                        "(they are deleted)")
+    g.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="output directory (default runs/<model>-<dataset>)",
+    )
+    g.add_argument(
+        "--eval-every",
+        type=int,
+        default=1,
+        metavar="E",
+        help="evaluate the test set every E epochs and after the last one (default %(default)s)",
+    )
+    g.add_argument(
+        "--eval-batch-size",
+        type=int,
+        default=256,
+        metavar="B",
+        help="test examples per evaluation batch (default %(default)s)",
+    )
+    g.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also write a checkpoint every N optimizer steps (default: only at "
+        "the end of every epoch)",
+    )
+    g.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="stop after N optimizer steps in total, writing a checkpoint",
+    )
+    g.add_argument(
+        "--resume",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PATH",
+        help="continue from checkpoint PATH (no PATH: the newest in --out); the "
+        "run keeps the settings it was started with",
+    )
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in an --out that holds checkpoints of an earlier run (they are deleted)",
+    )
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     # for tests: every rank saves its final parameters to PATH ("{rank}" is replaced)
     g.add_argument("--dump-params", default=None, help=argparse.SUPPRESS)
@@ -84,12 +173,18 @@ def configure_parser(parser: argparse.ArgumentParser, task: Task) -> None:
     defaults = dict(getattr(task, "defaults", None) or {})
     if defaults:
         parser.set_defaults(**defaults)
-    parser.set_defaults(_defaults={a.dest: parser.get_default(a.dest)
-                                   for a in parser._actions if a.dest != argparse.SUPPRESS})
+    parser.set_defaults(
+        _defaults={
+            a.dest: parser.get_default(a.dest)
+            for a in parser._actions
+            if a.dest != argparse.SUPPRESS
+        }
+    )
 
 
 def check_common_args(args, world: int) -> None:
     """Raise :class:`UsageError` for a bad common flag (``world``: the processes)."""
+
     def positive(name):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -99,8 +194,7 @@ def check_common_args(args, world: int) -> None:
         positive(name)
     for name in ("warmup_steps", "checkpoint_every", "seed"):
         if getattr(args, name) < 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 0; got "
-                             f"{getattr(args, name)}")
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 0; got {getattr(args, name)}")
     if not (args.lr > 0 and math.isfinite(args.lr)):
         raise UsageError(f"--lr must be a positive number; got {args.lr}")
     if args.grad_clip is not None and not (args.grad_clip > 0 and math.isfinite(args.grad_clip)):
@@ -110,11 +204,15 @@ def check_common_args(args, world: int) -> None:
 
         known = torch._dynamo.list_backends(exclude_tags=())
         if args.compile not in known:
-            raise UsageError(f"--compile {args.compile}: not a torch.compile backend; choose "
-                             f"one of {', '.join(sorted(known))}")
+            raise UsageError(
+                f"--compile {args.compile}: not a torch.compile backend; choose "
+                f"one of {', '.join(sorted(known))}"
+            )
     if args.batch_size % world:
-        raise UsageError(f"--batch-size {args.batch_size} (the global batch) is not divisible "
-                         f"by the {world} processes of this run")
+        raise UsageError(
+            f"--batch-size {args.batch_size} (the global batch) is not divisible "
+            f"by the {world} processes of this run"
+        )
 
 
 def run_args(args) -> dict:
@@ -140,10 +238,13 @@ def merge_resumed_args(args, saved: dict, task: Task) -> list[str]:
         elif name in runtime:
             changed.append(f"--{name.replace('_', '-')} {new} (was {old})")
         else:
-            conflicts.append(f"--{name.replace('_', '-')} {new} differs from the checkpoint's "
-                             f"{old}")
+            conflicts.append(
+                f"--{name.replace('_', '-')} {new} differs from the checkpoint's {old}"
+            )
     if conflicts:
-        raise UsageError("--resume: " + "; ".join(conflicts) + ". A resumed run keeps the "
-                         "settings it was started with; leave those flags out (or start a new "
-                         "run in another --out).")
+        raise UsageError(
+            "--resume: " + "; ".join(conflicts) + ". A resumed run keeps the "
+            "settings it was started with; leave those flags out (or start a new "
+            "run in another --out)."
+        )
     return changed

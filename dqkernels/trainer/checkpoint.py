@@ -1,5 +1,6 @@
 """Checkpoint files: ``<out>/checkpoint-<step>.pt``, written atomically, the newest
 :data:`KEEP_CHECKPOINTS` kept, read back without running code."""
+
 from __future__ import annotations
 
 import os
@@ -8,8 +9,15 @@ import secrets
 
 import torch
 
-__all__ = ["KEEP_CHECKPOINTS", "checkpoint_path", "latest_checkpoint", "list_checkpoints",
-           "load_checkpoint", "save_atomic", "write_checkpoint"]
+__all__ = [
+    "KEEP_CHECKPOINTS",
+    "checkpoint_path",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "save_atomic",
+    "write_checkpoint",
+]
 
 KEEP_CHECKPOINTS = 2
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)\.pt$")
@@ -45,8 +53,7 @@ def list_checkpoints(out_dir: str) -> list[tuple[int, str]]:
         names = os.listdir(out_dir)
     except FileNotFoundError:
         return []
-    found = [(int(m.group(1)), os.path.join(out_dir, n))
-             for n in names if (m := _CKPT_RE.match(n))]
+    found = [(int(m.group(1)), os.path.join(out_dir, n)) for n in names if (m := _CKPT_RE.match(n))]
     return sorted(found)
 
 
@@ -61,8 +68,7 @@ def load_checkpoint(path: str) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def write_checkpoint(out_dir: str, step: int, payload: dict,
-                     keep: int = KEEP_CHECKPOINTS) -> str:
+def write_checkpoint(out_dir: str, step: int, payload: dict, keep: int = KEEP_CHECKPOINTS) -> str:
     """Write ``payload`` as ``checkpoint-<step>.pt`` atomically, then delete all but the
     newest ``keep``; returns its path."""
     path = checkpoint_path(out_dir, step)

@@ -1,4 +1,5 @@
 """The processes of a run: a torchrun launch (``WORLD_SIZE`` > 1) or a single process."""
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,10 @@ class Dist:
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
             self.owns_group = True
         if dist.get_world_size() != self.world:
-            raise UsageError(f"WORLD_SIZE is {self.world} but the process group has "
-                             f"{dist.get_world_size()} processes")
+            raise UsageError(
+                f"WORLD_SIZE is {self.world} but the process group has "
+                f"{dist.get_world_size()} processes"
+            )
 
     def destroy(self) -> None:
         if self.owns_group:
@@ -73,11 +76,14 @@ def pick_device(name: str | None, dist: Dist) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise UsageError("--device cuda: no CUDA device is available to this torch "
-                             f"({torch.__version__}); use --device cpu")
+            raise UsageError(
+                "--device cuda: no CUDA device is available to this torch "
+                f"({torch.__version__}); use --device cpu"
+            )
         if dist.local_rank >= torch.cuda.device_count():
-            raise UsageError(f"local rank {dist.local_rank} has no GPU: "
-                             f"{torch.cuda.device_count()} visible")
+            raise UsageError(
+                f"local rank {dist.local_rank} has no GPU: {torch.cuda.device_count()} visible"
+            )
         torch.cuda.set_device(dist.local_rank)
         return torch.device("cuda", dist.local_rank)
     return torch.device("cpu")

@@ -6,6 +6,7 @@ goes over the epochs: each global batch is one optimizer step (:meth:`Run.train_
 each epoch ends with an evaluation over the test split (:meth:`Run.evaluate`), a record
 and a checkpoint. :meth:`Run.finish` writes the task's outputs.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,8 +22,13 @@ import torch
 
 from dqkernels.trainer import rng
 from dqkernels.trainer.args import check_common_args, merge_resumed_args, run_args
-from dqkernels.trainer.checkpoint import (checkpoint_path, latest_checkpoint, list_checkpoints,
-                                          load_checkpoint, write_checkpoint)
+from dqkernels.trainer.checkpoint import (
+    checkpoint_path,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    write_checkpoint,
+)
 from dqkernels.trainer.dist import Dist, pick_device
 from dqkernels.trainer.metrics import MetricsLog
 from dqkernels.trainer.schedule import WarmupCosine
@@ -95,7 +101,7 @@ class Run:
         self.stop = StopRequest()
         self.metrics = MetricsLog(self.out)
 
-        ckpt = self._resume_checkpoint()          # merges the run's saved flags into args
+        ckpt = self._resume_checkpoint()  # merges the run's saved flags into args
         check_common_args(args, dist.world)
         task.check_args(args)
         self.backend = self._select_backend()
@@ -111,19 +117,22 @@ class Run:
         # a last partial batch too small to give every rank an example is dropped
         self.steps_per_epoch = n // B + (1 if n % B >= W else 0)
         if self.steps_per_epoch == 0:
-            raise UsageError(f"{n} training examples cannot give each of the {W} processes an "
-                             f"example per batch")
+            raise UsageError(
+                f"{n} training examples cannot give each of the {W} processes an example per batch"
+            )
 
         # the initial model is the same on every rank: seeded with --seed alone
         rng.seed_all(args.seed)
         self.model = self._build_model()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if not self.params:
-            raise TypeError(f"{type(task).__name__}.build returned a module without "
-                            f"trainable parameters")
+            raise TypeError(
+                f"{type(task).__name__}.build returned a module without trainable parameters"
+            )
         self.opt = torch.optim.Adam(self.params, lr=args.lr)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, WarmupCosine(args.warmup_steps, args.epochs * self.steps_per_epoch))
+            self.opt, WarmupCosine(args.warmup_steps, args.epochs * self.steps_per_epoch)
+        )
         # the forward's noise differs between ranks
         rng.seed_all(rng.derive_seed(args.seed, 1, dist.rank))
 
@@ -145,12 +154,15 @@ class Run:
                 raise UsageError(
                     f"{self.out!r} holds checkpoints of an earlier run "
                     f"({os.path.basename(found[-1][1])}); pass --resume to continue it, "
-                    f"--overwrite to start afresh there, or another --out")
+                    f"--overwrite to start afresh there, or another --out"
+                )
             return None
         path = args.resume or latest_checkpoint(self.out)
         if not path:
-            raise UsageError(f"--resume: no checkpoint-<step>.pt in {self.out!r} "
-                             f"(resolved to {os.path.abspath(self.out)})")
+            raise UsageError(
+                f"--resume: no checkpoint-<step>.pt in {self.out!r} "
+                f"(resolved to {os.path.abspath(self.out)})"
+            )
         if not os.path.isfile(path):
             raise UsageError(f"--resume: checkpoint {path!r} does not exist")
         try:
@@ -158,8 +170,10 @@ class Run:
         except Exception as exc:
             raise UsageError(f"--resume: cannot read {path!r}: {exc}") from None
         if ckpt.get("task") != task.name:
-            raise UsageError(f"--resume: {path!r} is a checkpoint of model "
-                             f"{ckpt.get('task')!r}, not {task.name!r}")
+            raise UsageError(
+                f"--resume: {path!r} is a checkpoint of model "
+                f"{ckpt.get('task')!r}, not {task.name!r}"
+            )
         self.changed = merge_resumed_args(args, ckpt["args"], task)
         self.resume_path = path
         return ckpt
@@ -185,15 +199,18 @@ class Run:
     def _build_model(self) -> torch.nn.Module:
         model = self.task.build(self.args, self.data)
         if not isinstance(model, torch.nn.Module):
-            raise TypeError(f"{type(self.task).__name__}.build must return a torch.nn.Module; "
-                            f"got {type(model).__name__}")
+            raise TypeError(
+                f"{type(self.task).__name__}.build must return a torch.nn.Module; "
+                f"got {type(model).__name__}"
+            )
         return model.to(self.device)
 
     def _restore(self, ckpt: dict) -> None:
         if ckpt["steps_per_epoch"] != self.steps_per_epoch:
             raise UsageError(
                 f"--resume: the checkpoint has {ckpt['steps_per_epoch']} steps per epoch, this "
-                f"run {self.steps_per_epoch} (other data, --limit or number of processes)")
+                f"run {self.steps_per_epoch} (other data, --limit or number of processes)"
+            )
         self.model.load_state_dict(ckpt["model"])
         self.opt.load_state_dict(ckpt["optimizer"])
         self.sched.load_state_dict(ckpt["scheduler"])
@@ -206,7 +223,8 @@ class Run:
             from torch.nn.parallel import DistributedDataParallel
 
             module = DistributedDataParallel(
-                module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                module, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         if self.args.compile:
             module = torch.compile(module, backend=self.args.compile)
         return module
@@ -228,17 +246,21 @@ class Run:
             self._print(note)
         n_params = sum(p.numel() for p in self.params)
         procs = f" x {dist.world} processes" if dist.enabled else ""
-        self._print(f"{self.task.name} on {args.dataset}: {len(self.train_set)} train / "
-                    f"{len(self.test_set)} test {self.data.describe()}; {n_params:,} "
-                    f"parameters; device {self.device}{procs}, backend {self.backend}"
-                    + (", bf16 autocast" if args.bf16 else "")
-                    + (f", torch.compile({args.compile})" if args.compile else ""))
+        self._print(
+            f"{self.task.name} on {args.dataset}: {len(self.train_set)} train / "
+            f"{len(self.test_set)} test {self.data.describe()}; {n_params:,} "
+            f"parameters; device {self.device}{procs}, backend {self.backend}"
+            + (", bf16 autocast" if args.bf16 else "")
+            + (f", torch.compile({args.compile})" if args.compile else "")
+        )
         banner = self.task.banner(self.model, args)
         if banner:
             self._print(banner)
         if args.resume is not None:
-            self._print(f"resumed from {self.resume_path} at step {state.step} (epoch "
-                        f"{state.epoch + 1}, batch {state.batch}/{self.steps_per_epoch})")
+            self._print(
+                f"resumed from {self.resume_path} at step {state.step} (epoch "
+                f"{state.epoch + 1}, batch {state.batch}/{self.steps_per_epoch})"
+            )
 
     # ================================================================= the loop
 
@@ -250,21 +272,30 @@ class Run:
         args, state, units = self.args, self.state, self.units
         E, S, B = args.epochs, self.steps_per_epoch, args.batch_size
         if args.max_steps is not None and state.step >= args.max_steps and state.epoch < E:
-            self._print(f"already at step {state.step} (--max-steps {args.max_steps}); "
-                        f"nothing to do")
+            self._print(
+                f"already at step {state.step} (--max-steps {args.max_steps}); nothing to do"
+            )
             return 0
         while state.epoch < E:
             order = state.permutation(len(self.train_set))
             t_start = time.perf_counter() - state.acc.time
-            bar = tqdm(total=S, initial=state.batch, desc=f"epoch {state.epoch + 1}/{E}",
-                       unit="batch", leave=False, dynamic_ncols=True, file=sys.stderr,
-                       mininterval=0.5, disable=args.no_progress or not self.dist.main)
+            bar = tqdm(
+                total=S,
+                initial=state.batch,
+                desc=f"epoch {state.epoch + 1}/{E}",
+                unit="batch",
+                leave=False,
+                dynamic_ncols=True,
+                file=sys.stderr,
+                mininterval=0.5,
+                disable=args.no_progress or not self.dist.main,
+            )
             stop_after_epoch = False
             with contextlib.closing(bar):
                 while state.batch < S:
                     t0 = time.perf_counter()
                     try:
-                        step = self.train_step(order[state.batch * B:(state.batch + 1) * B])
+                        step = self.train_step(order[state.batch * B : (state.batch + 1) * B])
                     except NonFinite as bad:
                         return self._non_finite(bad)
                     now = time.perf_counter()
@@ -279,8 +310,11 @@ class Run:
                         return self._stopped_at_max()
                     if at_max:
                         stop_after_epoch = True
-                    elif (args.checkpoint_every and state.step % args.checkpoint_every == 0
-                          and state.batch < S):  # (the end of the epoch writes one anyway)
+                    elif (
+                        args.checkpoint_every
+                        and state.step % args.checkpoint_every == 0
+                        and state.batch < S
+                    ):  # (the end of the epoch writes one anyway)
                         self.checkpoint()
             self._end_epoch(train_time=state.acc.time)
             self.checkpoint()
@@ -302,28 +336,35 @@ class Run:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.args.bf16):
             out = self.train_module(batch)
         if not isinstance(out, dict) or "loss" not in out:
-            raise TypeError(f"the {self.task.name} module's forward must return a dict with "
-                            f"'loss'; got {type(out).__name__}")
+            raise TypeError(
+                f"the {self.task.name} module's forward must return a dict with "
+                f"'loss'; got {type(out).__name__}"
+            )
         loss = out["loss"].float()
         if loss.shape != (n,):
-            raise ValueError(f"the {self.task.name} module's 'loss' must be per example, shape "
-                             f"({n},); got {tuple(loss.shape)}")
+            raise ValueError(
+                f"the {self.task.name} module's 'loss' must be per example, shape "
+                f"({n},); got {tuple(loss.shape)}"
+            )
         weight_sum = None
         if units.per_example is None:  # the module weighs its examples: sum over the ranks
             weight_sum = dist.all_reduce(self._weight(out, n).sum().double()).item()
         # the per-rank sum scaled so that DDP's average over ranks is the global mean
-        objective = loss.sum() * (dist.world / (units.total_weight(n_global, weight_sum)
-                                                * units.log_base))
+        objective = loss.sum() * (
+            dist.world / (units.total_weight(n_global, weight_sum) * units.log_base)
+        )
         self.opt.zero_grad(set_to_none=True)
         objective.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(
-            self.params, self.args.grad_clip if self.args.grad_clip else float("inf"))
+            self.params, self.args.grad_clip if self.args.grad_clip else float("inf")
+        )
 
         # one all-reduce: the loss, the stop flag and the extras
         names = sorted(k for k in out if k not in ("loss", "weight"))
-        stats = [loss.detach().sum().double(),
-                 torch.tensor(float(self.stop.signum != 0), dtype=torch.float64,
-                              device=self.device)]
+        stats = [
+            loss.detach().sum().double(),
+            torch.tensor(float(self.stop.signum != 0), dtype=torch.float64, device=self.device),
+        ]
         kinds = []
         for k in names:
             v = out[k].detach().double()
@@ -334,8 +375,10 @@ class Run:
                 kinds.append("example")
                 stats.append(v.sum())
             else:
-                raise ValueError(f"the {self.task.name} module's {k!r} must be a scalar or per "
-                                 f"example ({n},); got {tuple(v.shape)}")
+                raise ValueError(
+                    f"the {self.task.name} module's {k!r} must be a scalar or per "
+                    f"example ({n},); got {tuple(v.shape)}"
+                )
         reduced = dist.all_reduce(torch.stack(stats)).tolist()
         loss_sum, stop_flag, extras = reduced[0], reduced[1], reduced[2:]
         grad_norm = gnorm.item()
@@ -357,9 +400,11 @@ class Run:
     def _weight(self, out: dict, n: int) -> torch.Tensor:
         w = out.get("weight")
         if w is None or tuple(w.shape) != (n,):
-            raise ValueError(f"the {self.task.name} module must return 'weight', the weight "
-                             f"of each example in {self.units.label}, shape ({n},); got "
-                             f"{None if w is None else tuple(w.shape)}")
+            raise ValueError(
+                f"the {self.task.name} module must return 'weight', the weight "
+                f"of each example in {self.units.label}, shape ({n},); got "
+                f"{None if w is None else tuple(w.shape)}"
+            )
         return w.detach()
 
     def _train_metric(self) -> float:
@@ -381,18 +426,23 @@ class Run:
         test = None if metrics is None else metrics[units.key]
         noun = self.data.noun[0]
         record = {
-            "epoch": state.epoch + 1, "step": state.step,
+            "epoch": state.epoch + 1,
+            "step": state.step,
             f"train_{units.key}": self._train_metric(),
             f"test_{units.key}": test,
             "extras": acc.extra_means(),
             "lr": self.opt.param_groups[0]["lr"],
             noun: acc.count,
-            "epoch_time_s": train_time, "eval_time_s": eval_time,
+            "epoch_time_s": train_time,
+            "eval_time_s": eval_time,
             f"{noun}_per_s": acc.count / train_time if train_time > 0 else None,
             "elapsed_s": state.elapsed,
         }
-        test_extras = {k: v for k, v in (metrics or {}).items()
-                       if k != units.key and isinstance(v, (int, float))}
+        test_extras = {
+            k: v
+            for k, v in (metrics or {}).items()
+            if k != units.key and isinstance(v, (int, float))
+        }
         if test_extras:
             record["test_extras"] = test_extras
         state.end_epoch(record, metrics)
@@ -402,10 +452,12 @@ class Run:
         extras = "".join(f", {k} {v:.4g}" for k, v in record["extras"].items())
         shown = f"test {test:.4f} {units.label}" if test is not None else "no test"
         rate = record[f"{noun}_per_s"] or 0
-        self._print(f"epoch {record['epoch']}/{E}: train {record[f'train_{units.key}']:.4f} "
-                    f"{units.label}, {shown}{extras}; lr {record['lr']:.3g} "
-                    f"({train_time:.1f} s, {rate:.0f} {self.data.noun[1]}/s"
-                    + (f", eval {eval_time:.1f} s)" if test is not None else ")"))
+        self._print(
+            f"epoch {record['epoch']}/{E}: train {record[f'train_{units.key}']:.4f} "
+            f"{units.label}, {shown}{extras}; lr {record['lr']:.3g} "
+            f"({train_time:.1f} s, {rate:.0f} {self.data.noun[1]}/s"
+            + (f", eval {eval_time:.1f} s)" if test is not None else ")")
+        )
 
     # ================================================================= evaluation
 
@@ -422,8 +474,10 @@ class Run:
                 batch = self.test_set.take(slice(i, i + B))
                 stats = self.task.eval_step(self.model, batch, args, final=final)
                 if "loss" not in stats:
-                    raise ValueError(f"{type(self.task).__name__}.eval_step must return "
-                                     f"'loss', the summed loss in nats; got {sorted(stats)}")
+                    raise ValueError(
+                        f"{type(self.task).__name__}.eval_step must return "
+                        f"'loss', the summed loss in nats; got {sorted(stats)}"
+                    )
                 totals = _add(totals, stats)
                 count += len(batch)
         if dist.enabled:
@@ -431,8 +485,11 @@ class Run:
         if count == 0:  # no test examples
             return None
         weight = totals.get("weight")
-        metrics = {self.units.key: self.units.value(_number(totals["loss"]), count,
-                                                    None if weight is None else _number(weight))}
+        metrics = {
+            self.units.key: self.units.value(
+                _number(totals["loss"]), count, None if weight is None else _number(weight)
+            )
+        }
         with self._eval_mode():
             metrics.update(self.task.eval_metrics(self.model, totals, count, args, final=final))
         return metrics
@@ -448,8 +505,7 @@ class Run:
             self.model.train(was)
 
     def _forked_rng(self, key: int):
-        return rng.forked_rng(self.device, rng.derive_seed(self.args.seed, 3, key,
-                                                          self.dist.rank))
+        return rng.forked_rng(self.device, rng.derive_seed(self.args.seed, 3, key, self.dist.rank))
 
     # ================================================================= checkpoints and stops
 
@@ -461,11 +517,17 @@ class Run:
         if not self.dist.main:
             return path
         payload = {
-            "format": CHECKPOINT_FORMAT, "task": self.task.name, "args": run_args(self.args),
-            "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-            "scheduler": self.sched.state_dict(), "run": run,
-            "steps_per_epoch": self.steps_per_epoch, "world_size": self.dist.world,
-            "dataset": self.args.dataset, "data": self.data.info(),
+            "format": CHECKPOINT_FORMAT,
+            "task": self.task.name,
+            "args": run_args(self.args),
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "run": run,
+            "steps_per_epoch": self.steps_per_epoch,
+            "world_size": self.dist.world,
+            "dataset": self.args.dataset,
+            "data": self.data.info(),
             "torch_version": str(torch.__version__),
         }
         config = getattr(self.model, "config", None)
@@ -474,32 +536,37 @@ class Run:
         return write_checkpoint(self.out, self.state.step, payload)
 
     def _stop_requested(self) -> bool:
-        flag = torch.tensor([float(self.stop.signum != 0)], dtype=torch.float64,
-                            device=self.device)
+        flag = torch.tensor([float(self.stop.signum != 0)], dtype=torch.float64, device=self.device)
         return self.dist.all_reduce(flag).item() > 0
 
     def _resume_hint(self) -> str:
         cmd = f"dqk train {self.task.name} --out {self.out} --resume"
         if self.dist.enabled:
-            cmd = (f"torchrun --nproc_per_node {self.dist.world} -m dqkernels.cli "
-                   + cmd[len("dqk "):])
+            cmd = (
+                f"torchrun --nproc_per_node {self.dist.world} -m dqkernels.cli "
+                + cmd[len("dqk ") :]
+            )
         return cmd
 
     def _interrupted(self, written: bool = False) -> int:
         state = self.state
         path = self.checkpoint() if not written else checkpoint_path(self.out, state.step)
         signum = self.stop.signum or signal.SIGTERM  # another rank's signal
-        self._print(f"dqk train: stopped by {signal.Signals(signum).name} at step {state.step} "
-                    f"(epoch {state.epoch + (state.batch > 0)}, batch {state.batch}/"
-                    f"{self.steps_per_epoch}); wrote {path}\nresume with: {self._resume_hint()}",
-                    file=sys.stderr)
+        self._print(
+            f"dqk train: stopped by {signal.Signals(signum).name} at step {state.step} "
+            f"(epoch {state.epoch + (state.batch > 0)}, batch {state.batch}/"
+            f"{self.steps_per_epoch}); wrote {path}\nresume with: {self._resume_hint()}",
+            file=sys.stderr,
+        )
         self._dump_params()
         return 128 + int(signum)
 
     def _stopped_at_max(self, written: bool = False) -> int:
         path = self.checkpoint() if not written else checkpoint_path(self.out, self.state.step)
-        self._print(f"stopped after {self.state.step} steps (--max-steps {self.args.max_steps}"
-                    f"); wrote {path}\nresume with: {self._resume_hint()}")
+        self._print(
+            f"stopped after {self.state.step} steps (--max-steps {self.args.max_steps}"
+            f"); wrote {path}\nresume with: {self._resume_hint()}"
+        )
         self._dump_params()
         return 0
 
@@ -513,12 +580,16 @@ class Run:
             if self.units.per_example is not None:  # (a mean per example: in units)
                 what += f" (loss {self.units.value(bad.loss_mean, 1):.4f} {self.units.label})"
         last = latest_checkpoint(self.out) if self.dist.main else None
-        kept = (f"the last good checkpoint is {last}" if last
-                else "no checkpoint had been written yet")
-        self._print(f"dqk train: error: {what} at step {step} (epoch {state.epoch + 1}, batch "
-                    f"{state.batch + 1}/{self.steps_per_epoch}); the update was not applied "
-                    f"and no checkpoint was written; {kept}. Try a smaller --lr, --grad-clip "
-                    f"or --warmup-steps.", file=sys.stderr)
+        kept = (
+            f"the last good checkpoint is {last}" if last else "no checkpoint had been written yet"
+        )
+        self._print(
+            f"dqk train: error: {what} at step {step} (epoch {state.epoch + 1}, batch "
+            f"{state.batch + 1}/{self.steps_per_epoch}); the update was not applied "
+            f"and no checkpoint was written; {kept}. Try a smaller --lr, --grad-clip "
+            f"or --warmup-steps.",
+            file=sys.stderr,
+        )
         return 1
 
     # ================================================================= the end
@@ -527,22 +598,32 @@ class Run:
         """After the last epoch: the task's outputs (rank 0), the final lines."""
         args, state, units = self.args, self.state, self.units
         written = [self.metrics.path, self.metrics.curve_path]
-        test = next((h[f"test_{units.key}"] for h in reversed(state.history)
-                     if h.get(f"test_{units.key}") is not None), None)
+        test = next(
+            (
+                h[f"test_{units.key}"]
+                for h in reversed(state.history)
+                if h.get(f"test_{units.key}") is not None
+            ),
+            None,
+        )
         if self.dist.main and not self.stop.signum:
             metrics = dict(state.last_eval)
             if test is not None:
                 metrics.setdefault(units.key, test)
-            ctx = OutputContext(self.out, self.device, args.seed, self._title(), units,
-                                metrics, self._forked_rng)
+            ctx = OutputContext(
+                self.out, self.device, args.seed, self._title(), units, metrics, self._forked_rng
+            )
             with self._eval_mode():
                 written.extend(self.task.write_outputs(self.model, self.data, args, ctx) or [])
         written.append(checkpoint_path(self.out, state.step))
         self._dump_params()
         self._print(f"trained {args.epochs} epochs ({state.step} steps) in {state.elapsed:.1f} s")
         if test is not None:
-            base = (f" ({units.baseline_label} = {units.baseline:.3f})"
-                    if units.baseline is not None else "")
+            base = (
+                f" ({units.baseline_label} = {units.baseline:.3f})"
+                if units.baseline is not None
+                else ""
+            )
             self._print(f"test {units.label}: {test:.3f}{base}")
         self._print("wrote " + ", ".join(written))
         return 0

@@ -1,5 +1,6 @@
 """A run's metrics files: ``metrics.jsonl`` (one JSON object per epoch) and
 ``learning_curve.png``."""
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,11 @@ class MetricsLog:
                         rec = json.loads(line)
                     except ValueError:
                         continue
-                    if isinstance(rec, dict) and isinstance(rec.get("epoch"), int) \
-                            and rec["epoch"] <= epochs:
+                    if (
+                        isinstance(rec, dict)
+                        and isinstance(rec.get("epoch"), int)
+                        and rec["epoch"] <= epochs
+                    ):
                         kept.append(line if line.endswith("\n") else line + "\n")
         if len(kept) != len(history):
             kept = [json.dumps(r) + "\n" for r in history]
@@ -54,5 +58,12 @@ class MetricsLog:
         """The learning curve: train and test ``units`` against the epoch."""
         from dqkernels.plots import save_learning_curve
 
-        save_learning_curve(history, self.curve_path, title, units.baseline, key=units.key,
-                            label=units.label, baseline_label=units.baseline_label)
+        save_learning_curve(
+            history,
+            self.curve_path,
+            title,
+            units.baseline,
+            key=units.key,
+            label=units.label,
+            baseline_label=units.baseline_label,
+        )

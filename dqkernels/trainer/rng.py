@@ -1,5 +1,6 @@
 """The random number generators of a run: seeding, capture and restore (what makes resume
 exact), and forked scopes for evaluation and outputs."""
+
 from __future__ import annotations
 
 import contextlib
@@ -26,21 +27,30 @@ def seed_all(seed: int) -> None:
 
 def _np_state() -> dict:
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-            "has_gauss": int(has_gauss), "cached": float(cached)}
+    return {
+        "name": name,
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached": float(cached),
+    }
 
 
 def _set_np_state(s: dict) -> None:
-    np.random.set_state((s["name"], s["keys"].numpy().astype(np.uint32), s["pos"],
-                         s["has_gauss"], s["cached"]))
+    np.random.set_state(
+        (s["name"], s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"], s["cached"])
+    )
 
 
 def capture_rng(device: torch.device) -> dict:
     """This process's global RNG states (torch, numpy, Python; CUDA's of ``device``) as
     plain values and tensors (``torch.load(weights_only=True)`` reads them back)."""
     version, internal, gauss = random.getstate()
-    state = {"torch": torch.get_rng_state(), "numpy": _np_state(),
-             "python": [version, list(internal), gauss]}
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": _np_state(),
+        "python": [version, list(internal), gauss],
+    }
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state

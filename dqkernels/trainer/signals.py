@@ -1,4 +1,5 @@
 """SIGINT/SIGTERM during training: finish the step, write a checkpoint, exit 128 + signal."""
+
 from __future__ import annotations
 
 import os
@@ -33,5 +34,8 @@ class StopRequest:
             raise KeyboardInterrupt
         self.signum = signum
         # os.write: safe inside a handler that may interrupt a print
-        os.write(2, f"\ndqk train: got {signal.Signals(signum).name}; finishing the current "
-                    f"step, then writing a checkpoint\n".encode())
+        os.write(
+            2,
+            f"\ndqk train: got {signal.Signals(signum).name}; finishing the current "
+            f"step, then writing a checkpoint\n".encode(),
+        )

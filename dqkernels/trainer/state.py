@@ -1,6 +1,7 @@
 """Where a run is: :class:`RunState`, everything that changes as it trains besides the
 model, the optimizer and the schedule, in one object with ``state_dict()`` /
 ``load_state_dict()``."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -35,13 +36,17 @@ class Accumulators:
         return {k: s / max(c, 1) for k, (_, s, c) in sorted(self.extras.items())}
 
     def state_dict(self) -> dict:
-        return {"loss": self.loss, "count": self.count, "weight": self.weight,
-                "extras": self.extras, "time": self.time}
+        return {
+            "loss": self.loss,
+            "count": self.count,
+            "weight": self.weight,
+            "extras": self.extras,
+            "time": self.time,
+        }
 
     @classmethod
     def from_state_dict(cls, sd: dict) -> Accumulators:
-        return cls(sd["loss"], sd["count"], sd.get("weight", 0.0), dict(sd["extras"]),
-                   sd["time"])
+        return cls(sd["loss"], sd["count"], sd.get("weight", 0.0), dict(sd["extras"]), sd["time"])
 
 
 class RunState:
@@ -69,7 +74,7 @@ class RunState:
         self.history: list[dict] = []
         self.elapsed = 0.0
         self.last_eval: dict = {}
-        self.notes: list[str] = []    # said once by the loop (e.g. after an inexact resume)
+        self.notes: list[str] = []  # said once by the loop (e.g. after an inexact resume)
 
     def permutation(self, n: int) -> torch.Tensor:
         """The current epoch's order of the ``n`` training examples (the same every time
@@ -90,9 +95,14 @@ class RunState:
     def state_dict(self) -> dict:
         """Everything above, every rank's RNG states included (a collective)."""
         return {
-            "step": self.step, "epoch": self.epoch, "batch": self.batch,
-            "shuffle_state": self.epoch_start, "accumulators": self.acc.state_dict(),
-            "history": self.history, "elapsed_s": self.elapsed, "last_eval": self.last_eval,
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "shuffle_state": self.epoch_start,
+            "accumulators": self.acc.state_dict(),
+            "history": self.history,
+            "elapsed_s": self.elapsed,
+            "last_eval": self.last_eval,
             "rng": self.dist.gather_objects(rng.capture_rng(self.device)),
         }
 
@@ -111,7 +121,9 @@ class RunState:
             rng.restore_rng(states[self.dist.rank], self.device)
         else:
             # the batches split differently anyway: not an exact continuation
-            self.notes.append(f"note: the checkpoint was written by {len(states)} processes, "
-                              f"this run has {self.dist.world}; the forward's noise is "
-                              f"reseeded")
+            self.notes.append(
+                f"note: the checkpoint was written by {len(states)} processes, "
+                f"this run has {self.dist.world}; the forward's noise is "
+                f"reseeded"
+            )
             rng.seed_all(rng.derive_seed(self.seed, 2, self.step, self.dist.rank))

@@ -8,6 +8,7 @@ loss is normalised by and what the evaluation reports), its evaluation over a wh
 and its outputs (samples, reconstructions, translations). The trainer owns everything
 else: the loop, optimisation, checkpoints, processes, logging (:mod:`dqkernels.trainer`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,14 @@ class Units:
         """Bits per dimension of examples of ``num_dims`` dimensions (images: ``C*H*W``);
         with ``num_levels`` the uniform baseline ``log2(num_levels)``."""
         base = None if num_levels is None else math.log2(num_levels)
-        return cls("bits/dim", "bpd", LN2, int(num_dims), base,
-                   "" if num_levels is None else f"uniform baseline log2({num_levels})")
+        return cls(
+            "bits/dim",
+            "bpd",
+            LN2,
+            int(num_dims),
+            base,
+            "" if num_levels is None else f"uniform baseline log2({num_levels})",
+        )
 
     @classmethod
     def nats_per_example(cls) -> Units:
@@ -74,8 +81,9 @@ class Units:
         if self.per_example is not None:
             return count * self.per_example
         if weight_sum is None:
-            raise ValueError(f"{self.label}: the examples' weights are missing (the module "
-                             f"must return 'weight')")
+            raise ValueError(
+                f"{self.label}: the examples' weights are missing (the module must return 'weight')"
+            )
         return weight_sum
 
     def value(self, loss_sum: float, count: int, weight_sum: float | None = None) -> float:
@@ -127,7 +135,7 @@ class Task:
     name: str = ""
     description: str = ""
     datasets: tuple[str, ...] = ()
-    dataset_help: str = ""      # --help of --dataset and --data-dir (defaults are generic)
+    dataset_help: str = ""  # --help of --dataset and --data-dir (defaults are generic)
     data_dir_help: str = ""
     defaults: dict = {}
     runtime_args: tuple = ()
@@ -177,14 +185,16 @@ class Task:
 
     # ------------------------------------------------------------------ evaluation
 
-    def evaluate(self, model: torch.nn.Module, batch: Any, args: argparse.Namespace, *,
-                 final: bool) -> torch.Tensor:
+    def evaluate(
+        self, model: torch.nn.Module, batch: Any, args: argparse.Namespace, *, final: bool
+    ) -> torch.Tensor:
         """The loss in nats of each example of ``batch``, ``[len(batch)]`` (for the default
         :meth:`eval_step`: a likelihood model's NLL)."""
         raise NotImplementedError
 
-    def eval_step(self, model: torch.nn.Module, batch: Any, args: argparse.Namespace, *,
-                  final: bool) -> dict[str, Any]:
+    def eval_step(
+        self, model: torch.nn.Module, batch: Any, args: argparse.Namespace, *, final: bool
+    ) -> dict[str, Any]:
         """Additive statistics of one evaluation batch, which the trainer adds up over the
         batches of the split and over the DDP ranks (``+``: tensors elementwise, numbers,
         lists concatenated in rank order). ``"loss"`` is required: the summed loss in nats
@@ -195,12 +205,21 @@ class Task:
         The default sums :meth:`evaluate`."""
         nll = self.evaluate(model, batch, args, final=final)
         if nll.shape != (len(batch),):
-            raise ValueError(f"{type(self).__name__}.evaluate must return the loss of each "
-                             f"example, shape ({len(batch)},); got {tuple(nll.shape)}")
+            raise ValueError(
+                f"{type(self).__name__}.evaluate must return the loss of each "
+                f"example, shape ({len(batch)},); got {tuple(nll.shape)}"
+            )
         return {"loss": nll.double().sum()}
 
-    def eval_metrics(self, model: torch.nn.Module, totals: dict[str, Any], count: int,
-                     args: argparse.Namespace, *, final: bool) -> dict[str, Any]:
+    def eval_metrics(
+        self,
+        model: torch.nn.Module,
+        totals: dict[str, Any],
+        count: int,
+        args: argparse.Namespace,
+        *,
+        final: bool,
+    ) -> dict[str, Any]:
         """Metrics beyond the trainer's own (``test_<units.key>``) from the statistics of
         :meth:`eval_step` summed over the ``count`` examples of the split. Scalars are
         logged (``test_extras`` in ``metrics.jsonl``); tensors are kept for
@@ -209,8 +228,9 @@ class Task:
 
     # ------------------------------------------------------------------ outputs
 
-    def write_outputs(self, model: torch.nn.Module, data: Any, args: argparse.Namespace,
-                      ctx: OutputContext) -> list[str]:
+    def write_outputs(
+        self, model: torch.nn.Module, data: Any, args: argparse.Namespace, ctx: OutputContext
+    ) -> list[str]:
         """Files written at the end of training into ``ctx.out_dir`` (rank 0, eval mode,
         ``no_grad``): samples, reconstructions, translations, ...; returns their paths."""
         return []

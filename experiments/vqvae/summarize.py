@@ -7,6 +7,7 @@ by ``dqk train vqvae``) and ``metrics.jsonl`` (the last epoch's training extras 
 run's training + evaluation time), and prints one line per run and one per row (the mean
 over its seeds).
 """
+
 from __future__ import annotations
 
 import json
@@ -43,26 +44,34 @@ def main(out: str) -> int:
             continue
         rows[m.group(1)].append((int(m.group(2)), stats))
     cols = ("bound_bpd", "recon_bpd", "rate_bpd", "perplexity", "used_codes", "dead_codes")
-    print("| run | test bound bpd | recon bpd | rate bpd | test perplexity | used / K | dead "
-          "| train perplexity (last epoch) | train + eval s |")
+    print(
+        "| run | test bound bpd | recon bpd | rate bpd | test perplexity | used / K | dead "
+        "| train perplexity (last epoch) | train + eval s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for row, runs in rows.items():
         for seed, s in sorted(runs):
-            print(f"| {row} seed {seed} | {s['bound_bpd']:.4f} | {s['recon_bpd']:.4f} | "
-                  f"{s['rate_bpd']:.4f} | {s['perplexity']:.1f} | {s['used_codes']} / "
-                  f"{s['num_codes']} | {s['dead_codes']} | {s['train_perplexity']:.1f} | "
-                  f"{s['train_s']:.0f} |")
+            print(
+                f"| {row} seed {seed} | {s['bound_bpd']:.4f} | {s['recon_bpd']:.4f} | "
+                f"{s['rate_bpd']:.4f} | {s['perplexity']:.1f} | {s['used_codes']} / "
+                f"{s['num_codes']} | {s['dead_codes']} | {s['train_perplexity']:.1f} | "
+                f"{s['train_s']:.0f} |"
+            )
     print()
-    print("| row | seeds | test bound bpd | recon bpd | rate bpd | test perplexity | used / K "
-          "| dead |")
+    print(
+        "| row | seeds | test bound bpd | recon bpd | rate bpd | test perplexity | used / K "
+        "| dead |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for row, runs in rows.items():
         n = len(runs)
         mean = {c: sum(s[c] for _, s in runs) / n for c in cols}
         K = runs[0][1]["num_codes"]
-        print(f"| {row} | {n} | **{mean['bound_bpd']:.4f}** | {mean['recon_bpd']:.4f} | "
-              f"{mean['rate_bpd']:.4f} | {mean['perplexity']:.1f} | {mean['used_codes']:.1f} / "
-              f"{K} | {mean['dead_codes']:.1f} |")
+        print(
+            f"| {row} | {n} | **{mean['bound_bpd']:.4f}** | {mean['recon_bpd']:.4f} | "
+            f"{mean['rate_bpd']:.4f} | {mean['perplexity']:.1f} | {mean['used_codes']:.1f} / "
+            f"{K} | {mean['dead_codes']:.1f} |"
+        )
     if missing:
         print(f"\nunfinished runs (no vq_test_metrics.json): {', '.join(missing)}")
     return 1 if missing else 0

@@ -1,6 +1,7 @@
 """The ops' benchmark case modules, one per op: ``cases/<op>.py`` defines a
 :class:`~dqkernels.bench.spec.BenchOp` and exposes it as ``OP``. A module found here is an
 op of ``dqk bench`` under its module name (modules starting with ``_`` are helpers)."""
+
 from __future__ import annotations
 
 import importlib

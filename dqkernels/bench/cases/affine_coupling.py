@@ -1,6 +1,7 @@
 """The affine coupling sweep: ``affine_coupling`` forward+backward (loss = y.sum() +
 logdet.sum(), gradients to x, shift and scale_logit) at Glow-sized activations, against
 the eager and ``torch.compile``'d reference."""
+
 from __future__ import annotations
 
 import torch
@@ -17,8 +18,10 @@ def _case(name: str, B: int, C: int, H: int, W: int, quick: bool = False) -> Cas
 class AffineCouplingBench(BenchOp):
     name = "affine_coupling"
     family = "affine"
-    description = ("affine_coupling forward+backward: loss = y.sum() + logdet.sum(), "
-                   "gradients to x, shift and scale_logit (each [B, C, H, W]).")
+    description = (
+        "affine_coupling forward+backward: loss = y.sum() + logdet.sum(), "
+        "gradients to x, shift and scale_logit (each [B, C, H, W])."
+    )
     notes = (
         "eager and compile run affine_coupling_reference in the case's dtype",
         "bytes_min (fwd+bwd) = forward (read x, shift, scale_logit; write y) + backward "
@@ -31,13 +34,14 @@ class AffineCouplingBench(BenchOp):
     def cases(self) -> list[Case]:
         return [
             _case("tiny", 2, 3, 5, 7, quick=True),
-            _case("glow-16x16", 64, 48, 16, 16),     # Glow, CIFAR-10 scale 2
-            _case("glow-32x32", 64, 12, 32, 32),     # Glow, CIFAR-10 scale 1
+            _case("glow-16x16", 64, 48, 16, 16),  # Glow, CIFAR-10 scale 2
+            _case("glow-32x32", 64, 12, 32, 32),  # Glow, CIFAR-10 scale 1
             _case("large", 64, 96, 32, 32),
         ]
 
-    def make_inputs(self, case: Case, dtype: torch.dtype, device: torch.device,
-                    seed: int) -> dict[str, torch.Tensor]:
+    def make_inputs(
+        self, case: Case, dtype: torch.dtype, device: torch.device, seed: int
+    ) -> dict[str, torch.Tensor]:
         B, C, H, W = (case.dims[k] for k in "BCHW")
         g = torch.Generator().manual_seed(seed)
         out = {}

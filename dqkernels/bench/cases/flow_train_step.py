@@ -7,6 +7,7 @@ backend (all its coupling, masked and affine ops) against the identical model on
 same parameters and buffers and sees the same batch and dequantization noise, so the
 float64 gradient check applies.
 """
+
 from __future__ import annotations
 
 import torch
@@ -24,9 +25,23 @@ _CONFIGS = {
 
 def _case(name: str, **where) -> Case:
     B, C, H, W, L, S, T, Wd, K, dq, obj, n = _CONFIGS[name]
-    return Case(name, {"B": B, "C": C, "H": H, "W": W, "L": L, "scales": S, "steps": T,
-                       "width": Wd, "K": K, "samples": n},
-                f"B={B} {C}x{H}x{W} L={L} {S}x{T} w={Wd} K={K} {dq}/{obj}x{n}", **where)
+    return Case(
+        name,
+        {
+            "B": B,
+            "C": C,
+            "H": H,
+            "W": W,
+            "L": L,
+            "scales": S,
+            "steps": T,
+            "width": Wd,
+            "K": K,
+            "samples": n,
+        },
+        f"B={B} {C}x{H}x{W} L={L} {S}x{T} w={Wd} K={K} {dq}/{obj}x{n}",
+        **where,
+    )
 
 
 def build_model(name: str, backend: str | None):
@@ -41,21 +56,25 @@ def build_model(name: str, backend: str | None):
 
     B, C, H, W, L, S, T, Wd, K, dq, obj, n = _CONFIGS[name]
     torch.manual_seed(0)
-    flow = MultiScaleFlow(C, H, W, num_scales=S, steps_per_scale=T, hidden=Wd,
-                          num_components=K, backend=backend)
+    flow = MultiScaleFlow(
+        C, H, W, num_scales=S, steps_per_scale=T, hidden=Wd, num_components=K, backend=backend
+    )
     if dq == "ard":
         deq = AutoregressiveDequantizer(C, H, W, L, num_steps=4, hidden=Wd, backend=backend)
     else:
-        deq = VariationalDequantizer(C, L, num_steps=4, hidden=Wd, num_components=K,
-                                     backend=backend)
+        deq = VariationalDequantizer(
+            C, L, num_steps=4, hidden=Wd, num_components=K, backend=backend
+        )
     return DequantizationFlow(flow, deq, L, objective=obj, num_samples=n)
 
 
 class FlowTrainStepBench(TrainStepOp):
     name = "flow_train_step"
-    description = ("one training step of the dequantization flow: loss = mean over the "
-                   "batch of minus the bound; zero_grad, backward to every parameter and an "
-                   "Adam step.")
+    description = (
+        "one training step of the dequantization flow: loss = mean over the "
+        "batch of minus the bound; zero_grad, backward to every parameter and an "
+        "Adam step."
+    )
     notes = (
         "the backend rows build the whole model on that backend (coupling, masked conv "
         "and affine ops); eager and compile run the same model on the torch backend",
@@ -70,18 +89,23 @@ class FlowTrainStepBench(TrainStepOp):
     )
 
     def cases(self) -> list[Case]:
-        return [_case("tiny", quick=True), _case("digits-ard"), _case("digits-var-iw"),
-                _case("cifar-ard", device="cuda")]
+        return [
+            _case("tiny", quick=True),
+            _case("digits-ard"),
+            _case("digits-var-iw"),
+            _case("cifar-ard", device="cuda"),
+        ]
 
     def build_model(self, case: Case, backend: str):
         return build_model(case.name, backend)
 
-    def make_batch(self, model, case: Case, dtype: torch.dtype, device: torch.device,
-                   seed: int) -> dict[str, torch.Tensor]:
+    def make_batch(
+        self, model, case: Case, dtype: torch.dtype, device: torch.device, seed: int
+    ) -> dict[str, torch.Tensor]:
         B, C, H, W, L = (case.dims[k] for k in ("B", "C", "H", "W", "L"))
         g = torch.Generator().manual_seed(seed)
         x = torch.randint(0, L, (B, C, H, W), generator=g).to(device)
-        with torch.no_grad():                      # ActNorm's data-dependent init
+        with torch.no_grad():  # ActNorm's data-dependent init
             model(x)
         noise = model.draw_noise(x.cpu(), model.num_samples, g).to(device)
         return {"x": x, "noise": noise}

@@ -2,6 +2,7 @@
 to x, weight and bias) at PixelCNN shapes, against the dense masked convolution
 ``F.conv2d(x, weight * mask, bias, padding=k // 2)`` run eagerly and through
 ``torch.compile`` (which the runner adds)."""
+
 from __future__ import annotations
 
 import torch
@@ -14,30 +15,42 @@ from dqkernels.reference.masked_conv2d import centre_counts, conv2d_mask
 _TYPES = {"A": 0, "B": 1}
 
 
-def kept_macs(B: int, Cin: int, Cout: int, H: int, W: int, k: int, mask_type: str,
-              groups: int) -> int:
+def kept_macs(
+    B: int, Cin: int, Cout: int, H: int, W: int, k: int, mask_type: str, groups: int
+) -> int:
     """Multiply-adds of the forward over the kept taps, counted as if every tap were
     inside the image: ``B H W (Cout Cin (k*k - 1)/2 + sum_o centre_inputs(o))``."""
     per_pixel = Cout * Cin * (k * k - 1) // 2 + sum(centre_counts(Cin, Cout, mask_type, groups))
     return B * H * W * per_pixel
 
 
-def _case(name: str, B: int, Cin: int, Cout: int, S: int, k: int, mask_type: str,
-          groups: int, **where) -> Case:
+def _case(
+    name: str, B: int, Cin: int, Cout: int, S: int, k: int, mask_type: str, groups: int, **where
+) -> Case:
     macs = kept_macs(B, Cin, Cout, S, S, k, mask_type, groups)
-    dims = {"B": B, "Cin": Cin, "Cout": Cout, "H": S, "W": S, "k": k,
-            "type_b": _TYPES[mask_type], "groups": groups, "fwd_kept_flop": 2 * macs}
+    dims = {
+        "B": B,
+        "Cin": Cin,
+        "Cout": Cout,
+        "H": S,
+        "W": S,
+        "k": k,
+        "type_b": _TYPES[mask_type],
+        "groups": groups,
+        "fwd_kept_flop": 2 * macs,
+    }
     cin = f"C={Cin}" if Cin == Cout else f"Cin={Cin} Cout={Cout}"
-    label = (f"B={B} {cin} {S}x{S} k={k} {mask_type} g={groups} "
-             f"({2 * macs / 1e9:.3g} GFLOP fwd)")
+    label = f"B={B} {cin} {S}x{S} k={k} {mask_type} g={groups} ({2 * macs / 1e9:.3g} GFLOP fwd)"
     return Case(name, dims, label, **where)
 
 
 class MaskedConv2dBench(BenchOp):
     name = "masked_conv2d"
     family = "masked_conv2d"
-    description = ("masked_conv2d forward+backward: loss = y.sum(), gradients to x, weight "
-                   "and bias; PixelCNN masks (type A/B, centre channel blocks = groups).")
+    description = (
+        "masked_conv2d forward+backward: loss = y.sum(), gradients to x, weight "
+        "and bias; PixelCNN masks (type A/B, centre channel blocks = groups)."
+    )
     notes = (
         "eager and compile run the dense masked reference F.conv2d(x, weight * mask, bias, "
         "padding=k // 2) in the case's dtype (oneDNN on CPU, cuDNN on GPU): all k*k taps",
@@ -57,7 +70,7 @@ class MaskedConv2dBench(BenchOp):
         gpu, cpu = {"device": "cuda"}, {"device": "cpu"}
         return [
             _case("tiny", 2, 5, 7, 9, 3, "B", 3, quick=True),
-            _case("in-7x7-A", 64, 3, 128, 32, 7, "A", 3, **gpu),      # PixelCNN input layer
+            _case("in-7x7-A", 64, 3, 128, 32, 7, "A", 3, **gpu),  # PixelCNN input layer
             _case("c128-3x3-B", 64, 128, 128, 32, 3, "B", 3, **gpu),  # hidden, RGB blocks
             _case("c256-3x3-B", 32, 256, 256, 32, 3, "B", 1, **gpu),
             _case("c64-5x5-B", 64, 64, 64, 32, 5, "B", 1, **gpu),
@@ -70,8 +83,7 @@ class MaskedConv2dBench(BenchOp):
             _case("c256-7x7-B", 16, 256, 256, 16, 7, "B", 1, **cpu),
         ]
 
-    def make_inputs(self, case: Case, dtype: torch.dtype, device: torch.device,
-                    seed: int) -> dict:
+    def make_inputs(self, case: Case, dtype: torch.dtype, device: torch.device, seed: int) -> dict:
         if device.type == "cuda":
             torch.backends.cudnn.allow_tf32 = False
         d = case.dims
@@ -81,10 +93,13 @@ class MaskedConv2dBench(BenchOp):
         w = torch.randn(d["Cout"], d["Cin"], d["k"], d["k"], generator=g)
         w = w / (d["Cin"] * d["k"] * d["k"] / 2) ** 0.5
         b = torch.randn(d["Cout"], generator=g) * 0.1
-        mask = conv2d_mask(d["Cout"], d["Cin"], d["k"], mask_type, d["groups"], dtype=dtype,
-                           device=device)
-        out = {name: t.to(device=device, dtype=dtype).requires_grad_(True)
-               for name, t in (("x", x), ("weight", w), ("bias", b))}
+        mask = conv2d_mask(
+            d["Cout"], d["Cin"], d["k"], mask_type, d["groups"], dtype=dtype, device=device
+        )
+        out = {
+            name: t.to(device=device, dtype=dtype).requires_grad_(True)
+            for name, t in (("x", x), ("weight", w), ("bias", b))
+        }
         out.update(mask=mask, mask_type=mask_type, groups=d["groups"])
         return out
 
@@ -93,8 +108,9 @@ class MaskedConv2dBench(BenchOp):
         return y.sum()
 
     def kernel(self, backend, x, weight, bias, mask, mask_type, groups):
-        return masked_conv2d(x, weight, bias, mask_type=mask_type, groups=groups,
-                             backend=backend).sum()
+        return masked_conv2d(
+            x, weight, bias, mask_type=mask_type, groups=groups, backend=backend
+        ).sum()
 
     def min_bytes(self, inputs, backward: bool) -> int:
         x, w, b = inputs["x"], inputs["weight"], inputs["bias"]

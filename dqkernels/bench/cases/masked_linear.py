@@ -3,6 +3,7 @@
 binarized-MNIST sizes (D = 784) with sorted MADE degrees, against the eager dense masked
 product ``F.linear(x, weight * mask, bias)`` with a precomputed mask (how MADE code is
 usually written) and ``torch.compile`` of it."""
+
 from __future__ import annotations
 
 import torch
@@ -19,8 +20,10 @@ D = 784
 def _layer_degrees(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Degrees of a MADE layer: a side of D units is the input/output layer (degrees
     1..D), any other size a hidden layer (ascending over 1..D-1)."""
+
     def side(n: int) -> torch.Tensor:
         return made_degrees(D, [n])[0 if n == D else 1]
+
     return side(n_in), side(n_out)
 
 
@@ -29,25 +32,36 @@ def _case(name: str, B: int, n_in: int, n_out: int, strict: bool, quick: bool = 
     density = linear_mask(di, do, strict).double().mean().item()
     useful = 2 * B * density * n_in * n_out * 3 / 1e9
     rel = ">" if strict else ">="
-    return Case(name, {"B": B, "IN": n_in, "OUT": n_out, "strict": int(strict)},
-                f"B={B} {n_in}->{n_out} ({rel}, density {density:.2f}, "
-                f"{useful:.2g} useful GFLOP fwd+bwd)", quick=quick)
+    return Case(
+        name,
+        {"B": B, "IN": n_in, "OUT": n_out, "strict": int(strict)},
+        f"B={B} {n_in}->{n_out} ({rel}, density {density:.2f}, {useful:.2g} useful GFLOP fwd+bwd)",
+        quick=quick,
+    )
 
 
 class MaskedLinearBench(BenchOp):
     name = "masked_linear"
     family = "masked_linear"
-    description = ("masked_linear forward+backward (MADE layer, sorted degrees): loss = "
-                   "sum(y * gy), gradients to x, weight and bias.")
+    description = (
+        "masked_linear forward+backward (MADE layer, sorted degrees): loss = "
+        "sum(y * gy), gradients to x, weight and bias."
+    )
     notes = (
-        ("eager and compile run F.linear(x, weight * mask, bias) with the mask precomputed "
-         "(as a buffer, the usual MADE code) in the case's dtype; the backends build their "
-         "tile ranges from the degrees on every call"),
-        ("useful FLOP (in the shape label): 2 * B * nnz(mask) per product, three products "
-         "for fwd+bwd (y, grad x, grad weight); divide by ms for the useful FLOP rate"),
-        ("bytes_min (fwd) = x + unmasked weights + bias + y; fwd+bwd adds grad_y, x, the "
-         "unmasked weights, grad_x, the dense grad_weight (its zeros are written too) and "
-         "grad_bias"),
+        (
+            "eager and compile run F.linear(x, weight * mask, bias) with the mask precomputed "
+            "(as a buffer, the usual MADE code) in the case's dtype; the backends build their "
+            "tile ranges from the degrees on every call"
+        ),
+        (
+            "useful FLOP (in the shape label): 2 * B * nnz(mask) per product, three products "
+            "for fwd+bwd (y, grad x, grad weight); divide by ms for the useful FLOP rate"
+        ),
+        (
+            "bytes_min (fwd) = x + unmasked weights + bias + y; fwd+bwd adds grad_y, x, the "
+            "unmasked weights, grad_x, the dense grad_weight (its zeros are written too) and "
+            "grad_bias"
+        ),
     )
 
     grad_inputs = ("x", "weight", "bias")
@@ -63,8 +77,7 @@ class MaskedLinearBench(BenchOp):
             _case("made-out-h2048-b1024", 1024, 2048, D, True),
         ]
 
-    def make_inputs(self, case: Case, dtype: torch.dtype, device: torch.device,
-                    seed: int) -> dict:
+    def make_inputs(self, case: Case, dtype: torch.dtype, device: torch.device, seed: int) -> dict:
         B, n_in, n_out = case.dims["B"], case.dims["IN"], case.dims["OUT"]
         strict = bool(case.dims["strict"])
         if case.name == "tiny":
@@ -75,11 +88,13 @@ class MaskedLinearBench(BenchOp):
             di, do = _layer_degrees(n_in, n_out)
         g = torch.Generator().manual_seed(seed)
         x = torch.randn(B, n_in, generator=g)
-        w = torch.randn(n_out, n_in, generator=g) / n_in ** 0.5
+        w = torch.randn(n_out, n_in, generator=g) / n_in**0.5
         b = torch.randn(n_out, generator=g) * 0.1
         gy = torch.randn(B, n_out, generator=g)
-        out = {k: v.to(device=device, dtype=dtype).requires_grad_(True)
-               for k, v in (("x", x), ("weight", w), ("bias", b))}
+        out = {
+            k: v.to(device=device, dtype=dtype).requires_grad_(True)
+            for k, v in (("x", x), ("weight", w), ("bias", b))
+        }
         out["gy"] = gy.to(device=device, dtype=dtype)
         out["mask"] = linear_mask(di, do, strict).to(device=device, dtype=dtype)
         out["in_degrees"] = di.to(device)
@@ -91,8 +106,7 @@ class MaskedLinearBench(BenchOp):
         return (F.linear(x, weight * mask, bias) * gy).sum()
 
     def kernel(self, backend, x, weight, bias, gy, mask, in_degrees, out_degrees, strict):
-        y = masked_linear(x, weight, bias, in_degrees, out_degrees, strict=strict,
-                          backend=backend)
+        y = masked_linear(x, weight, bias, in_degrees, out_degrees, strict=strict, backend=backend)
         return (y * gy).sum()
 
     def flops(self, inputs: dict, backward: bool) -> float:

@@ -1,6 +1,7 @@
 """The mixture-of-logistics CDF coupling sweep: ``mixlogcdf_coupling`` forward+backward
 (loss = y.sum() + logdet.sum(), gradients to all six inputs) at Flow++-sized activations,
 against the eager and ``torch.compile``'d reference."""
+
 from __future__ import annotations
 
 import torch
@@ -13,8 +14,9 @@ NAMES = ("x", "logits", "means", "log_scales", "a", "b")
 
 
 def mix_case(name: str, B: int, C: int, H: int, W: int, K: int, **where) -> Case:
-    return Case(name, {"B": B, "C": C, "H": H, "W": W, "K": K}, f"B={B} C={C} {H}x{W} K={K}",
-                **where)
+    return Case(
+        name, {"B": B, "C": C, "H": H, "W": W, "K": K}, f"B={B} C={C} {H}x{W} K={K}", **where
+    )
 
 
 def mix_inputs(case: Case, dtype: torch.dtype, device: torch.device, seed: int):
@@ -45,9 +47,11 @@ def mix_bytes(inputs, backward: bool) -> int:
 class MixLogCDFCouplingBench(BenchOp):
     name = "mixlogcdf_coupling"
     family = "mixlog"
-    description = ("mixlogcdf_coupling forward+backward: loss = y.sum() + logdet.sum(), "
-                   "gradients to x, logits, means, log_scales, a, b (per-component tensors "
-                   "[B, C, H, W, K]).")
+    description = (
+        "mixlogcdf_coupling forward+backward: loss = y.sum() + logdet.sum(), "
+        "gradients to x, logits, means, log_scales, a, b (per-component tensors "
+        "[B, C, H, W, K])."
+    )
     notes = (
         "eager and compile run mixlogcdf_forward_reference in the case's dtype",
         "bytes_min (fwd+bwd) = 9 per-component + 11 per-element tensors; fwd_bytes_min = "
@@ -59,8 +63,8 @@ class MixLogCDFCouplingBench(BenchOp):
     def cases(self) -> list[Case]:
         return [
             mix_case("tiny", 2, 3, 4, 5, 4, quick=True),
-            mix_case("flowpp-cifar10", 64, 3, 32, 32, 32),   # Flow++ CIFAR-10
-            mix_case("flowpp-16x16", 64, 12, 16, 16, 32),    # after one squeeze
+            mix_case("flowpp-cifar10", 64, 3, 32, 32, 32),  # Flow++ CIFAR-10
+            mix_case("flowpp-16x16", 64, 12, 16, 16, 32),  # after one squeeze
             mix_case("k4", 64, 3, 32, 32, 4),
         ]
 

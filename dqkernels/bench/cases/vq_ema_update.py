@@ -2,6 +2,7 @@
 float32 statistics ``cluster_size [K]`` and ``embed_sum [K, D]`` from N = 65536 vectors
 and their codes, against the one-hot matmul of VQ-VAE code (eager and
 ``torch.compile``'d) and ``index_add_``. Memory-bound: GB/s over the minimal bytes."""
+
 from __future__ import annotations
 
 import torch
@@ -36,6 +37,7 @@ def _mix(cluster_size, embed_sum, counts, sums, decay):
 def _onehot_update(stats, rows: int):
     """An EMA update whose statistics come from ``stats(z, indices, K)``, evaluated
     ``rows`` vectors at a time (the chunks' statistics summed)."""
+
     def run(cluster_size, embed_sum, z, indices, decay, **_):
         K = cluster_size.shape[0]
         if rows >= z.shape[0]:
@@ -44,10 +46,11 @@ def _onehot_update(stats, rows: int):
             counts = torch.zeros_like(cluster_size)
             sums = torch.zeros_like(embed_sum)
             for r0 in range(0, z.shape[0], rows):
-                c, s = stats(z[r0:r0 + rows], indices[r0:r0 + rows], K)
+                c, s = stats(z[r0 : r0 + rows], indices[r0 : r0 + rows], K)
                 counts += c
                 sums += s
         return _mix(cluster_size, embed_sum, counts, sums, decay)
+
     return run
 
 
@@ -62,8 +65,10 @@ def index_add_update(cluster_size, embed_sum, z, indices, decay, **_):
 class VQEmaUpdateBench(BenchOp):
     name = "vq_ema_update"
     family = "vq"
-    description = ("vq_ema_update: in-place EMA of the codebook statistics (cluster_size "
-                   "[K], embed_sum [K, D], float32) from N vectors and their codes.")
+    description = (
+        "vq_ema_update: in-place EMA of the codebook statistics (cluster_size "
+        "[K], embed_sum [K, D], float32) from N vectors and their codes."
+    )
     mode = "state-update"
     state_inputs = ("cluster_size", "embed_sum")
     notes = (
@@ -89,18 +94,24 @@ class VQEmaUpdateBench(BenchOp):
         # CPU: K up to 8192 (see the notes)
         return [_case("tiny", 37, 13, 29, quick=True)] + [
             _case(f"n{N}-d{d}-k{k}", N, d, k, device="cuda" if k > 8192 else None)
-            for d in (64, 256) for k in (512, 8192, 65536)]
+            for d in (64, 256)
+            for k in (512, 8192, 65536)
+        ]
 
-    def make_inputs(self, case: Case, dtype: torch.dtype, device: torch.device,
-                    seed: int) -> dict:
+    def make_inputs(self, case: Case, dtype: torch.dtype, device: torch.device, seed: int) -> dict:
         n, d, k = case.dims["N"], case.dims["D"], case.dims["K"]
         g = torch.Generator().manual_seed(seed)
         z = torch.randn(n, d, generator=g).to(device=device, dtype=dtype)
         indices = torch.randint(0, k, (n,), generator=g).to(device)
         cluster_size = (torch.rand(k, generator=g) + 0.5).to(device)
         embed_sum = torch.randn(k, d, generator=g).to(device)
-        return {"cluster_size": cluster_size, "embed_sum": embed_sum, "z": z,
-                "indices": indices, "decay": DECAY}
+        return {
+            "cluster_size": cluster_size,
+            "embed_sum": embed_sum,
+            "z": z,
+            "indices": indices,
+            "decay": DECAY,
+        }
 
     def reference(self, cluster_size, embed_sum, z, indices, decay):
         """The update by ``index_add_`` (called in float64 for the check: the same as
@@ -117,13 +128,18 @@ class VQEmaUpdateBench(BenchOp):
         note = chunk_note(rows, n)
         return [
             Impl("eager-onehot", _onehot_update(onehot_stats, rows), note=note),
-            Impl("compile", _onehot_update(torch.compile(onehot_stats, dynamic=False), rows),
-                 kind="compile", note=note),
+            Impl(
+                "compile",
+                _onehot_update(torch.compile(onehot_stats, dynamic=False), rows),
+                kind="compile",
+                note=note,
+            ),
             Impl("eager-index_add", index_add_update),
         ]
 
     def kernel(self, backend: str, cluster_size, embed_sum, z, indices, decay, **_):
         from dqkernels.ops.vq import vq_ema_update
+
         vq_ema_update(cluster_size, embed_sum, z, indices, decay=decay, backend=backend)
         return cluster_size, embed_sum
 

@@ -7,6 +7,7 @@ FAISS's exact flat index and ``vector_quantize_pytorch``'s ``VectorQuantize``.
 Each row is scored by ``exact_frac``: on 256 fixed rows, the fraction whose chosen code's
 float64 distance is within 1e-5 relative of the float64 minimum (the op's exactness
 contract)."""
+
 from __future__ import annotations
 
 import torch
@@ -26,8 +27,12 @@ VQTORCH_BYTES_PER_ELEM = 24
 
 
 def _case(name: str, n: int, d: int, k: int, quick: bool = False) -> Case:
-    return Case(name, {"N": n, "D": d, "K": k},
-                f"N={n} D={d} K={k} ({2 * n * k * d / 1e9:.3g} GFLOP)", quick=quick)
+    return Case(
+        name,
+        {"N": n, "D": d, "K": k},
+        f"N={n} D={d} K={k} ({2 * n * k * d / 1e9:.3g} GFLOP)",
+        quick=quick,
+    )
 
 
 def chunk_rows(n: int, k: int, bytes_per_elem: int, device: torch.device) -> int:
@@ -49,7 +54,7 @@ def _by_rows(fn, z: torch.Tensor, rows: int) -> torch.Tensor:
         return fn(z)
     out = torch.empty(z.shape[0], dtype=torch.int64, device=z.device)
     for r0 in range(0, z.shape[0], rows):
-        out[r0:r0 + rows] = fn(z[r0:r0 + rows])
+        out[r0 : r0 + rows] = fn(z[r0 : r0 + rows])
     return out
 
 
@@ -67,20 +72,26 @@ def addmm_argmin(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
 
 def _faiss_baseline(D: int, device: torch.device, dtype: torch.dtype) -> Impl:
     if dtype != torch.float32:
-        return Impl("faiss", None, "faiss IndexFlatL2 searches float32 vectors only",
-                        kind="external")
+        return Impl(
+            "faiss", None, "faiss IndexFlatL2 searches float32 vectors only", kind="external"
+        )
     try:
         import faiss
     except Exception as exc:  # noqa: BLE001 - any import failure is a skip reason
-        return Impl("faiss", None, f"faiss not importable: {type(exc).__name__}: {exc}",
-                        kind="external")
+        return Impl(
+            "faiss", None, f"faiss not importable: {type(exc).__name__}: {exc}", kind="external"
+        )
     if device.type == "cuda":
         if not (hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0):
-            return Impl("faiss", None,
-                            f"faiss {faiss.__version__} has no GPU support here (a faiss-cpu "
-                            "build or no GPU visible to it); a CPU search is no GPU baseline",
-                            kind="external")
+            return Impl(
+                "faiss",
+                None,
+                f"faiss {faiss.__version__} has no GPU support here (a faiss-cpu "
+                "build or no GPU visible to it); a CPU search is no GPU baseline",
+                kind="external",
+            )
         import faiss.contrib.torch_utils  # GPU indexes then take torch tensors
+
         res = faiss.StandardGpuResources()
         config = faiss.GpuIndexFlatConfig()
         config.device = device.index if device.index is not None else torch.cuda.current_device()
@@ -90,8 +101,7 @@ def _faiss_baseline(D: int, device: torch.device, dtype: torch.dtype) -> Impl:
             index.add(codebook)
             return index.search(z, 1)[1][:, 0]
 
-        return Impl("faiss", gpu_search, kind="external",
-                        note="GpuIndexFlatL2, built per call")
+        return Impl("faiss", gpu_search, kind="external", note="GpuIndexFlatL2, built per call")
     faiss.omp_set_num_threads(torch.get_num_threads())
 
     def cpu_search(z, codebook, **_):
@@ -106,13 +116,17 @@ def _vqtorch_baseline(inputs: dict, device: torch.device) -> Impl:
     try:
         from vector_quantize_pytorch import VectorQuantize
     except Exception as exc:  # noqa: BLE001 - any import failure is a skip reason
-        return Impl("vqtorch", None, f"vector_quantize_pytorch not importable: "
-                        f"{type(exc).__name__}: {exc}", kind="external")
+        return Impl(
+            "vqtorch",
+            None,
+            f"vector_quantize_pytorch not importable: {type(exc).__name__}: {exc}",
+            kind="external",
+        )
     K, D = inputs["codebook"].shape
     N = inputs["z"].shape[0]
     vq = VectorQuantize(dim=D, codebook_size=K).to(device).eval()
     with torch.no_grad():
-        vq.codebook = inputs["codebook"].float()   # the setter copies into its buffer
+        vq.codebook = inputs["codebook"].float()  # the setter copies into its buffer
     rows = chunk_rows(N, K, VQTORCH_BYTES_PER_ELEM, device)
 
     def run(z, codebook, **_):
@@ -124,8 +138,10 @@ def _vqtorch_baseline(inputs: dict, device: torch.device) -> Impl:
 class VQNearestBench(BenchOp):
     name = "vq_nearest"
     family = "vq"
-    description = ("vq_nearest forward: index of the nearest of K codes for each of N "
-                   "vectors (argmin of the squared distance; exact for fp32).")
+    description = (
+        "vq_nearest forward: index of the nearest of K codes for each of N "
+        "vectors (argmin of the squared distance; exact for fp32)."
+    )
     mode = "forward"
     notes = (
         "inputs: codebook ~ randn(K, D); z = codebook[random code] + 0.5 * randn(N, D), "
@@ -156,10 +172,10 @@ class VQNearestBench(BenchOp):
 
     def cases(self) -> list[Case]:
         return [_case("tiny", 37, 13, 29, quick=True)] + [
-            _case(f"n{N}-d{d}-k{k}", N, d, k) for d in (64, 256) for k in (512, 8192, 65536)]
+            _case(f"n{N}-d{d}-k{k}", N, d, k) for d in (64, 256) for k in (512, 8192, 65536)
+        ]
 
-    def make_inputs(self, case: Case, dtype: torch.dtype, device: torch.device,
-                    seed: int) -> dict:
+    def make_inputs(self, case: Case, dtype: torch.dtype, device: torch.device, seed: int) -> dict:
         n, d, k = case.dims["N"], case.dims["D"], case.dims["K"]
         g = torch.Generator().manual_seed(seed)
         codebook = torch.randn(k, d, generator=g)
@@ -169,8 +185,12 @@ class VQNearestBench(BenchOp):
         codebook = codebook.to(device=device, dtype=dtype)
         rows = torch.linspace(0, n - 1, min(n, CHECK_ROWS), device=device).round().long()
         rows = torch.unique(rows)
-        return {"z": z, "codebook": codebook, "check_rows": rows,
-                "check_bound": _distance_bound(z[rows], codebook)}
+        return {
+            "z": z,
+            "codebook": codebook,
+            "check_rows": rows,
+            "check_bound": _distance_bound(z[rows], codebook),
+        }
 
     def flops(self, inputs: dict, backward: bool) -> float:
         n, d = inputs["z"].shape
@@ -186,21 +206,29 @@ class VQNearestBench(BenchOp):
         note = chunk_note(rows, n)
         compiled = torch.compile(addmm_argmin, dynamic=False)
         return [
-            Impl("eager-cdist",
-                     lambda z, codebook, **_: _by_rows(lambda c: cdist_argmin(c, codebook),
-                                                       z, rows), note=note),
-            Impl("eager-addmm",
-                     lambda z, codebook, **_: _by_rows(lambda c: addmm_argmin(c, codebook),
-                                                       z, rows), note=note),
-            Impl("compile",
-                     lambda z, codebook, **_: _by_rows(lambda c: compiled(c, codebook),
-                                                       z, rows), kind="compile", note=note),
+            Impl(
+                "eager-cdist",
+                lambda z, codebook, **_: _by_rows(lambda c: cdist_argmin(c, codebook), z, rows),
+                note=note,
+            ),
+            Impl(
+                "eager-addmm",
+                lambda z, codebook, **_: _by_rows(lambda c: addmm_argmin(c, codebook), z, rows),
+                note=note,
+            ),
+            Impl(
+                "compile",
+                lambda z, codebook, **_: _by_rows(lambda c: compiled(c, codebook), z, rows),
+                kind="compile",
+                note=note,
+            ),
             _faiss_baseline(d, device, dtype),
             _vqtorch_baseline(inputs, device),
         ]
 
     def kernel(self, backend: str, z, codebook, **_):
         from dqkernels.ops.vq import vq_nearest
+
         return vq_nearest(z, codebook, backend=backend)
 
     def check(self, inputs: dict, output) -> dict[str, float]:
@@ -222,7 +250,7 @@ def _distance_bound(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     zn, en = (z64 * z64).sum(1), (e64 * e64).sum(1)
     dmin = (torch.addmm(en[None], z64, e64.T, alpha=-2.0).min(1).values + zn).clamp_min(0.0)
     D = z.shape[1]
-    gamma = (D + 2) * 2.0 ** -53 / (1 - (D + 2) * 2.0 ** -53)
+    gamma = (D + 2) * 2.0**-53 / (1 - (D + 2) * 2.0**-53)
     emax = float(en.max())
     rounding = 2 * gamma * (zn + emax + 2 * torch.sqrt(zn * emax))
     return dmin * (1 + EXACT_RTOL) + rounding

@@ -1,5 +1,6 @@
 """The writers of a result document: JSON (:mod:`.jsonio`, with the reader), markdown
 (:mod:`.markdown`) and PNG (:mod:`.plot`); :func:`write_outputs` writes all three."""
+
 from __future__ import annotations
 
 import os
@@ -10,8 +11,14 @@ from dqkernels.bench.report.jsonio import read_result, upgrade, write_json
 from dqkernels.bench.report.markdown import markdown_table
 from dqkernels.bench.report.plot import plot_results
 
-__all__ = ["markdown_table", "plot_results", "read_result", "upgrade", "write_json",
-           "write_outputs"]
+__all__ = [
+    "markdown_table",
+    "plot_results",
+    "read_result",
+    "upgrade",
+    "write_json",
+    "write_outputs",
+]
 
 
 def write_outputs(result: dict, out_dir: str) -> dict[str, str | None]:
@@ -21,8 +28,11 @@ def write_outputs(result: dict, out_dir: str) -> dict[str, str | None]:
     folder = os.path.join(out_dir, slug)
     os.makedirs(folder, exist_ok=True)
     stem = os.path.join(folder, result["op"])
-    paths: dict[str, str | None] = {"json": stem + ".json", "md": stem + ".md",
-                                    "png": stem + ".png"}
+    paths: dict[str, str | None] = {
+        "json": stem + ".json",
+        "md": stem + ".md",
+        "png": stem + ".png",
+    }
     write_json(result, stem + ".json")
     with open(stem + ".md", "w") as f:
         f.write(markdown_table(result))

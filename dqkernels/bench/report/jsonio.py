@@ -1,6 +1,7 @@
 """The result document as JSON: :func:`write_json` and :func:`read_result`, which also
 takes the documents of older versions of the harness (every schema version up to
 :data:`~dqkernels.bench.records.SCHEMA_VERSION`)."""
+
 from __future__ import annotations
 
 import json
@@ -12,6 +13,7 @@ from dqkernels.bench.records import RECORD_KEYS, SCHEMA_VERSION
 
 def write_json(result: dict, path: str) -> None:
     """Write ``result``; non-finite floats become ``"inf"`` / ``"-inf"`` / null."""
+
     def clean(o):
         if isinstance(o, float) and not math.isfinite(o):
             return None if math.isnan(o) else ("inf" if o > 0 else "-inf")
@@ -20,6 +22,7 @@ def write_json(result: dict, path: str) -> None:
         if isinstance(o, (list, tuple)):
             return [clean(v) for v in o]
         return o
+
     with open(path, "w") as f:
         json.dump(clean(result), f, indent=1)
         f.write("\n")
@@ -36,8 +39,10 @@ def upgrade(result: dict[str, Any]) -> dict[str, Any]:
     neither: forward+backward) and every record key (None). A newer schema is refused."""
     version = result.get("schema", 1)
     if not isinstance(version, int) or version > SCHEMA_VERSION:
-        raise ValueError(f"benchmark result schema {version!r} is newer than this reader "
-                         f"(up to {SCHEMA_VERSION})")
+        raise ValueError(
+            f"benchmark result schema {version!r} is newer than this reader "
+            f"(up to {SCHEMA_VERSION})"
+        )
     if "mode" not in result:
         result["mode"] = "forward" if result.get("forward_only") else "forward+backward"
     result.setdefault("forward_only", result["mode"] in ("forward", "state-update"))

@@ -1,6 +1,7 @@
 """The result document as a markdown table: a header on the device, versions and
 ceilings, one row per record with the columns its records hold, the compile times and the
 notes."""
+
 from __future__ import annotations
 
 import math
@@ -64,23 +65,39 @@ def columns(records: list[dict], mode: Mode) -> list[Column]:
     cols: list[Column] = [(mode.ms_label, lambda r: _num(r.get("ms")))]
     if has("fwd_ms"):
         cols.append(("fwd ms", lambda r: _num(r.get("fwd_ms"))))
-    cols += [("vs eager", lambda r: _speed(r.get("speedup_vs_eager"))),
-             ("vs compile", lambda r: _speed(r.get("speedup_vs_compile")))]
+    cols += [
+        ("vs eager", lambda r: _speed(r.get("speedup_vs_eager"))),
+        ("vs compile", lambda r: _speed(r.get("speedup_vs_compile"))),
+    ]
     cols += [(f"vs {n}", _vs(n)) for n in external]
     if has("gbps"):
-        cols += [("GB/s", lambda r: _num(r.get("gbps"))),
-                 ("% copy BW", lambda r: _pct(r.get("frac_copy_bw")))]
+        cols += [
+            ("GB/s", lambda r: _num(r.get("gbps"))),
+            ("% copy BW", lambda r: _pct(r.get("frac_copy_bw"))),
+        ]
     if has("tflops"):
-        cols += [("TFLOP/s", lambda r: _num(r.get("tflops"))),
-                 ("% matmul", lambda r: _pct(r.get("frac_matmul")))]
+        cols += [
+            ("TFLOP/s", lambda r: _num(r.get("tflops"))),
+            ("% matmul", lambda r: _pct(r.get("frac_matmul"))),
+        ]
     if has("peak_mem_bytes"):
-        cols.append(("extra mem MiB", lambda r: _num(None if r.get("peak_mem_bytes") is None
-                                                     else r["peak_mem_bytes"] / 2**20)))
+        cols.append(
+            (
+                "extra mem MiB",
+                lambda r: _num(
+                    None if r.get("peak_mem_bytes") is None else r["peak_mem_bytes"] / 2**20
+                ),
+            )
+        )
     if has("grad_rel_err"):
         cols.append(("grad err", lambda r: _err(r.get("grad_rel_err"))))
     if has("exact_frac"):
-        cols.append(("exact %", lambda r: "–" if r.get("exact_frac") is None
-                     else f"{100 * r['exact_frac']:.1f}"))
+        cols.append(
+            (
+                "exact %",
+                lambda r: "–" if r.get("exact_frac") is None else f"{100 * r['exact_frac']:.1f}",
+            )
+        )
     if has("out_rel_err"):
         cols.append(("out err", lambda r: _err(r.get("out_rel_err"))))
     if any(r.get("note") for r in records):
@@ -126,8 +143,10 @@ def markdown_table(result: dict[str, Any]) -> str:
         c.append(f"copy {_num(ceil['copy_gbps'])} GB/s")
     for k in ("fp32", "bf16"):
         if f"matmul_{k}_tflops" in ceil:
-            c.append(f"matmul {k} {_num(ceil[f'matmul_{k}_tflops'])} TFLOP/s "
-                     f"(n={ceil[f'matmul_{k}_n']}{', TF32 off' if k == 'fp32' else ''})")
+            c.append(
+                f"matmul {k} {_num(ceil[f'matmul_{k}_tflops'])} TFLOP/s "
+                f"(n={ceil[f'matmul_{k}_n']}{', TF32 off' if k == 'fp32' else ''})"
+            )
     if c:
         lines += ["Measured ceilings: " + "; ".join(c) + ".", ""]
     if result.get("description"):
@@ -135,9 +154,12 @@ def markdown_table(result: dict[str, Any]) -> str:
     lines += table(result["records"], mode)
     compiles = [r for r in result["records"] if r.get("compile_s") is not None]
     if compiles:
-        lines += ["", f"Compile time of torch.compile ({mode.first_call}, excluded): "
-                  + ", ".join(f"{r['case']}/{r['dtype']} {r['compile_s']:.1f} s"
-                              for r in compiles) + "."]
+        lines += [
+            "",
+            f"Compile time of torch.compile ({mode.first_call}, excluded): "
+            + ", ".join(f"{r['case']}/{r['dtype']} {r['compile_s']:.1f} s" for r in compiles)
+            + ".",
+        ]
     if result.get("notes"):
         lines += ["", "Notes:", ""] + [f"- {n}" for n in result["notes"]]
     return "\n".join(lines) + "\n"

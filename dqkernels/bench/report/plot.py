@@ -1,5 +1,6 @@
 """The result document as a PNG: the speedup over eager of every implementation, per case.
 matplotlib is imported when a chart is drawn."""
+
 from __future__ import annotations
 
 from dqkernels.bench.modes import result_mode
@@ -9,6 +10,7 @@ def plot_results(result: dict, path: str) -> None:
     """Grouped bar chart: speedup of the timed call over the fastest eager row, per
     implementation, per case (log scale when the bars span more than 20x)."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -40,8 +42,15 @@ def plot_results(result: dict, path: str) -> None:
                 ys.append(v)
         bars = ax.bar(xs, ys, width=width, label=impl)
         for x, y in zip(xs, ys):
-            ax.annotate(f"{y:.2g}", (x, y), ha="center", va="bottom", fontsize=7,
-                        xytext=(0, 1), textcoords="offset points")
+            ax.annotate(
+                f"{y:.2g}",
+                (x, y),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                xytext=(0, 1),
+                textcoords="offset points",
+            )
         del bars
     ax.axhline(1.0, color="black", lw=0.8)
     if use_log:
@@ -50,8 +59,9 @@ def plot_results(result: dict, path: str) -> None:
     ax.set_xticklabels([labels[c] for c in cases], fontsize=7)
     ax.set_ylabel(result_mode(result).plot_label)
     env = result["environment"]
-    ax.set_title(f"{result['op']}: {env.get('device_name')} (torch {env.get('torch')})",
-                 fontsize=10)
+    ax.set_title(
+        f"{result['op']}: {env.get('device_name')} (torch {env.get('torch')})", fontsize=10
+    )
     ax.legend(fontsize=8, ncol=min(n, 4))
     ax.grid(axis="y", alpha=0.3, which="both")
     fig.tight_layout()

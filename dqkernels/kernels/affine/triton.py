@@ -20,6 +20,7 @@ Design
   short series, not ``tl.log`` near 1), ``s`` and ``1 - s = sigmoid(-u)`` without
   cancellation, ``1 / s = 1 + exp(-u)``. Computed in fp32, stored in the input dtype.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -44,7 +45,7 @@ _NUM_WARPS = 4
 def _scale_terms(l):
     """For ``u = l + 2``: ``(log s, s, 1 - s, 1 / s)``, ``s = sigmoid(u)``."""
     u = l + 2.0
-    e = tl.exp(-tl.abs(u))                      # in (0, 1]
+    e = tl.exp(-tl.abs(u))  # in (0, 1]
     ope = 1.0 + e
     pos = u >= 0.0
     log_s = tl.where(pos, 0.0, u) - _log1p_mid(e)
@@ -103,13 +104,33 @@ def _load(ptr, offs, mask):
 
 @triton.jit
 def _affine_fwd_kernel(
-        x_ptr, sh_ptr, sl_ptr, y_ptr, part_ptr,
-        B, N, n2, n3, nbn,
-        sxb, sx1, sx2, sx3,
-        shb, sh1, sh2, sh3,
-        slb, sl1, sl2, sl3,
-        INVERSE: tl.constexpr, FLAT: tl.constexpr,
-        ROWS: tl.constexpr, BN: tl.constexpr):
+    x_ptr,
+    sh_ptr,
+    sl_ptr,
+    y_ptr,
+    part_ptr,
+    B,
+    N,
+    n2,
+    n3,
+    nbn,
+    sxb,
+    sx1,
+    sx2,
+    sx3,
+    shb,
+    sh1,
+    sh2,
+    sh3,
+    slb,
+    sl1,
+    sl2,
+    sl3,
+    INVERSE: tl.constexpr,
+    FLAT: tl.constexpr,
+    ROWS: tl.constexpr,
+    BN: tl.constexpr,
+):
     rows, cols, mask, cb = _tile(B, N, nbn, ROWS, BN)
     i1, i2, i3 = _split(cols, n2, n3, FLAT)
     x = _load(x_ptr, _offsets(rows, i1, i2, i3, sxb, sx1, sx2, sx3, FLAT), mask)
@@ -130,15 +151,41 @@ def _affine_fwd_kernel(
 
 @triton.jit
 def _affine_bwd_kernel(
-        x_ptr, sh_ptr, sl_ptr, gy_ptr, gld_ptr, gx_ptr, gsh_ptr, gsl_ptr,
-        B, N, n2, n3, nbn,
-        sxb, sx1, sx2, sx3,
-        shb, sh1, sh2, sh3,
-        slb, sl1, sl2, sl3,
-        sgb, sg1, sg2, sg3,
-        sgld,
-        INVERSE: tl.constexpr, FLAT: tl.constexpr,
-        ROWS: tl.constexpr, BN: tl.constexpr):
+    x_ptr,
+    sh_ptr,
+    sl_ptr,
+    gy_ptr,
+    gld_ptr,
+    gx_ptr,
+    gsh_ptr,
+    gsl_ptr,
+    B,
+    N,
+    n2,
+    n3,
+    nbn,
+    sxb,
+    sx1,
+    sx2,
+    sx3,
+    shb,
+    sh1,
+    sh2,
+    sh3,
+    slb,
+    sl1,
+    sl2,
+    sl3,
+    sgb,
+    sg1,
+    sg2,
+    sg3,
+    sgld,
+    INVERSE: tl.constexpr,
+    FLAT: tl.constexpr,
+    ROWS: tl.constexpr,
+    BN: tl.constexpr,
+):
     rows, cols, mask, _cb = _tile(B, N, nbn, ROWS, BN)
     i1, i2, i3 = _split(cols, n2, n3, FLAT)
     x = _load(x_ptr, _offsets(rows, i1, i2, i3, sxb, sx1, sx2, sx3, FLAT), mask)
@@ -146,11 +193,11 @@ def _affine_bwd_kernel(
     gy = _load(gy_ptr, _offsets(rows, i1, i2, i3, sgb, sg1, sg2, sg3, FLAT), mask)
     gld = tl.load(gld_ptr + rows * sgld, mask=rows < B, other=0.0).to(tl.float32)[:, None]
     _log_s, s, oms, inv_s = _scale_terms(l)
-    if INVERSE:     # y = x / s - shift, logdet = -sum log s
+    if INVERSE:  # y = x / s - shift, logdet = -sum log s
         gx = gy * inv_s
         gsh = -gy
         gsl = -(gy * x * inv_s + gld) * oms
-    else:           # y = (x + shift) s, logdet = sum log s
+    else:  # y = (x + shift) s, logdet = sum log s
         sh = _load(sh_ptr, _offsets(rows, i1, i2, i3, shb, sh1, sh2, sh3, FLAT), mask)
         gx = gy * s
         gsh = gx
@@ -170,9 +217,11 @@ def _device_guard(t: torch.Tensor):
 
 def _geometry(B: int, N: int):
     """``(ROWS, BN, n_column_blocks, grid)``."""
-    if N >= 2 ** 31 or B >= 2 ** 31:
-        raise ValueError(f"triton affine coupling: at most 2^31 - 1 rows and elements per "
-                         f"row; got B={B}, {N} elements per row")
+    if N >= 2**31 or B >= 2**31:
+        raise ValueError(
+            f"triton affine coupling: at most 2^31 - 1 rows and elements per "
+            f"row; got B={B}, {N} elements per row"
+        )
     bn = min(_MAX_BN, triton.next_power_of_2(N))
     rows = max(1, min(_TILE // bn, triton.next_power_of_2(B)))
     nbn = triton.cdiv(N, bn)
@@ -193,27 +242,66 @@ def forward(x, shift, scale_logit, y, logdet, inverse):
     part = torch.empty((B, nbn), dtype=torch.float32, device=x.device)
     with _device_guard(x):
         _affine_fwd_kernel[grid](
-            x, shift, scale_logit, y, part, B, N, n2, n3, nbn,
-            *strides[0], *strides[1], *strides[2],
-            INVERSE=bool(inverse), FLAT=(n1 == 1 and n2 == 1), ROWS=rows, BN=bn,
-            num_warps=_NUM_WARPS)
+            x,
+            shift,
+            scale_logit,
+            y,
+            part,
+            B,
+            N,
+            n2,
+            n3,
+            nbn,
+            *strides[0],
+            *strides[1],
+            *strides[2],
+            INVERSE=bool(inverse),
+            FLAT=(n1 == 1 and n2 == 1),
+            ROWS=rows,
+            BN=bn,
+            num_warps=_NUM_WARPS,
+        )
     logdet.copy_(part.sum(dim=1))
 
 
-def backward(x, shift, scale_logit, grad_y, grad_logdet, grad_x, grad_shift,
-             grad_scale_logit, inverse):
-    for t, name in ((grad_x, "grad_x"), (grad_shift, "grad_shift"),
-                    (grad_scale_logit, "grad_scale_logit")):
+def backward(
+    x, shift, scale_logit, grad_y, grad_logdet, grad_x, grad_shift, grad_scale_logit, inverse
+):
+    for t, name in (
+        (grad_x, "grad_x"),
+        (grad_shift, "grad_shift"),
+        (grad_scale_logit, "grad_scale_logit"),
+    ):
         _check_out(t, name)
     (x, shift, scale_logit, grad_y), sizes, strides = element_layout(
-        [x, shift, scale_logit, grad_y])
+        [x, shift, scale_logit, grad_y]
+    )
     B, n1, n2, n3 = sizes
     N = n1 * n2 * n3
     rows, bn, nbn, grid = _geometry(B, N)
     with _device_guard(x):
         _affine_bwd_kernel[grid](
-            x, shift, scale_logit, grad_y, grad_logdet, grad_x, grad_shift,
-            grad_scale_logit, B, N, n2, n3, nbn,
-            *strides[0], *strides[1], *strides[2], *strides[3], grad_logdet.stride(0),
-            INVERSE=bool(inverse), FLAT=(n1 == 1 and n2 == 1), ROWS=rows, BN=bn,
-            num_warps=_NUM_WARPS)
+            x,
+            shift,
+            scale_logit,
+            grad_y,
+            grad_logdet,
+            grad_x,
+            grad_shift,
+            grad_scale_logit,
+            B,
+            N,
+            n2,
+            n3,
+            nbn,
+            *strides[0],
+            *strides[1],
+            *strides[2],
+            *strides[3],
+            grad_logdet.stride(0),
+            INVERSE=bool(inverse),
+            FLAT=(n1 == 1 and n2 == 1),
+            ROWS=rows,
+            BN=bn,
+            num_warps=_NUM_WARPS,
+        )

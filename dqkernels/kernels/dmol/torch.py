@@ -1,6 +1,7 @@
 """The ``torch`` backend of the dmol ops: the reference math in plain PyTorch, computed in
 the accumulate dtype, with an analytic backward (autograd does not run inside a custom
 op, and an explicit formula is itself checked against autograd of the reference)."""
+
 from __future__ import annotations
 
 import math
@@ -8,8 +9,14 @@ import math
 import torch
 
 from dqkernels.ops._common import accumulate_dtype
-from dqkernels.reference.dmol import (bin_log_prob, coupled_means, dmol_nll_reference,
-                                      dmol_sample_reference, snap_to_grid, split_params)
+from dqkernels.reference.dmol import (
+    bin_log_prob,
+    coupled_means,
+    dmol_nll_reference,
+    dmol_sample_reference,
+    snap_to_grid,
+    split_params,
+)
 
 
 def nll_forward(x, params, out, num_levels, min_log_scale):
@@ -27,10 +34,10 @@ def nll_backward(x, params, grad_out, grad_params, num_levels, min_log_scale):
     means = coupled_means(means_raw, coeffs, xs)
     log_s = log_scales_raw.clamp(min=min_log_scale)
     kk, xx = k.unsqueeze(2), xs.unsqueeze(2)
-    lp = bin_log_prob(kk, xx, means, log_s, L)                     # [B,C,M,H,W]
+    lp = bin_log_prob(kk, xx, means, log_s, L)  # [B,C,M,H,W]
     log_pi = torch.log_softmax(logits, dim=1)
-    post = torch.softmax(log_pi + lp.sum(dim=1), dim=1)            # [B,M,H,W]
-    g = grad_out.to(acc).unsqueeze(1)                              # [B,1,H,W]
+    post = torch.softmax(log_pi + lp.sum(dim=1), dim=1)  # [B,M,H,W]
+    g = grad_out.to(acc).unsqueeze(1)  # [B,1,H,W]
 
     d = 1.0 / (L - 1)
     inv_s = torch.exp(-log_s)
@@ -44,9 +51,8 @@ def nll_backward(x, params, grad_out, grad_params, num_levels, min_log_scale):
     ratio = torch.where(delta > 0, safe / torch.expm1(safe), torch.ones_like(delta))
     low, high = kk == 0, kk == L - 1
     dmean = torch.where(low, -sa, torch.where(high, sb, sb - sa)) * inv_s
-    dlogs = torch.where(low, -a * sa, torch.where(high, b * sb,
-                                                   -a * sa + b * sb - ratio))
-    coef = -(g * post).unsqueeze(1)                                # dNLL/dlp, [B,1,M,H,W]
+    dlogs = torch.where(low, -a * sa, torch.where(high, b * sb, -a * sa + b * sb - ratio))
+    coef = -(g * post).unsqueeze(1)  # dNLL/dlp, [B,1,M,H,W]
     gmean = coef * dmean
     glogs = coef * dlogs * (log_scales_raw >= min_log_scale)
 
@@ -69,5 +75,6 @@ def nll_backward(x, params, grad_out, grad_params, num_levels, min_log_scale):
 
 def sample(params, u, out, num_channels, num_levels, min_log_scale):
     acc = accumulate_dtype(params.dtype)
-    out.copy_(dmol_sample_reference(params.to(acc), u.to(acc), num_channels, num_levels,
-                                    min_log_scale))
+    out.copy_(
+        dmol_sample_reference(params.to(acc), u.to(acc), num_channels, num_levels, min_log_scale)
+    )

@@ -26,6 +26,7 @@ Design
 * Rounding to the grid is round-half-even (like ``torch.round``), and the grid value is
   ``k / half - 1`` with a correctly rounded division, as in the reference.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -60,9 +61,9 @@ def _exp_acc(x):
     multiplies distances by up to e^7 and so passes any relative error on to ``a``, ``b``.
     """
     xc = tl.where(x < -174.0, -174.0, tl.where(x > 176.0, 176.0, x))
-    n = tl.floor(xc * 1.4426950408889634 + 0.5)                   # |n| <= 254
+    n = tl.floor(xc * 1.4426950408889634 + 0.5)  # |n| <= 254
     r = (xc - n * 0.693145751953125) - n * 1.428606765330187e-06  # n * ln2_hi is exact
-    p = 0.0001984126984126984                                      # 1/7!
+    p = 0.0001984126984126984  # 1/7!
     p = p * r + 0.001388888888888889
     p = p * r + 0.008333333333333333
     p = p * r + 0.041666666666666664
@@ -71,8 +72,8 @@ def _exp_acc(x):
     p = p * r + 1.0
     p = p * r + 1.0
     ni = n.to(tl.int32)
-    n1 = ni >> 1                                                   # 2^n = 2^n1 * 2^n2,
-    n2 = ni - n1                                                   # both normal
+    n1 = ni >> 1  # 2^n = 2^n1 * 2^n2,
+    n2 = ni - n1  # both normal
     s1 = ((n1 + 127) << 23).to(tl.float32, bitcast=True)
     s2 = ((n2 + 127) << 23).to(tl.float32, bitcast=True)
     return tl.where(x != x, x, p * s1 * s2)
@@ -87,13 +88,13 @@ def _log1p_mid(z):
     """
     w = z / (2.0 + z)
     w2 = w * w
-    p = 0.06666666666666667                      # 1/15
-    p = p * w2 + 0.07692307692307693             # 1/13
-    p = p * w2 + 0.09090909090909091             # 1/11
-    p = p * w2 + 0.1111111111111111              # 1/9
-    p = p * w2 + 0.14285714285714285             # 1/7
-    p = p * w2 + 0.2                             # 1/5
-    p = p * w2 + 0.3333333333333333              # 1/3
+    p = 0.06666666666666667  # 1/15
+    p = p * w2 + 0.07692307692307693  # 1/13
+    p = p * w2 + 0.09090909090909091  # 1/11
+    p = p * w2 + 0.1111111111111111  # 1/9
+    p = p * w2 + 0.14285714285714285  # 1/7
+    p = p * w2 + 0.2  # 1/5
+    p = p * w2 + 0.3333333333333333  # 1/3
     p = p * w2 + 1.0
     return 2.0 * w * p
 
@@ -102,15 +103,15 @@ def _log1p_mid(z):
 def _expm1_neg_over(delta):
     """``h(delta) - 1`` where ``h(delta) = (1 - exp(-delta)) / delta``, for delta in
     [0, ln 2]: ``sum_{n>=1} (-delta)^n / (n+1)!`` cut after n = 9 (< 1e-9)."""
-    p = -2.755731922398589e-07                   # -1/10!
-    p = p * delta + 2.755731922398589e-06        # 1/9!
-    p = p * delta - 2.48015873015873e-05         # -1/8!
-    p = p * delta + 0.0001984126984126984        # 1/7!
-    p = p * delta - 0.001388888888888889         # -1/6!
-    p = p * delta + 0.008333333333333333         # 1/5!
-    p = p * delta - 0.041666666666666664         # -1/4!
-    p = p * delta + 0.16666666666666666          # 1/3!
-    p = p * delta - 0.5                          # -1/2!
+    p = -2.755731922398589e-07  # -1/10!
+    p = p * delta + 2.755731922398589e-06  # 1/9!
+    p = p * delta - 2.48015873015873e-05  # -1/8!
+    p = p * delta + 0.0001984126984126984  # 1/7!
+    p = p * delta - 0.001388888888888889  # -1/6!
+    p = p * delta + 0.008333333333333333  # 1/5!
+    p = p * delta - 0.041666666666666664  # -1/4!
+    p = p * delta + 0.16666666666666666  # 1/3!
+    p = p * delta - 0.5  # -1/2!
     return p * delta
 
 
@@ -127,8 +128,8 @@ def _log1mexp_terms(log_delta):
     e = tl.exp(-delta)
     small = delta <= 0.6931471805599453
     ds = tl.where(small, delta, 0.6931471805599453)
-    hm1 = _expm1_neg_over(ds)                    # in [-0.28, 0]
-    z = tl.where(small, hm1, -e)                 # in [-0.5, 0]: one log1p for both branches
+    hm1 = _expm1_neg_over(ds)  # in [-0.28, 0]
+    z = tl.where(small, hm1, -e)  # in [-0.5, 0]: one log1p for both branches
     l1me = tl.where(small, log_delta, 0.0) + _log1p_mid(z)
     ratio = tl.where(small, e, delta * e) / (1.0 + z)
     return l1me, ratio
@@ -143,11 +144,11 @@ def _tanh_and_grad(r):
     otherwise ``1 - 2 e / (1 + e)`` with ``e = exp(-2|r|) < 1/3``.
     """
     ar = tl.abs(r)
-    e2 = _exp_acc(-2.0 * ar)               # accurate exp and division: t * x_k is part of
-    ope = 1.0 + e2                         # a coupled mean, where errors are amplified by 1/s
+    e2 = _exp_acc(-2.0 * ar)  # accurate exp and division: t * x_k is part of
+    ope = 1.0 + e2  # a coupled mean, where errors are amplified by 1/s
     big = 1.0 - tl.div_rn(2.0 * e2, ope)
     r2 = r * r
-    p = -0.00023912911424355248                  # Taylor coefficients of tanh(r)/r - 1, in r^2
+    p = -0.00023912911424355248  # Taylor coefficients of tanh(r)/r - 1, in r^2
     p = p * r2 + 0.000590027440945586
     p = p * r2 - 0.0014558343870513183
     p = p * r2 + 0.003592128036572481
@@ -199,9 +200,12 @@ def _edges(k, mean, lvl, dh, dl):
 @triton.jit
 def _grid64(k, lvl, d64):
     """Per pixel, in float64: ``(x_k, x_k + d, x_k - d)`` as ``q / (L-1)`` ([1, BLOCK_N])."""
-    q = 2.0 * k - lvl                                  # an exact integer in fp32
-    return (((q + 1.0).to(tl.float64) * d64)[None, :], ((q + 2.0).to(tl.float64) * d64)[None, :],
-            (q.to(tl.float64) * d64)[None, :])
+    q = 2.0 * k - lvl  # an exact integer in fp32
+    return (
+        ((q + 1.0).to(tl.float64) * d64)[None, :],
+        ((q + 2.0).to(tl.float64) * d64)[None, :],
+        (q.to(tl.float64) * d64)[None, :],
+    )
 
 
 @triton.jit
@@ -218,14 +222,14 @@ def _bin_core(k, cen_a, cen_b, ls_raw, log2d, top, min_ls):
     """Shared part of the bin log mass: returns everything the forward and the backward
     need. ``k`` is [1, BLOCK_N]; ``cen_a = x_k + d - mean``, ``cen_b = x_k - d - mean``
     (see ``_edges``) and ``ls_raw`` are [BLOCK_M, BLOCK_N]."""
-    ls = tl.where(ls_raw < min_ls, min_ls, ls_raw)   # NaN-preserving clamp
+    ls = tl.where(ls_raw < min_ls, min_ls, ls_raw)  # NaN-preserving clamp
     inv_s = _exp_acc(-ls)
     a = cen_a * inv_s
     b = cen_b * inv_s
     ea = tl.exp(-tl.abs(a))
     eb = tl.exp(-tl.abs(b))
-    sp_na = tl.where(a < 0.0, -a, 0.0) + _log1p_mid(ea)   # softplus(-a)
-    sp_b = tl.where(b > 0.0, b, 0.0) + _log1p_mid(eb)     # softplus(b)
+    sp_na = tl.where(a < 0.0, -a, 0.0) + _log1p_mid(ea)  # softplus(-a)
+    sp_b = tl.where(b > 0.0, b, 0.0) + _log1p_mid(eb)  # softplus(b)
     l1me, ratio = _log1mexp_terms(log2d - ls)
     low = k == 0.0
     high = k == top
@@ -235,18 +239,20 @@ def _bin_core(k, cen_a, cen_b, ls_raw, log2d, top, min_ls):
 
 @triton.jit
 def _bin_lp(k, cen_a, cen_b, ls_raw, log2d, top, min_ls):
-    lp, low, high, a, b, ea, eb, inv_s, ratio = _bin_core(k, cen_a, cen_b, ls_raw, log2d,
-                                                          top, min_ls)
+    lp, low, high, a, b, ea, eb, inv_s, ratio = _bin_core(
+        k, cen_a, cen_b, ls_raw, log2d, top, min_ls
+    )
     return lp
 
 
 @triton.jit
 def _bin_lp_grad(k, cen_a, cen_b, ls_raw, log2d, top, min_ls):
     """``(lp, dlp/dmean, dlp/dlog_s_raw)``; the last is zero where the clamp is active."""
-    lp, low, high, a, b, ea, eb, inv_s, ratio = _bin_core(k, cen_a, cen_b, ls_raw, log2d,
-                                                          top, min_ls)
-    sig_na = tl.where(a >= 0.0, ea, 1.0) / (1.0 + ea)      # sigmoid(-a)
-    sig_b = tl.where(b >= 0.0, 1.0, eb) / (1.0 + eb)       # sigmoid(b)
+    lp, low, high, a, b, ea, eb, inv_s, ratio = _bin_core(
+        k, cen_a, cen_b, ls_raw, log2d, top, min_ls
+    )
+    sig_na = tl.where(a >= 0.0, ea, 1.0) / (1.0 + ea)  # sigmoid(-a)
+    sig_b = tl.where(b >= 0.0, 1.0, eb) / (1.0 + eb)  # sigmoid(b)
     dmean = tl.where(low, -sig_na, tl.where(high, sig_b, sig_b - sig_na)) * inv_s
     ta = -a * sig_na
     tb = b * sig_b
@@ -296,8 +302,9 @@ def _pixels(N, HW, W, BLOCK_N: tl.constexpr):
 
 @triton.jit
 def _load_logits(p_ptr, m64, m_ok, spc, p_pix, mask):
-    l = tl.load(p_ptr + ((m64 * spc)[:, None] + p_pix[None, :]), mask=mask,
-                other=0.0).to(tl.float32)
+    l = tl.load(p_ptr + ((m64 * spc)[:, None] + p_pix[None, :]), mask=mask, other=0.0).to(
+        tl.float32
+    )
     return tl.where(m_ok[:, None], l, float("-inf"))
 
 
@@ -313,14 +320,36 @@ def _max0(v):
 
 @triton.jit
 def _dmol_nll_fwd_kernel(
-        x_ptr, p_ptr, out_ptr,
-        N, HW, W, M,
-        sxb, sxc, sxh, sxw,
-        spb, spc, sph, spw,
-        sob, soh, sow,
-        half, top, lvl, dh, dl, log2d, min_ls,
-        C: tl.constexpr, J: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    x_ptr,
+    p_ptr,
+    out_ptr,
+    N,
+    HW,
+    W,
+    M,
+    sxb,
+    sxc,
+    sxh,
+    sxw,
+    spb,
+    spc,
+    sph,
+    spw,
+    sob,
+    soh,
+    sow,
+    half,
+    top,
+    lvl,
+    dh,
+    dl,
+    log2d,
+    min_ls,
+    C: tl.constexpr,
+    J: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     n_ok, bi, hi, wi = _pixels(N, HW, W, BLOCK_N)
     m = tl.arange(0, BLOCK_M)
     m_ok = m < M
@@ -345,7 +374,7 @@ def _dmol_nll_fwd_kernel(
         k2, xk2 = _snap(x2, half, top)
         bad = bad | (x1 != x1) | (x2 != x2)
         d64 = 1.0 / (tl.cast(lvl, tl.float64) - 1.0)
-        x0_64, ea0, eb0 = _grid64(k0, lvl, d64)     # exact grid values and bin edges
+        x0_64, ea0, eb0 = _grid64(k0, lvl, d64)  # exact grid values and bin edges
         x1_64, ea1, eb1 = _grid64(k1, lvl, d64)
         x2_64, ea2, eb2 = _grid64(k2, lvl, d64)
         # group (c, j) starts at channel M + (c*J + j)*M; J == 3
@@ -358,8 +387,9 @@ def _dmol_nll_fwd_kernel(
         t2, dt2 = _tanh_and_grad(_load_group(p_ptr, m64, 9 * M, spc, p_pix, mask))
         mean2 = _load_group(p_ptr, m64, 7 * M, spc, p_pix, mask)
         ls2 = _load_group(p_ptr, m64, 8 * M, spc, p_pix, mask)
-        ca, cb = _edges_coupled(ea2, eb2, mean2,
-                                t1.to(tl.float64) * x0_64 + t2.to(tl.float64) * x1_64)
+        ca, cb = _edges_coupled(
+            ea2, eb2, mean2, t1.to(tl.float64) * x0_64 + t2.to(tl.float64) * x1_64
+        )
         lp += _bin_lp(k2[None, :], ca, cb, ls2, log2d, top, min_ls)
 
     # NLL = log sum_j exp(l_j - lmax) - logsumexp_m((l_m - lmax) + lp_m)
@@ -375,15 +405,41 @@ def _dmol_nll_fwd_kernel(
 
 @triton.jit
 def _dmol_nll_bwd_kernel(
-        x_ptr, p_ptr, go_ptr, gp_ptr,
-        N, HW, W, M,
-        sxb, sxc, sxh, sxw,
-        spb, spc, sph, spw,
-        sgob, sgoh, sgow,
-        sgb, sgc, sgh, sgw,
-        half, top, lvl, dh, dl, log2d, min_ls,
-        C: tl.constexpr, J: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    x_ptr,
+    p_ptr,
+    go_ptr,
+    gp_ptr,
+    N,
+    HW,
+    W,
+    M,
+    sxb,
+    sxc,
+    sxh,
+    sxw,
+    spb,
+    spc,
+    sph,
+    spw,
+    sgob,
+    sgoh,
+    sgow,
+    sgb,
+    sgc,
+    sgh,
+    sgw,
+    half,
+    top,
+    lvl,
+    dh,
+    dl,
+    log2d,
+    min_ls,
+    C: tl.constexpr,
+    J: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     n_ok, bi, hi, wi = _pixels(N, HW, W, BLOCK_N)
     m = tl.arange(0, BLOCK_M)
     m_ok = m < M
@@ -394,8 +450,7 @@ def _dmol_nll_bwd_kernel(
     g_pix = bi * sgb + hi * sgh + wi * sgw
 
     l = _load_logits(p_ptr, m64, m_ok, spc, p_pix, mask)
-    g = tl.load(go_ptr + (bi * sgob + hi * sgoh + wi * sgow), mask=n_ok,
-                other=0.0).to(tl.float32)
+    g = tl.load(go_ptr + (bi * sgob + hi * sgoh + wi * sgow), mask=n_ok, other=0.0).to(tl.float32)
 
     x0 = tl.load(x_ptr + x_pix, mask=n_ok, other=0.0).to(tl.float32)
     k0, xk0 = _snap(x0, half, top)
@@ -409,7 +464,7 @@ def _dmol_nll_bwd_kernel(
         k1, xk1 = _snap(x1, half, top)
         k2, xk2 = _snap(x2, half, top)
         d64 = 1.0 / (tl.cast(lvl, tl.float64) - 1.0)
-        x0_64, ea0, eb0 = _grid64(k0, lvl, d64)     # exact grid values and bin edges
+        x0_64, ea0, eb0 = _grid64(k0, lvl, d64)  # exact grid values and bin edges
         x1_64, ea1, eb1 = _grid64(k1, lvl, d64)
         x2_64, ea2, eb2 = _grid64(k2, lvl, d64)
         t0, dt0 = _tanh_and_grad(_load_group(p_ptr, m64, 3 * M, spc, p_pix, mask))
@@ -421,8 +476,9 @@ def _dmol_nll_bwd_kernel(
         t2, dt2 = _tanh_and_grad(_load_group(p_ptr, m64, 9 * M, spc, p_pix, mask))
         mean2 = _load_group(p_ptr, m64, 7 * M, spc, p_pix, mask)
         ls2 = _load_group(p_ptr, m64, 8 * M, spc, p_pix, mask)
-        ca, cb = _edges_coupled(ea2, eb2, mean2,
-                                t1.to(tl.float64) * x0_64 + t2.to(tl.float64) * x1_64)
+        ca, cb = _edges_coupled(
+            ea2, eb2, mean2, t1.to(tl.float64) * x0_64 + t2.to(tl.float64) * x1_64
+        )
         lp2, dm2, dl2 = _bin_lp_grad(k2[None, :], ca, cb, ls2, log2d, top, min_ls)
         lp = lp + lp1 + lp2
         # what reaches the raw coefficients, per unit of gradient on the coupled means
@@ -438,7 +494,7 @@ def _dmol_nll_bwd_kernel(
     ev = tl.exp(v - _max0(v)[None, :])
     post = ev / tl.sum(ev, axis=0)[None, :]
     g2 = g[None, :]
-    coef = -g2 * post                              # dNLL/dlp_cm, same for every c
+    coef = -g2 * post  # dNLL/dlp_cm, same for every c
 
     _store_group(gp_ptr, g2 * (pi - post), m64, 0, sgc, g_pix, mask)
     _store_group(gp_ptr, coef * dm0, m64, M, sgc, g_pix, mask)
@@ -456,8 +512,7 @@ def _dmol_nll_bwd_kernel(
 @triton.jit
 def _gather(ptr, pix, msel64, start, stride_c, n_ok):
     """Per pixel, channel ``start + msel`` as fp32 ([BLOCK_N])."""
-    return tl.load(ptr + (pix + (msel64 + start) * stride_c), mask=n_ok,
-                   other=0.0).to(tl.float32)
+    return tl.load(ptr + (pix + (msel64 + start) * stride_c), mask=n_ok, other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -467,20 +522,39 @@ def _draw_level(mean, ls_raw, uc, half, top, min_ls):
     # log(u) - log1p(-u): 1 - u is exact for u > 0.5; a series otherwise
     log1m = tl.where(uc > 0.5, tl.log(1.0 - uc), _log1p_mid(-tl.where(uc > 0.5, 0.5, uc)))
     y = mean + tl.exp(ls) * (tl.log(uc) - log1m)
-    k, xk = _snap(y, half, top)     # clamp-then-round == round-then-clamp (integer bounds)
+    k, xk = _snap(y, half, top)  # clamp-then-round == round-then-clamp (integer bounds)
     return xk
 
 
 @triton.jit
 def _dmol_sample_kernel(
-        p_ptr, u_ptr, out_ptr,
-        N, HW, W, M,
-        spb, spc, sph, spw,
-        sub, suc, suh, suw,
-        sob, soc, soh, sow,
-        half, top, min_ls,
-        C: tl.constexpr, J: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    p_ptr,
+    u_ptr,
+    out_ptr,
+    N,
+    HW,
+    W,
+    M,
+    spb,
+    spc,
+    sph,
+    spw,
+    sub,
+    suc,
+    suh,
+    suw,
+    sob,
+    soc,
+    soh,
+    sow,
+    half,
+    top,
+    min_ls,
+    C: tl.constexpr,
+    J: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     n_ok, bi, hi, wi = _pixels(N, HW, W, BLOCK_N)
     m = tl.arange(0, BLOCK_M)
     m_ok = m < M
@@ -494,7 +568,7 @@ def _dmol_sample_kernel(
     l = _load_logits(p_ptr, m64, m_ok, spc, p_pix, mask)
     e = tl.exp(l - _max0(l)[None, :])
     cum = tl.cumsum(e, axis=0)
-    total = tl.max(cum, axis=0)                    # cum is non-decreasing: its last entry
+    total = tl.max(cum, axis=0)  # cum is non-decreasing: its last entry
     u0 = tl.load(u_ptr + u_pix, mask=n_ok, other=0.0).to(tl.float32)
     target = u0 * total
     below = m_ok[:, None] & (cum <= target[None, :])
@@ -566,10 +640,29 @@ def nll_forward(x, params, out, num_levels, min_log_scale):
     grid = (triton.cdiv(N, block_n),)
     with _device_guard(params):
         _dmol_nll_fwd_kernel[grid](
-            x, params, out, N, H * W, W, M,
-            *x.stride(), *params.stride(), *out.stride(),
-            half, top, lvl, dh, dl, log2d, float(min_log_scale),
-            C=C, J=J, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps)
+            x,
+            params,
+            out,
+            N,
+            H * W,
+            W,
+            M,
+            *x.stride(),
+            *params.stride(),
+            *out.stride(),
+            half,
+            top,
+            lvl,
+            dh,
+            dl,
+            log2d,
+            float(min_log_scale),
+            C=C,
+            J=J,
+            BLOCK_M=block_m,
+            BLOCK_N=block_n,
+            num_warps=num_warps,
+        )
 
 
 def nll_backward(x, params, grad_out, grad_params, num_levels, min_log_scale):
@@ -580,10 +673,31 @@ def nll_backward(x, params, grad_out, grad_params, num_levels, min_log_scale):
     grid = (triton.cdiv(N, block_n),)
     with _device_guard(params):
         _dmol_nll_bwd_kernel[grid](
-            x, params, grad_out, grad_params, N, H * W, W, M,
-            *x.stride(), *params.stride(), *grad_out.stride(), *grad_params.stride(),
-            half, top, lvl, dh, dl, log2d, float(min_log_scale),
-            C=C, J=J, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps)
+            x,
+            params,
+            grad_out,
+            grad_params,
+            N,
+            H * W,
+            W,
+            M,
+            *x.stride(),
+            *params.stride(),
+            *grad_out.stride(),
+            *grad_params.stride(),
+            half,
+            top,
+            lvl,
+            dh,
+            dl,
+            log2d,
+            float(min_log_scale),
+            C=C,
+            J=J,
+            BLOCK_M=block_m,
+            BLOCK_N=block_n,
+            num_warps=num_warps,
+        )
 
 
 def sample(params, u, out, num_channels, num_levels, min_log_scale):
@@ -595,7 +709,22 @@ def sample(params, u, out, num_channels, num_levels, min_log_scale):
     grid = (triton.cdiv(N, block_n),)
     with _device_guard(params):
         _dmol_sample_kernel[grid](
-            params, u, out, N, H * W, W, M,
-            *params.stride(), *u.stride(), *out.stride(),
-            half, top, float(min_log_scale),
-            C=C, J=J, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps)
+            params,
+            u,
+            out,
+            N,
+            H * W,
+            W,
+            M,
+            *params.stride(),
+            *u.stride(),
+            *out.stride(),
+            half,
+            top,
+            float(min_log_scale),
+            C=C,
+            J=J,
+            BLOCK_M=block_m,
+            BLOCK_N=block_n,
+            num_warps=num_warps,
+        )

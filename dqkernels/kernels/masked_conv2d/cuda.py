@@ -2,6 +2,7 @@
 ``dqkernels._C`` (tiled implicit GEMM over the kept taps), launched on PyTorch's current
 stream. The grad_weight reduction's scratch (split-K partial sums) is allocated here,
 through PyTorch's caching allocator."""
+
 from __future__ import annotations
 
 import torch
@@ -12,14 +13,28 @@ from dqkernels.kernels._cext import cuda_stream, tensor_arg
 
 def forward(x, weight, bias, y, mask_type, groups):
     with torch.cuda.device(x.device):
-        _C.masked_conv2d_forward_cuda(tensor_arg(x), tensor_arg(weight), tensor_arg(bias),
-                                      tensor_arg(y), mask_type == "B", groups,
-                                      cuda_stream(x.device))
+        _C.masked_conv2d_forward_cuda(
+            tensor_arg(x),
+            tensor_arg(weight),
+            tensor_arg(bias),
+            tensor_arg(y),
+            mask_type == "B",
+            groups,
+            cuda_stream(x.device),
+        )
 
 
 def backward(x, weight, grad_y, grad_x, grad_weight, grad_bias, mask_type, groups):
-    args = (tensor_arg(x), tensor_arg(weight), tensor_arg(grad_y), tensor_arg(grad_x),
-            tensor_arg(grad_weight), tensor_arg(grad_bias), mask_type == "B", groups)
+    args = (
+        tensor_arg(x),
+        tensor_arg(weight),
+        tensor_arg(grad_y),
+        tensor_arg(grad_x),
+        tensor_arg(grad_weight),
+        tensor_arg(grad_bias),
+        mask_type == "B",
+        groups,
+    )
     with torch.cuda.device(x.device):
         nbytes = _C.masked_conv2d_backward_workspace_cuda(*args)
         work = torch.empty((max(nbytes, 1),), dtype=torch.uint8, device=x.device)

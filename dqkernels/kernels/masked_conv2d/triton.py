@@ -32,6 +32,7 @@ Design
   int32; the wrappers check that every tensor spans fewer than 2^31 elements there and
   that ``B*H*W + BP < 2^31``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -50,11 +51,11 @@ from dqkernels.reference.masked_conv2d import centre_counts, kept_taps
 _BP = 64
 _NUM_STAGES = 2
 _TILES = {  # kernel -> {is_fp32: (BO cap, BC cap, num_warps)}
-    "fwd": {True: (64, 32, 8), False: (64, 32, 4)},   # BO rows of acc, BC reduction
-    "dx": {True: (32, 64, 8), False: (32, 64, 4)},    # BO reduction, BC rows of acc
-    "dw": {True: (64, 32, 4), False: (64, 32, 4)},    # BO x BC acc, BP reduction
+    "fwd": {True: (64, 32, 8), False: (64, 32, 4)},  # BO rows of acc, BC reduction
+    "dx": {True: (32, 64, 8), False: (32, 64, 4)},  # BO reduction, BC rows of acc
+    "dw": {True: (64, 32, 4), False: (64, 32, 4)},  # BO x BC acc, BP reduction
 }
-_SPLIT_TARGET = 528   # grad_w programs to aim for (4 per SM of an H100)
+_SPLIT_TARGET = 528  # grad_w programs to aim for (4 per SM of an H100)
 
 
 @triton.jit
@@ -96,11 +97,38 @@ def _pixels(pid, NPIX, H, W, BP: tl.constexpr):
 
 
 @triton.jit
-def _fwd_kernel(x_ptr, w_ptr, bias_ptr, y_ptr,
-                NPIX, Cin, Cout, H, W, G,
-                sxb, sxc, sxh, sxw, swo, swi, swh, sww, sbias, syb, syc, syh, syw,
-                KS: tl.constexpr, TYPE_B: tl.constexpr, HAS_BIAS: tl.constexpr,
-                BP: tl.constexpr, BO: tl.constexpr, BC: tl.constexpr, UPCAST: tl.constexpr):
+def _fwd_kernel(
+    x_ptr,
+    w_ptr,
+    bias_ptr,
+    y_ptr,
+    NPIX,
+    Cin,
+    Cout,
+    H,
+    W,
+    G,
+    sxb,
+    sxc,
+    sxh,
+    sxw,
+    swo,
+    swi,
+    swh,
+    sww,
+    sbias,
+    syb,
+    syc,
+    syh,
+    syw,
+    KS: tl.constexpr,
+    TYPE_B: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    BP: tl.constexpr,
+    BO: tl.constexpr,
+    BC: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     # acc[o, p] = sum_tap sum_ci w[o, ci, tap] x[ci, p + shift(tap)]: pixels are the fast
     # axis of every tile (coalesced for NCHW, few per-pixel values per thread)
     C: tl.constexpr = KS // 2
@@ -115,7 +143,7 @@ def _fwd_kernel(x_ptr, w_ptr, bias_ptr, y_ptr,
         hh = h + (i - C)
         ww = w + (j - C)
         valid = pmask & (hh >= 0) & (ww >= 0) & (ww < W)
-        xp = (xb + hh * sxh + ww * sxw)[None, :] + (rc * sxc)[:, None]       # [BC, BP]
+        xp = (xb + hh * sxh + ww * sxw)[None, :] + (rc * sxc)[:, None]  # [BC, BP]
         wp = w_ptr + ((o * swo + i * swh + j * sww)[:, None] + (rc * swi)[None, :])  # [BO, BC]
         for c0 in range(0, Cin, BC):
             cmask = (c0 + rc) < Cin
@@ -140,16 +168,39 @@ def _fwd_kernel(x_ptr, w_ptr, bias_ptr, y_ptr,
     if HAS_BIAS:
         acc += tl.load(bias_ptr + o * sbias, mask=omask, other=0.0).to(tl.float32)[:, None]
     out = (b.to(tl.int64) * syb + h * syh + w * syw)[None, :] + (o * syc)[:, None]
-    tl.store(y_ptr + out, acc.to(y_ptr.dtype.element_ty),
-             mask=omask[:, None] & pmask[None, :])
+    tl.store(y_ptr + out, acc.to(y_ptr.dtype.element_ty), mask=omask[:, None] & pmask[None, :])
 
 
 @triton.jit
-def _dx_kernel(gy_ptr, w_ptr, gx_ptr,
-               NPIX, Cin, Cout, H, W, G,
-               sgb, sgc, sgh, sgw, swo, swi, swh, sww, sxb, sxc, sxh, sxw,
-               KS: tl.constexpr, TYPE_B: tl.constexpr,
-               BP: tl.constexpr, BO: tl.constexpr, BC: tl.constexpr, UPCAST: tl.constexpr):
+def _dx_kernel(
+    gy_ptr,
+    w_ptr,
+    gx_ptr,
+    NPIX,
+    Cin,
+    Cout,
+    H,
+    W,
+    G,
+    sgb,
+    sgc,
+    sgh,
+    sgw,
+    swo,
+    swi,
+    swh,
+    sww,
+    sxb,
+    sxc,
+    sxh,
+    sxw,
+    KS: tl.constexpr,
+    TYPE_B: tl.constexpr,
+    BP: tl.constexpr,
+    BO: tl.constexpr,
+    BC: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     # acc[ci, p] = sum_tap sum_o w[o, ci, tap] grad_y[o, p - shift(tap)]
     C: tl.constexpr = KS // 2
     b, h, w, pmask = _pixels(tl.program_id(0), NPIX, H, W, BP)
@@ -163,7 +214,7 @@ def _dx_kernel(gy_ptr, w_ptr, gx_ptr,
         hh = h + (C - i)
         ww = w + (C - j)
         valid = pmask & (hh < H) & (ww >= 0) & (ww < W)
-        gp = (gb + hh * sgh + ww * sgw)[None, :] + (ro * sgc)[:, None]       # [BO, BP]
+        gp = (gb + hh * sgh + ww * sgw)[None, :] + (ro * sgc)[:, None]  # [BO, BP]
         wp = w_ptr + ((ci * swi + i * swh + j * sww)[:, None] + (ro * swo)[None, :])  # [BC, BO]
         for o0 in range(0, Cout, BO):
             omask = (o0 + ro) < Cout
@@ -181,26 +232,48 @@ def _dx_kernel(gy_ptr, w_ptr, gx_ptr,
         o = o0 + ro
         omask = o < Cout
         gt = tl.load(gp, mask=omask[:, None] & pmask[None, :], other=0.0)
-        wt = tl.load(wp, mask=cmask[:, None] & omask[None, :] & (o[None, :] >= m_ci[:, None]),
-                     other=0.0)
+        wt = tl.load(
+            wp, mask=cmask[:, None] & omask[None, :] & (o[None, :] >= m_ci[:, None]), other=0.0
+        )
         acc = _dot(wt, gt, acc, UPCAST)
         gp += BO * sgc
         wp += BO * swo
     out = (b.to(tl.int64) * sxb + h * sxh + w * sxw)[None, :] + (ci * sxc)[:, None]
-    tl.store(gx_ptr + out, acc.to(gx_ptr.dtype.element_ty),
-             mask=cmask[:, None] & pmask[None, :])
+    tl.store(gx_ptr + out, acc.to(gx_ptr.dtype.element_ty), mask=cmask[:, None] & pmask[None, :])
 
 
 @triton.jit
-def _dw_kernel(x_ptr, gy_ptr, part_ptr,
-               NPIX, Cin, Cout, H, W, G, blocks_per_split, n_cblocks,
-               sxb, sxc, sxh, sxw, sgb, sgc, sgh, sgw,
-               KS: tl.constexpr, TYPE_B: tl.constexpr,
-               BP: tl.constexpr, BO: tl.constexpr, BC: tl.constexpr, UPCAST: tl.constexpr):
+def _dw_kernel(
+    x_ptr,
+    gy_ptr,
+    part_ptr,
+    NPIX,
+    Cin,
+    Cout,
+    H,
+    W,
+    G,
+    blocks_per_split,
+    n_cblocks,
+    sxb,
+    sxc,
+    sxh,
+    sxw,
+    sgb,
+    sgc,
+    sgh,
+    sgw,
+    KS: tl.constexpr,
+    TYPE_B: tl.constexpr,
+    BP: tl.constexpr,
+    BO: tl.constexpr,
+    BC: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     # acc[o, ci] = sum_p grad_y[o, p] x[ci, p + shift(tap)] over this split's pixels
     C: tl.constexpr = KS // 2
     T: tl.constexpr = C * (KS + 1)
-    t = tl.program_id(0)             # T = the centre tap
+    t = tl.program_id(0)  # T = the centre tap
     ob = tl.program_id(1) // n_cblocks
     cb = tl.program_id(1) - ob * n_cblocks
     split = tl.program_id(2)
@@ -225,14 +298,23 @@ def _dw_kernel(x_ptr, gy_ptr, part_ptr,
             ww = w + (j - C)
             valid = pmask & (hh >= 0) & (ww >= 0) & (ww < W)
             b64 = b.to(tl.int64)
-            gt = tl.load(gy_ptr + (b64 * sgb + h * sgh + w * sgw)[None, :] + (o * sgc)[:, None],
-                         mask=omask[:, None] & pmask[None, :], other=0.0)          # [BO, BP]
-            xt = tl.load(x_ptr + (b64 * sxb + hh * sxh + ww * sxw)[None, :] + (ci * sxc)[:, None],
-                         mask=cmask[:, None] & valid[None, :], other=0.0)          # [BC, BP]
+            gt = tl.load(
+                gy_ptr + (b64 * sgb + h * sgh + w * sgw)[None, :] + (o * sgc)[:, None],
+                mask=omask[:, None] & pmask[None, :],
+                other=0.0,
+            )  # [BO, BP]
+            xt = tl.load(
+                x_ptr + (b64 * sxb + hh * sxh + ww * sxw)[None, :] + (ci * sxc)[:, None],
+                mask=cmask[:, None] & valid[None, :],
+                other=0.0,
+            )  # [BC, BP]
             acc = _dot(gt, tl.trans(xt), acc, UPCAST)
     base = (split.to(tl.int64) * (T + 1) + t) * Cout * Cin
-    tl.store(part_ptr + base + (o * Cin)[:, None] + ci[None, :], acc,
-             mask=omask[:, None] & cmask[None, :])
+    tl.store(
+        part_ptr + base + (o * Cin)[:, None] + ci[None, :],
+        acc,
+        mask=omask[:, None] & cmask[None, :],
+    )
 
 
 # ----------------------------------------------------------------------------- wrappers
@@ -259,18 +341,21 @@ def _check_span(name: str, t: torch.Tensor, first: int) -> None:
     """Offsets inside one batch element (and in the weight) are int32 in the kernels,
     the batch offset int64."""
     span = sum((n - 1) * abs(st) for n, st in zip(t.shape[first:], t.stride()[first:]))
-    if span >= 2 ** 31:
-        raise ValueError(f"triton masked_conv2d: {name} spans 2^31 or more elements "
-                         f"{'inside one batch element' if first else ''}; the kernels "
-                         f"use 32-bit offsets there")
+    if span >= 2**31:
+        raise ValueError(
+            f"triton masked_conv2d: {name} spans 2^31 or more elements "
+            f"{'inside one batch element' if first else ''}; the kernels "
+            f"use 32-bit offsets there"
+        )
 
 
 def _common(x, weight, mask_type):
     B, Cin, H, W = x.shape
     Cout, _, k, _ = weight.shape
-    if B * H * W + _BP >= 2 ** 31:
-        raise ValueError(f"triton masked_conv2d: at most 2^31 - {_BP + 1} pixels (B*H*W); "
-                         f"got {B * H * W}")
+    if B * H * W + _BP >= 2**31:
+        raise ValueError(
+            f"triton masked_conv2d: at most 2^31 - {_BP + 1} pixels (B*H*W); got {B * H * W}"
+        )
     _check_span("x", x, 1)
     _check_span("weight", weight, 0)
     return B, Cin, H, W, Cout, k, int(mask_type == "B")
@@ -285,10 +370,30 @@ def forward(x, weight, bias, y, mask_type, groups):
     has_bias = bias is not None
     with _device_guard(x):
         _fwd_kernel[grid](
-            x, weight, bias if has_bias else weight, y, npix, Cin, Cout, H, W, groups,
-            *x.stride(), *weight.stride(), bias.stride(0) if has_bias else 0, *y.stride(),
-            KS=k, TYPE_B=type_b, HAS_BIAS=has_bias, BP=_BP, BO=bo, BC=bc, UPCAST=_upcast(x),
-            num_warps=warps, num_stages=_NUM_STAGES)
+            x,
+            weight,
+            bias if has_bias else weight,
+            y,
+            npix,
+            Cin,
+            Cout,
+            H,
+            W,
+            groups,
+            *x.stride(),
+            *weight.stride(),
+            bias.stride(0) if has_bias else 0,
+            *y.stride(),
+            KS=k,
+            TYPE_B=type_b,
+            HAS_BIAS=has_bias,
+            BP=_BP,
+            BO=bo,
+            BC=bc,
+            UPCAST=_upcast(x),
+            num_warps=warps,
+            num_stages=_NUM_STAGES,
+        )
 
 
 def _splits(npix: int, base_programs: int) -> tuple[int, int]:
@@ -313,10 +418,27 @@ def backward(x, weight, grad_y, grad_x, grad_weight, grad_bias, mask_type, group
             bo, bc, warps = _tiles("dx", x, Cin, Cout)
             grid = (triton.cdiv(npix, _BP), triton.cdiv(Cin, bc))
             _dx_kernel[grid](
-                grad_y, weight, grad_x, npix, Cin, Cout, H, W, groups,
-                *grad_y.stride(), *weight.stride(), *grad_x.stride(),
-                KS=k, TYPE_B=type_b, BP=_BP, BO=bo, BC=bc, UPCAST=_upcast(x),
-                num_warps=warps, num_stages=_NUM_STAGES)
+                grad_y,
+                weight,
+                grad_x,
+                npix,
+                Cin,
+                Cout,
+                H,
+                W,
+                groups,
+                *grad_y.stride(),
+                *weight.stride(),
+                *grad_x.stride(),
+                KS=k,
+                TYPE_B=type_b,
+                BP=_BP,
+                BO=bo,
+                BC=bc,
+                UPCAST=_upcast(x),
+                num_warps=warps,
+                num_stages=_NUM_STAGES,
+            )
         if grad_weight is not None:
             bo, bc, warps = _tiles("dw", x, Cin, Cout)
             n_ob, n_cb = triton.cdiv(Cout, bo), triton.cdiv(Cin, bc)
@@ -324,11 +446,29 @@ def backward(x, weight, grad_y, grad_x, grad_weight, grad_bias, mask_type, group
             splits, per = _splits(npix, ntap * n_ob * n_cb)
             part = torch.empty((splits, ntap, Cout, Cin), dtype=torch.float32, device=x.device)
             _dw_kernel[(ntap, n_ob * n_cb, splits)](
-                x, grad_y, part, npix, Cin, Cout, H, W, groups, per, n_cb,
-                *x.stride(), *grad_y.stride(),
-                KS=k, TYPE_B=type_b, BP=_BP, BO=bo, BC=bc, UPCAST=_upcast(x),
-                num_warps=warps, num_stages=_NUM_STAGES)
-            dw = part.sum(dim=0)                      # [T + 1, Cout, Cin], fixed order
+                x,
+                grad_y,
+                part,
+                npix,
+                Cin,
+                Cout,
+                H,
+                W,
+                groups,
+                per,
+                n_cb,
+                *x.stride(),
+                *grad_y.stride(),
+                KS=k,
+                TYPE_B=type_b,
+                BP=_BP,
+                BO=bo,
+                BC=bc,
+                UPCAST=_upcast(x),
+                num_warps=warps,
+                num_stages=_NUM_STAGES,
+            )
+            dw = part.sum(dim=0)  # [T + 1, Cout, Cin], fixed order
             full = torch.zeros((Cout, Cin, k, k), dtype=torch.float32, device=x.device)
             if taps:
                 ii = torch.tensor([t[0] for t in taps], device=x.device)

@@ -3,6 +3,7 @@
 The kernels take int64 degrees; int32 ones are converted here (a copy of two short
 vectors), as in the ``cuda`` backend.
 """
+
 from __future__ import annotations
 
 import torch
@@ -29,13 +30,30 @@ def degrees(d: torch.Tensor):
 
 
 def forward(x, weight, bias, in_deg, out_deg, strict, y):
-    _C.masked_linear_forward_cpu(tensor_arg(x), tensor_arg(weight), tensor_arg(bias),
-                                 degrees(in_deg), degrees(out_deg), tensor_arg(y), strict,
-                                 cpu_threads(), cpu_isa)
+    _C.masked_linear_forward_cpu(
+        tensor_arg(x),
+        tensor_arg(weight),
+        tensor_arg(bias),
+        degrees(in_deg),
+        degrees(out_deg),
+        tensor_arg(y),
+        strict,
+        cpu_threads(),
+        cpu_isa,
+    )
 
 
 def backward(grad_y, x, weight, in_deg, out_deg, strict, grad_x, grad_weight, grad_bias):
-    _C.masked_linear_backward_cpu(tensor_arg(grad_y), tensor_arg(x), tensor_arg(weight),
-                                  degrees(in_deg), degrees(out_deg), tensor_arg(grad_x),
-                                  tensor_arg(grad_weight), tensor_arg(grad_bias), strict,
-                                  cpu_threads(), cpu_isa)
+    _C.masked_linear_backward_cpu(
+        tensor_arg(grad_y),
+        tensor_arg(x),
+        tensor_arg(weight),
+        degrees(in_deg),
+        degrees(out_deg),
+        tensor_arg(grad_x),
+        tensor_arg(grad_weight),
+        tensor_arg(grad_bias),
+        strict,
+        cpu_threads(),
+        cpu_isa,
+    )

@@ -5,6 +5,7 @@ Readable baseline, not a fast path: it builds the full mask and the masked weigh
 (``torch.where``, so a NaN in a masked weight never reaches an output) and runs dense
 matmuls. Backward: ``gx = gy @ Wm``, ``gW = M * (gy^T @ x)``, ``gb = sum_rows gy``.
 """
+
 from __future__ import annotations
 
 import torch

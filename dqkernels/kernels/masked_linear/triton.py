@@ -27,6 +27,7 @@ Design
   ``tl.dot`` mishandles bf16, bf16 tiles are upcast to fp32 first: exact, same sums.)
 * The bias gradient is a column sum done by torch (fp32 accumulation).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -59,7 +60,7 @@ def _keep(hi, lo, STRICT: tl.constexpr):
 
 @triton.jit
 def _dot(a, b, acc, IEEE: tl.constexpr, UPCAST: tl.constexpr):
-    if UPCAST:   # bf16 under the interpreter, whose tl.dot mishandles it (exact upcast)
+    if UPCAST:  # bf16 under the interpreter, whose tl.dot mishandles it (exact upcast)
         a = a.to(tl.float32)
         b = b.to(tl.float32)
     if IEEE:
@@ -70,11 +71,35 @@ def _dot(a, b, acc, IEEE: tl.constexpr, UPCAST: tl.constexpr):
 
 @triton.jit
 def _masked_mm_kernel(
-        a_ptr, b_ptr, c_ptr, bias_ptr, dr_ptr, dn_ptr, tiles_ptr, counts_ptr, status_ptr,
-        M, N, K, sam, sak, sbk, sbn, ldc, sbias, KT,
-        SIDE_C: tl.constexpr, STRICT: tl.constexpr, N_IS_HI: tl.constexpr,
-        HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
-        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    a_ptr,
+    b_ptr,
+    c_ptr,
+    bias_ptr,
+    dr_ptr,
+    dn_ptr,
+    tiles_ptr,
+    counts_ptr,
+    status_ptr,
+    M,
+    N,
+    K,
+    sam,
+    sak,
+    sbk,
+    sbn,
+    ldc,
+    sbias,
+    KT,
+    SIDE_C: tl.constexpr,
+    STRICT: tl.constexpr,
+    N_IS_HI: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    IEEE: tl.constexpr,
+    UPCAST: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
+):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     offs_m = pid_m * BM + tl.arange(0, BM)
@@ -93,10 +118,16 @@ def _masked_mm_kernel(
             offs_k = k0 + tl.arange(0, BK)
             k_ok = offs_k < K
             ok = offs_k.to(tl.int64)
-            a = tl.load(a_ptr + om[:, None] * sam + ok[None, :] * sak,
-                        mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-            b = tl.load(b_ptr + ok[:, None] * sbk + on[None, :] * sbn,
-                        mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+            a = tl.load(
+                a_ptr + om[:, None] * sam + ok[None, :] * sak,
+                mask=m_ok[:, None] & k_ok[None, :],
+                other=0.0,
+            )
+            b = tl.load(
+                b_ptr + ok[:, None] * sbk + on[None, :] * sbn,
+                mask=k_ok[:, None] & n_ok[None, :],
+                other=0.0,
+            )
             acc = _dot(a, b, acc, IEEE, UPCAST)
         dm = tl.load(dr_ptr + offs_m, mask=m_ok, other=0)
         if N_IS_HI:
@@ -116,16 +147,25 @@ def _masked_mm_kernel(
                 keep = _keep(dn[None, :], dk[:, None], STRICT)
             else:
                 keep = _keep(dk[:, None], dn[None, :], STRICT)
-            a = tl.load(a_ptr + om[:, None] * sam + ok[None, :] * sak,
-                        mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-            b = tl.load(b_ptr + ok[:, None] * sbk + on[None, :] * sbn,
-                        mask=k_ok[:, None] & n_ok[None, :] & keep, other=0.0)
+            a = tl.load(
+                a_ptr + om[:, None] * sam + ok[None, :] * sak,
+                mask=m_ok[:, None] & k_ok[None, :],
+                other=0.0,
+            )
+            b = tl.load(
+                b_ptr + ok[:, None] * sbk + on[None, :] * sbn,
+                mask=k_ok[:, None] & n_ok[None, :] & keep,
+                other=0.0,
+            )
             acc = _dot(a, b, acc, IEEE, UPCAST)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + on * sbias, mask=n_ok, other=0.0).to(tl.float32)
         acc = acc + bias[None, :]
-    tl.store(c_ptr + om[:, None] * ldc + on[None, :], _to_store(acc, c_ptr),
-             mask=m_ok[:, None] & n_ok[None, :])
+    tl.store(
+        c_ptr + om[:, None] * ldc + on[None, :],
+        _to_store(acc, c_ptr),
+        mask=m_ok[:, None] & n_ok[None, :],
+    )
 
 
 # ----------------------------------------------------------------------------- host side
@@ -150,8 +190,9 @@ def tile_ranges(d: torch.Tensor, tile: int) -> tuple[torch.Tensor, torch.Tensor]
     return lo, hi
 
 
-def live_k_tiles(dk: torch.Tensor, dn: torch.Tensor, n_is_hi: bool, strict: bool,
-                 bk: int, bn: int) -> tuple[torch.Tensor, torch.Tensor]:
+def live_k_tiles(
+    dk: torch.Tensor, dn: torch.Tensor, n_is_hi: bool, strict: bool, bk: int, bn: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mask on B: per column tile, the K tiles that are not entirely masked, first in a
     ``[n_tiles, k_tiles]`` int32 table (ascending, the rest of the row unspecified), and
     their count per column tile."""
@@ -165,8 +206,9 @@ def live_k_tiles(dk: torch.Tensor, dn: torch.Tensor, n_is_hi: bool, strict: bool
     return order.to(torch.int32).contiguous(), live.sum(dim=1).to(torch.int32)
 
 
-def live_c_tiles(dm: torch.Tensor, dn: torch.Tensor, n_is_hi: bool, strict: bool,
-                 bm: int, bn: int) -> torch.Tensor:
+def live_c_tiles(
+    dm: torch.Tensor, dn: torch.Tensor, n_is_hi: bool, strict: bool, bm: int, bn: int
+) -> torch.Tensor:
     """Mask on C: ``[m_tiles, n_tiles]`` int32, 1 where the output tile is not entirely
     masked."""
     mlo, mhi = tile_ranges(dm, bm)
@@ -185,9 +227,8 @@ def _bm(M: int) -> int:
 def _launch(A, sa, B, sb, C, M, N, K, dr, dn, *, side_c, n_is_hi, strict, bias=None):
     """``C`` (contiguous [M, N]) = the masked product; ``sa``/``sb``: (stride of m, stride
     of k) of A and (stride of k, stride of n) of B."""
-    if M >= 2 ** 31 or N >= 2 ** 31 or K >= 2 ** 31:
-        raise ValueError(f"triton masked_linear: sizes must be below 2^31; got M={M}, N={N}, "
-                         f"K={K}")
+    if M >= 2**31 or N >= 2**31 or K >= 2**31:
+        raise ValueError(f"triton masked_linear: sizes must be below 2^31; got M={M}, N={N}, K={K}")
     bm, bn, bk = _bm(M), _BN, _BK
     grid = (triton.cdiv(M, bm), triton.cdiv(N, bn))
     if grid[1] > 65535:
@@ -203,13 +244,37 @@ def _launch(A, sa, B, sb, C, M, N, K, dr, dn, *, side_c, n_is_hi, strict, bias=N
         status, kt = dummy, tiles.shape[1]
     with _device_guard(C):
         _masked_mm_kernel[grid](
-            A, B, C, bias if bias is not None else C, dr, dn, tiles, counts, status,
-            M, N, K, sa[0], sa[1], sb[0], sb[1], N, 0 if bias is None else bias.stride(0), kt,
-            SIDE_C=side_c, STRICT=bool(strict), N_IS_HI=n_is_hi, HAS_BIAS=bias is not None,
+            A,
+            B,
+            C,
+            bias if bias is not None else C,
+            dr,
+            dn,
+            tiles,
+            counts,
+            status,
+            M,
+            N,
+            K,
+            sa[0],
+            sa[1],
+            sb[0],
+            sb[1],
+            N,
+            0 if bias is None else bias.stride(0),
+            kt,
+            SIDE_C=side_c,
+            STRICT=bool(strict),
+            N_IS_HI=n_is_hi,
+            HAS_BIAS=bias is not None,
             IEEE=A.dtype == torch.float32,
             UPCAST=A.dtype == torch.bfloat16 and backends.triton_interpreting(),
-            BM=bm, BN=bn, BK=bk,
-            num_warps=_NUM_WARPS, num_stages=_NUM_STAGES)
+            BM=bm,
+            BN=bn,
+            BK=bk,
+            num_warps=_NUM_WARPS,
+            num_stages=_NUM_STAGES,
+        )
 
 
 def _check_out(t, name):
@@ -221,8 +286,22 @@ def forward(x, weight, bias, in_deg, out_deg, strict, y):
     _check_out(y, "y")
     rows, n_in = x.shape
     n_out = weight.shape[0]
-    _launch(x, x.stride(), weight, (weight.stride(1), weight.stride(0)), y, rows, n_out, n_in,
-            in_deg, out_deg, side_c=False, n_is_hi=True, strict=strict, bias=bias)
+    _launch(
+        x,
+        x.stride(),
+        weight,
+        (weight.stride(1), weight.stride(0)),
+        y,
+        rows,
+        n_out,
+        n_in,
+        in_deg,
+        out_deg,
+        side_c=False,
+        n_is_hi=True,
+        strict=strict,
+        bias=bias,
+    )
 
 
 def backward(grad_y, x, weight, in_deg, out_deg, strict, grad_x, grad_weight, grad_bias):
@@ -231,10 +310,36 @@ def backward(grad_y, x, weight, in_deg, out_deg, strict, grad_x, grad_weight, gr
     rows, n_in = x.shape
     n_out = weight.shape[0]
     if grad_x is not None:
-        _launch(grad_y, grad_y.stride(), weight, weight.stride(), grad_x, rows, n_in, n_out,
-                out_deg, in_deg, side_c=False, n_is_hi=False, strict=strict)
+        _launch(
+            grad_y,
+            grad_y.stride(),
+            weight,
+            weight.stride(),
+            grad_x,
+            rows,
+            n_in,
+            n_out,
+            out_deg,
+            in_deg,
+            side_c=False,
+            n_is_hi=False,
+            strict=strict,
+        )
     if grad_weight is not None:
-        _launch(grad_y, (grad_y.stride(1), grad_y.stride(0)), x, x.stride(), grad_weight,
-                n_out, n_in, rows, out_deg, in_deg, side_c=True, n_is_hi=False, strict=strict)
+        _launch(
+            grad_y,
+            (grad_y.stride(1), grad_y.stride(0)),
+            x,
+            x.stride(),
+            grad_weight,
+            n_out,
+            n_in,
+            rows,
+            out_deg,
+            in_deg,
+            side_c=True,
+            n_is_hi=False,
+            strict=strict,
+        )
     if grad_bias is not None:
         grad_bias.copy_(grad_y.sum(dim=0, dtype=torch.float32))

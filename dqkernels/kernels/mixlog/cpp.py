@@ -1,5 +1,6 @@
 """The ``cpp`` backend of the mixture-of-logistics CDF coupling: csrc/coupling through
 dqkernels._C (the inverse's root search runs inside one kernel call)."""
+
 from dqkernels.kernels._coupling_c import mix_backward as backward
 from dqkernels.kernels._coupling_c import mix_forward
 

@@ -2,14 +2,18 @@
 plain PyTorch in the accumulate dtype. The inverse is 100 bisections of the bracket (the
 eager baseline of the benchmarks); the backward is the analytic one of docs/INTERNALS.md,
 the readable specification of what the compiled and Triton backwards compute."""
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
 from dqkernels.ops._common import accumulate_dtype
-from dqkernels.reference.mixlogcdf_coupling import (logit_cdf, mixlogcdf_forward_reference,
-                                                    mixlogcdf_inverse_bisection)
+from dqkernels.reference.mixlogcdf_coupling import (
+    logit_cdf,
+    mixlogcdf_forward_reference,
+    mixlogcdf_inverse_bisection,
+)
 
 
 def _acc(*ts):
@@ -31,10 +35,24 @@ def inverse(y, logits, means, log_scales, a, b, x, logdet):
     logdet.copy_(-ld)
 
 
-def backward(x, logits, means, log_scales, a, b, grad_out, grad_logdet,
-             grad_in, grad_logits, grad_means, grad_log_scales, grad_a, grad_b, inverse):
-    x, logits, means, log_scales, a, b, gout = _acc(x, logits, means, log_scales, a, b,
-                                                    grad_out)
+def backward(
+    x,
+    logits,
+    means,
+    log_scales,
+    a,
+    b,
+    grad_out,
+    grad_logdet,
+    grad_in,
+    grad_logits,
+    grad_means,
+    grad_log_scales,
+    grad_a,
+    grad_b,
+    inverse,
+):
+    x, logits, means, log_scales, a, b, gout = _acc(x, logits, means, log_scales, a, b, grad_out)
     gld = grad_logdet.to(x.dtype).reshape((-1,) + (1,) * (x.dim() - 1))
     inv_s = torch.exp(-log_scales)
     z = (x.unsqueeze(-1) - means) * inv_s
@@ -44,16 +62,16 @@ def backward(x, logits, means, log_scales, a, b, grad_out, grad_logdet,
     log_f, log_1mf, log_df = (torch.logsumexp(u, dim=-1, keepdim=True) for u in (u1, u2, u3))
     p, q, r = torch.exp(u1 - log_f), torch.exp(u2 - log_1mf), torch.exp(u3 - log_df)
     sz, snz = torch.sigmoid(z), torch.sigmoid(-z)
-    A = p * snz + q * sz                      # d g / d z_k,   g = logit F
-    Bk = r * (snz - sz) - p * snz + q * sz    # d l / d z_k,   l = log F' - log F - log(1-F)
+    A = p * snz + q * sz  # d g / d z_k,   g = logit F
+    Bk = r * (snz - sz) - p * snz + q * sz  # d l / d z_k,   l = log F' - log F - log(1-F)
     g = (log_f - log_1mf).squeeze(-1)
-    g_x = torch.exp(log_df - log_f - log_1mf).squeeze(-1)   # dg/dx
-    l_x = (Bk * inv_s).sum(-1)                               # dl/dx
+    g_x = torch.exp(log_df - log_f - log_1mf).squeeze(-1)  # dg/dx
+    l_x = (Bk * inv_s).sum(-1)  # dl/dx
     ea = torch.exp(a)
     if inverse:
         # x is the root; upstream gout is for x and gld for -sum(l + a)
-        total = gout - gld * l_x               # d/dx of everything downstream of x
-        Gg = -total / g_x                      # upstream of g in the equivalent forward
+        total = gout - gld * l_x  # d/dx of everything downstream of x
+        Gg = -total / g_x  # upstream of g in the equivalent forward
         Gl = -gld
         grad_in.copy_(-Gg / ea)
         grad_b.copy_(Gg / ea)

@@ -41,6 +41,7 @@ Design
   active, at most ``_MAX_ITERS`` times. ``g`` and ``log g'`` are then evaluated once more
   at the returned point for the logdet.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -60,13 +61,13 @@ _CONFIGS = {
     "inv": (1024, 512, 4),
     "bwd": (1024, 512, 4),
 }
-_MAX_ITERS = 100          # hard cap of the root search (bisection alone needs < 64)
+_MAX_ITERS = 100  # hard cap of the root search (bisection alone needs < 64)
 
-_EPS = 1.1920928955078125e-07     # fp32 machine epsilon
-_TOL_X = 4.76837158203125e-07     # 2^-21: a step or bracket below this times |x| stops
+_EPS = 1.1920928955078125e-07  # fp32 machine epsilon
+_TOL_X = 4.76837158203125e-07  # 2^-21: a step or bracket below this times |x| stops
 _TOL_X_ABS = 1e-30
-_TOL_G = 8.0 * _EPS               # |g - t| <= _TOL_G * (1 + |log F| + |log(1-F)|) stops
-_FINAL_STEP = 2.0 ** -10          # longest last Newton step there, times (1 + |x|)
+_TOL_G = 8.0 * _EPS  # |g - t| <= _TOL_G * (1 + |log F| + |log(1-F)|) stops
+_FINAL_STEP = 2.0**-10  # longest last Newton step there, times (1 + |x|)
 
 # ----------------------------------------------------------------------------- layout
 
@@ -103,8 +104,9 @@ def _load_e(ptr, offs, ok):
 
 @triton.jit
 def _load_k(ptr, offs, k64, sk, mask, other):
-    return tl.load(ptr + (offs[:, None] + (k64 * sk)[None, :]), mask=mask,
-                   other=other).to(tl.float32)
+    return tl.load(ptr + (offs[:, None] + (k64 * sk)[None, :]), mask=mask, other=other).to(
+        tl.float32
+    )
 
 
 @triton.jit
@@ -174,8 +176,7 @@ def _mixture_logs(x, lg, mean, inv_s, ls, nrm):
 @triton.jit
 def _logit_cdf(x, lg, mean, inv_s, ls, nrm):
     """``(g, l, log F + N, log(1-F) + N)``: ``g = logit F(x)``, ``l = log g'(x)``."""
-    g, l, lf, l1f, _z, _e, _e1, _s1, _e2, _s2, _e3, _s3 = _mixture_logs(x, lg, mean, inv_s,
-                                                                         ls, nrm)
+    g, l, lf, l1f, _z, _e, _e1, _s1, _e2, _s2, _e3, _s3 = _mixture_logs(x, lg, mean, inv_s, ls, nrm)
     return g, l, lf, l1f
 
 
@@ -184,18 +185,58 @@ def _logit_cdf(x, lg, mean, inv_s, ls, nrm):
 
 @triton.jit
 def _mixlog_fwd_kernel(
-        x_ptr, a_ptr, b_ptr, lg_ptr, mu_ptr, ls_ptr, y_ptr, part_ptr,
-        B, N, n2, n3, nbn, K,
-        sxb, sx1, sx2, sx3,
-        sab, sa1, sa2, sa3,
-        sbb, sb1, sb2, sb3,
-        slgb, slg1, slg2, slg3, slgk,
-        smub, smu1, smu2, smu3, smuk,
-        slsb, sls1, sls2, sls3, slsk,
-        INVERSE: tl.constexpr, FLAT: tl.constexpr, MAX_ITERS: tl.constexpr,
-        TOL_X: tl.constexpr, TOL_X_ABS: tl.constexpr, TOL_G: tl.constexpr,
-        FINAL_STEP: tl.constexpr,
-        ROWS: tl.constexpr, BN: tl.constexpr, KP: tl.constexpr):
+    x_ptr,
+    a_ptr,
+    b_ptr,
+    lg_ptr,
+    mu_ptr,
+    ls_ptr,
+    y_ptr,
+    part_ptr,
+    B,
+    N,
+    n2,
+    n3,
+    nbn,
+    K,
+    sxb,
+    sx1,
+    sx2,
+    sx3,
+    sab,
+    sa1,
+    sa2,
+    sa3,
+    sbb,
+    sb1,
+    sb2,
+    sb3,
+    slgb,
+    slg1,
+    slg2,
+    slg3,
+    slgk,
+    smub,
+    smu1,
+    smu2,
+    smu3,
+    smuk,
+    slsb,
+    sls1,
+    sls2,
+    sls3,
+    slsk,
+    INVERSE: tl.constexpr,
+    FLAT: tl.constexpr,
+    MAX_ITERS: tl.constexpr,
+    TOL_X: tl.constexpr,
+    TOL_X_ABS: tl.constexpr,
+    TOL_G: tl.constexpr,
+    FINAL_STEP: tl.constexpr,
+    ROWS: tl.constexpr,
+    BN: tl.constexpr,
+    KP: tl.constexpr,
+):
     """Forward (``x_ptr`` is x, ``y_ptr`` receives y) or, with ``INVERSE``, the inverse
     (``x_ptr`` is y, ``y_ptr`` receives the root)."""
     rows, cols, ok, trows, cb = _elements(B, N, nbn, ROWS, BN)
@@ -208,27 +249,31 @@ def _mixlog_fwd_kernel(
     xin = _load_e(x_ptr, _off(rows, i1, i2, i3, sxb, sx1, sx2, sx3, FLAT), ok)
     a = _load_e(a_ptr, _off(rows, i1, i2, i3, sab, sa1, sa2, sa3, FLAT), ok)
     b = _load_e(b_ptr, _off(rows, i1, i2, i3, sbb, sb1, sb2, sb3, FLAT), ok)
-    lg = _load_k(lg_ptr, _off(rows, i1, i2, i3, slgb, slg1, slg2, slg3, FLAT), k64, slgk,
-                 mask, 0.0)
+    lg = _load_k(lg_ptr, _off(rows, i1, i2, i3, slgb, slg1, slg2, slg3, FLAT), k64, slgk, mask, 0.0)
     lg = tl.where(k_ok[None, :], lg, float("-inf"))
-    mean = _load_k(mu_ptr, _off(rows, i1, i2, i3, smub, smu1, smu2, smu3, FLAT), k64, smuk,
-                   mask, 0.0)
-    ls = _load_k(ls_ptr, _off(rows, i1, i2, i3, slsb, sls1, sls2, sls3, FLAT), k64, slsk,
-                 mask, 0.0)
+    mean = _load_k(
+        mu_ptr, _off(rows, i1, i2, i3, smub, smu1, smu2, smu3, FLAT), k64, smuk, mask, 0.0
+    )
+    ls = _load_k(ls_ptr, _off(rows, i1, i2, i3, slsb, sls1, sls2, sls3, FLAT), k64, slsk, mask, 0.0)
     inv_s = _exp_acc(-ls)
     nrm, _d, ew, sw = _lse(lg)
 
     if INVERSE:
         t = (xin - b) * _exp_acc(-a)
-        xk = mean + _exp_acc(ls) * t[:, None]          # per-component roots
+        xk = mean + _exp_acc(ls) * t[:, None]  # per-component roots
         lo = tl.min(tl.where(k_ok[None, :], xk, float("inf")), axis=1)
         hi = tl.max(tl.where(k_ok[None, :], xk, float("-inf")), axis=1)
         w = ew / sw[:, None]
         xs = tl.sum(tl.where(k_ok[None, :], w * xk, 0.0), axis=1)
         x = tl.where(xs < lo, lo, tl.where(xs > hi, hi, xs))
         width = hi - lo
-        active = ok & (width >= 0.0) & (tl.abs(lo) < float("inf")) & \
-            (tl.abs(hi) < float("inf")) & (x == x)
+        active = (
+            ok
+            & (width >= 0.0)
+            & (tl.abs(lo) < float("inf"))
+            & (tl.abs(hi) < float("inf"))
+            & (x == x)
+        )
         dx = width
         dxold = width
         it = 0
@@ -238,7 +283,7 @@ def _mixlog_fwd_kernel(
             r = g - t
             lo = tl.where(active & (r < 0.0), x, lo)
             hi = tl.where(active & (r > 0.0), x, hi)
-            ns = r * tl.exp(-l)                         # Newton step, x_new = x - ns
+            ns = r * tl.exp(-l)  # Newton step, x_new = x - ns
             xn = x - ns
             newton = (xn > lo) & (xn < hi) & (2.0 * tl.abs(ns) <= tl.abs(dxold))
             xb = 0.5 * lo + 0.5 * hi
@@ -273,18 +318,59 @@ def _mixlog_fwd_kernel(
 
 @triton.jit
 def _mixlog_bwd_kernel(
-        x_ptr, a_ptr, go_ptr, lg_ptr, mu_ptr, ls_ptr, gld_ptr,
-        gin_ptr, ga_ptr, gb_ptr, glg_ptr, gmu_ptr, gls_ptr,
-        B, N, n2, n3, nbn, K,
-        sxb, sx1, sx2, sx3,
-        sab, sa1, sa2, sa3,
-        sgob, sgo1, sgo2, sgo3,
-        slgb, slg1, slg2, slg3, slgk,
-        smub, smu1, smu2, smu3, smuk,
-        slsb, sls1, sls2, sls3, slsk,
-        sgld,
-        INVERSE: tl.constexpr, FLAT: tl.constexpr,
-        ROWS: tl.constexpr, BN: tl.constexpr, KP: tl.constexpr):
+    x_ptr,
+    a_ptr,
+    go_ptr,
+    lg_ptr,
+    mu_ptr,
+    ls_ptr,
+    gld_ptr,
+    gin_ptr,
+    ga_ptr,
+    gb_ptr,
+    glg_ptr,
+    gmu_ptr,
+    gls_ptr,
+    B,
+    N,
+    n2,
+    n3,
+    nbn,
+    K,
+    sxb,
+    sx1,
+    sx2,
+    sx3,
+    sab,
+    sa1,
+    sa2,
+    sa3,
+    sgob,
+    sgo1,
+    sgo2,
+    sgo3,
+    slgb,
+    slg1,
+    slg2,
+    slg3,
+    slgk,
+    smub,
+    smu1,
+    smu2,
+    smu3,
+    smuk,
+    slsb,
+    sls1,
+    sls2,
+    sls3,
+    slsk,
+    sgld,
+    INVERSE: tl.constexpr,
+    FLAT: tl.constexpr,
+    ROWS: tl.constexpr,
+    BN: tl.constexpr,
+    KP: tl.constexpr,
+):
     rows, cols, ok, _trows, _cb = _elements(B, N, nbn, ROWS, BN)
     i1, i2, i3 = _split(cols, n2, n3, FLAT)
     k = tl.arange(0, KP)
@@ -296,30 +382,29 @@ def _mixlog_bwd_kernel(
     a = _load_e(a_ptr, _off(rows, i1, i2, i3, sab, sa1, sa2, sa3, FLAT), ok)
     gout = _load_e(go_ptr, _off(rows, i1, i2, i3, sgob, sgo1, sgo2, sgo3, FLAT), ok)
     gld = tl.load(gld_ptr + rows * sgld, mask=ok, other=0.0).to(tl.float32)
-    lg = _load_k(lg_ptr, _off(rows, i1, i2, i3, slgb, slg1, slg2, slg3, FLAT), k64, slgk,
-                 mask, 0.0)
+    lg = _load_k(lg_ptr, _off(rows, i1, i2, i3, slgb, slg1, slg2, slg3, FLAT), k64, slgk, mask, 0.0)
     lg = tl.where(k_ok[None, :], lg, float("-inf"))
-    mean = _load_k(mu_ptr, _off(rows, i1, i2, i3, smub, smu1, smu2, smu3, FLAT), k64, smuk,
-                   mask, 0.0)
-    ls = _load_k(ls_ptr, _off(rows, i1, i2, i3, slsb, sls1, sls2, sls3, FLAT), k64, slsk,
-                 mask, 0.0)
+    mean = _load_k(
+        mu_ptr, _off(rows, i1, i2, i3, smub, smu1, smu2, smu3, FLAT), k64, smuk, mask, 0.0
+    )
+    ls = _load_k(ls_ptr, _off(rows, i1, i2, i3, slsb, sls1, sls2, sls3, FLAT), k64, slsk, mask, 0.0)
     inv_s = _exp_acc(-ls)
 
     nrm, _d, ew, sw = _lse(lg)
     g, l, lf, l1f, z, e, e1, s1, e2, s2, e3, s3 = _mixture_logs(x, lg, mean, inv_s, ls, nrm)
     ope = 1.0 + e
-    sz = tl.where(z >= 0.0, 1.0, e) / ope          # sigmoid(z)
-    snz = tl.where(z >= 0.0, e, 1.0) / ope         # sigmoid(-z)
-    w = ew / sw[:, None]                           # softmax(logits)
-    p = e1 / s1[:, None]                           # posteriors, see INTERNALS.md
+    sz = tl.where(z >= 0.0, 1.0, e) / ope  # sigmoid(z)
+    snz = tl.where(z >= 0.0, e, 1.0) / ope  # sigmoid(-z)
+    w = ew / sw[:, None]  # softmax(logits)
+    p = e1 / s1[:, None]  # posteriors, see INTERNALS.md
     q = e2 / s2[:, None]
     r = e3 / s3[:, None]
     psn = p * snz
     qs = q * sz
-    A = psn + qs                                   # dg/dz_k
-    Bk = r * (snz - sz) - psn + qs                 # dl/dz_k
-    g_x = tl.exp(l)                                # dg/dx
-    l_x = tl.sum(tl.where(k_ok[None, :], Bk * inv_s, 0.0), axis=1)   # dl/dx
+    A = psn + qs  # dg/dz_k
+    Bk = r * (snz - sz) - psn + qs  # dl/dz_k
+    g_x = tl.exp(l)  # dg/dx
+    l_x = tl.sum(tl.where(k_ok[None, :], Bk * inv_s, 0.0), axis=1)  # dl/dx
 
     e_na = _exp_acc(-a)
     if INVERSE:
@@ -346,7 +431,7 @@ def _mixlog_bwd_kernel(
     outk = (out * K)[:, None] + k64[None, :]
     tl.store(gmu_ptr + outk, _to_store(-dz * inv_s, gmu_ptr), mask=mask)
     tl.store(gls_ptr + outk, _to_store(-dz * z - Gl2 * r, gls_ptr), mask=mask)
-    if KP == 1:     # one component: the logit has no effect (exact zero, as softmax)
+    if KP == 1:  # one component: the logit has no effect (exact zero, as softmax)
         glg = tl.zeros_like(dz)
     else:
         glg = Gg2 * (p - q) + Gl2 * (r - p - q + w)
@@ -362,12 +447,14 @@ def _device_guard(t: torch.Tensor):
 
 def _geometry(kind: str, B: int, N: int, K: int):
     """``(ROWS, BN, KP, n_column_blocks, grid, num_warps)``."""
-    if N >= 2 ** 31 or B >= 2 ** 31:
-        raise ValueError(f"triton mixlogcdf coupling: at most 2^31 - 1 rows and elements "
-                         f"per row; got B={B}, {N} elements per row")
+    if N >= 2**31 or B >= 2**31:
+        raise ValueError(
+            f"triton mixlogcdf coupling: at most 2^31 - 1 rows and elements "
+            f"per row; got B={B}, {N} elements per row"
+        )
     tile, max_bn, num_warps = _CONFIGS[kind]
     kp = triton.next_power_of_2(K)
-    if kp >= 64 and kind != "fwd":   # wide mixtures: no spills at K = 100, 256 (sm_90)
+    if kp >= 64 and kind != "fwd":  # wide mixtures: no spills at K = 100, 256 (sm_90)
         num_warps = 8
     block = max(1, tile // kp)
     bn = min(block, max_bn, triton.next_power_of_2(N))
@@ -392,11 +479,38 @@ def _run_fwd(inp, logits, means, log_scales, a, b, out, logdet, inverse):
     part = torch.empty((B, nbn), dtype=torch.float32, device=inp.device)
     with _device_guard(inp):
         _mixlog_fwd_kernel[grid](
-            inp, a, b, logits, means, log_scales, out, part, B, N, n2, n3, nbn, K,
-            *strides[0], *strides[1], *strides[2], *strides[3], *strides[4], *strides[5],
-            INVERSE=inverse, FLAT=(n1 == 1 and n2 == 1), MAX_ITERS=_MAX_ITERS,
-            TOL_X=_TOL_X, TOL_X_ABS=_TOL_X_ABS, TOL_G=_TOL_G, FINAL_STEP=_FINAL_STEP,
-            ROWS=rows, BN=bn, KP=kp, num_warps=num_warps)
+            inp,
+            a,
+            b,
+            logits,
+            means,
+            log_scales,
+            out,
+            part,
+            B,
+            N,
+            n2,
+            n3,
+            nbn,
+            K,
+            *strides[0],
+            *strides[1],
+            *strides[2],
+            *strides[3],
+            *strides[4],
+            *strides[5],
+            INVERSE=inverse,
+            FLAT=(n1 == 1 and n2 == 1),
+            MAX_ITERS=_MAX_ITERS,
+            TOL_X=_TOL_X,
+            TOL_X_ABS=_TOL_X_ABS,
+            TOL_G=_TOL_G,
+            FINAL_STEP=_FINAL_STEP,
+            ROWS=rows,
+            BN=bn,
+            KP=kp,
+            num_warps=num_warps,
+        )
     logdet.copy_(part.sum(dim=1))
 
 
@@ -408,10 +522,31 @@ def inverse(y, logits, means, log_scales, a, b, x, logdet):
     _run_fwd(y, logits, means, log_scales, a, b, x, logdet, True)
 
 
-def backward(x, logits, means, log_scales, a, b, grad_out, grad_logdet,
-             grad_in, grad_logits, grad_means, grad_log_scales, grad_a, grad_b, inverse):
-    _check_out(("grad_in", grad_in), ("grad_logits", grad_logits), ("grad_means", grad_means),
-               ("grad_log_scales", grad_log_scales), ("grad_a", grad_a), ("grad_b", grad_b))
+def backward(
+    x,
+    logits,
+    means,
+    log_scales,
+    a,
+    b,
+    grad_out,
+    grad_logdet,
+    grad_in,
+    grad_logits,
+    grad_means,
+    grad_log_scales,
+    grad_a,
+    grad_b,
+    inverse,
+):
+    _check_out(
+        ("grad_in", grad_in),
+        ("grad_logits", grad_logits),
+        ("grad_means", grad_means),
+        ("grad_log_scales", grad_log_scales),
+        ("grad_a", grad_a),
+        ("grad_b", grad_b),
+    )
     # b does not enter the gradients
     tensors, sizes, strides = element_layout([x, a, grad_out], [logits, means, log_scales])
     x, a, grad_out, logits, means, log_scales = tensors
@@ -420,10 +555,36 @@ def backward(x, logits, means, log_scales, a, b, grad_out, grad_logdet,
     rows, bn, kp, nbn, grid, num_warps = _geometry("bwd", B, N, K)
     with _device_guard(x):
         _mixlog_bwd_kernel[grid](
-            x, a, grad_out, logits, means, log_scales, grad_logdet,
-            grad_in, grad_a, grad_b, grad_logits, grad_means, grad_log_scales,
-            B, N, n2, n3, nbn, K,
-            *strides[0], *strides[1], *strides[2], *strides[3], *strides[4], *strides[5],
+            x,
+            a,
+            grad_out,
+            logits,
+            means,
+            log_scales,
+            grad_logdet,
+            grad_in,
+            grad_a,
+            grad_b,
+            grad_logits,
+            grad_means,
+            grad_log_scales,
+            B,
+            N,
+            n2,
+            n3,
+            nbn,
+            K,
+            *strides[0],
+            *strides[1],
+            *strides[2],
+            *strides[3],
+            *strides[4],
+            *strides[5],
             grad_logdet.stride(0),
-            INVERSE=bool(inverse), FLAT=(n1 == 1 and n2 == 1),
-            ROWS=rows, BN=bn, KP=kp, num_warps=num_warps)
+            INVERSE=bool(inverse),
+            FLAT=(n1 == 1 and n2 == 1),
+            ROWS=rows,
+            BN=bn,
+            KP=kp,
+            num_warps=num_warps,
+        )

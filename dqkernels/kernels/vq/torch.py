@@ -14,6 +14,7 @@ sample: two passes over the codes per row tile: (1) the minimum distance ``m`` a
 ema_update: the in-place decay, then ``index_add_`` of ``(1 - decay) / S`` per sample into
 the counts and of the rows times it into the sums, in the state's dtype.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,9 +23,9 @@ import torch
 
 ROWS = 1024
 CODES = 2048
-SAMPLE_ROWS = 512      # the sampler holds several float64 tiles at once: smaller ones
-EXACT_ELEMS = 1 << 22   # elements of one (rows x codes x D) difference block in a re-score
-_U64 = 2.0 ** -53
+SAMPLE_ROWS = 512  # the sampler holds several float64 tiles at once: smaller ones
+EXACT_ELEMS = 1 << 22  # elements of one (rows x codes x D) difference block in a re-score
+_U64 = 2.0**-53
 
 
 def _rows(N: int, step: int = ROWS):
@@ -46,8 +47,8 @@ def _exact_argmin(z64: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     best_i = torch.zeros(F, dtype=torch.int64, device=z64.device)
     for c0, c1 in _codes(K, step):
         d = ((z64[:, None, :] - codebook[c0:c1].double()[None]) ** 2).sum(-1)
-        v, i = d.min(dim=1)     # first minimum within the block
-        better = v < best       # strict: an equal later block keeps the lower index
+        v, i = d.min(dim=1)  # first minimum within the block
+        better = v < best  # strict: an equal later block keeps the lower index
         best = torch.where(better, v, best)
         best_i = torch.where(better, i + c0, best_i)
     return best_i
@@ -120,8 +121,9 @@ def sample(z, codebook, u, inv_temperature, out):
         for c0, c1 in _codes(K, CODES // 2):
             d = _sqdist_tile(zr, zn, codebook, norms, c0, c1)
             m_new = torch.minimum(m, d.min(1).values)
-            Z = Z * torch.exp(-(m - m_new) * inv_temperature).nan_to_num(0.0) + \
-                torch.exp(-(d - m_new[:, None]) * inv_temperature).sum(1)
+            Z = Z * torch.exp(-(m - m_new) * inv_temperature).nan_to_num(0.0) + torch.exp(
+                -(d - m_new[:, None]) * inv_temperature
+            ).sum(1)
             m = m_new
         # pass 2: the first code whose cumulative weight exceeds u_s * Z
         t = u[r0:r1].double() * Z[:, None]
@@ -129,8 +131,9 @@ def sample(z, codebook, u, inv_temperature, out):
         last_pos = torch.zeros(R, dtype=torch.int64, device=dev)
         c_prev = torch.zeros(R, dtype=torch.float64, device=dev)
         for c0, c1 in _codes(K, CODES // 2):
-            w = torch.exp(-(_sqdist_tile(zr, zn, codebook, norms, c0, c1) - m[:, None])
-                          * inv_temperature)
+            w = torch.exp(
+                -(_sqdist_tile(zr, zn, codebook, norms, c0, c1) - m[:, None]) * inv_temperature
+            )
             cum = c_prev[:, None] + torch.cumsum(w, 1)
             k = torch.searchsorted(cum, t.contiguous(), right=True)
             new = (got < 0) & (k < c1 - c0)

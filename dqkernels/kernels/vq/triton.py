@@ -52,6 +52,7 @@ Design
 Under the interpreter (CPU tests) tiles are tiny and fixed; bf16 ``tl.dot`` tiles are
 widened to fp32 there (its ``tl.dot`` mishandles bf16; the widening is exact).
 """
+
 from __future__ import annotations
 
 import torch
@@ -75,10 +76,10 @@ _GPU_CONFIGS = {
 # span several row, code and D tiles.
 _INTERP_CONFIG = (16, 16, 16, 16, 1, 1)
 # re-score (fp64 explicit differences, a [BLOCK_R, BLOCK_K, BLOCK_D] fp64 tile) and EMA
-_RESCORE = (16, 16, 16, 4)          # BLOCK_R, BLOCK_K, BLOCK_D, num_warps
-_EMA = (32, 64, 4)                   # BLOCK_N, BLOCK_D, num_warps
-_SQNORM = (32, 64, 4)                # BLOCK_N, BLOCK_D, num_warps
-_MAX_BLOCK_S = 16                    # draws per sample program (more: more programs)
+_RESCORE = (16, 16, 16, 4)  # BLOCK_R, BLOCK_K, BLOCK_D, num_warps
+_EMA = (32, 64, 4)  # BLOCK_N, BLOCK_D, num_warps
+_SQNORM = (32, 64, 4)  # BLOCK_N, BLOCK_D, num_warps
+_MAX_BLOCK_S = 16  # draws per sample program (more: more programs)
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -93,8 +94,11 @@ def _sqnorm_kernel(x_ptr, out_ptr, N, D, BLOCK_N: tl.constexpr, BLOCK_D: tl.cons
     acc = tl.zeros([BLOCK_N], dtype=tl.float32)
     for d0 in range(0, D, BLOCK_D):
         dd = d0 + tl.arange(0, BLOCK_D)
-        x = tl.load(x_ptr + r64[:, None] * D + dd[None, :],
-                    mask=r_ok[:, None] & (dd < D)[None, :], other=0.0).to(tl.float32)
+        x = tl.load(
+            x_ptr + r64[:, None] * D + dd[None, :],
+            mask=r_ok[:, None] & (dd < D)[None, :],
+            other=0.0,
+        ).to(tl.float32)
         acc += tl.sum(x * x, axis=1)
     tl.store(out_ptr + rows, acc, mask=r_ok)
 
@@ -104,8 +108,11 @@ def _row_sqnorm(z_ptr, r64, r_ok, D, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexp
     acc = tl.zeros([BLOCK_N], dtype=tl.float32)
     for d0 in range(0, D, BLOCK_D):
         dd = d0 + tl.arange(0, BLOCK_D)
-        z = tl.load(z_ptr + r64[:, None] * D + dd[None, :],
-                    mask=r_ok[:, None] & (dd < D)[None, :], other=0.0).to(tl.float32)
+        z = tl.load(
+            z_ptr + r64[:, None] * D + dd[None, :],
+            mask=r_ok[:, None] & (dd < D)[None, :],
+            other=0.0,
+        ).to(tl.float32)
         acc += tl.sum(z * z, axis=1)
     return acc
 
@@ -114,22 +121,37 @@ def _row_sqnorm(z_ptr, r64, r_ok, D, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexp
 def _load_z(z_ptr, r64, r_ok, D, d0, BLOCK_D: tl.constexpr):
     """The ``[BLOCK_N, BLOCK_D]`` z tile of columns ``d0 ...`` (zeros outside)."""
     dd = d0 + tl.arange(0, BLOCK_D)
-    return tl.load(z_ptr + r64[:, None] * D + dd[None, :],
-                   mask=r_ok[:, None] & (dd < D)[None, :], other=0.0)
+    return tl.load(
+        z_ptr + r64[:, None] * D + dd[None, :], mask=r_ok[:, None] & (dd < D)[None, :], other=0.0
+    )
 
 
 @triton.jit
 def _load_et(e_ptr, c64, c_ok, D, d0, BLOCK_D: tl.constexpr):
     """The transposed ``[BLOCK_D, BLOCK_K]`` codebook tile of columns ``d0 ...``."""
     dd = d0 + tl.arange(0, BLOCK_D)
-    return tl.load(e_ptr + c64[None, :] * D + dd[:, None],
-                   mask=c_ok[None, :] & (dd < D)[:, None], other=0.0)
+    return tl.load(
+        e_ptr + c64[None, :] * D + dd[:, None], mask=c_ok[None, :] & (dd < D)[:, None], other=0.0
+    )
 
 
 @triton.jit
-def _zdote(z_ptr, e_ptr, r64, r_ok, c64, c_ok, z_res, D,
-           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-           RESIDENT: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+def _zdote(
+    z_ptr,
+    e_ptr,
+    r64,
+    r_ok,
+    c64,
+    c_ok,
+    z_res,
+    D,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    RESIDENT: tl.constexpr,
+    IEEE: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     """``[BLOCK_N, BLOCK_K]`` fp32 tile of ``z_n . e_k`` (``z_res``: the resident z tile
     when ``RESIDENT``, i.e. D <= BLOCK_D)."""
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
@@ -137,16 +159,36 @@ def _zdote(z_ptr, e_ptr, r64, r_ok, c64, c_ok, z_res, D,
         acc = _dot(z_res, _load_et(e_ptr, c64, c_ok, D, 0, BLOCK_D), acc, IEEE, UPCAST)
     else:
         for d0 in range(0, D, BLOCK_D):
-            acc = _dot(_load_z(z_ptr, r64, r_ok, D, d0, BLOCK_D),
-                       _load_et(e_ptr, c64, c_ok, D, d0, BLOCK_D), acc, IEEE, UPCAST)
+            acc = _dot(
+                _load_z(z_ptr, r64, r_ok, D, d0, BLOCK_D),
+                _load_et(e_ptr, c64, c_ok, D, d0, BLOCK_D),
+                acc,
+                IEEE,
+                UPCAST,
+            )
     return acc
 
 
 @triton.jit
-def _nearest_kernel(z_ptr, e_ptr, nrm_ptr, idx_ptr, dist_ptr, list_ptr, count_ptr,
-                    N, K, D, gamma,
-                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-                    RESIDENT: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+def _nearest_kernel(
+    z_ptr,
+    e_ptr,
+    nrm_ptr,
+    idx_ptr,
+    dist_ptr,
+    list_ptr,
+    count_ptr,
+    N,
+    K,
+    D,
+    gamma,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    RESIDENT: tl.constexpr,
+    IEEE: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     r_ok = rows < N
     r64 = rows.to(tl.int64)
@@ -160,8 +202,22 @@ def _nearest_kernel(z_ptr, e_ptr, nrm_ptr, idx_ptr, dist_ptr, list_ptr, count_pt
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
         c_ok = cols < K
-        dots = _zdote(z_ptr, e_ptr, r64, r_ok, cols.to(tl.int64), c_ok, z_res, D,
-                      BLOCK_N, BLOCK_K, BLOCK_D, RESIDENT, IEEE, UPCAST)
+        dots = _zdote(
+            z_ptr,
+            e_ptr,
+            r64,
+            r_ok,
+            cols.to(tl.int64),
+            c_ok,
+            z_res,
+            D,
+            BLOCK_N,
+            BLOCK_K,
+            BLOCK_D,
+            RESIDENT,
+            IEEE,
+            UPCAST,
+        )
         nrm = tl.load(nrm_ptr + cols, mask=c_ok, other=0.0)
         emax = tl.maximum(emax, nrm)
         s = tl.where(c_ok[None, :], nrm[None, :] - 2.0 * dots, float("inf"))
@@ -196,8 +252,19 @@ def _nearest_kernel(z_ptr, e_ptr, nrm_ptr, idx_ptr, dist_ptr, list_ptr, count_pt
 
 
 @triton.jit
-def _rescore_kernel(z_ptr, e_ptr, idx_ptr, dist_ptr, list_ptr, count_ptr, K, D,
-                    BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+def _rescore_kernel(
+    z_ptr,
+    e_ptr,
+    idx_ptr,
+    dist_ptr,
+    list_ptr,
+    count_ptr,
+    K,
+    D,
+    BLOCK_R: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     """First argmin of ``sum((z - e_k)^2)`` in fp64 for the listed rows."""
     count = tl.load(count_ptr)
     start = tl.program_id(0) * BLOCK_R
@@ -215,10 +282,16 @@ def _rescore_kernel(z_ptr, e_ptr, idx_ptr, dist_ptr, list_ptr, count_ptr, K, D,
         for d0 in range(0, D, BLOCK_D):
             dd = d0 + tl.arange(0, BLOCK_D)
             d_ok = dd < D
-            z = tl.load(z_ptr + r64[:, None] * D + dd[None, :],
-                        mask=j_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float64)
-            e = tl.load(e_ptr + c64[:, None] * D + dd[None, :],
-                        mask=c_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float64)
+            z = tl.load(
+                z_ptr + r64[:, None] * D + dd[None, :],
+                mask=j_ok[:, None] & d_ok[None, :],
+                other=0.0,
+            ).to(tl.float64)
+            e = tl.load(
+                e_ptr + c64[:, None] * D + dd[None, :],
+                mask=c_ok[:, None] & d_ok[None, :],
+                other=0.0,
+            ).to(tl.float64)
             diff = z[:, None, :] - e[None, :, :]
             acc += tl.sum(diff * diff, axis=2)
         acc = tl.where(c_ok[None, :], acc, float("inf"))
@@ -234,24 +307,68 @@ def _rescore_kernel(z_ptr, e_ptr, idx_ptr, dist_ptr, list_ptr, count_ptr, K, D,
 
 
 @triton.jit
-def _dist_tile(z_ptr, e_ptr, nrm_ptr, r64, r_ok, zn, z_res, k0, K, D,
-               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-               RESIDENT: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+def _dist_tile(
+    z_ptr,
+    e_ptr,
+    nrm_ptr,
+    r64,
+    r_ok,
+    zn,
+    z_res,
+    k0,
+    K,
+    D,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    RESIDENT: tl.constexpr,
+    IEEE: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     """``(cols, c_ok, d)``: squared distances of a code tile, inf for columns past K."""
     cols = k0 + tl.arange(0, BLOCK_K)
     c_ok = cols < K
-    dots = _zdote(z_ptr, e_ptr, r64, r_ok, cols.to(tl.int64), c_ok, z_res, D,
-                  BLOCK_N, BLOCK_K, BLOCK_D, RESIDENT, IEEE, UPCAST)
+    dots = _zdote(
+        z_ptr,
+        e_ptr,
+        r64,
+        r_ok,
+        cols.to(tl.int64),
+        c_ok,
+        z_res,
+        D,
+        BLOCK_N,
+        BLOCK_K,
+        BLOCK_D,
+        RESIDENT,
+        IEEE,
+        UPCAST,
+    )
     nrm = tl.load(nrm_ptr + cols, mask=c_ok, other=0.0)
     d = tl.maximum(zn[:, None] + nrm[None, :] - 2.0 * dots, 0.0)
     return cols, c_ok, tl.where(c_ok[None, :], d, float("inf"))
 
 
 @triton.jit
-def _sample_kernel(z_ptr, e_ptr, nrm_ptr, u_ptr, out_ptr, N, K, D, S, inv_t,
-                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-                   BLOCK_S: tl.constexpr, RESIDENT: tl.constexpr, IEEE: tl.constexpr,
-                   UPCAST: tl.constexpr):
+def _sample_kernel(
+    z_ptr,
+    e_ptr,
+    nrm_ptr,
+    u_ptr,
+    out_ptr,
+    N,
+    K,
+    D,
+    S,
+    inv_t,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    RESIDENT: tl.constexpr,
+    IEEE: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     r_ok = rows < N
     r64 = rows.to(tl.int64)
@@ -264,8 +381,24 @@ def _sample_kernel(z_ptr, e_ptr, nrm_ptr, u_ptr, out_ptr, N, K, D, S, inv_t,
     m = tl.full([BLOCK_N], float("inf"), dtype=tl.float32)
     Z = tl.zeros([BLOCK_N], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        cols, c_ok, d = _dist_tile(z_ptr, e_ptr, nrm_ptr, r64, r_ok, zn, z_res, k0, K, D,
-                                   BLOCK_N, BLOCK_K, BLOCK_D, RESIDENT, IEEE, UPCAST)
+        cols, c_ok, d = _dist_tile(
+            z_ptr,
+            e_ptr,
+            nrm_ptr,
+            r64,
+            r_ok,
+            zn,
+            z_res,
+            k0,
+            K,
+            D,
+            BLOCK_N,
+            BLOCK_K,
+            BLOCK_D,
+            RESIDENT,
+            IEEE,
+            UPCAST,
+        )
         m_new = tl.minimum(m, tl.min(d, axis=1))
         scale = tl.where(Z > 0.0, tl.exp((m_new - m) * inv_t), 0.0)
         Z = Z * scale + tl.sum(tl.exp((m_new[:, None] - d) * inv_t), axis=1)
@@ -273,21 +406,39 @@ def _sample_kernel(z_ptr, e_ptr, nrm_ptr, u_ptr, out_ptr, N, K, D, S, inv_t,
     # pass 2: the first code whose cumulative weight exceeds t = u * Z
     sl = tl.arange(0, BLOCK_S)
     s_ok = (s_lo + sl) < S
-    u = tl.load(u_ptr + r64[:, None] * S + (s_lo + sl)[None, :],
-                mask=r_ok[:, None] & s_ok[None, :], other=0.0)
+    u = tl.load(
+        u_ptr + r64[:, None] * S + (s_lo + sl)[None, :],
+        mask=r_ok[:, None] & s_ok[None, :],
+        other=0.0,
+    )
     t_all = u * Z[:, None]
     s_cnt = tl.minimum(S - s_lo, BLOCK_S)
     carry = tl.zeros([BLOCK_N], dtype=tl.float32)
     last_pos = tl.zeros([BLOCK_N], dtype=tl.int32)
     for k0 in range(0, K, BLOCK_K):
-        cols, c_ok, d = _dist_tile(z_ptr, e_ptr, nrm_ptr, r64, r_ok, zn, z_res, k0, K, D,
-                                   BLOCK_N, BLOCK_K, BLOCK_D, RESIDENT, IEEE, UPCAST)
+        cols, c_ok, d = _dist_tile(
+            z_ptr,
+            e_ptr,
+            nrm_ptr,
+            r64,
+            r_ok,
+            zn,
+            z_res,
+            k0,
+            K,
+            D,
+            BLOCK_N,
+            BLOCK_K,
+            BLOCK_D,
+            RESIDENT,
+            IEEE,
+            UPCAST,
+        )
         w = tl.exp((m[:, None] - d) * inv_t)
         cum = carry[:, None] + tl.cumsum(w, axis=1)
         for s in range(s_cnt):
             t = tl.sum(tl.where(sl[None, :] == s, t_all, 0.0), axis=1)
-            first = tl.min(tl.where((cum > t[:, None]) & c_ok[None, :], cols[None, :], K),
-                           axis=1)
+            first = tl.min(tl.where((cum > t[:, None]) & c_ok[None, :], cols[None, :], K), axis=1)
             found = (carry <= t) & (first < K) & r_ok
             tl.store(out_ptr + r64 * S + s_lo + s, first.to(tl.int64), mask=found)
         lp = tl.max(tl.where((w > 0.0) & c_ok[None, :], cols[None, :], -1), axis=1)
@@ -300,8 +451,9 @@ def _sample_kernel(z_ptr, e_ptr, nrm_ptr, u_ptr, out_ptr, N, K, D, S, inv_t,
 
 
 @triton.jit
-def _ema_kernel(cs_ptr, es_ptr, z_ptr, idx_ptr, alpha_ptr, N, D, S,
-                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+def _ema_kernel(
+    cs_ptr, es_ptr, z_ptr, idx_ptr, alpha_ptr, N, D, S, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr
+):
     """``embed_sum[idx] += alpha z`` and ``cluster_size[idx] += alpha`` per sample."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     r_ok = rows < N
@@ -337,12 +489,11 @@ def _config(kind: str, dtype: torch.dtype, D: int):
 
 def _dot_flags(dtype: torch.dtype):
     """(IEEE, UPCAST) for ``_dot``."""
-    return (dtype == torch.float32,
-            dtype == torch.bfloat16 and backends.triton_interpreting())
+    return (dtype == torch.float32, dtype == torch.bfloat16 and backends.triton_interpreting())
 
 
 def _check_sizes(op: str, N: int, K: int, D: int) -> None:
-    if N >= 2 ** 31 or K >= 2 ** 31 or D >= 2 ** 31:
+    if N >= 2**31 or K >= 2**31 or D >= 2**31:
         raise ValueError(f"triton {op}: sizes must be below 2^31; got N={N}, K={K}, D={D}")
 
 
@@ -352,13 +503,14 @@ def _code_norms(codebook: torch.Tensor) -> torch.Tensor:
     if backends.triton_interpreting():
         bd = 16
     out = torch.empty(K, dtype=torch.float32, device=codebook.device)
-    _sqnorm_kernel[(triton.cdiv(K, bn),)](codebook, out, K, D, BLOCK_N=bn, BLOCK_D=bd,
-                                         num_warps=warps)
+    _sqnorm_kernel[(triton.cdiv(K, bn),)](
+        codebook, out, K, D, BLOCK_N=bn, BLOCK_D=bd, num_warps=warps
+    )
     return out
 
 
 def _gamma(D: int, dtype: torch.dtype) -> float:
-    u = 2.0 ** -24 if dtype == torch.float32 else 2.0 ** -22
+    u = 2.0**-24 if dtype == torch.float32 else 2.0**-22
     return (D + 2) * u / (1.0 - (D + 2) * u)
 
 
@@ -373,13 +525,41 @@ def nearest(z, codebook, indices, sqdist):
         rows = torch.empty(N, dtype=torch.int32, device=z.device)
         count = torch.zeros(1, dtype=torch.int32, device=z.device)
         _nearest_kernel[(triton.cdiv(N, bn),)](
-            z, codebook, norms, indices, sqdist, rows, count, N, K, D, _gamma(D, z.dtype),
-            BLOCK_N=bn, BLOCK_K=bk, BLOCK_D=bd, RESIDENT=resident, IEEE=ieee, UPCAST=upcast,
-            num_warps=warps, num_stages=stages)
+            z,
+            codebook,
+            norms,
+            indices,
+            sqdist,
+            rows,
+            count,
+            N,
+            K,
+            D,
+            _gamma(D, z.dtype),
+            BLOCK_N=bn,
+            BLOCK_K=bk,
+            BLOCK_D=bd,
+            RESIDENT=resident,
+            IEEE=ieee,
+            UPCAST=upcast,
+            num_warps=warps,
+            num_stages=stages,
+        )
         br, rk, rd, rwarps = _RESCORE
         _rescore_kernel[(triton.cdiv(N, br),)](
-            z, codebook, indices, sqdist, rows, count, K, D,
-            BLOCK_R=br, BLOCK_K=rk, BLOCK_D=rd, num_warps=rwarps)
+            z,
+            codebook,
+            indices,
+            sqdist,
+            rows,
+            count,
+            K,
+            D,
+            BLOCK_R=br,
+            BLOCK_K=rk,
+            BLOCK_D=rd,
+            num_warps=rwarps,
+        )
 
 
 def sample(z, codebook, u, inv_temperature, out):
@@ -396,9 +576,26 @@ def sample(z, codebook, u, inv_temperature, out):
     with _device_guard(z):
         norms = _code_norms(codebook)
         _sample_kernel[grid](
-            z, codebook, norms, u, out, N, K, D, S, float(inv_temperature),
-            BLOCK_N=bn, BLOCK_K=bk, BLOCK_D=bd, BLOCK_S=bs, RESIDENT=resident, IEEE=ieee,
-            UPCAST=upcast, num_warps=warps, num_stages=stages)
+            z,
+            codebook,
+            norms,
+            u,
+            out,
+            N,
+            K,
+            D,
+            S,
+            float(inv_temperature),
+            BLOCK_N=bn,
+            BLOCK_K=bk,
+            BLOCK_D=bd,
+            BLOCK_S=bs,
+            RESIDENT=resident,
+            IEEE=ieee,
+            UPCAST=upcast,
+            num_warps=warps,
+            num_stages=stages,
+        )
 
 
 def ema_update(cluster_size, embed_sum, z, indices, decay):
@@ -414,5 +611,16 @@ def ema_update(cluster_size, embed_sum, z, indices, decay):
     with _device_guard(z):
         cluster_size.mul_(decay)
         embed_sum.mul_(decay)
-        _ema_kernel[grid](cluster_size, embed_sum, z, indices, alpha, N, D, S,
-                          BLOCK_N=bn, BLOCK_D=bd, num_warps=warps)
+        _ema_kernel[grid](
+            cluster_size,
+            embed_sum,
+            z,
+            indices,
+            alpha,
+            N,
+            D,
+            S,
+            BLOCK_N=bn,
+            BLOCK_D=bd,
+            num_warps=warps,
+        )
