@@ -3,6 +3,7 @@ are not about images (tests/toy_tasks.py: binary vectors, token pairs). Each mus
 bit for bit; the non-image contract (units, weights, list statistics, DDP reduction) is
 checked on the toy tasks."""
 
+import gc
 import os
 
 import pytest
@@ -311,3 +312,21 @@ def test_ddp_reduces_weights_and_list_statistics(tmp_path, reverse_dir):
         assert a["train_nll"] == pytest.approx(b["train_nll"], rel=1e-5)
         assert a["test_nll"] == pytest.approx(b["test_nll"], rel=1e-5)
         assert a["test_extras"] == b["test_extras"]
+
+
+def test_run_released_before_leaving_the_process_group(tmp_path, reverse_dir, monkeypatch):
+    """train() drops its Run, which holds the DistributedDataParallel wrapper, before it
+    destroys the process group: a reducer that is the group's last owner tears the group
+    down while holding the GIL, which can deadlock against gloo's worker threads."""
+    alive = []
+    destroy = trainer.dist.Dist.destroy
+
+    def checked_destroy(self):
+        gc.collect()
+        alive.append(sum(isinstance(o, trainer.loop.Run) for o in gc.get_objects()))
+        destroy(self)
+
+    monkeypatch.setattr(trainer.dist.Dist, "destroy", checked_destroy)
+    flags = [*_flags("bernoulli", reverse_dir), "--epochs", "1"]
+    assert _train("bernoulli", *flags, "--out", str(tmp_path / "r")) == 0
+    assert alive == [0]

@@ -10,6 +10,7 @@ and a checkpoint. :meth:`Run.finish` writes the task's outputs.
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import os
 import signal
@@ -51,6 +52,7 @@ def train(task: Task, args) -> int:
 
     dist = Dist()
     previous_backend = backends._global_default
+    run = None
     try:
         if args.out is None:
             if args.resume:
@@ -69,6 +71,15 @@ def train(task: Task, args) -> int:
         return 2
     finally:
         backends.set_backend(previous_backend)
+        # Release the run (its DistributedDataParallel wrapper) before the process group:
+        # were the wrapper's reducer the group's last owner, the group would be torn down
+        # in the reducer's destructor, which holds the GIL while it joins gloo's worker
+        # threads, and a worker still dropping a finished collective's tensors needs the
+        # GIL: a deadlock (seen once in the 2-process tests). destroy_process_group drops
+        # the last reference without the GIL.
+        run = None
+        if dist.enabled:
+            gc.collect()  # the run's reference cycles, if any
         dist.destroy()
 
 
