@@ -323,7 +323,7 @@ def test_run_released_before_leaving_the_process_group(tmp_path, reverse_dir, mo
 
     def checked_destroy(self):
         gc.collect()
-        alive.append(sum(isinstance(o, trainer.loop.Run) for o in gc.get_objects()))
+        alive.append(sum(type(o) is trainer.loop.Run for o in gc.get_objects()))
         destroy(self)
 
     monkeypatch.setattr(trainer.dist.Dist, "destroy", checked_destroy)
