@@ -678,6 +678,17 @@ def test_mode_forward_on_a_toy_op():
     assert [(b.name, b.kind) for b in base] == [("eager", "eager"), ("compile", "compile")]
 
 
+def test_compile_rows_are_measured_last(monkeypatch):
+    """The compile row is reported after eager but measured after every other row: what a
+    compile leaves behind must not slow the rows timed after it."""
+    op = _ToyForward()
+    measured = []
+    monkeypatch.setattr(runner, "_measure", lambda rec, *a: measured.append(rec.impl))
+    recs = runner.run_case(op, _cfg(compile=True), op.cases()[0], torch.float32, _CEILINGS)
+    assert [r.impl for r in recs] == ["eager", "compile", "torch", "bad"]
+    assert measured == ["eager", "torch", "bad", "compile"]
+
+
 def test_mode_state_update_restores_the_state_before_every_call():
     op = _ToyState()
     recs = {r.impl: r for r in runner.run_case(op, _cfg(), op.cases()[0], torch.float32, _CEILINGS)}
