@@ -170,6 +170,20 @@ def triton_kernels(dtypes: tuple[str, ...], needs: tuple[Need, ...] = ()) -> Ker
     return Kernels("triton", CUDA_OR_CPU, dtypes, (TRITON, TRITON_INTERPRETER_ON_CPU, *needs))
 
 
+def every_backend(
+    dtypes: tuple[str, ...] = FLOATS, triton_dtypes: tuple[str, ...] = FLOATS_BELOW_64
+) -> tuple[Kernels, ...]:
+    """The declaration of a family that ships all four backends: ``torch``, ``cpp`` and
+    ``cuda`` on ``dtypes``, ``triton`` on ``triton_dtypes`` (no float64 by default:
+    Triton's dot has none)."""
+    return (
+        torch_kernels(dtypes),
+        cpp_kernels(dtypes),
+        cuda_kernels(dtypes),
+        triton_kernels(triton_dtypes),
+    )
+
+
 # family -> backend -> declaration; filled on first use
 _families: dict[str, dict[str, Kernels]] = {}
 _discovered = False
