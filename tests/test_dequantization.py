@@ -327,33 +327,11 @@ def test_model_bad_arguments():
 
 # ----------------------------------------------------------------------------- dqk train flow
 
-_FLOW_TINY = [
-    "--limit",
-    "24",
-    "--batch-size",
-    "8",
-    "--width",
-    "8",
-    "--steps",
-    "1",
-    "--components",
-    "3",
-    "--dequant-steps",
-    "2",
-    "--context-channels",
-    "2",
-    "--eval-samples",
-    "3",
-    "--epoch-eval-samples",
-    "2",
-    "--grid",
-    "4",
-    "--no-progress",
-    "--device",
-    "cpu",
-    "--warmup-steps",
-    "0",
-]
+_FLOW_TINY = (
+    "--limit 24 --batch-size 8 --width 8 --steps 1 --components 3 --dequant-steps 2 "
+    "--context-channels 2 --eval-samples 3 --epoch-eval-samples 2 --grid 4 --no-progress "
+    "--device cpu --warmup-steps 0"
+).split()
 
 
 @pytest.mark.parametrize(

@@ -30,23 +30,10 @@ from dqkernels import backends, trainer
 from dqkernels.tasks.pixelcnn import PixelCNNTask
 
 # a tiny PixelCNN on 40 digits: batches of 16, 16, 8 -> 3 steps per epoch
-TINY = [
-    "--limit",
-    "40",
-    "--batch-size",
-    "16",
-    "--width",
-    "8",
-    "--blocks",
-    "1",
-    "--mixtures",
-    "2",
-    "--grid",
-    "0",
-    "--no-progress",
-    "--device",
-    "cpu",
-]
+TINY = (
+    "--limit 40 --batch-size 16 --width 8 --blocks 1 --mixtures 2 --grid 0 --no-progress "
+    "--device cpu"
+).split()
 
 
 def _cli(out, *extra):
@@ -539,29 +526,10 @@ def test_ddp_two_gloo_processes_match_single_process(tmp_path):
     """torchrun with 2 CPU processes: both ranks end with identical parameters, equal (up
     to the reduction order) to one process on the same global batches; the sharded test
     evaluation agrees too; only rank 0 writes."""
-    flags = [
-        "--limit",
-        "16",
-        "--batch-size",
-        "8",
-        "--epochs",
-        "2",
-        "--dropout",
-        "0",
-        "--width",
-        "8",
-        "--blocks",
-        "1",
-        "--mixtures",
-        "2",
-        "--grid",
-        "0",
-        "--no-progress",
-        "--device",
-        "cpu",
-        "--eval-batch-size",
-        "100",
-    ]
+    flags = (
+        "--limit 16 --batch-size 8 --epochs 2 --dropout 0 --width 8 --blocks 1 --mixtures 2 "
+        "--grid 0 --no-progress --device cpu --eval-batch-size 100"
+    ).split()
     ddp_out = tmp_path / "ddp"
     proc = torchrun(
         "-m",

@@ -27,83 +27,20 @@ from dqkernels import trainer
 # matters: dropout (pixelcnn, toy tasks), dequantization noise (flow), sampled codes and
 # dead-code re-initialisation (vqvae).
 CASES = {
-    "pixelcnn": [
-        "--limit",
-        "40",
-        "--batch-size",
-        "16",
-        "--width",
-        "8",
-        "--blocks",
-        "1",
-        "--mixtures",
-        "2",
-        "--grid",
-        "0",
-        "--dropout",
-        "0.3",
-        "--seed",
-        "7",
-    ],
-    "flow": [
-        "--limit",
-        "24",
-        "--batch-size",
-        "8",
-        "--width",
-        "8",
-        "--steps",
-        "1",
-        "--components",
-        "3",
-        "--dequant-steps",
-        "2",
-        "--context-channels",
-        "2",
-        "--eval-samples",
-        "3",
-        "--epoch-eval-samples",
-        "2",
-        "--grid",
-        "0",
-        "--dequant",
-        "ard",
-        "--seed",
-        "3",
-        "--warmup-steps",
-        "0",
-    ],
-    "vqvae": [
-        "--limit",
-        "40",
-        "--batch-size",
-        "16",
-        "--width",
-        "8",
-        "--blocks",
-        "1",
-        "--codes",
-        "8",
-        "--code-dim",
-        "4",
-        "--mixtures",
-        "1",
-        "--grid",
-        "0",
-        "--backend",
-        "torch",
-        "--em",
-        "soft",
-        "--samples",
-        "2",
-        "--reinit-dead",
-        "--dead-threshold",
-        "0.9",
-        "--decay",
-        "0.5",
-        "--seed",
-        "5",
-    ],
+    "pixelcnn": (
+        "--limit 40 --batch-size 16 --width 8 --blocks 1 --mixtures 2 --grid 0 --dropout 0.3 "
+        "--seed 7"
+    ).split(),
+    "flow": (
+        "--limit 24 --batch-size 8 --width 8 --steps 1 --components 3 --dequant-steps 2 "
+        "--context-channels 2 --eval-samples 3 --epoch-eval-samples 2 --grid 0 --dequant ard "
+        "--seed 3 --warmup-steps 0"
+    ).split(),
+    "vqvae": (
+        "--limit 40 --batch-size 16 --width 8 --blocks 1 --codes 8 --code-dim 4 --mixtures 1 "
+        "--grid 0 --backend torch --em soft --samples 2 --reinit-dead --dead-threshold 0.9 "
+        "--decay 0.5 --seed 5"
+    ).split(),
     "bernoulli": ["--limit", "40", "--batch-size", "16", "--dropout", "0.3", "--seed", "2"],
     "tokens": ["--limit", "40", "--batch-size", "16", "--dropout", "0.3", "--seed", "4"],
 }

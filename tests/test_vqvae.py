@@ -109,31 +109,10 @@ def test_model_bad_arguments():
 
 # ----------------------------------------------------------------------------- dqk train vqvae
 
-_TINY = [
-    "--limit",
-    "40",
-    "--batch-size",
-    "16",
-    "--width",
-    "8",
-    "--blocks",
-    "1",
-    "--codes",
-    "8",
-    "--code-dim",
-    "4",
-    "--mixtures",
-    "1",
-    "--grid",
-    "4",
-    "--no-progress",
-    "--device",
-    "cpu",
-    "--backend",
-    "torch",
-    "--eval-batch-size",
-    "128",
-]
+_TINY = (
+    "--limit 40 --batch-size 16 --width 8 --blocks 1 --codes 8 --code-dim 4 --mixtures 1 --grid 4 "
+    "--no-progress --device cpu --backend torch --eval-batch-size 128"
+).split()
 
 
 @pytest.mark.parametrize("em,extra", [("hard", []), ("soft", ["--samples", "3", "--reinit-dead"])])
