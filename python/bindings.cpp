@@ -146,9 +146,7 @@ PYBIND11_MODULE(_C, m) {
   py::register_local_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
-    } catch (const dqk::TypeError& e) {
-      PyErr_SetString(PyExc_TypeError, e.what());
-    }
+    } catch (const dqk::TypeError& e) { PyErr_SetString(PyExc_TypeError, e.what()); }
   });
 
   m.def("built_with_cuda", []() {

@@ -323,10 +323,8 @@ template <class P, int R, class A, class IO>
 DQK_ALWAYS_INLINE void tail_tile(const typename P::Pk* b, int64_t steps, const A& a, int64_t r,
                                  IO& io) {
   if constexpr (R >= 1) {
-    if (r == R)
-      tile<P, R>(b, steps, a, io);
-    else
-      tail_tile<P, R - 1>(b, steps, a, r, io);
+    if (r == R) tile<P, R>(b, steps, a, io);
+    else tail_tile<P, R - 1>(b, steps, a, r, io);
   }
 }
 
@@ -522,16 +520,11 @@ inline Grid plan(int64_t M, int64_t N, int64_t K, const TileInfo& ti, int nt) {
   g.CH = std::min<int64_t>(mpad, 1024 / MR * MR);
   auto half_rows = [&](int64_t ch) { return std::max(MR, (ch / 2 + MR - 1) / MR * MR); };
   while (g.items() < 3 * nt) {
-    if (g.CH >= 512)
-      g.CH = half_rows(g.CH);
-    else if (g.G > 2)
-      g.G = (g.G + 1) / 2;
-    else if (g.CH > MR)
-      g.CH = half_rows(g.CH);
-    else if (g.G > 1)
-      g.G = 1;
-    else
-      break;
+    if (g.CH >= 512) g.CH = half_rows(g.CH);
+    else if (g.G > 2) g.G = (g.G + 1) / 2;
+    else if (g.CH > MR) g.CH = half_rows(g.CH);
+    else if (g.G > 1) g.G = 1;
+    else break;
   }
   g.MC = std::min(g.MC, g.CH);
   return g;
@@ -661,14 +654,10 @@ struct Sweep {
   static DQK_ALWAYS_INLINE void run(const Pk* b, int64_t steps, const A& a, int64_t mv, int64_t m,
                                     Ep& ep) {
 #if DQK_GEMM_X86
-    if constexpr (P::kIsa == kIsaAvx512Bf16)
-      avx512bf16(b, steps, a, mv, m, ep);
-    else if constexpr (P::kIsa == kIsaAvx512)
-      avx512(b, steps, a, mv, m, ep);
-    else if constexpr (P::kIsa == kIsaAvx2)
-      avx2(b, steps, a, mv, m, ep);
-    else
-      generic(b, steps, a, mv, m, ep);
+    if constexpr (P::kIsa == kIsaAvx512Bf16) avx512bf16(b, steps, a, mv, m, ep);
+    else if constexpr (P::kIsa == kIsaAvx512) avx512(b, steps, a, mv, m, ep);
+    else if constexpr (P::kIsa == kIsaAvx2) avx2(b, steps, a, mv, m, ep);
+    else generic(b, steps, a, mv, m, ep);
 #else
     generic(b, steps, a, mv, m, ep);
 #endif
@@ -782,10 +771,8 @@ struct Clones {
 
   template <int kIsa>
   static constexpr Fn entry(Fn f) {
-    if constexpr (Body::template runs<kIsa>())
-      return f;
-    else
-      return nullptr;
+    if constexpr (Body::template runs<kIsa>()) return f;
+    else return nullptr;
   }
 #if DQK_GEMM_X86
   // kIsaAvx512Bf16 runs the AVX-512 clone where the body's tile is the same there
@@ -794,18 +781,14 @@ struct Clones {
       std::is_same<typename Body::template Tile<kIsaAvx512>,
                    typename Body::template Tile<kIsaAvx512Bf16>>::value;
   static constexpr Fn bf16_entry() {
-    if constexpr (kBf16SameTile)
-      return avx512;
-    else
-      return entry<kIsaAvx512Bf16>(avx512bf16);
+    if constexpr (kBf16SameTile) return avx512;
+    else return entry<kIsaAvx512Bf16>(avx512bf16);
   }
 #endif
   template <int kIsa>
   static constexpr TileInfo tile_info() {
-    if constexpr (Body::template runs<kIsa>())
-      return info_of<typename Body::template Tile<kIsa>>();
-    else
-      return TileInfo{};
+    if constexpr (Body::template runs<kIsa>()) return info_of<typename Body::template Tile<kIsa>>();
+    else return TileInfo{};
   }
 
   // the clone of path `isa` (a pick_cpu_isa result); throws if the body has none

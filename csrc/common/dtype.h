@@ -39,28 +39,17 @@ inline DType dtype_of_code(long code) {
 // torch's name of each dtype (dtype_name(kUnknown) says so)
 inline const char* dtype_name(DType t) {
   switch (t) {
-    case DType::kFloat32:
-      return "float32";
-    case DType::kFloat16:
-      return "float16";
-    case DType::kBFloat16:
-      return "bfloat16";
-    case DType::kFloat64:
-      return "float64";
-    case DType::kInt64:
-      return "int64";
-    case DType::kInt32:
-      return "int32";
-    case DType::kInt16:
-      return "int16";
-    case DType::kInt8:
-      return "int8";
-    case DType::kUInt8:
-      return "uint8";
-    case DType::kBool:
-      return "bool";
-    case DType::kUnknown:
-      break;
+    case DType::kFloat32: return "float32";
+    case DType::kFloat16: return "float16";
+    case DType::kBFloat16: return "bfloat16";
+    case DType::kFloat64: return "float64";
+    case DType::kInt64: return "int64";
+    case DType::kInt32: return "int32";
+    case DType::kInt16: return "int16";
+    case DType::kInt8: return "int8";
+    case DType::kUInt8: return "uint8";
+    case DType::kBool: return "bool";
+    case DType::kUnknown: break;
   }
   return "a dtype the kernels do not take";
 }
@@ -83,20 +72,11 @@ inline DType accumulate_dtype(DType t) {
 template <typename Half16, typename BF16, typename F>
 void visit_dtype(DType t, const char* who, F&& f) {
   switch (t) {
-    case DType::kFloat32:
-      f(float());
-      return;
-    case DType::kFloat64:
-      f(double());
-      return;
-    case DType::kFloat16:
-      f(Half16());
-      return;
-    case DType::kBFloat16:
-      f(BF16());
-      return;
-    default:
-      break;
+    case DType::kFloat32: f(float()); return;
+    case DType::kFloat64: f(double()); return;
+    case DType::kFloat16: f(Half16()); return;
+    case DType::kBFloat16: f(BF16()); return;
+    default: break;
   }
   throw std::invalid_argument(std::string(who) + ": unsupported dtype code " +
                               std::to_string(int(t)));

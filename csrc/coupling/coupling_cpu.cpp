@@ -132,15 +132,11 @@ DQK_CPU_CLONES void affine_row_backward_f32(const float* x, const float* sh, con
                                             const float* gy, float gld, float* gx, float* gs,
                                             float* gl, int64_t n, bool inverse, bool broadcast) {
   if (broadcast) {
-    if (inverse)
-      affine_row_backward_f32_dir<true, true>(x, sh, lo, gy, gld, gx, gs, gl, n);
-    else
-      affine_row_backward_f32_dir<false, true>(x, sh, lo, gy, gld, gx, gs, gl, n);
+    if (inverse) affine_row_backward_f32_dir<true, true>(x, sh, lo, gy, gld, gx, gs, gl, n);
+    else affine_row_backward_f32_dir<false, true>(x, sh, lo, gy, gld, gx, gs, gl, n);
   } else {
-    if (inverse)
-      affine_row_backward_f32_dir<true, false>(x, sh, lo, gy, gld, gx, gs, gl, n);
-    else
-      affine_row_backward_f32_dir<false, false>(x, sh, lo, gy, gld, gx, gs, gl, n);
+    if (inverse) affine_row_backward_f32_dir<true, false>(x, sh, lo, gy, gld, gx, gs, gl, n);
+    else affine_row_backward_f32_dir<false, false>(x, sh, lo, gy, gld, gx, gs, gl, n);
   }
 }
 
@@ -680,21 +676,11 @@ void mix_backward_cpu(const Args& a, int nt, bool scalar_only) {
 template <typename S>
 void dispatch(Kind kind, const Args& a, int nt, bool scalar_only) {
   switch (kind) {
-    case kAffineForward:
-      affine_forward<S>(a, nt);
-      return;
-    case kAffineBackward:
-      affine_backward<S>(a, nt);
-      return;
-    case kMixForward:
-      mix_forward_or_inverse<S>(a, nt, false, scalar_only);
-      return;
-    case kMixInverse:
-      mix_forward_or_inverse<S>(a, nt, true, scalar_only);
-      return;
-    case kMixBackward:
-      mix_backward_cpu<S>(a, nt, scalar_only);
-      return;
+    case kAffineForward: affine_forward<S>(a, nt); return;
+    case kAffineBackward: affine_backward<S>(a, nt); return;
+    case kMixForward: mix_forward_or_inverse<S>(a, nt, false, scalar_only); return;
+    case kMixInverse: mix_forward_or_inverse<S>(a, nt, true, scalar_only); return;
+    case kMixBackward: mix_backward_cpu<S>(a, nt, scalar_only); return;
   }
   throw std::invalid_argument("coupling cpu kernels: unknown kind " + std::to_string(int(kind)));
 }

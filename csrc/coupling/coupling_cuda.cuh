@@ -213,10 +213,8 @@ void launch(Kind kind, const Args& a, cudaStream_t stream) {
   const int64_t N = a.n1 * a.n2 * a.n3;
   if (kind == kAffineBackward || kind == kMixBackward) {
     const unsigned g = grid_1d(a.B * N);
-    if (kind == kAffineBackward)
-      affine_backward_kernel<S><<<g, kThreads, 0, stream>>>(a);
-    else
-      mix_backward_kernel<S><<<g, kThreads, 0, stream>>>(a);
+    if (kind == kAffineBackward) affine_backward_kernel<S><<<g, kThreads, 0, stream>>>(a);
+    else mix_backward_kernel<S><<<g, kThreads, 0, stream>>>(a);
     check_launch("backward");
     return;
   }
@@ -224,10 +222,8 @@ void launch(Kind kind, const Args& a, cudaStream_t stream) {
     throw std::invalid_argument("coupling cuda: forward kernels need a work buffer and chunk");
   const int64_t chunks = (N + a.chunk - 1) / a.chunk;
   const dim3 grid(unsigned(chunks < 65535 ? chunks : 65535), unsigned(a.B < 65535 ? a.B : 65535));
-  if (kind == kAffineForward)
-    affine_forward_kernel<S><<<grid, kThreads, 0, stream>>>(a);
-  else
-    mix_forward_kernel<S><<<grid, kThreads, 0, stream>>>(a, kind == kMixInverse);
+  if (kind == kAffineForward) affine_forward_kernel<S><<<grid, kThreads, 0, stream>>>(a);
+  else mix_forward_kernel<S><<<grid, kThreads, 0, stream>>>(a, kind == kMixInverse);
   check_launch("forward");
   reduce_logdet_kernel<Acc><<<grid_1d(a.B), kThreads, 0, stream>>>(a, chunks);
   check_launch("logdet reduction");

@@ -168,10 +168,8 @@ DQK_HDI Acc solve_root(Acc t, Acc lo, Acc hi, Acc x, Eval eval, int max_iter) {
     const Acc f = g - t;
     if (f != f) return f;
     if (m_abs(f) <= Acc(4) * eps * (Acc(1) + scale)) return x;
-    if (f < Acc(0))
-      lo = x;
-    else
-      hi = x;
+    if (f < Acc(0)) lo = x;
+    else hi = x;
     Acc xn = x - f / gx;
     if (!(xn > lo && xn < hi)) xn = lo + Acc(0.5) * (hi - lo);
     const Acc tol = Acc(16) * eps * (Acc(1) + m_abs(x));

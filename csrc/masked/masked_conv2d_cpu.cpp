@@ -356,10 +356,8 @@ Plan<T> make_plan(const Args& a, const Geo& g, bool transposed) {
       q.k0 = 0;
       q.k1 = p.K;
       if (t == g.T) {  // centre: the tile's channel-block range
-        if (transposed)
-          q.k0 = centre_min_output(m_first, a.Cin, a.Cout, a.groups, a.type_b);
-        else
-          q.k1 = centre_inputs(m_last, a.Cin, a.Cout, a.groups, a.type_b);
+        if (transposed) q.k0 = centre_min_output(m_first, a.Cin, a.Cout, a.groups, a.type_b);
+        else q.k1 = centre_inputs(m_last, a.Cin, a.Cout, a.groups, a.type_b);
         if (q.k1 < q.k0) q.k1 = q.k0;
       }
       q.woff = off;

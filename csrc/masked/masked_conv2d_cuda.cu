@@ -86,10 +86,8 @@ __global__ void __launch_bounds__(kThreads) igemm_kernel(const Args a) {
 
   // centre range of this tile
   int64_t lo_c = 0, hi_c = K;
-  if (kTr)
-    lo_c = centre_min_output(m0, a.Cin, a.Cout, a.groups, a.type_b);
-  else
-    hi_c = centre_inputs((m0 + kBM < M ? m0 + kBM : M) - 1, a.Cin, a.Cout, a.groups, a.type_b);
+  if (kTr) lo_c = centre_min_output(m0, a.Cin, a.Cout, a.groups, a.type_b);
+  else hi_c = centre_inputs((m0 + kBM < M ? m0 + kBM : M) - 1, a.Cin, a.Cout, a.groups, a.type_b);
   const int64_t nch = (K + kBK - 1) / kBK;
   const int64_t steps_full = T * nch;
   const int64_t steps = steps_full + (hi_c > lo_c ? (hi_c - lo_c + kBK - 1) / kBK : 0);

@@ -181,16 +181,11 @@ struct Op : gemm::OpBase {
     auto run = [&](auto keepf) DQK_LAMBDA_INLINE {
       gemm::pack<P, NR>(dst, b, p.sbk, p.sbn, jv, nval, steps, keepf);
     };
-    if (p.side != kSideB)
-      run(gemm::KeepAll{});
-    else if (p.n_is_hi && p.strict)
-      run(KeepDeg<true, true>{dk, dn});
-    else if (p.n_is_hi)
-      run(KeepDeg<true, false>{dk, dn});
-    else if (p.strict)
-      run(KeepDeg<false, true>{dk, dn});
-    else
-      run(KeepDeg<false, false>{dk, dn});
+    if (p.side != kSideB) run(gemm::KeepAll{});
+    else if (p.n_is_hi && p.strict) run(KeepDeg<true, true>{dk, dn});
+    else if (p.n_is_hi) run(KeepDeg<true, false>{dk, dn});
+    else if (p.strict) run(KeepDeg<false, true>{dk, dn});
+    else run(KeepDeg<false, false>{dk, dn});
   }
 
   // A rows [m, m + mv) by k in [k0 + klo, k0 + khi); side C: only if a tile there lives
@@ -249,10 +244,8 @@ template <typename Src, typename Acc>
 struct Body {
   template <int kIsa>
   static constexpr bool runs() {
-    if constexpr (std::is_same<Src, BFloat16>::value)
-      return DQK_GEMM_X86 && kIsa == kIsaAvx512Bf16;
-    else
-      return DQK_GEMM_X86 || kIsa == kIsaGeneric;
+    if constexpr (std::is_same<Src, BFloat16>::value) return DQK_GEMM_X86 && kIsa == kIsaAvx512Bf16;
+    else return DQK_GEMM_X86 || kIsa == kIsaGeneric;
   }
   template <int kIsa>
   using Tile = typename TileOf<kIsa, Src, Acc>::type;

@@ -132,10 +132,8 @@ inline int64_t code_block_size(const gemm::TileInfo& ti, int64_t D) {
 template <class P, typename T>
 struct MinusTwo {
   DQK_ALWAYS_INLINE typename P::Elem operator()(T v) const {
-    if constexpr (P::kBf16)
-      return bf16_from_float(-2.0f * to_f(v)).bits;
-    else
-      return typename P::Acc(-2) * typename P::Acc(to_d(v));
+    if constexpr (P::kBf16) return bf16_from_float(-2.0f * to_f(v)).bits;
+    else return typename P::Acc(-2) * typename P::Acc(to_d(v));
   }
 };
 
@@ -917,10 +915,8 @@ void sample_cpu(const SampleArgs& a, int num_threads, int isa) {
 
 void ema_update_cpu(const EmaArgs& a, int num_threads) {
   dispatch(a.dtype, "vq_ema_update cpu", [&](auto t) {
-    if (a.state_dtype == DType::kFloat64)
-      ema_impl<decltype(t), double>(a, num_threads);
-    else
-      ema_impl<decltype(t), float>(a, num_threads);
+    if (a.state_dtype == DType::kFloat64) ema_impl<decltype(t), double>(a, num_threads);
+    else ema_impl<decltype(t), float>(a, num_threads);
   });
 }
 

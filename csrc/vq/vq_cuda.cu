@@ -954,10 +954,8 @@ void nearest_cuda(const NearestArgs& a, void* stream) {
   auto s = static_cast<cudaStream_t>(stream);
   dispatch(a.dtype, [&](auto v) {
     using T = decltype(v);
-    if constexpr (std::is_same<T, double>::value)
-      nearest_double(a, s);
-    else
-      nearest_float_acc<T>(a, s);
+    if constexpr (std::is_same<T, double>::value) nearest_double(a, s);
+    else nearest_float_acc<T>(a, s);
   });
 }
 
@@ -971,10 +969,8 @@ void ema_update_cuda(const EmaArgs& a, void* stream) {
   DeviceGuard guard(a.z);
   auto s = static_cast<cudaStream_t>(stream);
   dispatch(a.dtype, [&](auto v) {
-    if (a.state_dtype == DType::kFloat64)
-      ema_impl<decltype(v), double>(a, s);
-    else
-      ema_impl<decltype(v), float>(a, s);
+    if (a.state_dtype == DType::kFloat64) ema_impl<decltype(v), double>(a, s);
+    else ema_impl<decltype(v), float>(a, s);
   });
 }
 
