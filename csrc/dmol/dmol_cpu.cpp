@@ -14,88 +14,34 @@
 #include "dmol.h"
 #include "dmol_cpu_tile.h"
 #include "dmol_math.h"
+#include "dmol_pixel.h"
 
 namespace dqk {
 namespace dmol {
 namespace {
 
-struct Pixel {
-  int64_t b, h, w;
-};
-
-inline Pixel pixel_of(const Args& a, int64_t n) {
-  const int64_t hw = a.H * a.W;
-  const int64_t b = n / hw, r = n - b * hw;
-  const int64_t h = r / a.W;
-  return Pixel{b, h, r - h * a.W};
-}
-
 template <typename S>
 void forward(const Args& a, int nt) {
-  using Acc = typename Scalar<S>::acc;
   const Geometry g = make_geometry(a.C, a.M, a.L);
-  const S* x = static_cast<const S*>(a.x);
-  const S* p = static_cast<const S*>(a.params);
-  Acc* out = static_cast<Acc*>(a.out);
-  const Acc mls = Acc(a.min_log_scale);
   const int64_t N = a.B * a.H * a.W;
 #pragma omp parallel for schedule(static) num_threads(nt)
-  for (int64_t n = 0; n < N; ++n) {
-    const Pixel px = pixel_of(a, n);
-    const S* pp = p + px.b * a.p_stride[0] + px.h * a.p_stride[2] + px.w * a.p_stride[3];
-    const S* xp = x + px.b * a.x_stride[0] + px.h * a.x_stride[2] + px.w * a.x_stride[3];
-    auto P = [&](int64_t i) { return Acc(Scalar<S>::load(pp + i * a.p_stride[1])); };
-    auto X = [&](int64_t c) { return Acc(Scalar<S>::load(xp + c * a.x_stride[1])); };
-    out[px.b * a.out_stride[0] + px.h * a.out_stride[1] + px.w * a.out_stride[2]] =
-        pixel_nll<Acc>(g, P, X, mls);
-  }
+  for (int64_t n = 0; n < N; ++n) forward_pixel<Scalar<S>, S>(a, g, n);
 }
 
 template <typename S>
 void backward(const Args& a, int nt) {
-  using Acc = typename Scalar<S>::acc;
   const Geometry g = make_geometry(a.C, a.M, a.L);
-  const S* x = static_cast<const S*>(a.x);
-  const S* p = static_cast<const S*>(a.params);
-  const Acc* go = static_cast<const Acc*>(a.grad_out);
-  S* gp = static_cast<S*>(a.grad_params);
-  const Acc mls = Acc(a.min_log_scale);
   const int64_t N = a.B * a.H * a.W;
 #pragma omp parallel for schedule(static) num_threads(nt)
-  for (int64_t n = 0; n < N; ++n) {
-    const Pixel px = pixel_of(a, n);
-    const S* pp = p + px.b * a.p_stride[0] + px.h * a.p_stride[2] + px.w * a.p_stride[3];
-    const S* xp = x + px.b * a.x_stride[0] + px.h * a.x_stride[2] + px.w * a.x_stride[3];
-    S* gpp = gp + px.b * a.gp_stride[0] + px.h * a.gp_stride[2] + px.w * a.gp_stride[3];
-    auto P = [&](int64_t i) { return Acc(Scalar<S>::load(pp + i * a.p_stride[1])); };
-    auto X = [&](int64_t c) { return Acc(Scalar<S>::load(xp + c * a.x_stride[1])); };
-    auto G = [&](int64_t i, Acc v) { Scalar<S>::store(gpp + i * a.gp_stride[1], v); };
-    const Acc gout =
-        go ? go[px.b * a.g_stride[0] + px.h * a.g_stride[1] + px.w * a.g_stride[2]] : Acc(1);
-    pixel_nll_backward<Acc, true>(g, P, X, gout, mls, G);
-  }
+  for (int64_t n = 0; n < N; ++n) backward_pixel<Scalar<S>, S, true>(a, g, n);
 }
 
 template <typename S>
 void sample(const Args& a, int nt) {
-  using Acc = typename Scalar<S>::acc;
   const Geometry g = make_geometry(a.C, a.M, a.L);
-  const S* p = static_cast<const S*>(a.params);
-  const Acc* u = static_cast<const Acc*>(a.u);
-  S* out = static_cast<S*>(a.out);
-  const Acc mls = Acc(a.min_log_scale);
   const int64_t N = a.B * a.H * a.W;
 #pragma omp parallel for schedule(static) num_threads(nt)
-  for (int64_t n = 0; n < N; ++n) {
-    const Pixel px = pixel_of(a, n);
-    const S* pp = p + px.b * a.p_stride[0] + px.h * a.p_stride[2] + px.w * a.p_stride[3];
-    const Acc* up = u + px.b * a.u_stride[0] + px.h * a.u_stride[2] + px.w * a.u_stride[3];
-    S* op = out + px.b * a.out_stride[0] + px.h * a.out_stride[2] + px.w * a.out_stride[3];
-    auto P = [&](int64_t i) { return Acc(Scalar<S>::load(pp + i * a.p_stride[1])); };
-    auto U = [&](int64_t i) { return up[i * a.u_stride[1]]; };
-    auto St = [&](int64_t c, Acc v) { Scalar<S>::store(op + c * a.out_stride[1], v); };
-    pixel_sample<Acc>(g, P, U, mls, St);
-  }
+  for (int64_t n = 0; n < N; ++n) sample_pixel<Scalar<S>, S>(a, g, n);
 }
 
 // ------------------------------------------------------------ vectorised tile path
@@ -231,17 +177,10 @@ bool try_tiles(const Args& a, int nt, bool backward) {
   if (a.M > tile::kMaxM || a.dtype == DType::kFloat64) return false;
   TileFn fn = nullptr;
   switch (a.dtype) {
-    case DType::kFloat32:
-      fn = backward ? backward_tiles_f32 : forward_tiles_f32;
-      break;
-    case DType::kFloat16:
-      fn = backward ? backward_tiles_f16 : forward_tiles_f16;
-      break;
-    case DType::kBFloat16:
-      fn = backward ? backward_tiles_bf16 : forward_tiles_bf16;
-      break;
-    default:
-      return false;
+    case DType::kFloat32: fn = backward ? backward_tiles_f32 : forward_tiles_f32; break;
+    case DType::kFloat16: fn = backward ? backward_tiles_f16 : forward_tiles_f16; break;
+    case DType::kBFloat16: fn = backward ? backward_tiles_bf16 : forward_tiles_bf16; break;
+    default: return false;
   }
   run_tiles(a, nt, backward, fn);
   return true;
