@@ -20,28 +20,30 @@ namespace dqk {
 namespace dmol {
 namespace {
 
+// f(n) for every pixel n of the flattened [B, H, W] grid, on nt threads
+template <class F>
+void for_each_pixel(const Args& a, int nt, F f) {
+  const int64_t N = a.B * a.H * a.W;
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t n = 0; n < N; ++n) f(n);
+}
+
 template <typename S>
 void forward(const Args& a, int nt) {
   const Geometry g = make_geometry(a.C, a.M, a.L);
-  const int64_t N = a.B * a.H * a.W;
-#pragma omp parallel for schedule(static) num_threads(nt)
-  for (int64_t n = 0; n < N; ++n) forward_pixel<Scalar<S>, S>(a, g, n);
+  for_each_pixel(a, nt, [&](int64_t n) { forward_pixel<Scalar<S>, S>(a, g, n); });
 }
 
 template <typename S>
 void backward(const Args& a, int nt) {
   const Geometry g = make_geometry(a.C, a.M, a.L);
-  const int64_t N = a.B * a.H * a.W;
-#pragma omp parallel for schedule(static) num_threads(nt)
-  for (int64_t n = 0; n < N; ++n) backward_pixel<Scalar<S>, S, true>(a, g, n);
+  for_each_pixel(a, nt, [&](int64_t n) { backward_pixel<Scalar<S>, S, true>(a, g, n); });
 }
 
 template <typename S>
 void sample(const Args& a, int nt) {
   const Geometry g = make_geometry(a.C, a.M, a.L);
-  const int64_t N = a.B * a.H * a.W;
-#pragma omp parallel for schedule(static) num_threads(nt)
-  for (int64_t n = 0; n < N; ++n) sample_pixel<Scalar<S>, S>(a, g, n);
+  for_each_pixel(a, nt, [&](int64_t n) { sample_pixel<Scalar<S>, S>(a, g, n); });
 }
 
 // ------------------------------------------------------------ vectorised tile path
