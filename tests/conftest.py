@@ -101,3 +101,16 @@ def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
 def fresh_seed() -> int:
     """A new seed per run (printed in failure messages), so inputs differ run to run."""
     return int.from_bytes(os.urandom(4), "little")
+
+
+def assert_compiled_grads_match(loss, inputs, rtol: float = 1e-5, atol: float = 1e-6) -> None:
+    """loss compiled whole (``torch.compile(fullgraph=True)``, aot_eager: no graph break
+    allowed) gives the same gradients with respect to every one of inputs as loss run eagerly
+    (each run on its own clones of inputs)."""
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    l1 = [t.clone().requires_grad_() for t in inputs]
+    l2 = [t.clone().requires_grad_() for t in inputs]
+    compiled(*l1).backward()
+    loss(*l2).backward()
+    for p, q in zip(l1, l2):
+        assert torch.allclose(p.grad, q.grad, rtol=rtol, atol=atol)

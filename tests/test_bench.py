@@ -32,28 +32,23 @@ from dqkernels.bench.timing import TimingConfig, time_call  # noqa: E402
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
 
-@pytest.fixture(scope="module")
-def quick_result(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench")
-    # --no-memory: the profiler-based CPU memory probe costs ~0.4 s a call; it is
-    # tested on its own below
-    rc = bench.main(
-        [
-            "--quick",
-            "--device",
-            "cpu",
-            "--no-compile",
-            "--no-progress",
-            "--no-memory",
-            "--ops",
-            "dmol",
-            "--out",
-            str(out),
-        ]
-    )
+# a quick CPU sweep; --no-memory: the profiler-based CPU memory probe costs ~0.4 s a call
+# (it is tested on its own below)
+QUICK_CPU = "--quick --device cpu --no-compile --no-progress --no-memory".split()
+
+
+def _quick_sweep(out, *argv):
+    """``bench.main`` on QUICK_CPU and argv into out: its exit status and the one results
+    folder it wrote."""
+    rc = bench.main([*QUICK_CPU, *argv, "--out", str(out)])
     folders = [p for p in out.iterdir() if p.is_dir()]
     assert len(folders) == 1, folders
     return rc, folders[0]
+
+
+@pytest.fixture(scope="module")
+def quick_result(tmp_path_factory):
+    return _quick_sweep(tmp_path_factory.mktemp("bench"), "--ops", "dmol")
 
 
 def test_quick_sweep_writes_results(quick_result):
@@ -176,24 +171,8 @@ def test_unknown_op_and_dtype_are_rejected(tmp_path, capsys):
 def test_quick_sweep_coupling_ops(op, tmp_path):
     """Each coupling, masked and end-to-end benchmark runs end to end: every
     implementation ok, gradients close to float64."""
-    rc = bench.main(
-        [
-            "--quick",
-            "--device",
-            "cpu",
-            "--no-compile",
-            "--no-progress",
-            "--no-memory",
-            "--dtypes",
-            "fp32",
-            "--ops",
-            op,
-            "--out",
-            str(tmp_path),
-        ]
-    )
+    rc, folder = _quick_sweep(tmp_path, "--dtypes", "fp32", "--ops", op)
     assert rc == 0
-    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     doc = json.loads((folder / f"{op}.json").read_text())
     ok = [r for r in doc["records"] if r["status"] == "ok"]
     impls = {r["impl"] for r in ok}
@@ -238,24 +217,8 @@ def vq_quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("vq")
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("DQK_BENCH_CASES", raising=False)  # only --cases picks here
-        rc = _run_py().run(
-            [
-                "--quick",
-                "--device",
-                "cpu",
-                "--no-compile",
-                "--no-progress",
-                "--no-memory",
-                "--backends",
-                "torch",
-                "--ops",
-                "vq_nearest,vq_ema_update",
-                "--cases",
-                "tiny",
-                "--out",
-                str(out),
-            ]
-        )
+        picks = "--backends torch --ops vq_nearest,vq_ema_update --cases tiny".split()
+        rc = _run_py().run([*QUICK_CPU, *picks, "--out", str(out)])
     (folder,) = [p for p in out.iterdir() if p.is_dir()]
     return (
         rc,

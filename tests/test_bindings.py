@@ -33,6 +33,17 @@ def raises(exc, match, fn, *args):
         fn(*args)
 
 
+# The coupling entry points' last three arguments: inverse, num_threads, scalar_only.
+CPU_LAUNCH = dict(inverse=False, num_threads=1, scalar_only=False)
+
+
+def call_args(base: dict, **changed) -> list:
+    """An entry point's arguments: base's values (by argument name, in order) with those named
+    in changed put in their place; tensors as tensor_arg makes them, anything else as it is."""
+    assert changed.keys() <= base.keys(), changed.keys() - base.keys()
+    return [T(v) if isinstance(v, torch.Tensor) else v for v in {**base, **changed}.values()]
+
+
 # ----------------------------------------------------------------------------- dmol
 
 
@@ -208,157 +219,73 @@ def test_custom_op_refuses_mismatch_without_crashing():
 def test_affine_coupling():
     x, ld = Z(2, 1, 3, 4), Z(2)
     y = Z(2, 1, 3, 4)
-    C.affine_coupling_forward_cpu(T(x), T(x), T(x), T(y), T(ld), False, 1, False)
+    fwd = dict(x=x, shift=x, scale_logit=x, y=y, logdet=ld, **CPU_LAUNCH)
+    C.affine_coupling_forward_cpu(*call_args(fwd))
     f = C.affine_coupling_forward_cpu
     raises(
         ValueError,
         r"^affine_coupling_forward_cpu: shift must have shape \(2, 1, 3, 4\); "
         r"got \(2, 1, 3, 5\)$",
         f,
-        T(x),
-        T(Z(2, 1, 3, 5)),
-        T(x),
-        T(y),
-        T(ld),
-        False,
-        1,
-        False,
+        *call_args(fwd, shift=Z(2, 1, 3, 5)),
     )
     raises(
-        ValueError,
-        r"logdet must have shape \(2,\); got \(1,\)",
-        f,
-        T(x),
-        T(x),
-        T(x),
-        T(y),
-        T(Z(1)),
-        False,
-        1,
-        False,
+        ValueError, r"logdet must have shape \(2,\); got \(1,\)", f, *call_args(fwd, logdet=Z(1))
     )
+    xd, yd = x.double(), y.double()
     raises(
         TypeError,
         r"logdet must have dtype float64; got float32",
         f,
-        T(x.double()),
-        T(x.double()),
-        T(x.double()),
-        T(y.double()),
-        T(ld),
-        False,
-        1,
-        False,
+        *call_args(fwd, x=xd, shift=xd, scale_logit=xd, y=yd),
     )
     raises(
         TypeError,
         r"scale_logit must have dtype float32; got bfloat16",
         f,
-        T(x),
-        T(x),
-        T(x.bfloat16()),
-        T(y),
-        T(ld),
-        False,
-        1,
-        False,
+        *call_args(fwd, scale_logit=x.bfloat16()),
     )
-    b = C.affine_coupling_backward_cpu
+    bwd = dict(
+        x=x, shift=x, scale_logit=x, grad_y=y, grad_logdet=ld, grad_x=y, grad_shift=y,
+        grad_scale_logit=y, **CPU_LAUNCH,
+    )  # fmt: skip
     raises(
         ValueError,
         r"affine_coupling_backward_cpu: grad_shift is required",
-        b,
-        T(x),
-        T(x),
-        T(x),
-        T(y),
-        T(ld),
-        T(y),
-        None,
-        T(y),
-        False,
-        1,
-        False,
+        C.affine_coupling_backward_cpu,
+        *call_args(bwd, grad_shift=None),
     )
 
 
 def test_mixlog_coupling():
     x, k, ld = Z(2, 1, 3, 4), Z(2, 1, 3, 4, 5), Z(2)
-    C.mixlogcdf_forward_cpu(
-        T(x), T(k), T(k), T(k), T(x), T(x), T(Z(2, 1, 3, 4)), T(ld), False, 1, False
-    )
+    mix = dict(x=x, logits=k, means=k, log_scales=k, a=x, b=x)
+    fwd = dict(**mix, out=x, logdet=ld, **CPU_LAUNCH)
+    C.mixlogcdf_forward_cpu(*call_args(fwd, out=Z(2, 1, 3, 4)))
     f = C.mixlogcdf_forward_cpu
     raises(
         ValueError,
         r"^mixlogcdf_forward_cpu: means must have shape \(2, 1, 3, 4, 5\); got "
         r"\(2, 1, 3, 4, 4\)$",
         f,
-        T(x),
-        T(k),
-        T(Z(2, 1, 3, 4, 4)),
-        T(k),
-        T(x),
-        T(x),
-        T(x),
-        T(ld),
-        False,
-        1,
-        False,
+        *call_args(fwd, means=Z(2, 1, 3, 4, 4)),
     )
     raises(
         ValueError,
         r"logits must have shape \(2, 1, 3, 4, \*\); got \(2, 1, 3, 3, 5\)",
         f,
-        T(x),
-        T(Z(2, 1, 3, 3, 5)),
-        T(k),
-        T(k),
-        T(x),
-        T(x),
-        T(x),
-        T(ld),
-        False,
-        1,
-        False,
+        *call_args(fwd, logits=Z(2, 1, 3, 3, 5)),
     )
-    raises(
-        ValueError,
-        r"logits must have 5 dimensions; got 4",
-        f,
-        T(x),
-        T(x),
-        T(k),
-        T(k),
-        T(x),
-        T(x),
-        T(x),
-        T(ld),
-        False,
-        1,
-        False,
-    )
-    b = C.mixlogcdf_backward_cpu
+    raises(ValueError, r"logits must have 5 dimensions; got 4", f, *call_args(fwd, logits=x))
+    bwd = dict(
+        **mix, grad_out=x, grad_logdet=ld, grad_x=x, grad_logits=k, grad_means=k,
+        grad_log_scales=k, grad_a=x, grad_b=x, **CPU_LAUNCH,
+    )  # fmt: skip
     raises(
         ValueError,
         r"mixlogcdf_backward_cpu: grad_log_scales must have 5 dimensions; got 4",
-        b,
-        T(x),
-        T(k),
-        T(k),
-        T(k),
-        T(x),
-        T(x),
-        T(x),
-        T(ld),
-        T(x),
-        T(k),
-        T(k),
-        T(x),
-        T(x),
-        T(x),
-        False,
-        1,
-        False,
+        C.mixlogcdf_backward_cpu,
+        *call_args(bwd, grad_log_scales=x),
     )
 
 
@@ -391,127 +318,62 @@ def test_coupling_views_are_checked_as_views():
 
 def test_masked_linear():
     x, w, b, y = Z(5, 4), Z(3, 4), Z(3), Z(5, 3)
-    di, do = T(torch.arange(4)), T(torch.arange(3))
-    C.masked_linear_forward_cpu(T(x), T(w), T(b), di, do, T(y), True, 1, 0)
+    di, do = torch.arange(4), torch.arange(3)
+    launch = dict(strict=True, num_threads=1, isa=0)
+    fwd = dict(x=x, weight=w, bias=b, in_degrees=di, out_degrees=do, y=y, **launch)
+    C.masked_linear_forward_cpu(*call_args(fwd))
     f = C.masked_linear_forward_cpu
     raises(
         ValueError,
         r"^masked_linear_forward_cpu: bias must have shape \(3,\); got \(2,\)$",
         f,
-        T(x),
-        T(w),
-        T(Z(2)),
-        di,
-        do,
-        T(y),
-        True,
-        1,
-        0,
+        *call_args(fwd, bias=Z(2)),
     )
     raises(
         ValueError,
         r"weight must have shape \(\*, 4\); got \(3, 5\)",
         f,
-        T(x),
-        T(Z(3, 5)),
-        T(b),
-        di,
-        do,
-        T(y),
-        True,
-        1,
-        0,
+        *call_args(fwd, weight=Z(3, 5)),
     )
     raises(
         ValueError,
         r"out_degrees must have shape \(3,\); got \(2,\)",
         f,
-        T(x),
-        T(w),
-        T(b),
-        di,
-        T(torch.arange(2)),
-        T(y),
-        True,
-        1,
-        0,
+        *call_args(fwd, out_degrees=torch.arange(2)),
     )
     raises(
         TypeError,
         r"in_degrees must have dtype int64; got int32",
         f,
-        T(x),
-        T(w),
-        T(b),
-        T(torch.arange(4, dtype=torch.int32)),
-        do,
-        T(y),
-        True,
-        1,
-        0,
+        *call_args(fwd, in_degrees=torch.arange(4, dtype=torch.int32)),
     )
     raises(
         ValueError,
         r"in_degrees must be contiguous; got strides \(2,\) for shape \(4,\)",
         f,
-        T(x),
-        T(w),
-        T(b),
-        T(torch.arange(8)[::2]),
-        do,
-        T(y),
-        True,
-        1,
-        0,
+        *call_args(fwd, in_degrees=torch.arange(8)[::2]),
     )
     raises(
         ValueError,
         r"y must be contiguous; got strides \(1, 5\) for shape \(5, 3\)",
         f,
-        T(x),
-        T(w),
-        T(b),
-        di,
-        do,
-        T(Z(3, 5).t()),
-        True,
-        1,
-        0,
+        *call_args(fwd, y=Z(3, 5).t()),
     )
     g = C.masked_linear_backward_cpu
-    C.masked_linear_backward_cpu(T(y), T(x), T(w), di, do, None, None, T(b), True, 1, 0)
+    bwd = dict(
+        grad_y=y, x=x, weight=w, in_degrees=di, out_degrees=do, grad_x=None, grad_weight=None,
+        grad_bias=None, **launch,
+    )  # fmt: skip
+    C.masked_linear_backward_cpu(*call_args(bwd, grad_bias=b))
     raises(
         ValueError,
         r"masked_linear_backward_cpu: grad_weight must have shape \(3, 4\); got "
         r"\(4, 3\)",
         g,
-        T(y),
-        T(x),
-        T(w),
-        di,
-        do,
-        None,
-        T(Z(4, 3)),
-        None,
-        True,
-        1,
-        0,
+        *call_args(bwd, grad_weight=Z(4, 3)),
     )
     raises(
-        ValueError,
-        r"grad_y must have shape \(5, 3\); got \(5, 4\)",
-        g,
-        T(x),
-        T(x),
-        T(w),
-        di,
-        do,
-        None,
-        None,
-        None,
-        True,
-        1,
-        0,
+        ValueError, r"grad_y must have shape \(5, 3\); got \(5, 4\)", g, *call_args(bwd, grad_y=x)
     )
 
 
@@ -617,102 +479,64 @@ def test_masked_conv2d():
 def test_vq():
     z, e = Z(7, 4), Z(5, 4)
     idx, dist = torch.zeros(7, dtype=torch.int64), Z(7)
-    C.vq_nearest_cpu(T(z), T(e), T(idx), T(dist), 1, 0)
+    nearest = dict(z=z, codebook=e, indices=idx, sqdist=dist, num_threads=1, isa=0)
+    C.vq_nearest_cpu(*call_args(nearest))
     f = C.vq_nearest_cpu
     raises(
         ValueError,
         r"^vq_nearest_cpu: codebook must have shape \(\*, 4\); got \(5, 3\)$",
         f,
-        T(z),
-        T(Z(5, 3)),
-        T(idx),
-        T(dist),
-        1,
-        0,
+        *call_args(nearest, codebook=Z(5, 3)),
     )
     raises(
         TypeError,
         r"codebook must have dtype float64; got float16",
         f,
-        T(z.double()),
-        T(e.half()),
-        T(idx),
-        T(dist.double()),
-        1,
-        0,
+        *call_args(nearest, z=z.double(), codebook=e.half(), sqdist=dist.double()),
     )
     raises(
         TypeError,
         r"indices must have dtype int64; got int32",
         f,
-        T(z),
-        T(e),
-        T(idx.int()),
-        T(dist),
-        1,
-        0,
+        *call_args(nearest, indices=idx.int()),
     )
-    raises(ValueError, r"z must be contiguous", f, T(Z(4, 7).t()), T(e), T(idx), T(dist), 1, 0)
+    raises(ValueError, r"z must be contiguous", f, *call_args(nearest, z=Z(4, 7).t()))
     raises(
         ValueError,
         r"sqdist must have shape \(7,\); got \(6,\)",
         f,
-        T(z),
-        T(e),
-        T(idx),
-        T(Z(6)),
-        1,
-        0,
+        *call_args(nearest, sqdist=Z(6)),
     )
     u, out = Z(7, 2), torch.zeros(7, 2, dtype=torch.int64)
-    C.vq_sample_cpu(T(z), T(e), T(u), T(out), 1.0, 1, 0)
+    sample = dict(z=z, codebook=e, u=u, out=out, inv_temperature=1.0, num_threads=1, isa=0)
+    C.vq_sample_cpu(*call_args(sample))
     raises(
         ValueError,
         r"vq_sample_cpu: out must have shape \(7, 2\); got \(7, 3\)",
         C.vq_sample_cpu,
-        T(z),
-        T(e),
-        T(u),
-        T(torch.zeros(7, 3, dtype=torch.int64)),
-        1.0,
-        1,
-        0,
+        *call_args(sample, out=torch.zeros(7, 3, dtype=torch.int64)),
     )
     cs, es, ind = Z(5), Z(5, 4), torch.zeros(7, 1, dtype=torch.int64)
-    C.vq_ema_update_cpu(T(cs), T(es), T(z), T(ind), 0.9, 1)
+    ema = dict(cluster_size=cs, embed_sum=es, z=z, indices=ind, decay=0.9, num_threads=1)
+    C.vq_ema_update_cpu(*call_args(ema))
     g = C.vq_ema_update_cpu
     raises(
         ValueError,
         r"^vq_ema_update_cpu: cluster_size must have shape \(5,\); got \(3,\)$",
         g,
-        T(Z(3)),
-        T(es),
-        T(z),
-        T(ind),
-        0.9,
-        1,
+        *call_args(ema, cluster_size=Z(3)),
     )
     raises(
         TypeError,
         r"embed_sum must be float32 or float64 \(the EMA state\); got bfloat16",
         g,
-        T(cs.bfloat16()),
-        T(es.bfloat16()),
-        T(z),
-        T(ind),
-        0.9,
-        1,
+        *call_args(ema, cluster_size=cs.bfloat16(), embed_sum=es.bfloat16()),
     )
     raises(
         ValueError,
         r"indices must have shape \(7, \*\); got \(6, 1\)",
         g,
-        T(cs),
-        T(es),
-        T(z),
-        T(ind[:6]),
-        0.9,
-        1,
+        *call_args(ema, indices=ind[:6]),
     )
 
 

@@ -8,7 +8,15 @@ import math
 
 import pytest
 import torch
-from conftest import BACKEND_DEVICES, GRAD_TOL, TOL, fresh_seed, rel_err, require
+from conftest import (
+    BACKEND_DEVICES,
+    GRAD_TOL,
+    TOL,
+    assert_compiled_grads_match,
+    fresh_seed,
+    rel_err,
+    require,
+)
 
 from dqkernels.kernels import _coupling_c
 from dqkernels.ops import affine_coupling, mixlogcdf_coupling
@@ -434,13 +442,7 @@ def test_compile_fullgraph(backend):
         )
         return w.square().sum() + (ld + ld2 + ld3).sum()
 
-    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
-    l1 = [t.clone().requires_grad_() for t in args + aff]
-    l2 = [t.clone().requires_grad_() for t in args + aff]
-    compiled(*l1).backward()
-    loss(*l2).backward()
-    for p, q in zip(l1, l2):
-        assert torch.allclose(p.grad, q.grad, rtol=1e-5, atol=1e-6)
+    assert_compiled_grads_match(loss, args + aff)
 
 
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICES)

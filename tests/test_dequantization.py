@@ -26,6 +26,21 @@ def _perturb(module: torch.nn.Module, scale: float, seed: int) -> None:
             p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
 
 
+def _perturbed_flow(seed, shape, num_scales, init_batch, scale, **kw) -> MultiScaleFlow:
+    """A float64 MultiScaleFlow on C, H, W = shape images (2 steps a scale, hidden 8, 3
+    components; kw: other settings) built after torch.manual_seed(seed), its ActNorms
+    initialised on init_batch Gaussian images, moved off its initialisation by scale
+    (_perturb, seed + 1), in eval mode."""
+    torch.manual_seed(seed)
+    C, H, W = shape
+    flow = MultiScaleFlow(
+        C, H, W, num_scales=num_scales, steps_per_scale=2, hidden=8, num_components=3, **kw
+    ).double()
+    flow(torch.randn(init_batch, C, H, W, dtype=torch.float64))  # ActNorm init
+    _perturb(flow, scale, seed + 1)
+    return flow.eval()
+
+
 # ----------------------------------------------------------------------------- bounds
 
 
@@ -69,14 +84,8 @@ def test_bad_objective():
 )
 @pytest.mark.parametrize("coupling", ["mixlog", "affine"])
 def test_flow_shapes_and_exact_sampling(shape, scales, coupling):
-    torch.manual_seed(1)
     C, H, W = shape
-    flow = MultiScaleFlow(
-        C, H, W, num_scales=scales, steps_per_scale=2, coupling=coupling, hidden=8, num_components=3
-    ).double()
-    flow(torch.randn(16, C, H, W, dtype=torch.float64))  # ActNorm init
-    _perturb(flow, 0.05, 2)
-    flow.eval()
+    flow = _perturbed_flow(1, shape, scales, 16, 0.05, coupling=coupling)
     lp = flow(torch.randn(3, C, H, W, dtype=torch.float64))
     assert lp.shape == (3,) and lp.dtype == torch.float64 and torch.isfinite(lp).all()
     g = torch.Generator().manual_seed(3)
@@ -92,13 +101,7 @@ def test_flow_with_split_normalises():
     density integrates to 1 (importance sampling from a wide Gaussian), and sampling
     then scoring is consistent with it (the samples' mean log density is close to the
     entropy estimate from the same proposal)."""
-    torch.manual_seed(14)
-    flow = MultiScaleFlow(
-        1, 2, 2, num_scales=2, steps_per_scale=2, hidden=8, num_components=3
-    ).double()
-    flow(torch.randn(64, 1, 2, 2, dtype=torch.float64))
-    _perturb(flow, 0.1, 15)
-    flow.eval()
+    flow = _perturbed_flow(14, (1, 2, 2), 2, 64, 0.1)
     assert flow.scales[0].split is not None
     sigma = 2.5
     g = torch.Generator().manual_seed(16)
@@ -113,13 +116,7 @@ def test_flow_with_split_normalises():
 
 def test_flow_normalises():
     """A 1-D-per-pixel flow on 1x2x1 images: integrate p(y) numerically over a grid."""
-    torch.manual_seed(4)
-    flow = MultiScaleFlow(
-        1, 2, 1, num_scales=1, steps_per_scale=2, hidden=8, num_components=3
-    ).double()
-    flow(torch.randn(32, 1, 2, 1, dtype=torch.float64))
-    _perturb(flow, 0.3, 5)
-    flow.eval()
+    flow = _perturbed_flow(4, (1, 2, 1), 1, 32, 0.3)
     t = torch.linspace(-12, 12, 801, dtype=torch.float64)
     yy = torch.cartesian_prod(t, t).view(-1, 1, 2, 1)
     with torch.no_grad():

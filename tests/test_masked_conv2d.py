@@ -8,7 +8,16 @@ import math
 
 import pytest
 import torch
-from conftest import BACKEND_DEVICES, GRAD_TOL, HAS_GPU, TOL, fresh_seed, rel_err, require
+from conftest import (
+    BACKEND_DEVICES,
+    GRAD_TOL,
+    HAS_GPU,
+    TOL,
+    assert_compiled_grads_match,
+    fresh_seed,
+    rel_err,
+    require,
+)
 
 from dqkernels.nn import MaskedConv2d
 from dqkernels.ops import masked_conv2d
@@ -372,13 +381,7 @@ def test_compile_fullgraph(backend):
         h = torch.relu(masked_conv2d(x, w, b, mask_type="A", groups=3, backend=backend))
         return masked_conv2d(h, w2, None, mask_type="B", groups=3, backend=backend).square().sum()
 
-    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
-    l1 = [t.clone().requires_grad_() for t in (x, w, b, w2)]
-    l2 = [t.clone().requires_grad_() for t in (x, w, b, w2)]
-    compiled(*l1).backward()
-    loss(*l2).backward()
-    for p, q in zip(l1, l2):
-        assert torch.allclose(p.grad, q.grad, rtol=1e-5, atol=1e-6)
+    assert_compiled_grads_match(loss, (x, w, b, w2))
 
 
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICES)

@@ -406,87 +406,112 @@ def test_compile_fullgraph(backend):
 # ----------------------------------------------------------------------------- bad input
 
 
-def test_bad_input_messages():
-    x = torch.randn(2, 5)
-    w = torch.randn(3, 5)
-    b = torch.randn(3)
-    di = torch.arange(5)
-    do = torch.arange(3)
-    op = masked_linear
-    with pytest.raises(
+# arguments masked_linear takes: x [2, 5], weight [3, 5], bias [3] and the degrees
+GOOD = dict(
+    x=torch.randn(2, 5),
+    weight=torch.randn(3, 5),
+    bias=torch.randn(3),
+    in_degrees=torch.arange(5),
+    out_degrees=torch.arange(3),
+    strict=True,
+)
+X, W, B, DI, DO = (GOOD[k] for k in ("x", "weight", "bias", "in_degrees", "out_degrees"))
+
+# (the exception, a pattern its message matches, the arguments changed from GOOD)
+BAD_INPUT = {
+    "in_degrees too short": (
         ValueError,
-        match=r"masked_linear: in_degrees must have length 5 "
-        r"\(weight's in_features\); got 4",
-    ):
-        op(x, w, b, di[:4], do, strict=True)
-    with pytest.raises(
+        r"masked_linear: in_degrees must have length 5 \(weight's in_features\); got 4",
+        dict(in_degrees=DI[:4]),
+    ),
+    "out_degrees too long": (
         ValueError,
-        match=r"out_degrees must have length 3 \(weight's "
-        r"out_features\); got 5",
-    ):
-        op(x, w, b, di, di, strict=True)
-    with pytest.raises(
+        r"out_degrees must have length 3 \(weight's out_features\); got 5",
+        dict(out_degrees=DI),
+    ),
+    "float in_degrees": (
         TypeError,
-        match=r"in_degrees must be an integer tensor \(int32 or "
-        r"int64\); got dtype float32",
-    ):
-        op(x, w, b, di.float(), do, strict=True)
-    with pytest.raises(TypeError, match=r"out_degrees must be an integer tensor .*got dtype bool"):
-        op(x, w, b, di, do > 0, strict=True)
-    with pytest.raises(TypeError, match=r"out_degrees must be a torch.Tensor; got list"):
-        op(x, w, b, di, [0, 1, 2], strict=True)
-    with pytest.raises(ValueError, match=r"in_degrees must be 1-D; got shape \(5, 1\)"):
-        op(x, w, b, di.view(5, 1), do, strict=True)
-    with pytest.raises(
-        ValueError,
-        match=r"x and out_degrees must be on the same device; got "
-        r"x on cpu and out_degrees on meta",
-    ):
-        op(x, w, b, di, do.to("meta"), strict=True)
-    with pytest.raises(
-        ValueError,
-        match=r"x's last dimension must equal weight's in_features "
-        r"5; got x \(2, 4\) and weight \(3, 5\)",
-    ):
-        op(torch.randn(2, 4), w, b, di, do, strict=True)
-    with pytest.raises(
-        ValueError,
-        match=r"weight must have 2 dimensions \[out_features, "
-        r"in_features\]; got shape \(15,\)",
-    ):
-        op(x, w.flatten(), b, di, do, strict=True)
-    with pytest.raises(
-        ValueError,
-        match=r"bias must have shape \(3,\) \(weight's "
-        r"out_features\); got \(1, 3\)",
-    ):
-        op(x, w, b.view(1, 3), di, do, strict=True)
-    with pytest.raises(
+        r"in_degrees must be an integer tensor \(int32 or int64\); got dtype float32",
+        dict(in_degrees=DI.float()),
+    ),
+    "bool out_degrees": (
         TypeError,
-        match=r"x and weight must have the same dtype; got x float32 "
-        r"and weight float64",
-    ):
-        op(x, w.double(), b, di, do, strict=True)
-    with pytest.raises(
+        r"out_degrees must be an integer tensor .*got dtype bool",
+        dict(out_degrees=DO > 0),
+    ),
+    "list out_degrees": (
         TypeError,
-        match=r"x and bias must have the same dtype; got x float32 "
-        r"and bias float16",
-    ):
-        op(x, w, b.half(), di, do, strict=True)
-    with pytest.raises(TypeError, match=r"x must be a floating tensor .*got dtype int64"):
-        op(x.long(), w, b, di, do, strict=True)
-    with pytest.raises(
+        r"out_degrees must be a torch.Tensor; got list",
+        dict(out_degrees=[0, 1, 2]),
+    ),
+    "in_degrees of rank 2": (
         ValueError,
-        match=r"x and weight must be on the same device; got x on "
-        r"cpu and weight on meta",
-    ):
-        op(x, w.to("meta"), b, di, do, strict=True)
-    with pytest.raises(TypeError, match=r"strict must be a bool; got int"):
-        op(x, w, b, di, do, strict=1)
+        r"in_degrees must be 1-D; got shape \(5, 1\)",
+        dict(in_degrees=DI.view(5, 1)),
+    ),
+    "out_degrees on another device": (
+        ValueError,
+        r"x and out_degrees must be on the same device; got x on cpu and out_degrees on meta",
+        dict(out_degrees=DO.to("meta")),
+    ),
+    "x of other in_features": (
+        ValueError,
+        r"x's last dimension must equal weight's in_features 5; got x \(2, 4\) and weight "
+        r"\(3, 5\)",
+        dict(x=torch.randn(2, 4)),
+    ),
+    "weight of rank 1": (
+        ValueError,
+        r"weight must have 2 dimensions \[out_features, in_features\]; got shape \(15,\)",
+        dict(weight=W.flatten()),
+    ),
+    "bias of rank 2": (
+        ValueError,
+        r"bias must have shape \(3,\) \(weight's out_features\); got \(1, 3\)",
+        dict(bias=B.view(1, 3)),
+    ),
+    "float64 weight": (
+        TypeError,
+        r"x and weight must have the same dtype; got x float32 and weight float64",
+        dict(weight=W.double()),
+    ),
+    "float16 bias": (
+        TypeError,
+        r"x and bias must have the same dtype; got x float32 and bias float16",
+        dict(bias=B.half()),
+    ),
+    "integer x": (
+        TypeError,
+        r"x must be a floating tensor .*got dtype int64",
+        dict(x=X.long()),
+    ),
+    "weight on another device": (
+        ValueError,
+        r"x and weight must be on the same device; got x on cpu and weight on meta",
+        dict(weight=W.to("meta")),
+    ),
+    "strict an int": (TypeError, r"strict must be a bool; got int", dict(strict=1)),
+    "scalar x": (
+        ValueError,
+        r"x must have at least one dimension",
+        dict(x=torch.tensor(1.0)),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUT)
+def test_bad_input_messages(case):
+    exc, pattern, changed = BAD_INPUT[case]
+    a = {**GOOD, **changed}
+    with pytest.raises(exc, match=pattern):
+        masked_linear(
+            a["x"], a["weight"], a["bias"], a["in_degrees"], a["out_degrees"], strict=a["strict"]
+        )
+
+
+def test_strict_is_required():
     with pytest.raises(TypeError, match=r"strict"):
-        op(x, w, b, di, do)  # strict is required
-    with pytest.raises(ValueError, match=r"x must have at least one dimension"):
-        op(torch.tensor(1.0), w, b, di, do, strict=True)
+        masked_linear(X, W, B, DI, DO)
 
 
 def test_backend_rejections_explained():

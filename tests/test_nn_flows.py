@@ -484,94 +484,100 @@ def test_inverse_gradients_with_respect_to_parameters(name, backend):
 # bad input
 
 
-def test_bad_input_messages():
-    with pytest.raises(
+# (the exception, a pattern its message matches, the call that raises it), by what is wrong
+BAD_INPUT = {
+    "ActNorm x of 3 channels": (
         ValueError,
-        match=r"ActNorm: x must be \[B, 4, H, W\] or \[B, 4\]; "
-        r"got shape \(2, 3, 4, 4\)",
-    ):
-        ActNorm(4)(torch.randn(2, 3, 4, 4))
-    with pytest.raises(
+        r"ActNorm: x must be \[B, 4, H, W\] or \[B, 4\]; got shape \(2, 3, 4, 4\)",
+        lambda: ActNorm(4)(torch.randn(2, 3, 4, 4)),
+    ),
+    "InvConv1x1 x of rank 3": (
         ValueError,
-        match=r"InvConv1x1: x must be \[B, 4, H, W\] or \[B, 4\]; "
-        r"got shape \(2, 4, 4\)",
-    ):
-        InvConv1x1(4, lu=True)(torch.randn(2, 4, 4))
-    with pytest.raises(
+        r"InvConv1x1: x must be \[B, 4, H, W\] or \[B, 4\]; got shape \(2, 4, 4\)",
+        lambda: InvConv1x1(4, lu=True)(torch.randn(2, 4, 4)),
+    ),
+    "Squeeze odd height": (
         ValueError,
-        match=r"Squeeze: H and W must be divisible by the factor "
-        r"2; got H=5, W=4",
-    ):
-        Squeeze()(torch.randn(1, 1, 5, 4))
-    with pytest.raises(
+        r"Squeeze: H and W must be divisible by the factor 2; got H=5, W=4",
+        lambda: Squeeze()(torch.randn(1, 1, 5, 4)),
+    ),
+    "Squeeze.inverse 6 channels": (
         ValueError,
-        match=r"Squeeze.inverse: the channel count must be "
-        r"divisible by factor\*\*2 = 4; got C=6",
-    ):
-        Squeeze().inverse(torch.randn(1, 6, 2, 2))
-    with pytest.raises(
+        r"Squeeze.inverse: the channel count must be divisible by factor\*\*2 = 4; got C=6",
+        lambda: Squeeze().inverse(torch.randn(1, 6, 2, 2)),
+    ),
+    "Squeeze x of rank 2": (
         ValueError,
-        match=r"Squeeze: x must be \[B, C, H, W\]; got shape "
-        r"\(3, 4\)",
-    ):
-        Squeeze()(torch.randn(3, 4))
-    for cls in (AffineCoupling, MixLogCDFCoupling):
-        name = cls.__name__
-        with pytest.raises(
-            ValueError,
-            match=rf"{name}: mask must be 'channel' or "
-            r"'checkerboard'; got 'diagonal'",
-        ):
-            cls(4, mask="diagonal")
-        with pytest.raises(ValueError, match=rf"{name}: parity must be 0 or 1; got 2"):
-            cls(4, parity=2)
-        with pytest.raises(
-            ValueError,
-            match=rf"{name}: num_channels must be >= 2 for the "
-            r"channel mask; got 1",
-        ):
-            cls(1, mask="channel")
-        layer = cls(4, hidden=4)
-        with pytest.raises(
-            ValueError,
-            match=rf"{name}: x must be \[B, 4, H, W\]; got shape "
-            r"\(2, 3, 4, 4\)",
-        ):
-            layer(torch.randn(2, 3, 4, 4))
-        with pytest.raises(ValueError, match=rf"{name}.inverse: x must be \[B, 4, H, W\]"):
-            layer.inverse(torch.randn(2, 4, 4))
-    with pytest.raises(
+        r"Squeeze: x must be \[B, C, H, W\]; got shape \(3, 4\)",
+        lambda: Squeeze()(torch.randn(3, 4)),
+    ),
+    "MixLogCDFCoupling no components": (
         ValueError,
-        match=r"MixLogCDFCoupling: num_components must be >= 1; "
-        r"got 0",
-    ):
-        MixLogCDFCoupling(4, num_components=0)
-    with pytest.raises(
+        r"MixLogCDFCoupling: num_components must be >= 1; got 0",
+        lambda: MixLogCDFCoupling(4, num_components=0),
+    ),
+    "unknown activation": (
         ValueError,
-        match=r"ConditioningNet: activation must be one of relu, "
-        r"gelu, elu; got 'tanh'",
-    ):
-        AffineCoupling(4, activation="tanh")
-    with pytest.raises(ValueError, match=r"SplitPrior: num_channels must be >= 2; got 1"):
-        SplitPrior(1)
-    with pytest.raises(
+        r"ConditioningNet: activation must be one of relu, gelu, elu; got 'tanh'",
+        lambda: AffineCoupling(4, activation="tanh"),
+    ),
+    "SplitPrior one channel": (
         ValueError,
-        match=r"SplitPrior: x must be \[B, 4, H, W\]; got shape "
-        r"\(2, 5, 3, 3\)",
-    ):
-        SplitPrior(4)(torch.randn(2, 5, 3, 3))
-    with pytest.raises(
+        r"SplitPrior: num_channels must be >= 2; got 1",
+        lambda: SplitPrior(1),
+    ),
+    "SplitPrior x of 5 channels": (
         ValueError,
-        match=r"SplitPrior.inverse: z2 must have shape "
-        r"\(2, 2, 3, 3\); got \(2, 2, 3, 4\)",
-    ):
-        SplitPrior(4).inverse(torch.randn(2, 2, 3, 3), z2=torch.randn(2, 2, 3, 4))
-    with pytest.raises(
+        r"SplitPrior: x must be \[B, 4, H, W\]; got shape \(2, 5, 3, 3\)",
+        lambda: SplitPrior(4)(torch.randn(2, 5, 3, 3)),
+    ),
+    "SplitPrior.inverse z2 of another shape": (
+        ValueError,
+        r"SplitPrior.inverse: z2 must have shape \(2, 2, 3, 3\); got \(2, 2, 3, 4\)",
+        lambda: SplitPrior(4).inverse(torch.randn(2, 2, 3, 3), z2=torch.randn(2, 2, 3, 4)),
+    ),
+    "ActNorm integer x": (
         TypeError,
-        match=r"ActNorm: x must be a floating tensor; got dtype "
-        r"int64",
-    ):
-        ActNorm(2)(torch.zeros(1, 2, dtype=torch.long))
+        r"ActNorm: x must be a floating tensor; got dtype int64",
+        lambda: ActNorm(2)(torch.zeros(1, 2, dtype=torch.long)),
+    ),
+}
+
+# the ValueErrors both couplings raise: (a pattern, {name} the class's name; call(cls))
+COUPLING_BAD_INPUT = {
+    "unknown mask": (
+        r"{name}: mask must be 'channel' or 'checkerboard'; got 'diagonal'",
+        lambda cls: cls(4, mask="diagonal"),
+    ),
+    "parity 2": (r"{name}: parity must be 0 or 1; got 2", lambda cls: cls(4, parity=2)),
+    "channel mask of one channel": (
+        r"{name}: num_channels must be >= 2 for the channel mask; got 1",
+        lambda cls: cls(1, mask="channel"),
+    ),
+    "x of 3 channels": (
+        r"{name}: x must be \[B, 4, H, W\]; got shape \(2, 3, 4, 4\)",
+        lambda cls: cls(4, hidden=4)(torch.randn(2, 3, 4, 4)),
+    ),
+    "inverse of x of rank 3": (
+        r"{name}.inverse: x must be \[B, 4, H, W\]",
+        lambda cls: cls(4, hidden=4).inverse(torch.randn(2, 4, 4)),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUT)
+def test_bad_input_messages(case):
+    exc, pattern, call = BAD_INPUT[case]
+    with pytest.raises(exc, match=pattern):
+        call()
+
+
+@pytest.mark.parametrize("cls", [AffineCoupling, MixLogCDFCoupling])
+@pytest.mark.parametrize("case", COUPLING_BAD_INPUT)
+def test_coupling_bad_input_messages(cls, case):
+    pattern, call = COUPLING_BAD_INPUT[case]
+    with pytest.raises(ValueError, match=pattern.format(name=cls.__name__)):
+        call(cls)
 
 
 @pytest.mark.parametrize("mask", ["channel", "checkerboard"])

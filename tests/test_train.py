@@ -198,22 +198,8 @@ def test_pixelcnn_nll_and_sample(C):
 
 
 def test_train_pixelcnn_smoke(tmp_path, capsys):
-    rc = dqkernels.cli.main(
-        [
-            "train",
-            "pixelcnn",
-            "--epochs",
-            "1",
-            "--limit",
-            "64",
-            "--width",
-            "8",
-            "--grid",
-            "4",
-            "--out",
-            str(tmp_path),
-        ]
-    )
+    flags = "--epochs 1 --limit 64 --width 8 --grid 4".split()
+    rc = dqkernels.cli.main(["train", "pixelcnn", *flags, "--out", str(tmp_path)])
     assert rc == 0
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 1
@@ -235,18 +221,8 @@ def test_train_pixelcnn_smoke(tmp_path, capsys):
 
 
 def test_train_bad_data_dir(tmp_path, capsys):
-    rc = dqkernels.cli.main(
-        [
-            "train",
-            "pixelcnn",
-            "--dataset",
-            "binarized_mnist",
-            "--data-dir",
-            str(tmp_path / "missing"),
-            "--out",
-            str(tmp_path / "out"),
-        ]
-    )
+    data = ["--dataset", "binarized_mnist", "--data-dir", str(tmp_path / "missing")]
+    rc = dqkernels.cli.main(["train", "pixelcnn", *data, "--out", str(tmp_path / "out")])
     assert rc == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and "binarized_mnist_train.amat" in err

@@ -16,13 +16,12 @@ import pytest
 import torch
 from train_runs import (
     ROOT,
-    assert_ranks_match,
     checkpoint_names,
+    ddp_against_one_process,
     final_checkpoint,
     records,
     strip_times,
     subprocess_env,
-    torchrun,
 )
 
 import dqkernels.cli
@@ -34,18 +33,25 @@ TINY = (
     "--limit 40 --batch-size 16 --width 8 --blocks 1 --mixtures 2 --grid 0 --no-progress "
     "--device cpu"
 ).split()
+# the smallest PixelCNN there is, for runs that test everything but the model
+SMALLEST = "--width 4 --blocks 0 --mixtures 1"
 
 
 def _cli(out, *extra):
     return dqkernels.cli.main(["train", "pixelcnn", *TINY, "--out", str(out), *extra])
 
 
-def _run_task(task, out, *argv):
+def _parse(task, out, *argv):
+    """The arguments of a tiny run of task into out, as the command line would give them."""
     parser = argparse.ArgumentParser()
     trainer.configure_parser(parser, task)
     args = parser.parse_args([*TINY, "--out", str(out), *argv])
     args.model = task.name
-    return trainer.train(task, args)
+    return args
+
+
+def _run_task(task, out, *argv):
+    return trainer.train(task, _parse(task, out, *argv))
 
 
 # ----------------------------------------------------------------------------- exact resume
@@ -84,7 +90,7 @@ def test_resume_from_format_1_checkpoint(tmp_path):
 def test_resume_at_epoch_end_pending_evaluation(tmp_path):
     """SIGINT-style stop right after the last step of an epoch (before its evaluation):
     the checkpoint says the evaluation is pending and the resumed run does it."""
-    task = _SignalAtStep(step=3, signum=signal.SIGINT)
+    task = _signal_at_step(step=3, signum=signal.SIGINT)
     assert _run_task(task, tmp_path / "b", "--epochs", "2", "--dropout", "0.2") == 130
     ck = final_checkpoint(tmp_path / "b")["run"]
     assert (ck["step"], ck["epoch"], ck["batch"]) == (3, 0, 3)
@@ -158,28 +164,34 @@ class _Wrap(PixelCNNTask):
         return out
 
 
-class _SignalAtStep(_Wrap):
-    def __init__(self, step, signum):
-        self.step, self.signum = step, signum
+class _AtStep(_Wrap):
+    """Runs action(out, module) on the forward of one step; the others run as they are."""
+
+    def __init__(self, step, action):
+        self.step, self.action = step, action
 
     def hook(self, step, out, module):
-        if step == self.step:
-            os.kill(os.getpid(), self.signum)
+        return self.action(out, module) if step == self.step else out
+
+
+def _signal_at_step(step, signum):
+    def send(out, module):
+        os.kill(os.getpid(), signum)
         return out
 
+    return _AtStep(step, send)
 
-class _BadAtStep(_Wrap):
-    def __init__(self, step, what):
-        self.step, self.what = step, what
 
-    def hook(self, step, out, module):
-        if step == self.step:
-            if self.what == "loss":
-                out = {"loss": out["loss"] * float("nan")}
-            else:  # finite loss, NaN gradient: d sqrt(|0 * w|) = inf * 0
-                w = module.net.head2.weight
-                out = {"loss": out["loss"] + (0 * w).abs().sqrt().sum()}
-        return out
+def _bad_at_step(step, what):
+    """A NaN loss (what="loss") or a finite loss with a NaN gradient at that step."""
+
+    def spoil(out, module):
+        if what == "loss":
+            return {"loss": out["loss"] * float("nan")}
+        w = module.net.head2.weight  # d sqrt(|0 * w|) = inf * 0
+        return {"loss": out["loss"] + (0 * w).abs().sqrt().sum()}
+
+    return _AtStep(step, spoil)
 
 
 class _Extras(_Wrap):
@@ -201,7 +213,7 @@ class _Extras(_Wrap):
 
 @pytest.mark.parametrize("what", ["loss", "grad"])
 def test_non_finite_stops_and_keeps_last_good_checkpoint(tmp_path, capsys, what):
-    task = _BadAtStep(step=3, what=what)
+    task = _bad_at_step(step=3, what=what)
     rc = _run_task(task, tmp_path, "--epochs", "2", "--checkpoint-every", "1")
     assert rc == 1
     err = capsys.readouterr().err
@@ -217,14 +229,14 @@ def test_non_finite_stops_and_keeps_last_good_checkpoint(tmp_path, capsys, what)
 
 
 def test_non_finite_at_first_step_names_no_checkpoint(tmp_path, capsys):
-    rc = _run_task(_BadAtStep(step=1, what="loss"), tmp_path, "--epochs", "1")
+    rc = _run_task(_bad_at_step(step=1, what="loss"), tmp_path, "--epochs", "1")
     assert rc == 1
     assert "no checkpoint had been written yet" in capsys.readouterr().err
     assert checkpoint_names(tmp_path) == []
 
 
 def test_sigint_in_process_checkpoints_and_exits_130(tmp_path, capfd):
-    task = _SignalAtStep(step=2, signum=signal.SIGINT)
+    task = _signal_at_step(step=2, signum=signal.SIGINT)
     handler = signal.getsignal(signal.SIGINT)
     assert _run_task(task, tmp_path, "--epochs", "5") == 130
     assert signal.getsignal(signal.SIGINT) is handler  # restored
@@ -237,19 +249,8 @@ def test_sigint_in_process_checkpoints_and_exits_130(tmp_path, capfd):
 def test_extras_eval_every_backend_and_bf16(tmp_path):
     _Extras.seen = []
     previous = backends.get_backend()
-    rc = _run_task(
-        _Extras(),
-        tmp_path,
-        "--epochs",
-        "3",
-        "--eval-every",
-        "2",
-        "--backend",
-        "torch",
-        "--bf16",
-        "--max-steps",
-        "7",
-    )
+    flags = "--epochs 3 --eval-every 2 --backend torch --bf16".split()
+    rc = _run_task(_Extras(), tmp_path, *flags, "--max-steps", "7")
     assert rc == 0
     assert backends.get_backend() == previous  # the run's backend is undone
     assert len(_Extras.seen) == 7
@@ -264,21 +265,7 @@ def test_extras_eval_every_backend_and_bf16(tmp_path):
         assert r["images"] == 40 and r["step"] == 3 * r["epoch"]
     # the third epoch, the last: evaluated although 3 % 2 != 0
     _Extras.seen = []
-    assert (
-        _run_task(
-            _Extras(),
-            tmp_path,
-            "--epochs",
-            "3",
-            "--eval-every",
-            "2",
-            "--backend",
-            "torch",
-            "--bf16",
-            "--resume",
-        )
-        == 0
-    )
+    assert _run_task(_Extras(), tmp_path, *flags, "--resume") == 0
     assert math.isfinite(records(tmp_path)[2]["test_bpd"])
 
 
@@ -348,20 +335,7 @@ def test_common_argument_errors(tmp_path, capsys):
     ]:
         assert _cli(tmp_path, *argv) == 2, argv
         assert message in capsys.readouterr().err, argv
-    args = argparse.Namespace(
-        epochs=1,
-        batch_size=10,
-        eval_batch_size=1,
-        eval_every=1,
-        limit=None,
-        max_steps=None,
-        warmup_steps=0,
-        checkpoint_every=0,
-        seed=0,
-        lr=1.0,
-        grad_clip=None,
-        compile=None,
-    )
+    args = _parse(PixelCNNTask(), tmp_path, "--batch-size", "10")  # good but for the world
     with pytest.raises(trainer.UsageError, match="--batch-size 10 .* not divisible by the 3 "):
         trainer.check_common_args(args, world=3)
 
@@ -415,31 +389,9 @@ def _write_fake_cifar(directory, n_train=(3, 2), n_test=2):
 
 def test_train_on_fake_cifar10(tmp_path, capsys):
     _write_fake_cifar(tmp_path / "cifar" / "cifar-10-batches-py")
-    rc = dqkernels.cli.main(
-        [
-            "train",
-            "pixelcnn",
-            "--dataset",
-            "cifar10",
-            "--data-dir",
-            str(tmp_path / "cifar"),
-            "--epochs",
-            "1",
-            "--batch-size",
-            "2",
-            "--width",
-            "4",
-            "--blocks",
-            "0",
-            "--mixtures",
-            "1",
-            "--grid",
-            "1",
-            "--no-progress",
-            "--out",
-            str(tmp_path / "out"),
-        ]
-    )
+    data = ["--dataset", "cifar10", "--data-dir", str(tmp_path / "cifar")]
+    flags = f"--epochs 1 --batch-size 2 {SMALLEST} --grid 1 --no-progress".split()
+    rc = dqkernels.cli.main(["train", "pixelcnn", *data, *flags, "--out", str(tmp_path / "out")])
     assert rc == 0
     out = capsys.readouterr().out
     assert "5 train / 2 test images of 3x32x32, 256 levels" in out
@@ -452,34 +404,11 @@ def test_train_on_fake_cifar10(tmp_path, capsys):
 
 def test_sigterm_subprocess_checkpoints_and_exits_143(tmp_path):
     out = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "-m",
-        "dqkernels.cli",
-        "train",
-        "pixelcnn",
-        "--epochs",
-        "10000",
-        "--limit",
-        "16",
-        "--batch-size",
-        "8",
-        "--width",
-        "4",
-        "--blocks",
-        "0",
-        "--mixtures",
-        "1",
-        "--grid",
-        "0",
-        "--no-progress",
-        "--device",
-        "cpu",
-        "--checkpoint-every",
-        "1",
-        "--out",
-        str(out),
-    ]
+    flags = (
+        f"--epochs 10000 --limit 16 --batch-size 8 {SMALLEST} --grid 0 --no-progress "
+        "--device cpu --checkpoint-every 1"
+    ).split()
+    cmd = [sys.executable, "-m", "dqkernels.cli", "train", "pixelcnn", *flags, "--out", str(out)]
     proc = subprocess.Popen(
         cmd,
         cwd=ROOT,
@@ -507,18 +436,8 @@ def test_sigterm_subprocess_checkpoints_and_exits_143(tmp_path):
     assert len(trainer.list_checkpoints(str(out))) <= 2
     assert not list(out.glob(".*tmp"))
     # it resumes from there
-    rc = dqkernels.cli.main(
-        [
-            "train",
-            "pixelcnn",
-            "--out",
-            str(out),
-            "--resume",
-            "--max-steps",
-            str(ck["step"] + 1),
-            "--no-progress",
-        ]
-    )
+    resume = ["--out", str(out), "--resume", "--max-steps", str(ck["step"] + 1), "--no-progress"]
+    rc = dqkernels.cli.main(["train", "pixelcnn", *resume])
     assert rc == 0 and final_checkpoint(out)["run"]["step"] == ck["step"] + 1
 
 
@@ -531,35 +450,12 @@ def test_ddp_two_gloo_processes_match_single_process(tmp_path):
         "--grid 0 --no-progress --device cpu --eval-batch-size 100"
     ).split()
     ddp_out = tmp_path / "ddp"
-    proc = torchrun(
-        "-m",
-        "dqkernels.cli",
-        "train",
-        "pixelcnn",
-        *flags,
-        "--out",
-        ddp_out,
-        "--dump-params",
-        tmp_path / "rank{rank}.pt",
+    program = ["-m", "dqkernels.cli", "train", "pixelcnn"]
+    proc = ddp_against_one_process(
+        tmp_path, program, lambda argv: dqkernels.cli.main(["train", "pixelcnn", *argv]), flags
     )
     assert proc.stdout.count("pixelcnn on digits") == 1  # rank 0 prints
     assert "x 2 processes" in proc.stdout
-
-    assert (
-        dqkernels.cli.main(
-            [
-                "train",
-                "pixelcnn",
-                *flags,
-                "--out",
-                str(tmp_path / "one"),
-                "--dump-params",
-                str(tmp_path / "single.pt"),
-            ]
-        )
-        == 0
-    )
-    assert_ranks_match(tmp_path)
     ck = final_checkpoint(ddp_out)
     assert len(ck["run"]["rng"]) == 2 and ck["world_size"] == 2
     rngs = ck["run"]["rng"]

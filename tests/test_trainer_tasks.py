@@ -10,13 +10,11 @@ import pytest
 import torch
 import toy_tasks
 from train_runs import (
-    ROOT,
-    assert_ranks_match,
     checkpoint_names,
+    ddp_against_one_process,
     final_checkpoint,
     records,
     strip_times,
-    torchrun,
 )
 
 import dqkernels.cli
@@ -223,28 +221,9 @@ def test_ddp_reduces_weights_and_list_statistics(tmp_path, reverse_dir):
         "--eval-batch-size",
         "4",
     ]
-    proc = torchrun(
-        os.path.join(ROOT, "tests", "toy_tasks.py"),
-        "tokens",
-        *flags,
-        "--out",
-        tmp_path / "ddp",
-        "--dump-params",
-        tmp_path / "rank{rank}.pt",
-    )
+    program = [os.path.abspath(toy_tasks.__file__), "tokens"]
+    proc = ddp_against_one_process(tmp_path, program, lambda argv: _train("tokens", *argv), flags)
     assert "x 2 processes" in proc.stdout
-    assert (
-        _train(
-            "tokens",
-            *flags,
-            "--out",
-            str(tmp_path / "one"),
-            "--dump-params",
-            str(tmp_path / "single.pt"),
-        )
-        == 0
-    )
-    assert_ranks_match(tmp_path)
     for a, b in zip(records(tmp_path / "ddp"), records(tmp_path / "one")):
         assert a["train_nll"] == pytest.approx(b["train_nll"], rel=1e-5)
         assert a["test_nll"] == pytest.approx(b["test_nll"], rel=1e-5)

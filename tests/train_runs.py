@@ -66,6 +66,19 @@ def torchrun(*argv, nproc: int = 2, timeout: float = 300) -> subprocess.Complete
     return proc
 
 
+def ddp_against_one_process(tmp_path, program, run, flags) -> subprocess.CompletedProcess:
+    """Trains with ``flags`` twice: under ``torchrun(*program)`` (2 processes) into
+    ``tmp_path/ddp`` and in this process with ``run(argv)`` into ``tmp_path/one``, each
+    dumping its parameters; both must succeed and the ranks must match each other and the one
+    process (``assert_ranks_match``). Returns the torchrun process."""
+    ddp = ["--out", tmp_path / "ddp", "--dump-params", tmp_path / "rank{rank}.pt"]
+    proc = torchrun(*program, *flags, *ddp)
+    one = ["--out", str(tmp_path / "one"), "--dump-params", str(tmp_path / "single.pt")]
+    assert run([*flags, *one]) == 0
+    assert_ranks_match(tmp_path)
+    return proc
+
+
 def assert_ranks_match(tmp_path, single: str | None = "single.pt") -> dict:
     """The parameters dumped by ``--dump-params tmp_path/rank{rank}.pt`` are identical on
     both ranks and, with ``single``, equal to one process's up to the reduction order.
