@@ -241,22 +241,30 @@ def read_amat(path: str, num_values: int = _MNIST_PIXELS) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
-def _amat_path(data_dir: str, split: str) -> str:
-    base = os.path.join(data_dir, f"binarized_mnist_{split}.amat")
+def _find_data_file(data_dir: str, name: str, what: str, holds: str = "") -> str:
+    """``data_dir/name`` or ``data_dir/name.gz``, whichever exists; else a FileNotFoundError
+    that names the dataset (``what``) and, when given, what the directory must ``hold``."""
+    base = os.path.join(data_dir, name)
     for candidate in (base, base + ".gz"):
         if os.path.isfile(candidate):
             return candidate
-    expected = ", ".join(f"binarized_mnist_{s}.amat[.gz]" for s in _AMAT_SPLITS)
     where = os.path.abspath(data_dir)
     if not os.path.isdir(data_dir):
+        must = f"; it must hold {holds}" if holds else ""
         raise FileNotFoundError(
-            f"binarized_mnist: data directory {data_dir!r} (resolved to {where}) does not "
-            f"exist; it must hold {expected}. Pass --data-dir DIR."
+            f"{what}: data directory {data_dir!r} (resolved to {where}) does not "
+            f"exist{must}. Pass --data-dir DIR."
         )
+    must = f"; the directory must hold {holds}." if holds else ""
     raise FileNotFoundError(
-        f"binarized_mnist: neither binarized_mnist_{split}.amat nor "
-        f"binarized_mnist_{split}.amat.gz found in {data_dir!r} (resolved to {where}); "
-        f"the directory must hold {expected}."
+        f"{what}: neither {name} nor {name}.gz found in {data_dir!r} (resolved to {where}){must}"
+    )
+
+
+def _amat_path(data_dir: str, split: str) -> str:
+    expected = ", ".join(f"binarized_mnist_{s}.amat[.gz]" for s in _AMAT_SPLITS)
+    return _find_data_file(
+        data_dir, f"binarized_mnist_{split}.amat", "binarized_mnist", holds=expected
     )
 
 

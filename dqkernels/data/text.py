@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from dqkernels.data.images import default_data_dir
+from dqkernels.data.images import _find_data_file, default_data_dir
 
 __all__ = [
     "ParallelText",
@@ -62,20 +62,7 @@ def read_text_lines(path: str) -> list[str]:
 
 
 def _text_path(data_dir: str, stem: str, lang: str, what: str) -> str:
-    base = os.path.join(data_dir, f"{stem}.{lang}")
-    for candidate in (base, base + ".gz"):
-        if os.path.isfile(candidate):
-            return candidate
-    where = os.path.abspath(data_dir)
-    if not os.path.isdir(data_dir):
-        raise FileNotFoundError(
-            f"{what}: data directory {data_dir!r} (resolved to {where}) "
-            f"does not exist. Pass --data-dir DIR."
-        )
-    raise FileNotFoundError(
-        f"{what}: neither {stem}.{lang} nor {stem}.{lang}.gz found in "
-        f"{data_dir!r} (resolved to {where})"
-    )
+    return _find_data_file(data_dir, f"{stem}.{lang}", what)
 
 
 def read_parallel(

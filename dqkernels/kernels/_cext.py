@@ -7,7 +7,9 @@ index, -2 elsewhere; dtype codes from ``dqkernels._C.dtype_codes()``, -1 for a d
 kernels do not take; the tensor itself last, so that a temporary such as
 ``tensor_arg(t.contiguous())`` lives as long as the call), or None for an absent tensor.
 The binding (python/binding.h) checks the tensors against each other and fills the
-kernel's arguments from their own sizes.
+kernel's arguments from their own sizes. :func:`call_cpu` and :func:`call_cuda` make the
+call of a ``cpp`` or ``cuda`` backend: ``_C.<entry>_cpu(args..., threads)`` and
+``_C.<entry>_cuda(args..., stream)``.
 """
 
 from __future__ import annotations
@@ -60,3 +62,24 @@ def cpu_threads() -> int:
 def cuda_stream(device: torch.device) -> int:
     """The handle of torch's current stream on ``device``."""
     return torch.cuda.current_stream(device).cuda_stream
+
+
+def c_args(args: Sequence) -> tuple:
+    """``args`` with each tensor as :func:`tensor_arg` makes it (other values unchanged)."""
+    return tuple(tensor_arg(a) if isinstance(a, torch.Tensor) else a for a in args)
+
+
+def call_cpu(entry: str, *args, isa: int | None = None) -> None:
+    """``_C.<entry>_cpu(*args, cpu_threads()[, isa])``, tensors passed as :func:`tensor_arg`
+    (``isa``: the instruction-set path of the entry points that take one)."""
+    tail = () if isa is None else (isa,)
+    getattr(_C, entry + "_cpu")(*c_args(args), cpu_threads(), *tail)
+
+
+def call_cuda(entry: str, *args) -> None:
+    """``_C.<entry>_cuda(*args, stream)``, tensors passed as :func:`tensor_arg`, on the
+    device of the first tensor in ``args`` (the binding checks that all are on it) and
+    its current stream."""
+    device = next(a.device for a in args if isinstance(a, torch.Tensor))
+    with torch.cuda.device(device):
+        getattr(_C, entry + "_cuda")(*c_args(args), cuda_stream(device))

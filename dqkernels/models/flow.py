@@ -51,27 +51,17 @@ def make_coupling(
     by default ``"channel"`` when ``channels >= 2``, ``"checkerboard"`` otherwise."""
     if mask is None:
         mask = "channel" if channels >= 2 else "checkerboard"
+    common = dict(
+        mask=mask,
+        parity=parity,
+        num_blocks=num_blocks,
+        backend=backend,
+        context_channels=context_channels,
+    )
     if kind == "mixlog":
-        return MixLogCDFCoupling(
-            channels,
-            num_components,
-            hidden,
-            mask=mask,
-            parity=parity,
-            num_blocks=num_blocks,
-            backend=backend,
-            context_channels=context_channels,
-        )
+        return MixLogCDFCoupling(channels, num_components, hidden, **common)
     if kind == "affine":
-        return AffineCoupling(
-            channels,
-            hidden,
-            mask=mask,
-            parity=parity,
-            num_blocks=num_blocks,
-            backend=backend,
-            context_channels=context_channels,
-        )
+        return AffineCoupling(channels, hidden, **common)
     raise ValueError(f"coupling must be one of {', '.join(COUPLINGS)}; got {kind!r}")
 
 

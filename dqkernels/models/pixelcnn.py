@@ -29,8 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dqkernels.models._dmol import DmolOutput, check_image_args
 from dqkernels.nn import MaskedConv2d, ResidualBlock
-from dqkernels.ops import dmol_nll, dmol_sample
 from dqkernels.reference.dmol import params_per_mixture
 from dqkernels.reference.masked_conv2d import conv2d_mask
 
@@ -44,7 +44,7 @@ def pixel_mask(kernel_size: int, mask_type: str) -> torch.Tensor:
     return conv2d_mask(1, 1, kernel_size, mask_type, dtype=torch.float32)[0, 0]
 
 
-class PixelCNN(nn.Module):
+class PixelCNN(DmolOutput, nn.Module):
     """A small PixelCNN that outputs discretized-logistic-mixture parameters.
 
     Args:
@@ -80,10 +80,7 @@ class PixelCNN(nn.Module):
         backend: str | None = None,
     ):
         super().__init__()
-        if in_channels not in (1, 3):
-            raise ValueError(f"PixelCNN: in_channels must be 1 or 3; got {in_channels}")
-        if num_levels < 2:
-            raise ValueError(f"PixelCNN: num_levels must be >= 2; got {num_levels}")
+        check_image_args("PixelCNN", in_channels, num_levels)
         if width < 1 or num_blocks < 0 or num_mixtures < 1:
             raise ValueError(
                 f"PixelCNN: need width >= 1, num_blocks >= 0, num_mixtures >= 1; "
@@ -139,14 +136,7 @@ class PixelCNN(nn.Module):
 
     def nll_per_pixel(self, x: torch.Tensor) -> torch.Tensor:
         """NLL in nats per pixel (all channels of a pixel together), ``[B, H, W]``."""
-        params = self(x)
-        return dmol_nll(
-            x.to(params.dtype),
-            params,
-            num_levels=self.num_levels,
-            min_log_scale=self.min_log_scale,
-            backend=self.backend,
-        )
+        return self._dmol_nll(x, self(x))
 
     def nll(self, x: torch.Tensor) -> torch.Tensor:
         """NLL in nats of each image, ``[B]`` (summed over pixels and channels)."""
@@ -179,14 +169,7 @@ class PixelCNN(nn.Module):
             for i in range(H):
                 for j in range(W):
                     params = self(x)[:, :, i : i + 1, j : j + 1]
-                    x[:, :, i : i + 1, j : j + 1] = dmol_sample(
-                        params,
-                        self.in_channels,
-                        num_levels=self.num_levels,
-                        min_log_scale=self.min_log_scale,
-                        generator=generator,
-                        backend=self.backend,
-                    )
+                    x[:, :, i : i + 1, j : j + 1] = self._dmol_sample(params, generator)
         finally:
             self.train(was_training)
         return x

@@ -33,9 +33,9 @@ import math
 import torch
 import torch.nn as nn
 
+from dqkernels.models._dmol import DmolOutput, check_image_args
 from dqkernels.nn.residual import ResidualBlock
 from dqkernels.nn.vector_quantizer import VectorQuantizer
-from dqkernels.ops import dmol_nll, dmol_sample
 from dqkernels.reference.dmol import params_per_mixture
 
 __all__ = ["VQVAE"]
@@ -46,7 +46,7 @@ def _block(width: int) -> ResidualBlock:
     return ResidualBlock(width, "relu", pre_activation="relu")
 
 
-class VQVAE(nn.Module):
+class VQVAE(DmolOutput, nn.Module):
     """Conv encoder, :class:`~dqkernels.nn.VectorQuantizer`, conv decoder to dmol params.
 
     Args:
@@ -86,10 +86,7 @@ class VQVAE(nn.Module):
         **vq,
     ):
         super().__init__()
-        if in_channels not in (1, 3):
-            raise ValueError(f"VQVAE: in_channels must be 1 or 3; got {in_channels}")
-        if num_levels < 2:
-            raise ValueError(f"VQVAE: num_levels must be >= 2; got {num_levels}")
+        check_image_args("VQVAE", in_channels, num_levels)
         if width < 1 or num_blocks < 0 or downsample < 0 or num_mixtures < 1:
             raise ValueError(
                 f"VQVAE: need width >= 1, num_blocks >= 0, downsample >= 0, "
@@ -182,14 +179,7 @@ class VQVAE(nn.Module):
 
     def nll(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """``-log p(x | codes)`` per image ``[B]`` of grid values ``x`` under dmol ``params``."""
-        per_pixel = dmol_nll(
-            x.to(params.dtype),
-            params,
-            num_levels=self.num_levels,
-            min_log_scale=self.min_log_scale,
-            backend=self.backend,
-        )
-        return per_pixel.flatten(1).sum(1)
+        return self._dmol_nll(x, params).flatten(1).sum(1)
 
     def forward(self, levels: torch.Tensor) -> dict:
         self._check(levels)
@@ -233,15 +223,7 @@ class VQVAE(nn.Module):
         """Integer levels ``[B, C, H, W]`` drawn from ``p(x | codes)`` given its params."""
         from dqkernels.data import grid_to_levels
 
-        x = dmol_sample(
-            params,
-            self.in_channels,
-            num_levels=self.num_levels,
-            min_log_scale=self.min_log_scale,
-            generator=generator,
-            backend=self.backend,
-        )
-        return grid_to_levels(x, self.num_levels)
+        return grid_to_levels(self._dmol_sample(params, generator), self.num_levels)
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:

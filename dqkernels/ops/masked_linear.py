@@ -13,9 +13,10 @@ from __future__ import annotations
 import torch
 
 from dqkernels.ops._common import (
-    _dt,
     accumulate_dtype,
+    check_int_tensor,
     check_same,
+    check_same_device,
     check_tensor,
     kernels,
     leading_size,
@@ -156,23 +157,14 @@ _forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _check_degrees(op: str, name: str, d, length: int, what: str, x: torch.Tensor) -> None:
-    if not isinstance(d, torch.Tensor):
-        raise TypeError(f"{op}: {name} must be a torch.Tensor; got {type(d).__name__}")
-    if d.dtype not in DEGREE_DTYPES:
-        raise TypeError(
-            f"{op}: {name} must be an integer tensor (int32 or int64); got dtype {_dt(d.dtype)}"
-        )
+    check_int_tensor(op, name, d, DEGREE_DTYPES)
     if d.dim() != 1:
         raise ValueError(f"{op}: {name} must be 1-D; got shape {tuple(d.shape)}")
     if d.shape[0] != length:
         raise ValueError(
             f"{op}: {name} must have length {length} (weight's {what}); got {d.shape[0]}"
         )
-    if d.device != x.device:
-        raise ValueError(
-            f"{op}: x and {name} must be on the same device; got x on {x.device} "
-            f"and {name} on {d.device}"
-        )
+    check_same_device(op, "x", x, name, d)
 
 
 def masked_linear(

@@ -29,7 +29,9 @@ from dqkernels.ops._common import (
     accumulate_dtype,
     check_finite_float,
     check_int,
+    check_int_tensor,
     check_same,
+    check_same_device,
     check_tensor,
     kernels,
     leading_size,
@@ -42,7 +44,7 @@ __all__ = ["vq_nearest", "vq_sample", "vq_ema_update"]
 _FAMILY = "vq"  # the op family: dqkernels/kernels/vq/
 
 STATE_DTYPES = (torch.float32, torch.float64)
-INDEX_DTYPES = (torch.int32, torch.int64)
+INDEX_DTYPES = (torch.int64, torch.int32)  # in the order error messages name them
 
 
 # ----------------------------------------------------------------------------- nearest
@@ -329,29 +331,15 @@ def vq_ema_update(
             f"{op}: z's last dimension must equal embed_sum's D "
             f"({embed_sum.shape[1]}); got z {tuple(z.shape)}"
         )
-    if z.device != embed_sum.device:
-        raise ValueError(
-            f"{op}: z and embed_sum must be on the same device; got z on "
-            f"{z.device} and embed_sum on {embed_sum.device}"
-        )
-    if not isinstance(indices, torch.Tensor):
-        raise TypeError(f"{op}: indices must be a torch.Tensor; got {type(indices).__name__}")
-    if indices.dtype not in INDEX_DTYPES:
-        raise TypeError(
-            f"{op}: indices must be an integer tensor (int64 or int32); got dtype "
-            f"{_dt(indices.dtype)}"
-        )
+    check_same_device(op, "z", z, "embed_sum", embed_sum)
+    check_int_tensor(op, "indices", indices, INDEX_DTYPES)
     lead = tuple(z.shape[:-1])
     if tuple(indices.shape) != lead and tuple(indices.shape[:-1]) != lead:
         raise ValueError(
             f"{op}: indices must have shape {lead} or {lead} + (S,) for z of "
             f"shape {tuple(z.shape)}; got {tuple(indices.shape)}"
         )
-    if indices.device != z.device:
-        raise ValueError(
-            f"{op}: z and indices must be on the same device; got z on {z.device} "
-            f"and indices on {indices.device}"
-        )
+    check_same_device(op, "z", z, "indices", indices)
     decay = check_finite_float(op, "decay", decay)
     if not 0.0 <= decay <= 1.0:
         raise ValueError(f"{op}: decay must be in [0, 1]; got {decay}")

@@ -3,31 +3,13 @@
 
 from __future__ import annotations
 
-from dqkernels._ext import _C
-from dqkernels.kernels._cext import cpu_threads, tensor_arg
+from dqkernels.kernels._cext import call_cpu
 
 
 def forward(x, weight, bias, y, mask_type, groups):
-    _C.masked_conv2d_forward_cpu(
-        tensor_arg(x),
-        tensor_arg(weight),
-        tensor_arg(bias),
-        tensor_arg(y),
-        mask_type == "B",
-        groups,
-        cpu_threads(),
-    )
+    call_cpu("masked_conv2d_forward", x, weight, bias, y, mask_type == "B", groups)
 
 
 def backward(x, weight, grad_y, grad_x, grad_weight, grad_bias, mask_type, groups):
-    _C.masked_conv2d_backward_cpu(
-        tensor_arg(x),
-        tensor_arg(weight),
-        tensor_arg(grad_y),
-        tensor_arg(grad_x),
-        tensor_arg(grad_weight),
-        tensor_arg(grad_bias),
-        mask_type == "B",
-        groups,
-        cpu_threads(),
-    )
+    grads = (grad_y, grad_x, grad_weight, grad_bias)
+    call_cpu("masked_conv2d_backward", x, weight, *grads, mask_type == "B", groups)

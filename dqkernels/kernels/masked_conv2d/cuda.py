@@ -8,33 +8,16 @@ from __future__ import annotations
 import torch
 
 from dqkernels._ext import _C
-from dqkernels.kernels._cext import cuda_stream, tensor_arg
+from dqkernels.kernels._cext import c_args, call_cuda, cuda_stream, tensor_arg
 
 
 def forward(x, weight, bias, y, mask_type, groups):
-    with torch.cuda.device(x.device):
-        _C.masked_conv2d_forward_cuda(
-            tensor_arg(x),
-            tensor_arg(weight),
-            tensor_arg(bias),
-            tensor_arg(y),
-            mask_type == "B",
-            groups,
-            cuda_stream(x.device),
-        )
+    call_cuda("masked_conv2d_forward", x, weight, bias, y, mask_type == "B", groups)
 
 
 def backward(x, weight, grad_y, grad_x, grad_weight, grad_bias, mask_type, groups):
-    args = (
-        tensor_arg(x),
-        tensor_arg(weight),
-        tensor_arg(grad_y),
-        tensor_arg(grad_x),
-        tensor_arg(grad_weight),
-        tensor_arg(grad_bias),
-        mask_type == "B",
-        groups,
-    )
+    grads = (grad_y, grad_x, grad_weight, grad_bias)
+    args = c_args((x, weight, *grads, mask_type == "B", groups))
     with torch.cuda.device(x.device):
         nbytes = _C.masked_conv2d_backward_workspace_cuda(*args)
         work = torch.empty((max(nbytes, 1),), dtype=torch.uint8, device=x.device)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from dqkernels._ext import _C
-from dqkernels.kernels._cext import cpu_threads, tensor_arg
+from dqkernels.kernels._cext import call_cpu
 
 __all__ = ["backward", "cpu_isa", "forward"]
 
@@ -24,36 +24,16 @@ def supported_isas() -> list[int]:
     return [i for i in (1, 2, 3, 4) if bits >> i & 1]
 
 
-def degrees(d: torch.Tensor):
+def degrees(d: torch.Tensor) -> torch.Tensor:
     """The degrees as the kernels take them: contiguous int64."""
-    return tensor_arg(d.to(torch.int64).contiguous())
+    return d.to(torch.int64).contiguous()
 
 
 def forward(x, weight, bias, in_deg, out_deg, strict, y):
-    _C.masked_linear_forward_cpu(
-        tensor_arg(x),
-        tensor_arg(weight),
-        tensor_arg(bias),
-        degrees(in_deg),
-        degrees(out_deg),
-        tensor_arg(y),
-        strict,
-        cpu_threads(),
-        cpu_isa,
-    )
+    degs = (degrees(in_deg), degrees(out_deg))
+    call_cpu("masked_linear_forward", x, weight, bias, *degs, y, strict, isa=cpu_isa)
 
 
 def backward(grad_y, x, weight, in_deg, out_deg, strict, grad_x, grad_weight, grad_bias):
-    _C.masked_linear_backward_cpu(
-        tensor_arg(grad_y),
-        tensor_arg(x),
-        tensor_arg(weight),
-        degrees(in_deg),
-        degrees(out_deg),
-        tensor_arg(grad_x),
-        tensor_arg(grad_weight),
-        tensor_arg(grad_bias),
-        strict,
-        cpu_threads(),
-        cpu_isa,
-    )
+    degs, grads = (degrees(in_deg), degrees(out_deg)), (grad_x, grad_weight, grad_bias)
+    call_cpu("masked_linear_backward", grad_y, x, weight, *degs, *grads, strict, isa=cpu_isa)
