@@ -44,39 +44,50 @@ def _fake_outputs(x):
     )
 
 
-def _make_map_op(inverse: bool):
-    """The custom op of the forward map (``dqk::mixlogcdf_coupling``) or, for
-    ``inverse=True``, of its inverse (``dqk::mixlogcdf_coupling_inverse``): ``(image of x,
-    logdet)`` by the kernels' ``forward`` or ``inverse``."""
-    name = "dqk::mixlogcdf_coupling_inverse" if inverse else "dqk::mixlogcdf_coupling"
-
-    @torch.library.custom_op(name, mutates_args=())
-    def op(
-        x: torch.Tensor,
-        logits: torch.Tensor,
-        means: torch.Tensor,
-        log_scales: torch.Tensor,
-        a: torch.Tensor,
-        b: torch.Tensor,
-        backend: str,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        out, logdet = _outputs(x)
-        if x.numel():
-            k = kernels(backend, _FAMILY)
-            (k.inverse if inverse else k.forward)(x, logits, means, log_scales, a, b, out, logdet)
-        else:
-            logdet.zero_()
-        return out, logdet
-
-    @op.register_fake
-    def _(x, logits, means, log_scales, a, b, backend):
-        return _fake_outputs(x)
-
-    return op
+@torch.library.custom_op("dqk::mixlogcdf_coupling", mutates_args=())
+def _forward_op(
+    x: torch.Tensor,
+    logits: torch.Tensor,
+    means: torch.Tensor,
+    log_scales: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    y, logdet = _outputs(x)
+    if x.numel():
+        kernels(backend, _FAMILY).forward(x, logits, means, log_scales, a, b, y, logdet)
+    else:
+        logdet.zero_()
+    return y, logdet
 
 
-_forward_op = _make_map_op(inverse=False)
-_inverse_op = _make_map_op(inverse=True)
+@_forward_op.register_fake
+def _(x, logits, means, log_scales, a, b, backend):
+    return _fake_outputs(x)
+
+
+@torch.library.custom_op("dqk::mixlogcdf_coupling_inverse", mutates_args=())
+def _inverse_op(
+    y: torch.Tensor,
+    logits: torch.Tensor,
+    means: torch.Tensor,
+    log_scales: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    x, logdet = _outputs(y)
+    if y.numel():
+        kernels(backend, _FAMILY).inverse(y, logits, means, log_scales, a, b, x, logdet)
+    else:
+        logdet.zero_()
+    return x, logdet
+
+
+@_inverse_op.register_fake
+def _(y, logits, means, log_scales, a, b, backend):
+    return _fake_outputs(y)
 
 
 @torch.library.custom_op("dqk::mixlogcdf_coupling_backward", mutates_args=())
