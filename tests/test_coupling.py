@@ -97,6 +97,12 @@ def check_grads(op, args, backend, *, inverse, seed, reference):
         grad_tols = [
             max(t, 3 * rel_err(g.to(dtype), r.to(dtype))) for t, g, r in zip(grad_tols, g32, rgrads)
         ]
+    if inverse and dtype in HALF and reference is _mix_ref:
+        # the mixture's inverse differentiates at its output, the root rounded to fp16/bf16;
+        # where the map is steep there that rounding alone moved a gradient by 2% (1 seed in
+        # ~300): the gold is the float64 implicit-function gradient at that rounded root
+        root = out.detach().double().cpu()
+        rgrads = _inverse_grads_at(reference, root, [t.double() for t in ref_leaves[1:]], gy, gl)
     info = f"seed={seed} backend={backend} dtype={dtype} inverse={inverse}"
     e_out, e_ld = rel_err(out, rout.to(dtype)), rel_err(ld, rld)
     assert e_out <= tol_out, f"output rel err {e_out:.2e} > {tol_out:.1e} ({info})"
@@ -105,6 +111,25 @@ def check_grads(op, args, backend, *, inverse, seed, reference):
         assert got.dtype == dtype and got.shape == args[i].shape
         e = rel_err(got, want.to(dtype))
         assert e <= grad_tol, f"grad of input {i} rel err {e:.2e} > {grad_tol:.1e} ({info})"
+
+
+def _inverse_grads_at(reference, root, params, gy, gl):
+    """Float64 gradients, with respect to ``(y, *params)``, of ``<gy, x> + <gl, logdet>``
+    for the inverse map ``x(y)`` (logdet = minus the forward's) evaluated at ``root``, by
+    the implicit function theorem on the forward ``reference(x, *params, False)``:
+    ``dx/dy = 1/F'(x)``, ``dx/dp = -(dF/dp)/F'(x)``."""
+    x = root.detach().clone().requires_grad_()
+    ps = [p.detach().clone().requires_grad_() for p in params]
+    y, ld = reference(x, *ps, False)
+
+    def grad(out, wrt, upstream):
+        got = torch.autograd.grad(out, wrt, upstream, retain_graph=True, allow_unused=True)
+        return [g if g is not None else torch.zeros_like(w) for g, w in zip(got, wrt)]
+
+    (fprime,) = grad(y, [x], torch.ones_like(y))  # F is elementwise in x
+    gx_ld, *gp_ld = grad(ld, [x, *ps], gl)
+    v = (gy - gx_ld) / fprime  # what reaches y, through x
+    return [v, *(-a - b for a, b in zip(grad(y, ps, v), gp_ld))]
 
 
 def _affine_ref(x, s, l, inverse):
