@@ -586,41 +586,46 @@ struct CompLoad {
   }
 };
 
+// Runs f(n, ps[n], buf) for every piece n on nt threads, each thread with its own buffers.
+template <typename F>
+void for_each_piece(const Pieces& ps, int64_t K, int nt, const F& f) {
+#pragma omp parallel num_threads(nt)
+  {
+    MixBuf buf(K);
+#pragma omp for schedule(dynamic, 4)
+    for (int64_t n = 0; n < ps.count; ++n) f(n, ps[n], buf);
+  }
+}
+
 template <typename S>
 void mix_forward_or_inverse(const Args& a, int nt, bool inverse, bool scalar_only) {
   using Acc = typename Scalar<S>::acc;
   const Pieces ps = pieces(a, 16);
   std::vector<Acc> part(ps.count);
   const bool vec = use_vec<S>(a) && !scalar_only;
-#pragma omp parallel num_threads(nt)
-  {
-    MixBuf buf(a.K);
-#pragma omp for schedule(dynamic, 4)
-    for (int64_t n = 0; n < ps.count; ++n) {
-      const Piece q = ps[n];
-      Acc sum = Acc(0);
-      for (int64_t j = q.j0; j < q.j1; ++j) {
-        const Acc in = Scalar<S>::load(ptr<S>(a, 0) + off(a.t[0], q, j));
-        const Acc av = Scalar<S>::load(ptr<S>(a, 4) + off(a.t[4], q, j));
-        const Acc bv = Scalar<S>::load(ptr<S>(a, 5) + off(a.t[5], q, j));
-        Acc out, ld;
-        if (vec) {
-          vload<S>(buf, a, q, j);
-          float o;
-          ld = inverse ? vmix_inverse(buf, float(in), float(av), float(bv), &o)
-                       : vmix_forward(buf, float(in), float(av), float(bv), &o);
-          out = o;
-        } else {
-          const CompLoad<S> load(a, q, j);
-          ld = inverse ? mix_inverse<Acc>(in, av, bv, a.K, load, &out)
-                       : mix_forward<Acc>(in, av, bv, a.K, load, &out);
-        }
-        Scalar<S>::store(ptr<S>(a, kOut) + off(a.t[kOut], q, j), out);
-        sum += ld;
+  for_each_piece(ps, a.K, nt, [&](int64_t n, const Piece& q, MixBuf& buf) {
+    Acc sum = Acc(0);
+    for (int64_t j = q.j0; j < q.j1; ++j) {
+      const Acc in = Scalar<S>::load(ptr<S>(a, 0) + off(a.t[0], q, j));
+      const Acc av = Scalar<S>::load(ptr<S>(a, 4) + off(a.t[4], q, j));
+      const Acc bv = Scalar<S>::load(ptr<S>(a, 5) + off(a.t[5], q, j));
+      Acc out, ld;
+      if (vec) {
+        vload<S>(buf, a, q, j);
+        float o;
+        ld = inverse ? vmix_inverse(buf, float(in), float(av), float(bv), &o)
+                     : vmix_forward(buf, float(in), float(av), float(bv), &o);
+        out = o;
+      } else {
+        const CompLoad<S> load(a, q, j);
+        ld = inverse ? mix_inverse<Acc>(in, av, bv, a.K, load, &out)
+                     : mix_forward<Acc>(in, av, bv, a.K, load, &out);
       }
-      part[n] = sum;
+      Scalar<S>::store(ptr<S>(a, kOut) + off(a.t[kOut], q, j), out);
+      sum += ld;
     }
-  }
+    part[n] = sum;
+  });
   reduce_logdet(a, ps, part);
 }
 
@@ -629,48 +634,42 @@ void mix_backward_cpu(const Args& a, int nt, bool scalar_only) {
   using Acc = typename Scalar<S>::acc;
   const Pieces ps = pieces(a, 16);
   const bool vec = use_vec<S>(a) && !scalar_only;
-#pragma omp parallel num_threads(nt)
-  {
-    MixBuf buf(a.K);
-#pragma omp for schedule(dynamic, 4)
-    for (int64_t n = 0; n < ps.count; ++n) {
-      const Piece q = ps[n];
-      const Acc gld = grad_logdet<Acc>(a, q.b);
-      for (int64_t j = q.j0; j < q.j1; ++j) {
-        const Acc xv = Scalar<S>::load(ptr<S>(a, 0) + off(a.t[0], q, j));
-        const Acc av = Scalar<S>::load(ptr<S>(a, 4) + off(a.t[4], q, j));
-        const Acc go = Scalar<S>::load(ptr<S>(a, kGradOut) + off(a.t[kGradOut], q, j));
-        S* gl = ptr<S>(a, kGrad0 + 1) + off(a.t[kGrad0 + 1], q, j);
-        S* gm = ptr<S>(a, kGrad0 + 2) + off(a.t[kGrad0 + 2], q, j);
-        S* gs = ptr<S>(a, kGrad0 + 3) + off(a.t[kGrad0 + 3], q, j);
-        const int64_t s1 = a.t[kGrad0 + 1].st[4], s2 = a.t[kGrad0 + 2].st[4],
-                      s3 = a.t[kGrad0 + 3].st[4];
-        ElemGrad<Acc> e;
-        if (vec) {
-          vload<S>(buf, a, q, j);
-          const ElemGrad<float> ef =
-              vmix_backward(buf, float(xv), float(av), float(go), float(gld), a.inverse);
-          e = ElemGrad<Acc>{ef.Gg, ef.Gl, ef.d_in, ef.d_a, ef.d_b};
-          for (int k = 0; k < buf.K; ++k) {
-            Scalar<S>::store(gl + k * s1, buf.x1[k]);
-            Scalar<S>::store(gm + k * s2, buf.x2[k]);
-            Scalar<S>::store(gs + k * s3, buf.x3[k]);
-          }
-        } else {
-          const CompLoad<S> load(a, q, j);
-          auto store = [&](int64_t k, Acc dl, Acc dm, Acc ds) {
-            Scalar<S>::store(gl + k * s1, dl);
-            Scalar<S>::store(gm + k * s2, dm);
-            Scalar<S>::store(gs + k * s3, ds);
-          };
-          e = coupling::mix_backward<Acc>(xv, av, a.K, load, go, gld, a.inverse, store);
+  for_each_piece(ps, a.K, nt, [&](int64_t n, const Piece& q, MixBuf& buf) {
+    const Acc gld = grad_logdet<Acc>(a, q.b);
+    for (int64_t j = q.j0; j < q.j1; ++j) {
+      const Acc xv = Scalar<S>::load(ptr<S>(a, 0) + off(a.t[0], q, j));
+      const Acc av = Scalar<S>::load(ptr<S>(a, 4) + off(a.t[4], q, j));
+      const Acc go = Scalar<S>::load(ptr<S>(a, kGradOut) + off(a.t[kGradOut], q, j));
+      S* gl = ptr<S>(a, kGrad0 + 1) + off(a.t[kGrad0 + 1], q, j);
+      S* gm = ptr<S>(a, kGrad0 + 2) + off(a.t[kGrad0 + 2], q, j);
+      S* gs = ptr<S>(a, kGrad0 + 3) + off(a.t[kGrad0 + 3], q, j);
+      const int64_t s1 = a.t[kGrad0 + 1].st[4], s2 = a.t[kGrad0 + 2].st[4],
+                    s3 = a.t[kGrad0 + 3].st[4];
+      ElemGrad<Acc> e;
+      if (vec) {
+        vload<S>(buf, a, q, j);
+        const ElemGrad<float> ef =
+            vmix_backward(buf, float(xv), float(av), float(go), float(gld), a.inverse);
+        e = ElemGrad<Acc>{ef.Gg, ef.Gl, ef.d_in, ef.d_a, ef.d_b};
+        for (int k = 0; k < buf.K; ++k) {
+          Scalar<S>::store(gl + k * s1, buf.x1[k]);
+          Scalar<S>::store(gm + k * s2, buf.x2[k]);
+          Scalar<S>::store(gs + k * s3, buf.x3[k]);
         }
-        Scalar<S>::store(ptr<S>(a, kGrad0) + off(a.t[kGrad0], q, j), e.d_in);
-        Scalar<S>::store(ptr<S>(a, kGrad0 + 4) + off(a.t[kGrad0 + 4], q, j), e.d_a);
-        Scalar<S>::store(ptr<S>(a, kGrad0 + 5) + off(a.t[kGrad0 + 5], q, j), e.d_b);
+      } else {
+        const CompLoad<S> load(a, q, j);
+        auto store = [&](int64_t k, Acc dl, Acc dm, Acc ds) {
+          Scalar<S>::store(gl + k * s1, dl);
+          Scalar<S>::store(gm + k * s2, dm);
+          Scalar<S>::store(gs + k * s3, ds);
+        };
+        e = coupling::mix_backward<Acc>(xv, av, a.K, load, go, gld, a.inverse, store);
       }
+      Scalar<S>::store(ptr<S>(a, kGrad0) + off(a.t[kGrad0], q, j), e.d_in);
+      Scalar<S>::store(ptr<S>(a, kGrad0 + 4) + off(a.t[kGrad0 + 4], q, j), e.d_a);
+      Scalar<S>::store(ptr<S>(a, kGrad0 + 5) + off(a.t[kGrad0 + 5], q, j), e.d_b);
     }
-  }
+  });
 }
 
 template <typename S>

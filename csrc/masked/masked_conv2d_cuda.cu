@@ -55,6 +55,26 @@ __device__ __forceinline__ typename DScalar<S>::acc ld(const void* base, int64_t
   return DScalar<S>::load(static_cast<const S*>(base) + off);
 }
 
+// One staged step of a thread's 4x4 micro-tile: acc[ii][jj] += As[kk][tm * 4 + ii] *
+// Bs[kk][tn + 16 * jj] over the kBK rows kk of the shared tiles.
+template <typename Acc, int kWA, int kWB>
+__device__ __forceinline__ void micro_tile_step(const Acc (&As)[kBK][kWA],
+                                                const Acc (&Bs)[kBK][kWB], int tm, int tn,
+                                                Acc (&acc)[4][4]) {
+#pragma unroll
+  for (int kk = 0; kk < kBK; ++kk) {
+    Acc av[4], bv[4];
+#pragma unroll
+    for (int ii = 0; ii < 4; ++ii) av[ii] = As[kk][tm * 4 + ii];
+#pragma unroll
+    for (int jj = 0; jj < 4; ++jj) bv[jj] = Bs[kk][tn + 16 * jj];
+#pragma unroll
+    for (int ii = 0; ii < 4; ++ii)
+#pragma unroll
+      for (int jj = 0; jj < 4; ++jj) acc[ii][jj] += av[ii] * bv[jj];
+  }
+}
+
 // kTr = false: forward, rows = output channels, reduction over input channels of x.
 // kTr = true: grad_x, rows = input channels, reduction over output channels of grad_y.
 template <typename S, typename Acc, bool kTr>
@@ -142,18 +162,7 @@ __global__ void __launch_bounds__(kThreads) igemm_kernel(const Args a) {
     }
     __syncthreads();
     if (s + 1 < steps) stage(s + 1);
-#pragma unroll
-    for (int kk = 0; kk < kBK; ++kk) {
-      Acc av[4], bv[4];
-#pragma unroll
-      for (int ii = 0; ii < 4; ++ii) av[ii] = As[kk][tm * 4 + ii];
-#pragma unroll
-      for (int jj = 0; jj < 4; ++jj) bv[jj] = Bs[kk][tn + 16 * jj];
-#pragma unroll
-      for (int ii = 0; ii < 4; ++ii)
-#pragma unroll
-        for (int jj = 0; jj < 4; ++jj) acc[ii][jj] += av[ii] * bv[jj];
-    }
+    micro_tile_step(As, Bs, tm, tn, acc);
     __syncthreads();
   }
 
@@ -236,18 +245,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();
     if (s + 1 < s1) stage(s + 1);
-#pragma unroll
-    for (int kk = 0; kk < kBK; ++kk) {
-      Acc av[4], bv[4];
-#pragma unroll
-      for (int ii = 0; ii < 4; ++ii) av[ii] = As[kk][tm * 4 + ii];
-#pragma unroll
-      for (int jj = 0; jj < 4; ++jj) bv[jj] = Bs[kk][tn + 16 * jj];
-#pragma unroll
-      for (int ii = 0; ii < 4; ++ii)
-#pragma unroll
-        for (int jj = 0; jj < 4; ++jj) acc[ii][jj] += av[ii] * bv[jj];
-    }
+    micro_tile_step(As, Bs, tm, tn, acc);
     __syncthreads();
   }
 

@@ -810,44 +810,43 @@ void run_rows(const Job<T>& j, int op, int isa, int nt) {
       });
 }
 
+// Completes j (its op's own fields already set) with the sizes, the inputs and the squared
+// code norms that nearest and sample share, and runs op over its rows.
+template <typename T>
+void run_with_norms(Job<T>& j, int64_t N, int64_t K, int64_t D, const void* z, const void* codebook,
+                    int op, int isa, int nt) {
+  using Acc = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
+  j.N = N;
+  j.K = K;
+  j.D = D;
+  j.z = static_cast<const T*>(z);
+  j.e = static_cast<const T*>(codebook);
+  std::vector<Acc> norms(static_cast<size_t>(K));
+  j.emax = code_norms(j.e, K, D, norms.data(), nt);
+  j.norms = norms.data();
+  run_rows(j, op, isa, nt);
+}
+
 template <typename T>
 void nearest_impl(const NearestArgs& a, int nt, int isa) {
-  using Acc = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
   isa = pick_cpu_isa(isa, "vq cpu");
+  if (!std::is_same<T, double>::value && a.K > int64_t(std::numeric_limits<int32_t>::max()))
+    throw std::invalid_argument("vq_nearest cpu: more than 2^31 - 1 codes");
   Job<T> j;
-  j.N = a.N;
-  j.K = a.K;
-  j.D = a.D;
-  j.z = static_cast<const T*>(a.z);
-  j.e = static_cast<const T*>(a.codebook);
   j.indices = a.indices;
   j.sqdist = a.sqdist;
-  if (sizeof(Acc) == 4 && a.K > int64_t(std::numeric_limits<int32_t>::max()))
-    throw std::invalid_argument("vq_nearest cpu: more than 2^31 - 1 codes");
-  std::vector<Acc> norms(size_t(a.K));
-  j.emax = code_norms(j.e, a.K, a.D, norms.data(), nt);
-  j.norms = norms.data();
-  run_rows(j, kNearest, isa, nt);
+  run_with_norms(j, a.N, a.K, a.D, a.z, a.codebook, kNearest, isa, nt);
 }
 
 template <typename T>
 void sample_impl(const SampleArgs& a, int nt, int isa) {
-  using Acc = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
   isa = pick_cpu_isa(isa, "vq cpu");
   Job<T> j;
-  j.N = a.N;
-  j.K = a.K;
-  j.D = a.D;
   j.S = a.S;
-  j.z = static_cast<const T*>(a.z);
-  j.e = static_cast<const T*>(a.codebook);
   j.u = a.u;
   j.inv_t = a.inv_temperature;
   j.out = a.out;
-  std::vector<Acc> norms(size_t(a.K));
-  j.emax = code_norms(j.e, a.K, a.D, norms.data(), nt);
-  j.norms = norms.data();
-  run_rows(j, kSample, isa, nt);
+  run_with_norms(j, a.N, a.K, a.D, a.z, a.codebook, kSample, isa, nt);
 }
 
 // ----------------------------------------------------------------------------- EMA

@@ -132,6 +132,18 @@ struct ScanOut {
 
 // ----------------------------------------------------------------------------- norms
 
+// sum_d row[d]^2 in float over the D entries of row, by the 32 lanes of a warp (lane
+// takes d = lane, lane + 32, ...; then warp_sum).
+template <typename T>
+__device__ __forceinline__ float warp_sqnorm(const T* row, int D, int lane) {
+  float s = 0.f;
+  for (int d = lane; d < D; d += 32) {
+    const float v = DScalar<T>::load(row + d);
+    s = fmaf(v, v, s);
+  }
+  return warp_sum(s);
+}
+
 // |e_k|^2 in float (a warp per code) and max_k into *emax_bits (float bits, values >= 0).
 template <typename T>
 __global__ void norms_kernel(const T* __restrict__ e, int K, int D, float* __restrict__ norms,
@@ -139,13 +151,7 @@ __global__ void norms_kernel(const T* __restrict__ e, int K, int D, float* __res
   const int lane = threadIdx.x & 31;
   const int warps = (gridDim.x * blockDim.x) >> 5;
   for (int k = (blockIdx.x * blockDim.x + threadIdx.x) >> 5; k < K; k += warps) {
-    const T* row = e + int64_t(k) * D;
-    float s = 0.f;
-    for (int d = lane; d < D; d += 32) {
-      const float v = DScalar<T>::load(row + d);
-      s = fmaf(v, v, s);
-    }
-    s = warp_sum(s);
+    const float s = warp_sqnorm(e + int64_t(k) * D, D, lane);
     if (lane == 0) {
       norms[k] = s;
       atomicMax(emax_bits, __float_as_uint(s));
@@ -511,12 +517,7 @@ __global__ void finish_kernel(const T* __restrict__ z, const T* __restrict__ e, 
     }
     merge_lanes<16>(b);
     const T* zr = z + int64_t(n) * D;
-    float zn = 0.f;
-    for (int d = lane; d < D; d += 32) {
-      const float v = DScalar<T>::load(zr + d);
-      zn = fmaf(v, v, zn);
-    }
-    zn = warp_sum(zn);
+    const float zn = warp_sqnorm(zr, D, lane);
     const float bound = screen * (emax + 2.f * sqrtf(zn) * sqrtf(emax));
     if (!(b.second - b.best > bound)) {  // close, tied, NaN or overflowed: re-score
       if (lane == 0) flagged[atomicAdd(nflagged, 1)] = n;

@@ -632,99 +632,34 @@ def _level_consts(num_levels: int):
     return (L - 1) / 2.0, float(L - 1), float(L), dh, d - dh, math.log(2.0 * d)
 
 
-def nll_forward(x, params, out, num_levels, min_log_scale):
-    B, C, H, W = x.shape
-    J, M, block_m, block_n, num_warps = _geometry("fwd", params.shape[1], C)
+def _launch(kernel, kind: str, params, tensors, num_channels, consts, min_log_scale):
+    """Run ``kernel`` (``kind`` of :data:`_CONFIGS`) with one program per ``BLOCK_N`` of
+    the ``B*H*W`` pixels of ``params [B, P, H, W]``; its arguments: ``tensors``, the pixel
+    geometry ``(N, H*W, W, M)``, every tensor's strides in order, ``consts`` (from
+    :func:`_level_consts`) and ``min_log_scale``."""
+    B, P, H, W = params.shape
+    J, M, block_m, block_n, num_warps = _geometry(kind, P, num_channels)
     N = B * H * W
-    half, top, lvl, dh, dl, log2d = _level_consts(num_levels)
-    grid = (triton.cdiv(N, block_n),)
+    strides = [s for t in tensors for s in t.stride()]
+    args = (*tensors, N, H * W, W, M, *strides, *consts, float(min_log_scale))
+    meta = dict(C=num_channels, J=J, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps)
     with _device_guard(params):
-        _dmol_nll_fwd_kernel[grid](
-            x,
-            params,
-            out,
-            N,
-            H * W,
-            W,
-            M,
-            *x.stride(),
-            *params.stride(),
-            *out.stride(),
-            half,
-            top,
-            lvl,
-            dh,
-            dl,
-            log2d,
-            float(min_log_scale),
-            C=C,
-            J=J,
-            BLOCK_M=block_m,
-            BLOCK_N=block_n,
-            num_warps=num_warps,
-        )
+        kernel[(triton.cdiv(N, block_n),)](*args, **meta)
+
+
+def nll_forward(x, params, out, num_levels, min_log_scale):
+    tensors = (x, params, out)
+    consts = _level_consts(num_levels)
+    _launch(_dmol_nll_fwd_kernel, "fwd", params, tensors, x.shape[1], consts, min_log_scale)
 
 
 def nll_backward(x, params, grad_out, grad_params, num_levels, min_log_scale):
-    B, C, H, W = x.shape
-    J, M, block_m, block_n, num_warps = _geometry("bwd", params.shape[1], C)
-    N = B * H * W
-    half, top, lvl, dh, dl, log2d = _level_consts(num_levels)
-    grid = (triton.cdiv(N, block_n),)
-    with _device_guard(params):
-        _dmol_nll_bwd_kernel[grid](
-            x,
-            params,
-            grad_out,
-            grad_params,
-            N,
-            H * W,
-            W,
-            M,
-            *x.stride(),
-            *params.stride(),
-            *grad_out.stride(),
-            *grad_params.stride(),
-            half,
-            top,
-            lvl,
-            dh,
-            dl,
-            log2d,
-            float(min_log_scale),
-            C=C,
-            J=J,
-            BLOCK_M=block_m,
-            BLOCK_N=block_n,
-            num_warps=num_warps,
-        )
+    tensors = (x, params, grad_out, grad_params)
+    consts = _level_consts(num_levels)
+    _launch(_dmol_nll_bwd_kernel, "bwd", params, tensors, x.shape[1], consts, min_log_scale)
 
 
 def sample(params, u, out, num_channels, num_levels, min_log_scale):
-    B, _, H, W = params.shape
-    C = num_channels
-    J, M, block_m, block_n, num_warps = _geometry("sample", params.shape[1], C)
-    N = B * H * W
-    half, top, _, _, _, _ = _level_consts(num_levels)
-    grid = (triton.cdiv(N, block_n),)
-    with _device_guard(params):
-        _dmol_sample_kernel[grid](
-            params,
-            u,
-            out,
-            N,
-            H * W,
-            W,
-            M,
-            *params.stride(),
-            *u.stride(),
-            *out.stride(),
-            half,
-            top,
-            float(min_log_scale),
-            C=C,
-            J=J,
-            BLOCK_M=block_m,
-            BLOCK_N=block_n,
-            num_warps=num_warps,
-        )
+    tensors = (params, u, out)
+    consts = _level_consts(num_levels)[:2]  # half, top
+    _launch(_dmol_sample_kernel, "sample", params, tensors, num_channels, consts, min_log_scale)

@@ -70,6 +70,20 @@ def _dot(a, b, acc, IEEE: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _dot_k_tile(
+    acc, a_rows, b_cols, offs_k, K, sak, sbk, m_ok, b_ok, IEEE: tl.constexpr, UPCAST: tl.constexpr
+):
+    """``acc + a[:, offs_k] @ b[offs_k, :]`` for the row pointers ``a_rows`` ``[BM, 1]`` and
+    column pointers ``b_cols`` ``[1, BN]``: ``k >= K`` reads as zeros, and so do the
+    entries of ``b`` where the ``[1 or BK, BN]`` mask ``b_ok`` is false."""
+    k_ok = offs_k < K
+    ok = offs_k.to(tl.int64)
+    a = tl.load(a_rows + ok[None, :] * sak, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+    b = tl.load(b_cols + ok[:, None] * sbk, mask=k_ok[:, None] & b_ok, other=0.0)
+    return _dot(a, b, acc, IEEE, UPCAST)
+
+
+@triton.jit
 def _masked_mm_kernel(
     a_ptr,
     b_ptr,
@@ -110,25 +124,17 @@ def _masked_mm_kernel(
     on = offs_n.to(tl.int64)
     dn = tl.load(dn_ptr + offs_n, mask=n_ok, other=0)
     acc = tl.zeros((BM, BN), dtype=tl.float32)
+    a_rows = a_ptr + om[:, None] * sam
+    b_cols = b_ptr + on[None, :] * sbn
     if SIDE_C:
         # whole output tile masked: no K iterations (the zeros are stored below)
         st = tl.load(status_ptr + pid_m * tl.num_programs(1) + pid_n)
         k_end = tl.where(st != 0, K, 0)
         for k0 in range(0, k_end, BK):
             offs_k = k0 + tl.arange(0, BK)
-            k_ok = offs_k < K
-            ok = offs_k.to(tl.int64)
-            a = tl.load(
-                a_ptr + om[:, None] * sam + ok[None, :] * sak,
-                mask=m_ok[:, None] & k_ok[None, :],
-                other=0.0,
+            acc = _dot_k_tile(
+                acc, a_rows, b_cols, offs_k, K, sak, sbk, m_ok, n_ok[None, :], IEEE, UPCAST
             )
-            b = tl.load(
-                b_ptr + ok[:, None] * sbk + on[None, :] * sbn,
-                mask=k_ok[:, None] & n_ok[None, :],
-                other=0.0,
-            )
-            acc = _dot(a, b, acc, IEEE, UPCAST)
         dm = tl.load(dr_ptr + offs_m, mask=m_ok, other=0)
         if N_IS_HI:
             keep = _keep(dn[None, :], dm[:, None], STRICT)
@@ -140,24 +146,13 @@ def _masked_mm_kernel(
         for t in range(count):
             kt = tl.load(tiles_ptr + pid_n * KT + t)
             offs_k = kt * BK + tl.arange(0, BK)
-            k_ok = offs_k < K
-            ok = offs_k.to(tl.int64)
-            dk = tl.load(dr_ptr + offs_k, mask=k_ok, other=0)
+            dk = tl.load(dr_ptr + offs_k, mask=offs_k < K, other=0)
             if N_IS_HI:
                 keep = _keep(dn[None, :], dk[:, None], STRICT)
             else:
                 keep = _keep(dk[:, None], dn[None, :], STRICT)
-            a = tl.load(
-                a_ptr + om[:, None] * sam + ok[None, :] * sak,
-                mask=m_ok[:, None] & k_ok[None, :],
-                other=0.0,
-            )
-            b = tl.load(
-                b_ptr + ok[:, None] * sbk + on[None, :] * sbn,
-                mask=k_ok[:, None] & n_ok[None, :] & keep,
-                other=0.0,
-            )
-            acc = _dot(a, b, acc, IEEE, UPCAST)
+            b_ok = n_ok[None, :] & keep
+            acc = _dot_k_tile(acc, a_rows, b_cols, offs_k, K, sak, sbk, m_ok, b_ok, IEEE, UPCAST)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + on * sbias, mask=n_ok, other=0.0).to(tl.float32)
         acc = acc + bias[None, :]
