@@ -1,4 +1,5 @@
-"""Shared helpers of the op layer: output allocation, argument checks, backend modules."""
+"""Shared helpers of the op layer: output allocation and backend modules (the argument checks
+are in :mod:`dqkernels.ops._checks`)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,11 @@ import torch
 
 from dqkernels import backends
 from dqkernels.kernels import registry
+from dqkernels.ops._checks import check_int  # noqa: F401 (dqkernels.nn imports it from here)
 
 # Tests set this (or DQK_POISON_OUTPUTS=1) so that outputs start as NaN and an element a
 # kernel forgets to write cannot pass for a correct one.
 poison_outputs = os.environ.get("DQK_POISON_OUTPUTS", "0") == "1"
-
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def new_output(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -45,68 +45,3 @@ def kernels(backend: str, family: str):
     """The module of ``backend``'s kernels of op ``family``
     (``dqkernels.kernels.<family>.<backend>``)."""
     return registry.module(family, backend)
-
-
-def _dt(dtype: torch.dtype) -> str:
-    return str(dtype).replace("torch.", "")
-
-
-def _check_is_tensor(op: str, name: str, t) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{op}: {name} must be a torch.Tensor; got {type(t).__name__}")
-
-
-def check_tensor(op: str, name: str, t, ndim: int | None = None, layout: str = "") -> None:
-    _check_is_tensor(op, name, t)
-    if t.dtype not in FLOAT_DTYPES:
-        raise TypeError(
-            f"{op}: {name} must be a floating tensor (float16, bfloat16, float32 "
-            f"or float64); got dtype {_dt(t.dtype)}"
-        )
-    if ndim is not None and t.dim() != ndim:
-        raise ValueError(
-            f"{op}: {name} must have {ndim} dimensions {layout}; got shape {tuple(t.shape)}"
-        )
-
-
-def check_int_tensor(op: str, name: str, t, dtypes: tuple[torch.dtype, ...]) -> None:
-    """``t`` is a tensor of one of the integer ``dtypes``."""
-    _check_is_tensor(op, name, t)
-    if t.dtype not in dtypes:
-        allowed = " or ".join(_dt(d) for d in dtypes)
-        raise TypeError(
-            f"{op}: {name} must be an integer tensor ({allowed}); got dtype {_dt(t.dtype)}"
-        )
-
-
-def check_same(op: str, name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
-    if a.dtype != b.dtype:
-        raise TypeError(
-            f"{op}: {name_a} and {name_b} must have the same dtype; got "
-            f"{name_a} {_dt(a.dtype)} and {name_b} {_dt(b.dtype)}"
-        )
-    check_same_device(op, name_a, a, name_b, b)
-
-
-def check_same_device(op: str, name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
-    if a.device != b.device:
-        raise ValueError(
-            f"{op}: {name_a} and {name_b} must be on the same device; got "
-            f"{name_a} on {a.device} and {name_b} on {b.device}"
-        )
-
-
-def check_int(op: str, name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{op}: {name} must be an int; got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{op}: {name} must be >= {minimum}; got {value}")
-    return value
-
-
-def check_finite_float(op: str, name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{op}: {name} must be a float; got {type(value).__name__}")
-    if not math.isfinite(value):
-        raise ValueError(f"{op}: {name} must be finite; got {value}")
-    return float(value)

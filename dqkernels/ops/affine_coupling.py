@@ -11,14 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from dqkernels.ops._common import (
-    accumulate_dtype,
-    check_same,
-    check_tensor,
-    kernels,
-    new_output,
-    resolve_backend,
-)
+from dqkernels.ops._checks import check_same, check_tensor
+from dqkernels.ops._common import accumulate_dtype, kernels, new_output, resolve_backend
 
 __all__ = ["affine_coupling"]
 

@@ -12,16 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from dqkernels.ops._common import (
-    accumulate_dtype,
-    check_finite_float,
-    check_int,
-    check_same,
-    check_tensor,
-    kernels,
-    new_output,
-    resolve_backend,
-)
+from dqkernels.ops._checks import check_finite_float, check_int, check_same, check_tensor
+from dqkernels.ops._common import accumulate_dtype, kernels, new_output, resolve_backend
 from dqkernels.reference.dmol import params_per_mixture
 
 __all__ = ["dmol_nll", "dmol_sample", "num_mixtures"]

@@ -17,14 +17,8 @@ from typing import Optional
 
 import torch
 
-from dqkernels.ops._common import (
-    check_int,
-    check_same,
-    check_tensor,
-    kernels,
-    new_output,
-    resolve_backend,
-)
+from dqkernels.ops._checks import check_int, check_same, check_tensor
+from dqkernels.ops._common import kernels, new_output, resolve_backend
 from dqkernels.reference.masked_conv2d import MASK_TYPES
 
 __all__ = ["masked_conv2d"]

@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import torch
 
+from dqkernels.ops._checks import check_int_tensor, check_same, check_same_device, check_tensor
 from dqkernels.ops._common import (
     accumulate_dtype,
-    check_int_tensor,
-    check_same,
-    check_same_device,
-    check_tensor,
     kernels,
     leading_size,
     new_output,

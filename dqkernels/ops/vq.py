@@ -24,15 +24,17 @@ from __future__ import annotations
 
 import torch
 
-from dqkernels.ops._common import (
+from dqkernels.ops._checks import (
     _dt,
-    accumulate_dtype,
     check_finite_float,
     check_int,
     check_int_tensor,
     check_same,
     check_same_device,
     check_tensor,
+)
+from dqkernels.ops._common import (
+    accumulate_dtype,
     kernels,
     leading_size,
     new_output,

@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from dqkernels.tasks.images import ImageTask
+from dqkernels.tasks.images import ImageTask, check_at_least
 from dqkernels.trainer import UsageError
 
 __all__ = ["TASK", "FlowTask"]
@@ -147,7 +147,9 @@ class FlowTask(ImageTask):
 
     def check_args(self, args) -> None:
         super().check_args(args)
-        for name in (
+        check_at_least(
+            args,
+            1,
             "scales",
             "steps",
             "width",
@@ -157,17 +159,9 @@ class FlowTask(ImageTask):
             "eval_samples",
             "epoch_eval_samples",
             "eval_rows",
-        ):
-            if getattr(args, name) < 1:
-                raise UsageError(
-                    f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}"
-                )
-        if args.blocks < 0:
-            raise UsageError(f"--blocks must be >= 0; got {args.blocks}")
-        if args.samples is not None and args.samples < 1:
-            raise UsageError(f"--samples must be >= 1; got {args.samples}")
-        if args.dequant_width is not None and args.dequant_width < 1:
-            raise UsageError(f"--dequant-width must be >= 1; got {args.dequant_width}")
+        )
+        check_at_least(args, 0, "blocks")
+        check_at_least(args, 1, "samples", "dequant_width")
         if not 0.0 <= args.alpha < 1.0:
             raise UsageError(f"--alpha must be in [0, 1); got {args.alpha}")
         if not (args.temperature > 0 and math.isfinite(args.temperature)):

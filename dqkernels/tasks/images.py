@@ -18,7 +18,16 @@ import torch
 from dqkernels.data import DATASETS, load_dataset
 from dqkernels.trainer.task import EXTRA_KEY, SAMPLE_KEY, OutputContext, Task, Units, UsageError
 
-__all__ = ["ImageTask"]
+__all__ = ["ImageTask", "check_at_least"]
+
+
+def check_at_least(args: argparse.Namespace, minimum: int, *names: str) -> None:
+    """A UsageError for the first of the options ``names`` (``args`` attribute names) whose
+    value is below ``minimum``; a value of None (an option left to its default rule) passes."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < minimum:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= {minimum}; got {value}")
 
 
 class ImageTask(Task):
@@ -49,8 +58,7 @@ class ImageTask(Task):
         )
 
     def check_args(self, args: argparse.Namespace) -> None:
-        if args.grid < 0:
-            raise UsageError(f"--grid must be >= 0; got {args.grid}")
+        check_at_least(args, 0, "grid")
 
     def runtime_flags(self) -> set[str]:
         return super().runtime_flags() | {"grid"}

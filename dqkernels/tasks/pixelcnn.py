@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from dqkernels.tasks.images import ImageTask
+from dqkernels.tasks.images import ImageTask, check_at_least
 from dqkernels.trainer import UsageError
 
 __all__ = ["PixelCNNTask", "LevelPixelCNN", "TASK"]
@@ -59,11 +59,8 @@ class PixelCNNTask(ImageTask):
 
     def check_args(self, args) -> None:
         super().check_args(args)
-        for name in ("width", "mixtures"):
-            if getattr(args, name) < 1:
-                raise UsageError(f"--{name} must be >= 1; got {getattr(args, name)}")
-        if args.blocks < 0:
-            raise UsageError(f"--blocks must be >= 0; got {args.blocks}")
+        check_at_least(args, 1, "width", "mixtures")
+        check_at_least(args, 0, "blocks")
         if not 0.0 <= args.dropout < 1.0:
             raise UsageError(f"--dropout must be in [0, 1); got {args.dropout}")
 

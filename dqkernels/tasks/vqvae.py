@@ -29,7 +29,7 @@ import os
 
 import torch
 
-from dqkernels.tasks.images import ImageTask
+from dqkernels.tasks.images import ImageTask, check_at_least
 from dqkernels.trainer import UsageError
 
 __all__ = ["TASK", "VQVAETask", "codebook_counts", "codebook_metrics", "codebook_statistics"]
@@ -138,14 +138,8 @@ class VQVAETask(ImageTask):
 
     def check_args(self, args) -> None:
         super().check_args(args)
-        for name in ("codes", "code_dim", "samples", "width", "mixtures"):
-            if getattr(args, name) < 1:
-                raise UsageError(
-                    f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}"
-                )
-        for name in ("blocks", "downsample"):
-            if getattr(args, name) < 0:
-                raise UsageError(f"--{name} must be >= 0; got {getattr(args, name)}")
+        check_at_least(args, 1, "codes", "code_dim", "samples", "width", "mixtures")
+        check_at_least(args, 0, "blocks", "downsample")
         if not 0.0 <= args.decay <= 1.0:
             raise UsageError(f"--decay must be in [0, 1]; got {args.decay}")
         for name in ("temperature", "eps"):
