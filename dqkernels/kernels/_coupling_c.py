@@ -73,23 +73,10 @@ def mix_forward(x, logits, means, log_scales, a, b, y, logdet, inverse=False):
     )
 
 
-def mix_backward(
-    x,
-    logits,
-    means,
-    log_scales,
-    a,
-    b,
-    grad_out,
-    grad_logdet,
-    grad_in,
-    grad_logits,
-    grad_means,
-    grad_log_scales,
-    grad_a,
-    grad_b,
-    inverse,
-):
+def mix_backward(x, logits, means, log_scales, a, b, grad_out, grad_logdet, grads, inverse):
+    """``grads``: the outputs (grad_in, grad_logits, grad_means, grad_log_scales, grad_a,
+    grad_b), written in place."""
+    grad_in, grad_logits, grad_means, grad_log_scales, grad_a, grad_b = grads
     (xv, av, bv, gov, giv, gav, gbv, lg, mn, ls, glg, gmn, gls), sizes = _views(
         [x, a, b, grad_out, grad_in, grad_a, grad_b],
         [logits, means, log_scales, grad_logits, grad_means, grad_log_scales],

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from dqkernels.nn._util import check_input
-from dqkernels.ops._common import check_int
+from dqkernels.ops._checks import check_int
 from dqkernels.ops.masked_conv2d import check_masked_conv2d_args, masked_conv2d
 from dqkernels.reference.masked_conv2d import conv2d_mask
 

@@ -10,7 +10,6 @@ import torch
 
 from dqkernels import backends
 from dqkernels.kernels import registry
-from dqkernels.ops._checks import check_int  # noqa: F401 (dqkernels.nn imports it from here)
 
 # Tests set this (or DQK_POISON_OUTPUTS=1) so that outputs start as NaN and an element a
 # kernel forgets to write cannot pass for a correct one.

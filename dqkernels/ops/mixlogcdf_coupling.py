@@ -102,7 +102,7 @@ def _backward_op(
     grads = [new_output(t.shape, t.dtype, t.device) for t in (x, logits, means, log_scales, a, b)]
     if x.numel():
         kernels(backend, _FAMILY).backward(
-            x, logits, means, log_scales, a, b, grad_out, grad_logdet, *grads, inverse
+            x, logits, means, log_scales, a, b, grad_out, grad_logdet, grads, inverse
         )
     gx, glogits, gmeans, glog_scales, ga, gb = grads
     return gx, glogits, gmeans, glog_scales, ga, gb

@@ -35,23 +35,10 @@ def inverse(y, logits, means, log_scales, a, b, x, logdet):
     logdet.copy_(-ld)
 
 
-def backward(
-    x,
-    logits,
-    means,
-    log_scales,
-    a,
-    b,
-    grad_out,
-    grad_logdet,
-    grad_in,
-    grad_logits,
-    grad_means,
-    grad_log_scales,
-    grad_a,
-    grad_b,
-    inverse,
-):
+def backward(x, logits, means, log_scales, a, b, grad_out, grad_logdet, grads, inverse):
+    """``grads``: the outputs (grad_in, grad_logits, grad_means, grad_log_scales, grad_a,
+    grad_b), written in place."""
+    grad_in, grad_logits, grad_means, grad_log_scales, grad_a, grad_b = grads
     x, logits, means, log_scales, a, b, gout = _acc(x, logits, means, log_scales, a, b, grad_out)
     gld = grad_logdet.to(x.dtype).reshape((-1,) + (1,) * (x.dim() - 1))
     inv_s = torch.exp(-log_scales)

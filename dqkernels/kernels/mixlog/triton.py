@@ -522,23 +522,10 @@ def inverse(y, logits, means, log_scales, a, b, x, logdet):
     _run_fwd(y, logits, means, log_scales, a, b, x, logdet, True)
 
 
-def backward(
-    x,
-    logits,
-    means,
-    log_scales,
-    a,
-    b,
-    grad_out,
-    grad_logdet,
-    grad_in,
-    grad_logits,
-    grad_means,
-    grad_log_scales,
-    grad_a,
-    grad_b,
-    inverse,
-):
+def backward(x, logits, means, log_scales, a, b, grad_out, grad_logdet, grads, inverse):
+    """``grads``: the outputs (grad_in, grad_logits, grad_means, grad_log_scales, grad_a,
+    grad_b), written in place."""
+    grad_in, grad_logits, grad_means, grad_log_scales, grad_a, grad_b = grads
     _check_out(
         ("grad_in", grad_in),
         ("grad_logits", grad_logits),
