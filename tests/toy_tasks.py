@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from dqkernels.data import TokenPairDataset, binary_vectors, encode_pairs, read_parallel
-from dqkernels.trainer import Task, Units, UsageError, configure_parser, train
+from dqkernels.trainer import Task, Units, check_at_least, configure_parser, train
 
 PAD, BOS, EOS = 0, 1, 2
 
@@ -63,8 +63,7 @@ class BernoulliMixtureTask(Task):
         parser.add_argument("--dropout", type=float, default=0.3)
 
     def check_args(self, args):
-        if args.components < 1:
-            raise UsageError(f"--components must be >= 1; got {args.components}")
+        check_at_least(args, 1, "components")
 
     def load_data(self, args):
         return binary_vectors(args.dataset, args.data_dir)

@@ -28,31 +28,26 @@ DTYPE_CODES: dict[torch.dtype, int] = (
 TensorArg = tuple  # (int, int, int, tuple[int, ...], tuple[int, ...], torch.Tensor)
 
 
-def tensor_arg(t: torch.Tensor | None) -> TensorArg | None:
-    """``t`` as the bindings take it (None stays None)."""
-    if t is None:
-        return None
+def _arg(t: torch.Tensor, sizes: tuple, strides: tuple) -> TensorArg:
     return (
         t.data_ptr(),
         DTYPE_CODES.get(t.dtype, -1),
         -1 if t.is_cpu else (t.get_device() if t.is_cuda else -2),
-        t.shape,
-        t.stride(),
+        sizes,
+        strides,
         t,
     )
+
+
+def tensor_arg(t: torch.Tensor | None) -> TensorArg | None:
+    """``t`` as the bindings take it (None stays None)."""
+    return None if t is None else _arg(t, t.shape, t.stride())
 
 
 def strided_arg(t: torch.Tensor, sizes: Sequence[int], strides: Sequence[int]) -> TensorArg:
     """``t``'s memory seen with other ``sizes`` and element ``strides`` (a view, without
     making one): how the coupling kernels receive their merged layouts."""
-    return (
-        t.data_ptr(),
-        DTYPE_CODES.get(t.dtype, -1),
-        -1 if t.is_cpu else (t.get_device() if t.is_cuda else -2),
-        tuple(sizes),
-        tuple(strides),
-        t,
-    )
+    return _arg(t, tuple(sizes), tuple(strides))
 
 
 def cpu_threads() -> int:

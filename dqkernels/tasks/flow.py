@@ -18,8 +18,8 @@ import math
 
 import torch
 
-from dqkernels.tasks.images import ImageTask, check_at_least
-from dqkernels.trainer import UsageError
+from dqkernels.tasks.images import ImageTask
+from dqkernels.trainer import UsageError, check_at_least
 
 __all__ = ["TASK", "FlowTask"]
 

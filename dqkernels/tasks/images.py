@@ -16,18 +16,10 @@ import time
 import torch
 
 from dqkernels.data import DATASETS, load_dataset
-from dqkernels.trainer.task import EXTRA_KEY, SAMPLE_KEY, OutputContext, Task, Units, UsageError
+from dqkernels.trainer.args import check_at_least
+from dqkernels.trainer.task import EXTRA_KEY, SAMPLE_KEY, OutputContext, Task, Units
 
-__all__ = ["ImageTask", "check_at_least"]
-
-
-def check_at_least(args: argparse.Namespace, minimum: int, *names: str) -> None:
-    """A UsageError for the first of the options ``names`` (``args`` attribute names) whose
-    value is below ``minimum``; a value of None (an option left to its default rule) passes."""
-    for name in names:
-        value = getattr(args, name)
-        if value is not None and value < minimum:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= {minimum}; got {value}")
+__all__ = ["ImageTask"]
 
 
 class ImageTask(Task):

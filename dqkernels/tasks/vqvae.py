@@ -29,8 +29,8 @@ import os
 
 import torch
 
-from dqkernels.tasks.images import ImageTask, check_at_least
-from dqkernels.trainer import UsageError
+from dqkernels.tasks.images import ImageTask
+from dqkernels.trainer import UsageError, check_at_least
 
 __all__ = ["TASK", "VQVAETask", "codebook_counts", "codebook_metrics", "codebook_statistics"]
 

@@ -37,7 +37,7 @@ Exit status of :func:`train`: 0 done (or stopped at ``--max-steps``), 1 non-fini
 (143).
 """
 
-from dqkernels.trainer.args import check_common_args, configure_parser
+from dqkernels.trainer.args import check_at_least, check_common_args, configure_parser
 from dqkernels.trainer.checkpoint import (
     KEEP_CHECKPOINTS,
     latest_checkpoint,
@@ -61,6 +61,7 @@ __all__ = [
     "Units",
     "UsageError",
     "WarmupCosine",
+    "check_at_least",
     "check_common_args",
     "configure_parser",
     "latest_checkpoint",

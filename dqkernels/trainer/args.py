@@ -8,7 +8,13 @@ import math
 
 from dqkernels.trainer.task import Task, UsageError
 
-__all__ = ["check_common_args", "configure_parser", "merge_resumed_args", "run_args"]
+__all__ = [
+    "check_at_least",
+    "check_common_args",
+    "configure_parser",
+    "merge_resumed_args",
+    "run_args",
+]
 
 # Flags that --resume takes from the command line as given (never from the checkpoint).
 RESUME_FREE = frozenset({"out", "resume", "max_steps", "device", "overwrite", "dump_params"})
@@ -182,19 +188,21 @@ def configure_parser(parser: argparse.ArgumentParser, task: Task) -> None:
     )
 
 
+def check_at_least(args: argparse.Namespace, minimum: int, *names: str) -> None:
+    """A UsageError for the first of the options ``names`` (``args`` attribute names) whose
+    value is below ``minimum``; a value of None (an option left to its default rule) passes."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < minimum:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= {minimum}; got {value}")
+
+
 def check_common_args(args, world: int) -> None:
     """Raise :class:`UsageError` for a bad common flag (``world``: the processes)."""
-
-    def positive(name):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1; got {value}")
-
-    for name in ("epochs", "batch_size", "eval_batch_size", "eval_every", "limit", "max_steps"):
-        positive(name)
-    for name in ("warmup_steps", "checkpoint_every", "seed"):
-        if getattr(args, name) < 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 0; got {getattr(args, name)}")
+    check_at_least(
+        args, 1, "epochs", "batch_size", "eval_batch_size", "eval_every", "limit", "max_steps"
+    )
+    check_at_least(args, 0, "warmup_steps", "checkpoint_every", "seed")
     if not (args.lr > 0 and math.isfinite(args.lr)):
         raise UsageError(f"--lr must be a positive number; got {args.lr}")
     if args.grad_clip is not None and not (args.grad_clip > 0 and math.isfinite(args.grad_clip)):
