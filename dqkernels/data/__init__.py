@@ -8,7 +8,7 @@
   token ids collated into padded :class:`TokenBatch` es.
 """
 
-from dqkernels.data.examples import Examples, TensorExamples, TensorSplits
+from dqkernels.data.examples import DataFileError, Examples, TensorExamples, TensorSplits
 from dqkernels.data.images import (
     DATASETS,
     DEFAULT_BINARIZED_MNIST_DIR,
@@ -50,6 +50,7 @@ __all__ = [
     "DEFAULT_MNIST_DIR",
     "MULTI30K_SPLITS",
     "BinaryVectors",
+    "DataFileError",
     "Examples",
     "LevelDataset",
     "ParallelText",

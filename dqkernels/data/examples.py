@@ -26,7 +26,13 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["Examples", "TensorExamples", "TensorSplits"]
+__all__ = ["DataFileError", "Examples", "TensorExamples", "TensorSplits"]
+
+
+class DataFileError(ValueError):
+    """A data file that cannot be read as its format: truncated, malformed, or larger than
+    the format allows. The message starts with the file's path; the trainer reports it in
+    one line with exit status 2."""
 
 
 @runtime_checkable
