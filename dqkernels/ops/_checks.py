@@ -59,6 +59,27 @@ def check_same_device(op: str, name_a: str, a: torch.Tensor, name_b: str, b: tor
         )
 
 
+def check_like(
+    op: str, name: str, t, shape, dtype: torch.dtype, device: torch.device, what: str
+) -> None:
+    """``t`` is a tensor of exactly ``shape``, ``dtype`` and ``device`` (``what``: whose, in
+    words): a gradient a backward op receives, or a buffer an op is given."""
+    _check_is_tensor(op, name, t)
+    shape = tuple(shape)
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{op}: {name} must have shape {shape} ({what}); got {tuple(t.shape)}")
+    if t.dtype != dtype:
+        raise TypeError(f"{op}: {name} must have dtype {_dt(dtype)} ({what}); got {_dt(t.dtype)}")
+    if t.device != device:
+        raise ValueError(f"{op}: {name} must be on {device} ({what}); got {name} on {t.device}")
+
+
+def check_bool(op: str, name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{op}: {name} must be a bool; got {type(value).__name__}")
+    return value
+
+
 def check_int(op: str, name: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{op}: {name} must be an int; got {type(value).__name__}")

@@ -34,6 +34,21 @@ def resolve_backend(op: str, device: torch.device, dtype: torch.dtype, backend, 
     return backends.resolve(op, device, dtype, backend, family)
 
 
+def check_backend(
+    op: str, backend: str, device: torch.device, dtype: torch.dtype, family: str
+) -> None:
+    """In a custom op's body: ``backend`` is one backend (not ``auto``: the public function
+    resolves that) that can run op ``family``'s kernels on tensors of ``device`` and
+    ``dtype``, or the :class:`dqkernels.backends.BackendUnavailableError` the public function
+    raises, so that a direct ``torch.ops.dqk`` call never reaches a kernel that cannot run."""
+    if backend not in registry.BACKENDS:
+        raise ValueError(
+            f"{op}: backend must be one of {', '.join(registry.BACKENDS)} (a custom op "
+            f"takes a resolved backend; its public function resolves 'auto'); got {backend!r}"
+        )
+    backends.resolve(op, device, dtype, backend, family)
+
+
 def leading_size(t: torch.Tensor) -> int:
     """Rows of ``t [..., D]`` viewed as ``[rows, D]`` (``reshape(-1, D)`` cannot infer them
     when D = 0)."""

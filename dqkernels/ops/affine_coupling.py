@@ -11,18 +11,52 @@ from __future__ import annotations
 
 import torch
 
-from dqkernels.ops._checks import check_same, check_tensor
-from dqkernels.ops._common import accumulate_dtype, kernels, new_output, resolve_backend
+from dqkernels.ops._checks import check_bool, check_like, check_same, check_tensor
+from dqkernels.ops._common import (
+    accumulate_dtype,
+    check_backend,
+    kernels,
+    new_output,
+    resolve_backend,
+)
 
 __all__ = ["affine_coupling"]
 
 _FAMILY = "affine"  # the op family: dqkernels/kernels/affine/
 
 
+# The checks of the public function, run again at the top of each custom op's body (a direct
+# ``torch.ops.dqk`` call gets the same messages) and in the fake implementations (so does
+# ``torch.compile``).
+
+
+def _check(op: str, x, shift, scale_logit, inverse) -> None:
+    check_tensor(op, "x", x)
+    if x.dim() < 1:
+        raise ValueError(f"{op}: x must have a batch dimension [B, ...]; got a 0-d tensor")
+    for name, t in (("shift", shift), ("scale_logit", scale_logit)):
+        check_tensor(op, name, t)
+        check_same(op, "x", x, name, t)
+        if t.shape != x.shape:
+            raise ValueError(
+                f"{op}: {name} must have x's shape {tuple(x.shape)}; got {tuple(t.shape)}"
+            )
+    check_bool(op, "inverse", inverse)
+
+
+def _check_grads(op: str, x, grad_y, grad_logdet) -> None:
+    """The upstream gradients of the backward op: grad_y like y, grad_logdet [B]."""
+    check_like(op, "grad_y", grad_y, x.shape, x.dtype, x.device, "y's")
+    acc = accumulate_dtype(x.dtype)
+    check_like(op, "grad_logdet", grad_logdet, (x.shape[0],), acc, x.device, "logdet's")
+
+
 @torch.library.custom_op("dqk::affine_coupling", mutates_args=())
 def _forward_op(
     x: torch.Tensor, shift: torch.Tensor, scale_logit: torch.Tensor, inverse: bool, backend: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    _check("affine_coupling", x, shift, scale_logit, inverse)
+    check_backend("affine_coupling", backend, x.device, x.dtype, _FAMILY)
     y = new_output(x.shape, x.dtype, x.device)
     logdet = new_output((x.shape[0],), accumulate_dtype(x.dtype), x.device)
     if x.numel():
@@ -34,6 +68,7 @@ def _forward_op(
 
 @_forward_op.register_fake
 def _(x, shift, scale_logit, inverse, backend):
+    _check("affine_coupling", x, shift, scale_logit, inverse)
     return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(
         (x.shape[0],), dtype=accumulate_dtype(x.dtype)
     )
@@ -49,6 +84,10 @@ def _backward_op(
     inverse: bool,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    op = "affine_coupling_backward"
+    _check(op, x, shift, scale_logit, inverse)
+    _check_grads(op, x, grad_y, grad_logdet)
+    check_backend(op, backend, x.device, x.dtype, _FAMILY)
     grads = [new_output(x.shape, x.dtype, x.device) for _ in range(3)]
     if x.numel():
         kernels(backend, _FAMILY).backward(
@@ -60,6 +99,8 @@ def _backward_op(
 
 @_backward_op.register_fake
 def _(x, shift, scale_logit, grad_y, grad_logdet, inverse, backend):
+    _check("affine_coupling_backward", x, shift, scale_logit, inverse)
+    _check_grads("affine_coupling_backward", x, grad_y, grad_logdet)
     return tuple(torch.empty_like(x, memory_format=torch.contiguous_format) for _ in range(3))
 
 
@@ -115,17 +156,6 @@ def affine_coupling(
         Differentiable in all three inputs, in both directions.
     """
     op = "affine_coupling"
-    check_tensor(op, "x", x)
-    if x.dim() < 1:
-        raise ValueError(f"{op}: x must have a batch dimension [B, ...]; got a 0-d tensor")
-    for name, t in (("shift", shift), ("scale_logit", scale_logit)):
-        check_tensor(op, name, t)
-        check_same(op, "x", x, name, t)
-        if t.shape != x.shape:
-            raise ValueError(
-                f"{op}: {name} must have x's shape {tuple(x.shape)}; got {tuple(t.shape)}"
-            )
-    if not isinstance(inverse, bool):
-        raise TypeError(f"{op}: inverse must be a bool; got {type(inverse).__name__}")
+    _check(op, x, shift, scale_logit, inverse)
     name = resolve_backend(op, x.device, x.dtype, backend, _FAMILY)
     return _forward_op(x, shift, scale_logit, inverse, name)

@@ -12,8 +12,20 @@ from __future__ import annotations
 
 import torch
 
-from dqkernels.ops._checks import check_finite_float, check_int, check_same, check_tensor
-from dqkernels.ops._common import accumulate_dtype, kernels, new_output, resolve_backend
+from dqkernels.ops._checks import (
+    check_finite_float,
+    check_int,
+    check_like,
+    check_same,
+    check_tensor,
+)
+from dqkernels.ops._common import (
+    accumulate_dtype,
+    check_backend,
+    kernels,
+    new_output,
+    resolve_backend,
+)
 from dqkernels.reference.dmol import params_per_mixture
 
 __all__ = ["dmol_nll", "dmol_sample", "num_mixtures"]
@@ -50,6 +62,60 @@ def _check_channels(op: str, name: str, c) -> int:
     return c
 
 
+# The checks of the public functions, run again at the top of each custom op's body (a direct
+# ``torch.ops.dqk`` call gets the same messages) and, the tensor checks, in the fake
+# implementations (so does ``torch.compile``). Scalars are checked apart: under
+# ``torch.compile`` an op's int arguments may reach the fake implementation as SymInts.
+
+
+def _check_nll(op: str, x, params) -> None:
+    """x [B, C, H, W] and params [B, P, H, W] that agree."""
+    check_tensor(op, "x", x, 4, _LAYOUT)
+    C = _check_channels(op, "x's channel count C (dimension 1)", x.shape[1])
+    _check_params(op, params, C)
+    check_same(op, "x", x, "params", params)
+    if params.shape[0] != x.shape[0] or params.shape[2:] != x.shape[2:]:
+        raise ValueError(
+            f"{op}: x and params must agree in batch and spatial size [B, *, H, W]; got x "
+            f"{tuple(x.shape)} and params {tuple(params.shape)}"
+        )
+
+
+def _check_scalars(op: str, num_levels, min_log_scale) -> tuple[int, float]:
+    return (
+        check_int(op, "num_levels", num_levels, 2),
+        check_finite_float(op, "min_log_scale", min_log_scale),
+    )
+
+
+def _check_sample_params(op: str, params, num_channels) -> int:
+    """params [B, P, H, W] of a mixture over ``num_channels`` (an int >= 1) channels."""
+    C = _check_channels(op, "num_channels", num_channels)
+    _check_params(op, params, C)
+    return C
+
+
+def _check_sample(op: str, params, u, num_channels) -> None:
+    """params and the uniforms u [B, 1 + C, H, W] of the dmol_sample op."""
+    C = _check_sample_params(op, params, num_channels)
+    B, _, H, W = params.shape
+    acc = accumulate_dtype(params.dtype)
+    check_like(op, "u", u, (B, 1 + C, H, W), acc, params.device, "the uniforms [B, 1 + C, H, W]")
+
+
+def _check_nll_op(op: str, x, params, num_levels, min_log_scale, backend) -> None:
+    """Everything a dmol_nll op's body checks before a kernel runs."""
+    _check_nll(op, x, params)
+    _check_scalars(op, num_levels, min_log_scale)
+    check_backend(op, backend, params.device, params.dtype, _FAMILY)
+
+
+def _check_grad_out(op: str, x, params, grad_out) -> None:
+    B, _, H, W = x.shape
+    acc = accumulate_dtype(params.dtype)
+    check_like(op, "grad_out", grad_out, (B, H, W), acc, params.device, "the NLL's")
+
+
 # ----------------------------------------------------------------------------- ops
 
 
@@ -57,6 +123,7 @@ def _check_channels(op: str, name: str, c) -> int:
 def _nll_op(
     x: torch.Tensor, params: torch.Tensor, num_levels: int, min_log_scale: float, backend: str
 ) -> torch.Tensor:
+    _check_nll_op("dmol_nll", x, params, num_levels, min_log_scale, backend)
     B, _, H, W = x.shape
     out = new_output((B, H, W), accumulate_dtype(params.dtype), params.device)
     if out.numel():
@@ -66,6 +133,7 @@ def _nll_op(
 
 @_nll_op.register_fake
 def _(x, params, num_levels, min_log_scale, backend):
+    _check_nll("dmol_nll", x, params)
     B, _, H, W = x.shape
     return params.new_empty((B, H, W), dtype=accumulate_dtype(params.dtype))
 
@@ -79,6 +147,9 @@ def _nll_backward_op(
     min_log_scale: float,
     backend: str,
 ) -> torch.Tensor:
+    op = "dmol_nll_backward"
+    _check_nll_op(op, x, params, num_levels, min_log_scale, backend)
+    _check_grad_out(op, x, params, grad_out)
     grad = new_output(params.shape, params.dtype, params.device)
     if grad.numel():
         kernels(backend, _FAMILY).nll_backward(x, params, grad_out, grad, num_levels, min_log_scale)
@@ -87,6 +158,8 @@ def _nll_backward_op(
 
 @_nll_backward_op.register_fake
 def _(x, params, grad_out, num_levels, min_log_scale, backend):
+    _check_nll("dmol_nll_backward", x, params)
+    _check_grad_out("dmol_nll_backward", x, params, grad_out)
     return torch.empty_like(params)
 
 
@@ -118,6 +191,7 @@ FUSED_BACKWARD_BACKENDS = ("cpp",)
 def _nll_fused_op(
     x: torch.Tensor, params: torch.Tensor, num_levels: int, min_log_scale: float, backend: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_nll_op("dmol_nll", x, params, num_levels, min_log_scale, backend)
     B, _, H, W = x.shape
     out = new_output((B, H, W), accumulate_dtype(params.dtype), params.device)
     grad_unit = new_output(params.shape, params.dtype, params.device)
@@ -130,6 +204,7 @@ def _nll_fused_op(
 
 @_nll_fused_op.register_fake
 def _(x, params, num_levels, min_log_scale, backend):
+    _check_nll("dmol_nll", x, params)
     B, _, H, W = x.shape
     return (
         params.new_empty((B, H, W), dtype=accumulate_dtype(params.dtype)),
@@ -160,6 +235,11 @@ def _sample_op(
     min_log_scale: float,
     backend: str,
 ) -> torch.Tensor:
+    op = "dmol_sample"
+    check_int(op, "num_channels", num_channels, 1)
+    _check_sample(op, params, u, num_channels)
+    _check_scalars(op, num_levels, min_log_scale)
+    check_backend(op, backend, params.device, params.dtype, _FAMILY)
     B, _, H, W = params.shape
     out = new_output((B, num_channels, H, W), params.dtype, params.device)
     if out.numel():
@@ -169,6 +249,7 @@ def _sample_op(
 
 @_sample_op.register_fake
 def _(params, u, num_channels, num_levels, min_log_scale, backend):
+    _check_sample("dmol_sample", params, u, num_channels)
     B, _, H, W = params.shape
     return params.new_empty((B, num_channels, H, W))
 
@@ -202,17 +283,8 @@ def dmol_nll(
         respect to ``params``.
     """
     op = "dmol_nll"
-    check_tensor(op, "x", x, 4, _LAYOUT)
-    C = _check_channels(op, "x's channel count C (dimension 1)", x.shape[1])
-    _check_params(op, params, C)
-    check_same(op, "x", x, "params", params)
-    if params.shape[0] != x.shape[0] or params.shape[2:] != x.shape[2:]:
-        raise ValueError(
-            f"{op}: x and params must agree in batch and spatial size [B, *, H, W]; got x "
-            f"{tuple(x.shape)} and params {tuple(params.shape)}"
-        )
-    num_levels = check_int(op, "num_levels", num_levels, 2)
-    min_log_scale = check_finite_float(op, "min_log_scale", min_log_scale)
+    _check_nll(op, x, params)
+    num_levels, min_log_scale = _check_scalars(op, num_levels, min_log_scale)
     name = resolve_backend(op, params.device, params.dtype, backend, _FAMILY)
     if name in FUSED_BACKWARD_BACKENDS and params.requires_grad and torch.is_grad_enabled():
         return _nll_fused_op(x, params, num_levels, min_log_scale, name)[0]
@@ -237,10 +309,8 @@ def dmol_sample(
     Not differentiable.
     """
     op = "dmol_sample"
-    C = _check_channels(op, "num_channels", check_int(op, "num_channels", num_channels, 1))
-    _check_params(op, params, C)
-    num_levels = check_int(op, "num_levels", num_levels, 2)
-    min_log_scale = check_finite_float(op, "min_log_scale", min_log_scale)
+    C = _check_sample_params(op, params, check_int(op, "num_channels", num_channels, 1))
+    num_levels, min_log_scale = _check_scalars(op, num_levels, min_log_scale)
     params = params.detach()
     name = resolve_backend(op, params.device, params.dtype, backend, _FAMILY)
     B, _, H, W = params.shape

@@ -17,13 +17,16 @@ from typing import Optional
 
 import torch
 
-from dqkernels.ops._checks import check_int, check_same, check_tensor
-from dqkernels.ops._common import kernels, new_output, resolve_backend
+from dqkernels.ops._checks import check_int, check_like, check_same, check_tensor
+from dqkernels.ops._common import check_backend, kernels, new_output, resolve_backend
 from dqkernels.reference.masked_conv2d import MASK_TYPES
 
 __all__ = ["masked_conv2d"]
 
 _FAMILY = "masked_conv2d"  # the op family: dqkernels/kernels/masked_conv2d/
+
+_OP = "masked_conv2d"  # the public function; its messages name it
+_BACKWARD = "masked_conv2d_backward"
 
 
 def _empty(t: torch.Tensor) -> torch.Tensor:
@@ -40,6 +43,8 @@ def _forward_op(
     groups: int,
     backend: str,
 ) -> torch.Tensor:
+    _check(_OP, x, weight, bias, mask_type, groups)
+    check_backend(_OP, backend, x.device, x.dtype, _FAMILY)
     B, _, H, W = x.shape
     y = new_output((B, weight.shape[0], H, W), x.dtype, x.device)
     if y.numel():
@@ -49,6 +54,7 @@ def _forward_op(
 
 @_forward_op.register_fake
 def _(x, weight, bias, mask_type, groups, backend):
+    _check_tensors(_OP, x, weight, bias)
     B, _, H, W = x.shape
     return x.new_empty((B, weight.shape[0], H, W))
 
@@ -66,6 +72,9 @@ def _backward_op(
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(grad_x, grad_weight, grad_bias)``; a gradient not needed is an empty ``[0]``."""
+    _check(_BACKWARD, x, weight, None, mask_type, groups)
+    _check_grad_y(x, weight, grad_y)
+    check_backend(_BACKWARD, backend, x.device, x.dtype, _FAMILY)
     gx = new_output(x.shape, x.dtype, x.device) if need_x else _empty(x)
     gw = new_output(weight.shape, x.dtype, x.device) if need_weight else _empty(x)
     gb = new_output((weight.shape[0],), x.dtype, x.device) if need_bias else _empty(x)
@@ -90,6 +99,8 @@ def _backward_op(
 
 @_backward_op.register_fake
 def _(x, weight, grad_y, mask_type, groups, need_x, need_weight, need_bias, backend):
+    _check_tensors(_BACKWARD, x, weight, None)
+    _check_grad_y(x, weight, grad_y)
     return (
         x.new_empty(x.shape) if need_x else _empty(x),
         x.new_empty(weight.shape) if need_weight else _empty(x),
@@ -157,6 +168,53 @@ def check_masked_conv2d_args(
         )
 
 
+# The checks of the public function, run again at the top of each custom op's body (a direct
+# ``torch.ops.dqk`` call gets the same messages) and, the tensor checks, in the fake
+# implementations (so does ``torch.compile``; ``groups`` may be a SymInt there).
+
+
+def _check_tensors(op: str, x, weight, bias) -> None:
+    check_tensor(op, "x", x, 4, "[B, Cin, H, W]")
+    check_tensor(op, "weight", weight, 4, "[Cout, Cin, k, k]")
+    check_same(op, "x", x, "weight", weight)
+    cout, cin, kh, kw = weight.shape
+    if kh != kw:
+        raise ValueError(
+            f"{op}: weight must have a square kernel [Cout, Cin, k, k]; got "
+            f"shape {tuple(weight.shape)} (kernel {kh}x{kw})"
+        )
+    if cin != x.shape[1]:
+        raise ValueError(
+            f"{op}: weight must have x's {x.shape[1]} input channels "
+            f"(weight.shape[1] == x.shape[1]); got weight shape "
+            f"{tuple(weight.shape)}"
+        )
+    if cout < 1:
+        raise ValueError(
+            f"{op}: weight must have at least one output channel; got shape {tuple(weight.shape)}"
+        )
+    if bias is not None:
+        check_tensor(op, "bias", bias)
+        check_same(op, "x", x, "bias", bias)
+        if tuple(bias.shape) != (cout,):
+            raise ValueError(
+                f"{op}: bias must have shape [Cout] = ({cout},); got {tuple(bias.shape)}"
+            )
+
+
+def _check(op: str, x, weight, bias, mask_type, groups) -> None:
+    _check_tensors(op, x, weight, bias)
+    cout, cin, k, _ = weight.shape
+    check_masked_conv2d_args(op, cin, cout, k, mask_type, groups)
+
+
+def _check_grad_y(x, weight, grad_y) -> None:
+    """The backward op's upstream gradient [B, Cout, H, W]."""
+    B, _, H, W = x.shape
+    shape = (B, weight.shape[0], H, W)
+    check_like(_BACKWARD, "grad_y", grad_y, shape, x.dtype, x.device, "y's")
+
+
 def masked_conv2d(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -185,33 +243,7 @@ def masked_conv2d(
         ``y`` ``[B, Cout, H, W]`` (contiguous) in ``x``'s dtype, accumulated in float32
         (float64 for float64 inputs). Differentiable in ``x``, ``weight`` and ``bias``.
     """
-    op = "masked_conv2d"
-    check_tensor(op, "x", x, 4, "[B, Cin, H, W]")
-    check_tensor(op, "weight", weight, 4, "[Cout, Cin, k, k]")
-    check_same(op, "x", x, "weight", weight)
-    cout, cin, kh, kw = weight.shape
-    if kh != kw:
-        raise ValueError(
-            f"{op}: weight must have a square kernel [Cout, Cin, k, k]; got "
-            f"shape {tuple(weight.shape)} (kernel {kh}x{kw})"
-        )
-    if cin != x.shape[1]:
-        raise ValueError(
-            f"{op}: weight must have x's {x.shape[1]} input channels "
-            f"(weight.shape[1] == x.shape[1]); got weight shape "
-            f"{tuple(weight.shape)}"
-        )
-    if cout < 1:
-        raise ValueError(
-            f"{op}: weight must have at least one output channel; got shape {tuple(weight.shape)}"
-        )
-    if bias is not None:
-        check_tensor(op, "bias", bias)
-        check_same(op, "x", x, "bias", bias)
-        if tuple(bias.shape) != (cout,):
-            raise ValueError(
-                f"{op}: bias must have shape [Cout] = ({cout},); got {tuple(bias.shape)}"
-            )
-    check_masked_conv2d_args(op, cin, cout, kh, mask_type, groups)
+    op = _OP
+    _check(op, x, weight, bias, mask_type, groups)
     name = resolve_backend(op, x.device, x.dtype, backend, _FAMILY)
     return _forward_op(x, weight, bias, mask_type, groups, name)

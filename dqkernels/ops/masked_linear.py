@@ -12,9 +12,17 @@ from __future__ import annotations
 
 import torch
 
-from dqkernels.ops._checks import check_int_tensor, check_same, check_same_device, check_tensor
+from dqkernels.ops._checks import (
+    check_bool,
+    check_int_tensor,
+    check_like,
+    check_same,
+    check_same_device,
+    check_tensor,
+)
 from dqkernels.ops._common import (
     accumulate_dtype,
+    check_backend,
     kernels,
     leading_size,
     new_output,
@@ -27,6 +35,9 @@ _FAMILY = "masked_linear"  # the op family: dqkernels/kernels/masked_linear/
 
 DEGREE_DTYPES = (torch.int32, torch.int64)
 
+_OP = "masked_linear"  # the public function; its messages name it
+_BACKWARD = "masked_linear_backward"
+
 
 @torch.library.custom_op("dqk::masked_linear", mutates_args=())
 def _forward_op(
@@ -38,6 +49,8 @@ def _forward_op(
     strict: bool,
     backend: str,
 ) -> torch.Tensor:
+    _check(_OP, x, weight, bias, in_degrees, out_degrees, strict)
+    check_backend(_OP, backend, x.device, x.dtype, _FAMILY)
     n_out, n_in = weight.shape
     y = new_output((*x.shape[:-1], n_out), x.dtype, x.device)
     rows = leading_size(x)
@@ -58,6 +71,7 @@ def _forward_op(
 
 @_forward_op.register_fake
 def _(x, weight, bias, in_degrees, out_degrees, strict, backend):
+    _check(_OP, x, weight, bias, in_degrees, out_degrees, strict)
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
@@ -75,6 +89,8 @@ def _backward_op(
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(grad_x, grad_weight, grad_bias)``; one not asked for is an empty ``[0]`` tensor."""
+    _check_backward(x, weight, in_degrees, out_degrees, strict, grad_y)
+    check_backend(_BACKWARD, backend, x.device, x.dtype, _FAMILY)
     n_out, n_in = weight.shape
     gx = new_output(x.shape, x.dtype, x.device) if need_x else x.new_empty((0,))
     gw = new_output(weight.shape, weight.dtype, x.device) if need_weight else x.new_empty((0,))
@@ -108,6 +124,7 @@ def _backward_op(
 
 @_backward_op.register_fake
 def _(grad_y, x, weight, in_degrees, out_degrees, strict, need_x, need_weight, need_bias, backend):
+    _check_backward(x, weight, in_degrees, out_degrees, strict, grad_y)
     return (
         x.new_empty(x.shape if need_x else (0,)),
         x.new_empty(weight.shape if need_weight else (0,)),
@@ -164,6 +181,43 @@ def _check_degrees(op: str, name: str, d, length: int, what: str, x: torch.Tenso
     check_same_device(op, "x", x, name, d)
 
 
+def _check(op: str, x, weight, bias, in_degrees, out_degrees, strict) -> None:
+    """The checks of the public function, run again at the top of each custom op's body (a
+    direct ``torch.ops.dqk`` call gets the same messages) and in the fake implementations
+    (so does ``torch.compile``)."""
+    check_tensor(op, "x", x)
+    if x.dim() < 1:
+        raise ValueError(
+            f"{op}: x must have at least one dimension [..., in_features]; got a 0-d tensor"
+        )
+    check_tensor(op, "weight", weight, 2, "[out_features, in_features]")
+    check_same(op, "x", x, "weight", weight)
+    n_out, n_in = weight.shape
+    if x.shape[-1] != n_in:
+        raise ValueError(
+            f"{op}: x's last dimension must equal weight's in_features {n_in}; "
+            f"got x {tuple(x.shape)} and weight {tuple(weight.shape)}"
+        )
+    if bias is not None:
+        check_tensor(op, "bias", bias)
+        check_same(op, "x", x, "bias", bias)
+        if tuple(bias.shape) != (n_out,):
+            raise ValueError(
+                f"{op}: bias must have shape ({n_out},) (weight's out_features); "
+                f"got {tuple(bias.shape)}"
+            )
+    _check_degrees(op, "in_degrees", in_degrees, n_in, "in_features", x)
+    _check_degrees(op, "out_degrees", out_degrees, n_out, "out_features", x)
+    check_bool(op, "strict", strict)
+
+
+def _check_backward(x, weight, in_degrees, out_degrees, strict, grad_y) -> None:
+    """The backward op's inputs and grad_y, the upstream gradient [..., out_features]."""
+    _check(_BACKWARD, x, weight, None, in_degrees, out_degrees, strict)
+    shape = (*x.shape[:-1], weight.shape[0])
+    check_like(_BACKWARD, "grad_y", grad_y, shape, x.dtype, x.device, "y's")
+
+
 def masked_linear(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -194,31 +248,7 @@ def masked_linear(
         float32 (float64 for float64 inputs). Differentiable in x, weight and bias; the
         weight gradient is exactly zero where ``M`` is 0.
     """
-    op = "masked_linear"
-    check_tensor(op, "x", x)
-    if x.dim() < 1:
-        raise ValueError(
-            f"{op}: x must have at least one dimension [..., in_features]; got a 0-d tensor"
-        )
-    check_tensor(op, "weight", weight, 2, "[out_features, in_features]")
-    check_same(op, "x", x, "weight", weight)
-    n_out, n_in = weight.shape
-    if x.shape[-1] != n_in:
-        raise ValueError(
-            f"{op}: x's last dimension must equal weight's in_features {n_in}; "
-            f"got x {tuple(x.shape)} and weight {tuple(weight.shape)}"
-        )
-    if bias is not None:
-        check_tensor(op, "bias", bias)
-        check_same(op, "x", x, "bias", bias)
-        if tuple(bias.shape) != (n_out,):
-            raise ValueError(
-                f"{op}: bias must have shape ({n_out},) (weight's out_features); "
-                f"got {tuple(bias.shape)}"
-            )
-    _check_degrees(op, "in_degrees", in_degrees, n_in, "in_features", x)
-    _check_degrees(op, "out_degrees", out_degrees, n_out, "out_features", x)
-    if not isinstance(strict, bool):
-        raise TypeError(f"{op}: strict must be a bool; got {type(strict).__name__}")
+    op = _OP
+    _check(op, x, weight, bias, in_degrees, out_degrees, strict)
     name = resolve_backend(op, x.device, x.dtype, backend, _FAMILY)
     return _forward_op(x, weight, bias, in_degrees, out_degrees, strict, name)

@@ -14,14 +14,22 @@ from __future__ import annotations
 
 import torch
 
-from dqkernels.ops._checks import check_same, check_tensor
-from dqkernels.ops._common import accumulate_dtype, kernels, new_output, resolve_backend
+from dqkernels.ops._checks import check_bool, check_like, check_same, check_tensor
+from dqkernels.ops._common import (
+    accumulate_dtype,
+    check_backend,
+    kernels,
+    new_output,
+    resolve_backend,
+)
 
 __all__ = ["mixlogcdf_coupling"]
 
 _FAMILY = "mixlog"  # the op family: dqkernels/kernels/mixlog/
 
 _NAMES = ("logits", "means", "log_scales", "a", "b")
+
+_OP = "mixlogcdf_coupling"  # the public function; its messages name it
 
 
 def _outputs(x):
@@ -48,6 +56,7 @@ def _forward_op(
     b: torch.Tensor,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_op(x, logits, means, log_scales, a, b, backend)
     y, logdet = _outputs(x)
     if x.numel():
         kernels(backend, _FAMILY).forward(x, logits, means, log_scales, a, b, y, logdet)
@@ -58,6 +67,7 @@ def _forward_op(
 
 @_forward_op.register_fake
 def _(x, logits, means, log_scales, a, b, backend):
+    _check(_OP, x, logits, means, log_scales, a, b)
     return _fake_outputs(x)
 
 
@@ -71,6 +81,7 @@ def _inverse_op(
     b: torch.Tensor,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_op(y, logits, means, log_scales, a, b, backend)
     x, logdet = _outputs(y)
     if y.numel():
         kernels(backend, _FAMILY).inverse(y, logits, means, log_scales, a, b, x, logdet)
@@ -81,6 +92,7 @@ def _inverse_op(
 
 @_inverse_op.register_fake
 def _(y, logits, means, log_scales, a, b, backend):
+    _check(_OP, y, logits, means, log_scales, a, b)
     return _fake_outputs(y)
 
 
@@ -99,6 +111,10 @@ def _backward_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients for ``(input, logits, means, log_scales, a, b)``. ``x`` is the forward's
     input, or for ``inverse=True`` the inverse's output (the root)."""
+    op = "mixlogcdf_coupling_backward"
+    _check(op, x, logits, means, log_scales, a, b)
+    _check_grads(op, x, grad_out, grad_logdet, inverse)
+    check_backend(op, backend, x.device, x.dtype, _FAMILY)
     grads = [new_output(t.shape, t.dtype, t.device) for t in (x, logits, means, log_scales, a, b)]
     if x.numel():
         kernels(backend, _FAMILY).backward(
@@ -110,6 +126,8 @@ def _backward_op(
 
 @_backward_op.register_fake
 def _(x, logits, means, log_scales, a, b, grad_out, grad_logdet, inverse, backend):
+    _check("mixlogcdf_coupling_backward", x, logits, means, log_scales, a, b)
+    _check_grads("mixlogcdf_coupling_backward", x, grad_out, grad_logdet, inverse)
     return tuple(
         torch.empty_like(t, memory_format=torch.contiguous_format)
         for t in (x, logits, means, log_scales, a, b)
@@ -147,6 +165,11 @@ for _op, _inverse in ((_forward_op, False), (_inverse_op, True)):
     _op.register_autograd(_bw, setup_context=_setup)
 
 
+# The checks of the public function, run again at the top of each custom op's body (a direct
+# ``torch.ops.dqk`` call gets the same messages) and in the fake implementations (so does
+# ``torch.compile``).
+
+
 def _check(op: str, x, logits, means, log_scales, a, b) -> None:
     check_tensor(op, "x", x)
     if x.dim() < 1:
@@ -179,6 +202,20 @@ def _check(op: str, x, logits, means, log_scales, a, b) -> None:
             raise ValueError(
                 f"{op}: {name} must have shape [*x.shape, K]; {what}; got {tuple(t.shape)}"
             )
+
+
+def _check_op(x, logits, means, log_scales, a, b, backend: str) -> None:
+    """What the forward and inverse ops check before a kernel runs."""
+    _check(_OP, x, logits, means, log_scales, a, b)
+    check_backend(_OP, backend, x.device, x.dtype, _FAMILY)
+
+
+def _check_grads(op: str, x, grad_out, grad_logdet, inverse) -> None:
+    """The upstream gradients of the backward op: grad_out like x, grad_logdet [B]."""
+    check_like(op, "grad_out", grad_out, x.shape, x.dtype, x.device, "the output's")
+    acc = accumulate_dtype(x.dtype)
+    check_like(op, "grad_logdet", grad_logdet, (x.shape[0],), acc, x.device, "logdet's")
+    check_bool(op, "inverse", inverse)
 
 
 def mixlogcdf_coupling(
@@ -216,10 +253,9 @@ def mixlogcdf_coupling(
         minus that at the returned point for the inverse. Differentiable in every input
         (the inverse through the implicit function theorem).
     """
-    op = "mixlogcdf_coupling"
+    op = _OP
     _check(op, x, logits, means, log_scales, a, b)
-    if not isinstance(inverse, bool):
-        raise TypeError(f"{op}: inverse must be a bool; got {type(inverse).__name__}")
+    check_bool(op, "inverse", inverse)
     name = resolve_backend(op, x.device, x.dtype, backend, _FAMILY)
     fn = _inverse_op if inverse else _forward_op
     return fn(x, logits, means, log_scales, a, b, name)

@@ -29,12 +29,14 @@ from dqkernels.ops._checks import (
     check_finite_float,
     check_int,
     check_int_tensor,
+    check_like,
     check_same,
     check_same_device,
     check_tensor,
 )
 from dqkernels.ops._common import (
     accumulate_dtype,
+    check_backend,
     kernels,
     leading_size,
     new_output,
@@ -56,6 +58,8 @@ INDEX_DTYPES = (torch.int64, torch.int32)  # in the order error messages name th
 def _nearest_op(
     z: torch.Tensor, codebook: torch.Tensor, backend: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_pair("vq_nearest", z, codebook)
+    check_backend("vq_nearest", backend, z.device, z.dtype, _FAMILY)
     D = z.shape[-1]
     z2 = z.reshape(leading_size(z), D)
     N = z2.shape[0]
@@ -72,6 +76,7 @@ def _nearest_op(
 
 @_nearest_op.register_fake
 def _(z, codebook, backend):
+    _check_pair("vq_nearest", z, codebook)
     shape = z.shape[:-1]
     return (
         z.new_empty(shape, dtype=torch.int64),
@@ -123,6 +128,11 @@ _nearest_op.register_autograd(_nearest_backward, setup_context=_nearest_setup)
 def _sample_op(
     z: torch.Tensor, codebook: torch.Tensor, u: torch.Tensor, inv_temperature: float, backend: str
 ) -> torch.Tensor:
+    op = "vq_sample"
+    _check_sample(op, z, codebook, u)
+    if not 0 < inv_temperature < float("inf"):
+        raise ValueError(f"{op}: inv_temperature must be > 0 and finite; got {inv_temperature}")
+    check_backend(op, backend, z.device, z.dtype, _FAMILY)
     D = z.shape[-1]
     z2 = z.reshape(leading_size(z), D)
     N, S, K = z2.shape[0], u.shape[-1], codebook.shape[0]
@@ -140,6 +150,7 @@ def _sample_op(
 
 @_sample_op.register_fake
 def _(z, codebook, u, inv_temperature, backend):
+    _check_sample("vq_sample", z, codebook, u)
     return z.new_empty((*z.shape[:-1], u.shape[-1]), dtype=torch.int64)
 
 
@@ -155,6 +166,11 @@ def _ema_op(
     decay: float,
     backend: str,
 ) -> None:
+    op = "vq_ema_update"
+    _check_ema(op, cluster_size, embed_sum, z, indices)
+    _check_decay(op, decay)
+    _check_disjoint(op, "cluster_size", cluster_size, "embed_sum", embed_sum)
+    check_backend(op, backend, z.device, z.dtype, _FAMILY)
     K, D = embed_sum.shape
     z2 = z.reshape(leading_size(z), D)
     N = z2.shape[0]
@@ -178,10 +194,16 @@ def _ema_op(
 
 @_ema_op.register_fake
 def _(cluster_size, embed_sum, z, indices, decay, backend):
+    _check_ema("vq_ema_update", cluster_size, embed_sum, z, indices)
     return None
 
 
 # ----------------------------------------------------------------------------- public
+
+
+# The checks of the public functions, run again at the top of each custom op's body (a direct
+# ``torch.ops.dqk`` call gets the same messages) and, the tensor checks, in the fake
+# implementations (so does ``torch.compile``).
 
 
 def _check_pair(op: str, z, codebook) -> None:
@@ -200,6 +222,75 @@ def _check_pair(op: str, z, codebook) -> None:
         raise ValueError(
             f"{op}: codebook must have at least one code (K >= 1); got shape "
             f"{tuple(codebook.shape)}"
+        )
+
+
+def _check_sample(op: str, z, codebook, u) -> None:
+    """z, codebook and the sorted uniforms u [..., S] of the vq_sample op."""
+    _check_pair(op, z, codebook)
+    S = u.shape[-1] if isinstance(u, torch.Tensor) and u.dim() else 1
+    shape = (*z.shape[:-1], S)
+    check_like(op, "u", u, shape, accumulate_dtype(z.dtype), z.device, "the uniforms [..., S]")
+
+
+def _check_ema(op: str, cluster_size, embed_sum, z, indices) -> None:
+    """The EMA state (contiguous: it is updated in place), z and indices."""
+    for name, t, ndim, layout in (
+        ("cluster_size", cluster_size, 1, "[K]"),
+        ("embed_sum", embed_sum, 2, "[K, D]"),
+    ):
+        check_tensor(op, name, t, ndim=ndim, layout=layout)
+        if t.dtype not in STATE_DTYPES:
+            raise TypeError(
+                f"{op}: {name} must be float32 or float64 (the EMA state is kept "
+                f"in full precision); got {_dt(t.dtype)}"
+            )
+    check_same(op, "cluster_size", cluster_size, "embed_sum", embed_sum)
+    for name, t in (("cluster_size", cluster_size), ("embed_sum", embed_sum)):
+        if not t.is_contiguous():
+            raise ValueError(
+                f"{op}: {name} must be contiguous (it is updated in place); got "
+                f"strides {tuple(t.stride())} for shape {tuple(t.shape)}"
+            )
+    if cluster_size.shape[0] != embed_sum.shape[0]:
+        raise ValueError(
+            f"{op}: cluster_size has {cluster_size.shape[0]} codes but embed_sum "
+            f"has {embed_sum.shape[0]}"
+        )
+    check_tensor(op, "z", z)
+    if z.dim() < 1 or z.shape[-1] != embed_sum.shape[1]:
+        raise ValueError(
+            f"{op}: z's last dimension must equal embed_sum's D "
+            f"({embed_sum.shape[1]}); got z {tuple(z.shape)}"
+        )
+    check_same_device(op, "z", z, "embed_sum", embed_sum)
+    check_int_tensor(op, "indices", indices, INDEX_DTYPES)
+    lead = tuple(z.shape[:-1])
+    if tuple(indices.shape) != lead and tuple(indices.shape[:-1]) != lead:
+        raise ValueError(
+            f"{op}: indices must have shape {lead} or {lead} + (S,) for z of "
+            f"shape {tuple(z.shape)}; got {tuple(indices.shape)}"
+        )
+    check_same_device(op, "z", z, "indices", indices)
+
+
+def _check_decay(op: str, decay) -> float:
+    decay = check_finite_float(op, "decay", decay)
+    if not 0.0 <= decay <= 1.0:
+        raise ValueError(f"{op}: decay must be in [0, 1]; got {decay}")
+    return decay
+
+
+def _check_disjoint(op: str, name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
+    """Contiguous ``a`` and ``b`` (both updated in place) share no memory."""
+    if a.numel() == 0 or b.numel() == 0:
+        return
+    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+        return
+    a0, b0 = a.data_ptr(), b.data_ptr()
+    if a0 < b0 + b.numel() * b.element_size() and b0 < a0 + a.numel() * a.element_size():
+        raise ValueError(
+            f"{op}: {name_a} and {name_b} must not share memory (both are updated in place)"
         )
 
 
@@ -305,47 +396,9 @@ def vq_ema_update(
             a DDP rank all-reduces before mixing them in).
     """
     op = "vq_ema_update"
-    for name, t, ndim, layout in (
-        ("cluster_size", cluster_size, 1, "[K]"),
-        ("embed_sum", embed_sum, 2, "[K, D]"),
-    ):
-        check_tensor(op, name, t, ndim=ndim, layout=layout)
-        if t.dtype not in STATE_DTYPES:
-            raise TypeError(
-                f"{op}: {name} must be float32 or float64 (the EMA state is kept "
-                f"in full precision); got {_dt(t.dtype)}"
-            )
-    check_same(op, "cluster_size", cluster_size, "embed_sum", embed_sum)
-    for name, t in (("cluster_size", cluster_size), ("embed_sum", embed_sum)):
-        if not t.is_contiguous():
-            raise ValueError(
-                f"{op}: {name} must be contiguous (it is updated in place); got "
-                f"strides {tuple(t.stride())} for shape {tuple(t.shape)}"
-            )
-    if cluster_size.shape[0] != embed_sum.shape[0]:
-        raise ValueError(
-            f"{op}: cluster_size has {cluster_size.shape[0]} codes but embed_sum "
-            f"has {embed_sum.shape[0]}"
-        )
-    check_tensor(op, "z", z)
-    if z.dim() < 1 or z.shape[-1] != embed_sum.shape[1]:
-        raise ValueError(
-            f"{op}: z's last dimension must equal embed_sum's D "
-            f"({embed_sum.shape[1]}); got z {tuple(z.shape)}"
-        )
-    check_same_device(op, "z", z, "embed_sum", embed_sum)
-    check_int_tensor(op, "indices", indices, INDEX_DTYPES)
-    lead = tuple(z.shape[:-1])
-    if tuple(indices.shape) != lead and tuple(indices.shape[:-1]) != lead:
-        raise ValueError(
-            f"{op}: indices must have shape {lead} or {lead} + (S,) for z of "
-            f"shape {tuple(z.shape)}; got {tuple(indices.shape)}"
-        )
-    check_same_device(op, "z", z, "indices", indices)
-    decay = check_finite_float(op, "decay", decay)
-    if not 0.0 <= decay <= 1.0:
-        raise ValueError(f"{op}: decay must be in [0, 1]; got {decay}")
-    if tuple(indices.shape) == lead:
+    _check_ema(op, cluster_size, embed_sum, z, indices)
+    decay = _check_decay(op, decay)
+    if tuple(indices.shape) == tuple(z.shape[:-1]):
         indices = indices.unsqueeze(-1)
     backend = resolve_backend(op, z.device, z.dtype, backend, _FAMILY)
     _ema_op(cluster_size, embed_sum, z, indices, decay, backend)
