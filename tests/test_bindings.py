@@ -5,9 +5,6 @@ devices, layout) or TypeError (dtypes) naming the entry point and the argument."
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -194,23 +191,6 @@ def test_dmol():
         -7.0,
         1,
     )
-
-
-def test_custom_op_refuses_mismatch_without_crashing():
-    """issue 12's report: this call through torch.ops wrote 262,144 floats into a one-element
-    output and aborted the process; run in a subprocess so a regression cannot take the test
-    run down with it."""
-    code = (
-        "import torch, dqkernels\n"
-        "try:\n"
-        "    torch.ops.dqk.dmol_nll(torch.zeros(1,3,1,1), torch.zeros(64,10,64,64), 256, "
-        "-7.0, 'cpp')\n"
-        "except ValueError as e:\n"
-        "    print('ValueError:', e)\n"
-    )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    assert "ValueError: dmol_nll_forward_cpu: x must have shape (64, 3, 64, 64)" in r.stdout
 
 
 # ----------------------------------------------------------------------------- coupling

@@ -192,6 +192,11 @@ def _nll_fused_op(
     x: torch.Tensor, params: torch.Tensor, num_levels: int, min_log_scale: float, backend: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     _check_nll_op("dmol_nll", x, params, num_levels, min_log_scale, backend)
+    if backend not in FUSED_BACKWARD_BACKENDS:
+        raise ValueError(
+            f"dmol_nll_fused: backend must be one of {', '.join(FUSED_BACKWARD_BACKENDS)} (the "
+            f"backends whose kernels fuse the gradient into the forward); got {backend!r}"
+        )
     B, _, H, W = x.shape
     out = new_output((B, H, W), accumulate_dtype(params.dtype), params.device)
     grad_unit = new_output(params.shape, params.dtype, params.device)
