@@ -164,113 +164,44 @@ def dmol_case(name, x, p, exc, match, L=L, mls=MLS, backends=None, public_match=
 X = lambda: T.z(2, 3, 3, 4)  # noqa: E731
 P = lambda: T.z(2, 20, 3, 4)  # noqa: E731
 
-dmol_case(
-    "params channels fit no mixture count",
-    X,
-    lambda: T.z(2, 21, 3, 4),
-    ValueError,
+# fmt: off
+dmol_case("params channels fit no mixture count", X, lambda: T.z(2, 21, 3, 4), ValueError,
     "dmol_nll: params has 21 channels, which fits no mixture count for C=3: expected a "
-    "positive multiple of 10",
-)
-dmol_case(
-    "x of rank 3",
-    lambda: T.z(2, 3, 4),
-    P,
-    ValueError,
-    "dmol_nll: x must have 4 dimensions [B, C, H, W]; got shape (2, 3, 4)",
-)
-dmol_case(
-    "params of rank 3",
-    X,
-    lambda: T.z(20, 3, 4),
-    ValueError,
-    "dmol_nll: params must have 4 dimensions [B, P, H, W]; got shape (20, 3, 4)",
-)
-dmol_case(
-    "x of 2 channels",
-    lambda: T.z(2, 2, 3, 4),
-    lambda: T.z(2, 14, 3, 4),
-    ValueError,
-    "dmol_nll: x's channel count C (dimension 1) must be 1 or 3; got 2",
-)
-dmol_case(
-    "x and params differ in width",
-    X,
-    lambda: T.z(2, 20, 3, 5),
-    ValueError,
+    "positive multiple of 10")
+dmol_case("x of rank 3", lambda: T.z(2, 3, 4), P, ValueError,
+    "dmol_nll: x must have 4 dimensions [B, C, H, W]; got shape (2, 3, 4)")
+dmol_case("params of rank 3", X, lambda: T.z(20, 3, 4), ValueError,
+    "dmol_nll: params must have 4 dimensions [B, P, H, W]; got shape (20, 3, 4)")
+dmol_case("x of 2 channels", lambda: T.z(2, 2, 3, 4), lambda: T.z(2, 14, 3, 4), ValueError,
+    "dmol_nll: x's channel count C (dimension 1) must be 1 or 3; got 2")
+dmol_case("x and params differ in width", X, lambda: T.z(2, 20, 3, 5), ValueError,
     "dmol_nll: x and params must agree in batch and spatial size [B, *, H, W]; got x "
-    "(2, 3, 3, 4) and params (2, 20, 3, 5)",
-)
+    "(2, 3, 3, 4) and params (2, 20, 3, 5)")
 # issue 12: on cpp this wrote 262,144 floats into a one-element output and aborted
-dmol_case(
-    "issue 12: x 1x3x1x1, params 64x10x64x64",
-    lambda: T.z(1, 3, 1, 1),
-    lambda: T.z(64, 10, 64, 64),
-    ValueError,
+dmol_case("issue 12: x 1x3x1x1, params 64x10x64x64", lambda: T.z(1, 3, 1, 1),
+    lambda: T.z(64, 10, 64, 64), ValueError,
     "dmol_nll: x and params must agree in batch and spatial size [B, *, H, W]; got x "
-    "(1, 3, 1, 1) and params (64, 10, 64, 64)",
-)
-dmol_case(
-    "x float16, params float32",
-    lambda: T.z(2, 3, 3, 4, dtype=torch.float16),
-    P,
-    TypeError,
-    "dmol_nll: x and params must have the same dtype; got x float16 and params float32",
-)
-dmol_case(
-    "x float64, params float32",
-    lambda: T.z(2, 3, 3, 4, dtype=torch.float64),
-    P,
-    TypeError,
-    "dmol_nll: x and params must have the same dtype; got x float64 and params float32",
-)
-dmol_case(
-    "integer x",
-    lambda: T.z(2, 3, 3, 4, dtype=torch.int64),
-    P,
-    TypeError,
+    "(1, 3, 1, 1) and params (64, 10, 64, 64)")
+dmol_case("x float16, params float32", lambda: T.z(2, 3, 3, 4, dtype=torch.float16), P, TypeError,
+    "dmol_nll: x and params must have the same dtype; got x float16 and params float32")
+dmol_case("x float64, params float32", lambda: T.z(2, 3, 3, 4, dtype=torch.float64), P, TypeError,
+    "dmol_nll: x and params must have the same dtype; got x float64 and params float32")
+dmol_case("integer x", lambda: T.z(2, 3, 3, 4, dtype=torch.int64), P, TypeError,
     "dmol_nll: x must be a floating tensor (float16, bfloat16, float32 or float64); got "
-    "dtype int64",
-)
-dmol_case(
-    "complex params",
-    X,
-    lambda: T.z(2, 20, 3, 4, dtype=torch.complex64),
-    TypeError,
-    "dmol_nll: params must be a floating tensor",
-)
-dmol_case(
-    "x on another device",
-    lambda: meta(X()),
-    P,
-    ValueError,
-    "dmol_nll: x and params must be on the same device; got x on meta and params on",
-)
+    "dtype int64")
+dmol_case("complex params", X, lambda: T.z(2, 20, 3, 4, dtype=torch.complex64), TypeError,
+    "dmol_nll: params must be a floating tensor")
+dmol_case("x on another device", lambda: meta(X()), P, ValueError,
+    "dmol_nll: x and params must be on the same device; got x on meta and params on")
 dmol_case("num_levels 1", X, P, ValueError, "dmol_nll: num_levels must be >= 2; got 1", L=1)
-dmol_case(
-    "min_log_scale nan",
-    X,
-    P,
-    ValueError,
-    "dmol_nll: min_log_scale must be finite; got nan",
-    mls=float("nan"),
-)
-dmol_case(
-    "min_log_scale -inf",
-    X,
-    P,
-    ValueError,
-    "dmol_nll: min_log_scale must be finite; got -inf",
-    mls=-float("inf"),
-)
-dmol_case(
-    "float64 on triton",
-    lambda: T.z(2, 3, 3, 4, dtype=torch.float64),
-    lambda: T.z(2, 20, 3, 4, dtype=torch.float64),
-    BackendUnavailableError,
-    "dmol_nll: backend 'triton' cannot run on",
-    backends=("triton",),
-)
+dmol_case("min_log_scale nan", X, P, ValueError, "dmol_nll: min_log_scale must be finite; got nan",
+    mls=float("nan"))
+dmol_case("min_log_scale -inf", X, P, ValueError,
+    "dmol_nll: min_log_scale must be finite; got -inf", mls=-float("inf"))
+dmol_case("float64 on triton", lambda: T.z(2, 3, 3, 4, dtype=torch.float64),
+    lambda: T.z(2, 20, 3, 4, dtype=torch.float64), BackendUnavailableError,
+    "dmol_nll: backend 'triton' cannot run on", backends=("triton",))
+# fmt: on
 
 
 def bad_backends(op: str, direct, public, public_takes_auto=True):
@@ -528,104 +459,48 @@ def ema_case(name, cs=CS, es=ES, z=Zv, idx=IDX, decay=0.9, exc=ValueError, match
 
 
 # issue 12: on cpp a short cluster_size aborted the process
-ema_case(
-    "issue 12: short cluster_size",
-    cs=lambda: T.z(2),
-    match="cluster_size has 2 codes but embed_sum has 8",
-)
-ema_case(
-    "cluster_size longer than the codebook",
-    cs=lambda: T.z(9),
-    match="cluster_size has 9 codes but embed_sum has 8",
-)
-ema_case(
-    "cluster_size float16",
-    cs=lambda: T.z(8, dtype=torch.float16),
-    exc=TypeError,
+# fmt: off
+ema_case("issue 12: short cluster_size", cs=lambda: T.z(2),
+    match="cluster_size has 2 codes but embed_sum has 8")
+ema_case("cluster_size longer than the codebook", cs=lambda: T.z(9),
+    match="cluster_size has 9 codes but embed_sum has 8")
+ema_case("cluster_size float16", cs=lambda: T.z(8, dtype=torch.float16), exc=TypeError,
     match="cluster_size must be float32 or float64 (the EMA state is kept in full "
-    "precision); got float16",
-)
-ema_case(
-    "cluster_size float64, embed_sum float32",
-    cs=lambda: T.z(8, dtype=torch.float64),
-    exc=TypeError,
-    match="cluster_size and embed_sum must have the same dtype",
-)
-ema_case(
-    "cluster_size of rank 2",
-    cs=lambda: T.z(8, 1),
-    match="cluster_size must have 1 dimensions [K]; got shape (8, 1)",
-)
-ema_case(
-    "embed_sum of rank 1",
-    es=lambda: T.z(32),
-    match="embed_sum must have 2 dimensions [K, D]; got shape (32,)",
-)
-ema_case(
-    "stride-0 cluster_size",
-    cs=lambda: T.z(1).expand(8),
+    "precision); got float16")
+ema_case("cluster_size float64, embed_sum float32", cs=lambda: T.z(8, dtype=torch.float64),
+    exc=TypeError, match="cluster_size and embed_sum must have the same dtype")
+ema_case("cluster_size of rank 2", cs=lambda: T.z(8, 1),
+    match="cluster_size must have 1 dimensions [K]; got shape (8, 1)")
+ema_case("embed_sum of rank 1", es=lambda: T.z(32),
+    match="embed_sum must have 2 dimensions [K, D]; got shape (32,)")
+ema_case("stride-0 cluster_size", cs=lambda: T.z(1).expand(8),
     match="cluster_size must be contiguous (it is updated in place); got strides (0,) for "
-    "shape (8,)",
-)
+    "shape (8,)")
+ema_case("stride-0 embed_sum", es=lambda: T.z(1, 4).expand(8, 4),
+    match="embed_sum must be contiguous (it is updated in place); got strides (0, 1)")
+ema_case("transposed embed_sum", es=lambda: T.z(4, 8).t(),
+    match="embed_sum must be contiguous (it is updated in place); got strides (1, 8)")
+ema_case("embed_sum on another device", es=lambda: meta(ES()),
+    match="cluster_size and embed_sum must be on the same device")
+ema_case("z of another D", z=lambda: T.z(6, 5),
+    match="z's last dimension must equal embed_sum's D (4); got z (6, 5)")
+ema_case("integer z", z=lambda: T.z(6, 4, dtype=torch.int32), exc=TypeError,
+    match="z must be a floating tensor")
 ema_case(
-    "stride-0 embed_sum",
-    es=lambda: T.z(1, 4).expand(8, 4),
-    match="embed_sum must be contiguous (it is updated in place); got strides (0, 1)",
-)
-ema_case(
-    "transposed embed_sum",
-    es=lambda: T.z(4, 8).t(),
-    match="embed_sum must be contiguous (it is updated in place); got strides (1, 8)",
-)
-ema_case(
-    "embed_sum on another device",
-    es=lambda: meta(ES()),
-    match="cluster_size and embed_sum must be on the same device",
-)
-ema_case(
-    "z of another D",
-    z=lambda: T.z(6, 5),
-    match="z's last dimension must equal embed_sum's D (4); got z (6, 5)",
-)
-ema_case(
-    "integer z",
-    z=lambda: T.z(6, 4, dtype=torch.int32),
-    exc=TypeError,
-    match="z must be a floating tensor",
-)
-ema_case(
-    "z on another device", z=lambda: meta(Zv()), match="z and embed_sum must be on the same device"
-)
-ema_case(
-    "float indices",
-    idx=lambda: T.z(6),
-    exc=TypeError,
-    match="indices must be an integer tensor (int64 or int32); got dtype float32",
-)
-ema_case(
-    "indices of another length",
-    idx=lambda: T.i(0, 1, 2),
-    match="indices must have shape (6,) or (6,) + (S,) for z of shape (6, 4); got (3,)",
-)
-ema_case(
-    "indices on another device",
-    idx=lambda: meta(IDX()),
-    match="z and indices must be on the same device",
-)
+    "z on another device", z=lambda: meta(Zv()), match="z and embed_sum must be on the same device")
+ema_case("float indices", idx=lambda: T.z(6), exc=TypeError,
+    match="indices must be an integer tensor (int64 or int32); got dtype float32")
+ema_case("indices of another length", idx=lambda: T.i(0, 1, 2),
+    match="indices must have shape (6,) or (6,) + (S,) for z of shape (6, 4); got (3,)")
+ema_case("indices on another device", idx=lambda: meta(IDX()),
+    match="z and indices must be on the same device")
 ema_case("decay 1.5", decay=1.5, match="decay must be in [0, 1]; got 1.5")
 ema_case("decay nan", decay=float("nan"), match="decay must be finite; got nan")
-ema_case(
-    "index out of range",
-    idx=lambda: T.i(0, 1, 2, 3, 8, 7),
-    exc=IndexError,
-    match="indices must be in [0, 8) (the codebook size); got 8",
-)
-ema_case(
-    "negative index",
-    idx=lambda: T.i(0, -1, 2, 3, 7, 7),
-    exc=IndexError,
-    match="indices must be in [0, 8) (the codebook size); got -1",
-)
+ema_case("index out of range", idx=lambda: T.i(0, 1, 2, 3, 8, 7), exc=IndexError,
+    match="indices must be in [0, 8) (the codebook size); got 8")
+ema_case("negative index", idx=lambda: T.i(0, -1, 2, 3, 7, 7), exc=IndexError,
+    match="indices must be in [0, 8) (the codebook size); got -1")
+# fmt: on
 
 
 def _overlapping_state():
@@ -703,35 +578,20 @@ def affine_case(name, x=Xa, s=Xa, sl=Xa, exc=ValueError, match="", inverse=False
     )
 
 
+# fmt: off
+affine_case("short shift", s=lambda: T.z(2, 3, 3),
+    match="shift must have x's shape (2, 3, 4); got (2, 3, 3)")
+affine_case("scale_logit of another batch", sl=lambda: T.z(1, 3, 4), inverse=True,
+    match="scale_logit must have x's shape (2, 3, 4); got (1, 3, 4)")
+affine_case("scale_logit float64", sl=lambda: T.z(2, 3, 4, dtype=torch.float64), exc=TypeError,
+    match="x and scale_logit must have the same dtype; got x float32 and scale_logit float64")
+affine_case("integer x", x=lambda: T.z(2, 3, 4, dtype=torch.int64), exc=TypeError,
+    match="x must be a floating tensor")
 affine_case(
-    "short shift",
-    s=lambda: T.z(2, 3, 3),
-    match="shift must have x's shape (2, 3, 4); got (2, 3, 3)",
-)
+    "x 0-d", x=lambda: T.z(), match="x must have a batch dimension [B, ...]; got a 0-d tensor")
 affine_case(
-    "scale_logit of another batch",
-    sl=lambda: T.z(1, 3, 4),
-    inverse=True,
-    match="scale_logit must have x's shape (2, 3, 4); got (1, 3, 4)",
-)
-affine_case(
-    "scale_logit float64",
-    sl=lambda: T.z(2, 3, 4, dtype=torch.float64),
-    exc=TypeError,
-    match="x and scale_logit must have the same dtype; got x float32 and scale_logit float64",
-)
-affine_case(
-    "integer x",
-    x=lambda: T.z(2, 3, 4, dtype=torch.int64),
-    exc=TypeError,
-    match="x must be a floating tensor",
-)
-affine_case(
-    "x 0-d", x=lambda: T.z(), match="x must have a batch dimension [B, ...]; got a 0-d tensor"
-)
-affine_case(
-    "shift on another device", s=lambda: meta(Xa()), match="x and shift must be on the same device"
-)
+    "shift on another device", s=lambda: meta(Xa()), match="x and shift must be on the same device")
+# fmt: on
 for _name, _gy, _gl, _exc, _match in (
     ("short grad_y", lambda: T.z(2, 3, 3), lambda: T.z(2), ValueError,
      "grad_y must have shape (2, 3, 4) (y's); got (2, 3, 3)"),
@@ -814,50 +674,29 @@ def mix_case(name, x=Xm, lg=Km, mn=Km, ls=Km, a=Am, bb=Am, exc=ValueError, match
     )
 
 
-mix_case(
-    "K mismatch",
-    mn=lambda: T.z(2, 3, 3),
+# fmt: off
+mix_case("K mismatch", mn=lambda: T.z(2, 3, 3),
     match="means must have shape [*x.shape, K]; K mismatch: logits has K=4 components and "
-    "means has 3; got (2, 3, 3)",
-)
-mix_case(
-    "log_scales of another shape",
-    ls=lambda: T.z(2, 4, 4),
+    "means has 3; got (2, 3, 3)")
+mix_case("log_scales of another shape", ls=lambda: T.z(2, 4, 4),
     match="log_scales must have shape [*x.shape, K]; expected logits' shape (2, 3, 4); got "
-    "(2, 4, 4)",
-)
-mix_case(
-    "logits without K",
-    lg=lambda: T.z(2, 3),
-    match="logits must have shape [*x.shape, K] = [2, 3, 'K']; got (2, 3)",
-)
-mix_case(
-    "no components",
-    lg=lambda: T.z(2, 3, 0),
-    mn=lambda: T.z(2, 3, 0),
-    ls=lambda: T.z(2, 3, 0),
-    match="the mixture needs K >= 1 components",
-)
+    "(2, 4, 4)")
+mix_case("logits without K", lg=lambda: T.z(2, 3),
+    match="logits must have shape [*x.shape, K] = [2, 3, 'K']; got (2, 3)")
+mix_case("no components", lg=lambda: T.z(2, 3, 0), mn=lambda: T.z(2, 3, 0), ls=lambda: T.z(2, 3, 0),
+    match="the mixture needs K >= 1 components")
 mix_case("short a", a=lambda: T.z(2, 2), match="a must have x's shape (2, 3); got (2, 2)")
 mix_case(
-    "b of another batch", bb=lambda: T.z(3, 3), match="b must have x's shape (2, 3); got (3, 3)"
-)
-mix_case(
-    "b float16",
-    bb=lambda: T.z(2, 3, dtype=torch.float16),
-    exc=TypeError,
-    match="x and b must have the same dtype; got x float32 and b float16",
-)
-mix_case(
-    "integer logits",
-    lg=lambda: T.z(2, 3, 4, dtype=torch.int64),
-    exc=TypeError,
-    match="logits must be a floating tensor",
-)
+    "b of another batch", bb=lambda: T.z(3, 3), match="b must have x's shape (2, 3); got (3, 3)")
+mix_case("b float16", bb=lambda: T.z(2, 3, dtype=torch.float16), exc=TypeError,
+    match="x and b must have the same dtype; got x float32 and b float16")
+mix_case("integer logits", lg=lambda: T.z(2, 3, 4, dtype=torch.int64), exc=TypeError,
+    match="logits must be a floating tensor")
 mix_case("x 0-d", x=lambda: T.z(), match="x must have a batch dimension [B, ...]; got a 0-d tensor")
 mix_case(
     "means on another device", mn=lambda: meta(Km()), match="x and means must be on the same device"
 )
+# fmt: on
 for _name, _go, _gl, _exc, _match in (
     ("short grad_out", lambda: T.z(2, 2), lambda: T.z(2), ValueError,
      "grad_out must have shape (2, 3) (the output's); got (2, 2)"),
@@ -945,73 +784,35 @@ def linear_case(name, x=Xl, w=Wl, bias=Bl, di=DI, do=DO, exc=ValueError, match="
     )
 
 
-linear_case(
-    "short bias",
-    bias=lambda: T.z(4),
-    match="bias must have shape (5,) (weight's out_features); got (4,)",
-)
-linear_case(
-    "bias float64",
-    bias=lambda: T.z(5, dtype=torch.float64),
-    exc=TypeError,
-    match="x and bias must have the same dtype",
-)
+# fmt: off
+linear_case("short bias", bias=lambda: T.z(4),
+    match="bias must have shape (5,) (weight's out_features); got (4,)")
+linear_case("bias float64", bias=lambda: T.z(5, dtype=torch.float64), exc=TypeError,
+    match="x and bias must have the same dtype")
 linear_case(
     "bias on another device", bias=lambda: meta(Bl()), match="x and bias must be on the same device"
 )
-linear_case(
-    "short in_degrees",
-    di=lambda: T.i(0, 1, 2),
-    match="in_degrees must have length 4 (weight's in_features); got 3",
-)
-linear_case(
-    "short out_degrees",
-    do=lambda: T.i(0, 1),
-    match="out_degrees must have length 5 (weight's out_features); got 2",
-)
-linear_case(
-    "float degrees",
-    di=lambda: T.z(4),
-    exc=TypeError,
-    match="in_degrees must be an integer tensor (int32 or int64); got dtype float32",
-)
-linear_case(
-    "int16 degrees",
-    do=lambda: T.i(0, 1, 1, 2, 3, dtype=torch.int16),
-    exc=TypeError,
-    match="out_degrees must be an integer tensor (int32 or int64); got dtype int16",
-)
-linear_case(
-    "degrees of rank 2",
-    di=lambda: T.i(0, 1, 2, 3).view(2, 2),
-    match="in_degrees must be 1-D; got shape (2, 2)",
-)
-linear_case(
-    "degrees on another device",
-    do=lambda: meta(DO()),
-    match="x and out_degrees must be on the same device",
-)
-linear_case(
-    "x of other in_features",
-    x=lambda: T.z(6, 3),
-    match="x's last dimension must equal weight's in_features 4; got x (6, 3) and weight (5, 4)",
-)
-linear_case(
-    "weight of rank 1",
-    w=lambda: T.z(20),
-    match="weight must have 2 dimensions [out_features, in_features]; got shape (20,)",
-)
-linear_case(
-    "weight float16",
-    w=lambda: T.z(5, 4, dtype=torch.float16),
-    exc=TypeError,
-    match="x and weight must have the same dtype; got x float32 and weight float16",
-)
-linear_case(
-    "x 0-d",
-    x=lambda: T.z(),
-    match="x must have at least one dimension [..., in_features]; got a 0-d tensor",
-)
+linear_case("short in_degrees", di=lambda: T.i(0, 1, 2),
+    match="in_degrees must have length 4 (weight's in_features); got 3")
+linear_case("short out_degrees", do=lambda: T.i(0, 1),
+    match="out_degrees must have length 5 (weight's out_features); got 2")
+linear_case("float degrees", di=lambda: T.z(4), exc=TypeError,
+    match="in_degrees must be an integer tensor (int32 or int64); got dtype float32")
+linear_case("int16 degrees", do=lambda: T.i(0, 1, 1, 2, 3, dtype=torch.int16), exc=TypeError,
+    match="out_degrees must be an integer tensor (int32 or int64); got dtype int16")
+linear_case("degrees of rank 2", di=lambda: T.i(0, 1, 2, 3).view(2, 2),
+    match="in_degrees must be 1-D; got shape (2, 2)")
+linear_case("degrees on another device", do=lambda: meta(DO()),
+    match="x and out_degrees must be on the same device")
+linear_case("x of other in_features", x=lambda: T.z(6, 3),
+    match="x's last dimension must equal weight's in_features 4; got x (6, 3) and weight (5, 4)")
+linear_case("weight of rank 1", w=lambda: T.z(20),
+    match="weight must have 2 dimensions [out_features, in_features]; got shape (20,)")
+linear_case("weight float16", w=lambda: T.z(5, 4, dtype=torch.float16), exc=TypeError,
+    match="x and weight must have the same dtype; got x float32 and weight float16")
+linear_case("x 0-d", x=lambda: T.z(),
+    match="x must have at least one dimension [..., in_features]; got a 0-d tensor")
+# fmt: on
 for _name, _g, _exc, _match in (
     ("short grad_y", lambda: T.z(6, 4), ValueError,
      "grad_y must have shape (6, 5) (y's); got (6, 4)"),
@@ -1092,69 +893,34 @@ def conv_case(name, x=Xc, w=Wc, bias=Bc, mask="B", groups=1, exc=ValueError, mat
     )
 
 
-conv_case(
-    "channel mismatch",
-    w=lambda: T.z(4, 2, 3, 3),
+# fmt: off
+conv_case("channel mismatch", w=lambda: T.z(4, 2, 3, 3),
     match="weight must have x's 3 input channels (weight.shape[1] == x.shape[1]); got "
-    "weight shape (4, 2, 3, 3)",
-)
-conv_case(
-    "non-square kernel",
-    w=lambda: T.z(4, 3, 3, 5),
-    match="weight must have a square kernel [Cout, Cin, k, k]; got shape (4, 3, 3, 5)",
-)
-conv_case(
-    "even kernel",
-    w=lambda: T.z(4, 3, 2, 2),
-    match="the kernel size must be odd (centre tap at k // 2); got 2",
-)
-conv_case(
-    "no output channels",
-    w=lambda: T.z(0, 3, 3, 3),
-    bias=lambda: None,
-    match="weight must have at least one output channel",
-)
+    "weight shape (4, 2, 3, 3)")
+conv_case("non-square kernel", w=lambda: T.z(4, 3, 3, 5),
+    match="weight must have a square kernel [Cout, Cin, k, k]; got shape (4, 3, 3, 5)")
+conv_case("even kernel", w=lambda: T.z(4, 3, 2, 2),
+    match="the kernel size must be odd (centre tap at k // 2); got 2")
+conv_case("no output channels", w=lambda: T.z(0, 3, 3, 3), bias=lambda: None,
+    match="weight must have at least one output channel")
 conv_case("short bias", bias=lambda: T.z(3), match="bias must have shape [Cout] = (4,); got (3,)")
-conv_case(
-    "bias float64",
-    bias=lambda: T.z(4, dtype=torch.float64),
-    exc=TypeError,
-    match="x and bias must have the same dtype",
-)
+conv_case("bias float64", bias=lambda: T.z(4, dtype=torch.float64), exc=TypeError,
+    match="x and bias must have the same dtype")
 conv_case("mask type C", mask="C", match="mask_type must be 'A' or 'B'; got 'C'")
 conv_case("groups 0", groups=0, match="groups must be >= 1; got 0")
-conv_case(
-    "groups above the channels",
-    groups=4,
-    match="groups must be <= min(in_channels, out_channels) = min(3, 4) = 3",
-)
-conv_case(
-    "x of rank 3",
-    x=lambda: T.z(3, 4, 5),
-    match="x must have 4 dimensions [B, Cin, H, W]; got shape (3, 4, 5)",
-)
-conv_case(
-    "weight of rank 2",
-    w=lambda: T.z(4, 27),
-    match="weight must have 4 dimensions [Cout, Cin, k, k]; got shape (4, 27)",
-)
-conv_case(
-    "weight bfloat16",
-    w=lambda: T.z(4, 3, 3, 3, dtype=torch.bfloat16),
-    exc=TypeError,
-    match="x and weight must have the same dtype; got x float32 and weight bfloat16",
-)
-conv_case(
-    "integer x",
-    x=lambda: T.z(2, 3, 4, 5, dtype=torch.int64),
-    exc=TypeError,
-    match="x must be a floating tensor",
-)
-conv_case(
-    "weight on another device",
-    w=lambda: meta(Wc()),
-    match="x and weight must be on the same device",
-)
+conv_case("groups above the channels", groups=4,
+    match="groups must be <= min(in_channels, out_channels) = min(3, 4) = 3")
+conv_case("x of rank 3", x=lambda: T.z(3, 4, 5),
+    match="x must have 4 dimensions [B, Cin, H, W]; got shape (3, 4, 5)")
+conv_case("weight of rank 2", w=lambda: T.z(4, 27),
+    match="weight must have 4 dimensions [Cout, Cin, k, k]; got shape (4, 27)")
+conv_case("weight bfloat16", w=lambda: T.z(4, 3, 3, 3, dtype=torch.bfloat16), exc=TypeError,
+    match="x and weight must have the same dtype; got x float32 and weight bfloat16")
+conv_case("integer x", x=lambda: T.z(2, 3, 4, 5, dtype=torch.int64), exc=TypeError,
+    match="x must be a floating tensor")
+conv_case("weight on another device", w=lambda: meta(Wc()),
+    match="x and weight must be on the same device")
+# fmt: on
 for _name, _g, _exc, _match in (
     ("grad_y of other channels", lambda: T.z(2, 3, 4, 5), ValueError,
      "grad_y must have shape (2, 4, 4, 5) (y's); got (2, 3, 4, 5)"),
