@@ -1150,3 +1150,39 @@ def test_a_crash_fails_its_case_only():
         run_forked("harness: exit", "torch", "cpu")
     name = "dmol_nll: issue 12: x 1x3x1x1, params 64x10x64x64"
     assert run_forked(name, "torch", "cpu")["direct"][0] == "ValueError"
+
+
+COMPILED = {  # op: (a call, its tensor arguments, the case whose message it raises)
+    "dmol_nll": (
+        lambda x, p: DQK.dmol_nll(x, p, L, MLS, "torch"),
+        lambda: (T.z(1, 3, 1, 1), T.z(64, 10, 64, 64)),
+        "dmol_nll: issue 12: x 1x3x1x1, params 64x10x64x64",
+    ),
+    "vq_ema_update": (
+        lambda cs, es, z, i: DQK.vq_ema_update(cs, es, z, i, 0.9, "torch"),
+        lambda: (T.z(2), ES(), T.z(6, 4), IDX()),
+        "vq_ema_update: issue 12: short cluster_size",
+    ),
+    "masked_conv2d_backward": (
+        lambda x, w, g: DQK.masked_conv2d_backward(x, w, g, "A", 1, True, True, True, "torch"),
+        lambda: (T.z(2, 3, 4, 5), T.z(4, 3, 3, 3), T.z(2, 3, 4, 5)),
+        "masked_conv2d_backward: grad_y of other channels",
+    ),
+    "mixlogcdf_coupling_inverse": (
+        lambda *t: DQK.mixlogcdf_coupling_inverse(*t, "torch"),
+        lambda: (T.z(2, 3), T.z(2, 3, 4), T.z(2, 3, 3), T.z(2, 3, 4), T.z(2, 3), T.z(2, 3)),
+        "mixlogcdf_coupling_inverse: K mismatch",
+    ),
+}
+
+
+@pytest.mark.parametrize("op", COMPILED)
+def test_compile_reports_the_same_error(op):
+    """The fake implementations run the same checks: torch.compile refuses the call while
+    tracing, with the op's message."""
+    call, args, name = COMPILED[op]
+    T.device = "cpu"
+    traced = torch.compile(call, fullgraph=True, backend="eager")
+    with pytest.raises(Exception, match="when making fake tensor call") as info:
+        traced(*args())
+    assert CASES[name].match in str(info.value)
