@@ -47,10 +47,14 @@ def open_data_file(path: str) -> Iterator[BinaryIO]:
         raise DataFileError(f"{path}: cannot be read ({exc.strerror or exc})") from None
 
 
+_CHUNK = 1 << 20  # bytes decompressed per read of a gzip stream
+
+
 def read_at_most(f: BinaryIO, limit: int, path: str, what: str) -> bytes:
     """The rest of ``f`` (opened by :func:`open_data_file`), refused with
     :class:`DataFileError` when it holds more than ``limit`` bytes: a plain file from its
-    size, before reading; a gzipped one after decompressing at most ``limit + 1`` bytes.
+    size, before reading; a gzipped one after decompressing at most ``limit + 1`` bytes,
+    a chunk at a time (nothing is allocated for the limit up front).
     ``what`` names what the limit is, e.g. ``"50,000 rows of 784 0/1 values"``."""
     if not isinstance(f, gzip.GzipFile):
         size = os.fstat(f.fileno()).st_size - f.tell()
@@ -58,7 +62,16 @@ def read_at_most(f: BinaryIO, limit: int, path: str, what: str) -> bytes:
             raise DataFileError(
                 f"{path}: {size:,} bytes, more than the {limit:,} that {what} can take"
             )
-    data = f.read(limit + 1)
+        data = f.read(size + 1)  # one more: a file that grew since is caught below
+    else:
+        chunks, total = [], 0
+        while total <= limit:
+            chunk = f.read(min(_CHUNK, limit + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        data = b"".join(chunks)
     if len(data) > limit:
         raise DataFileError(
             f"{path}: decompresses to more than the {limit:,} bytes that {what} can take "

@@ -430,7 +430,9 @@ def read_cifar_binary(path) -> tuple[torch.Tensor, torch.Tensor]:
     file is refused before it is read) or label."""
     path = os.fspath(path)
     content = read_bounded(
-        path, _CIFAR_BATCH_ROWS * _CIFAR_RECORD, f"a CIFAR-10 binary batch ({_CIFAR_BATCH_ROWS:,} records)"
+        path,
+        _CIFAR_BATCH_ROWS * _CIFAR_RECORD,
+        f"a CIFAR-10 binary batch ({_CIFAR_BATCH_ROWS:,} records)",
     )
     if not content or len(content) % _CIFAR_RECORD:
         raise DataFileError(

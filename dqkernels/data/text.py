@@ -126,9 +126,7 @@ def multi30k(
     than about four times the real one raises :class:`~dqkernels.data.DataFileError`."""
     data_dir = default_data_dir("multi30k") if data_dir is None else os.fspath(data_dir)
     splits = {
-        name: read_parallel(
-            data_dir, stem, src_lang, tgt_lang, "multi30k", *_MULTI30K_LIMITS[name]
-        )
+        name: read_parallel(data_dir, stem, src_lang, tgt_lang, "multi30k", *_MULTI30K_LIMITS[name])
         for name, stem in MULTI30K_SPLITS.items()
     }
     return ParallelText("multi30k", src_lang, tgt_lang, splits)
