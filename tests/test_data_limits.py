@@ -411,9 +411,11 @@ _ARRAY_STATE = (_i(1), _t(_i(100_000), _i(3072)), _U1, P.NEWFALSE)
         # dtypes other than plain numbers, or states that make one something else
         (
             _g("numpy", "dtype") + _t(P.EMPTY_LIST) + P.REDUCE,
-            "a dtype '\\[\\]' other than a plain number type",
+            "a dtype a list other than a plain number type",
         ),
         (_g("numpy", "dtype") + _t(_u("O")) + P.REDUCE, "a dtype 'O'"),
+        # a spec of 2**40 references, never printed in the message
+        (_g("numpy", "dtype") + _t(_nested(40, _i(0), P.LIST)) + P.REDUCE, "a dtype a list"),
         (_g("numpy", "dtype") + _t(_u("V999999999")) + P.REDUCE, "a dtype 'V999999999'"),
         (
             _U1

@@ -30,7 +30,7 @@ import torch
 
 from dqkernels.data.examples import DataFileError, TensorSplits
 from dqkernels.data.files import open_data_file, read_bounded
-from dqkernels.data.safepickle import UnsafePickleError, load_batch_pickle
+from dqkernels.data.safepickle import UnsafePickleError, brief, load_batch_pickle
 
 __all__ = [
     "LevelDataset",
@@ -332,7 +332,7 @@ def _batch_field(batch: dict, key: str, path: str):
     for k in (key.encode(), key):
         if k in batch:
             return batch[k]
-    present = ", ".join(repr(k)[:40] for k in list(batch)[:8])
+    present = ", ".join(brief(k) for k in list(batch)[:8])
     raise DataFileError(
         f"{path}: not a CIFAR-10 python batch: no {key.encode()!r} entry (entries: {present})"
     )

@@ -35,7 +35,7 @@ import numpy as np
 
 from dqkernels.data.examples import DataFileError
 
-__all__ = ["UnsafePickleError", "load_batch_pickle"]
+__all__ = ["UnsafePickleError", "brief", "load_batch_pickle"]
 
 
 class UnsafePickleError(pickle.UnpicklingError, DataFileError):
@@ -47,6 +47,20 @@ class UnsafePickleError(pickle.UnpicklingError, DataFileError):
 
 class _Refused(Exception):
     """Raised where the file's path is unknown; :func:`load_batch_pickle` names the file."""
+
+
+def brief(obj) -> str:
+    """A short description of a value read from a file that never walks a container (the
+    memo can share a container's items so that printing it takes exponential time):
+    strings and bytes by their first 40 characters, small ints, plain dtypes; else the
+    type's name."""
+    if type(obj) in (str, bytes):
+        return repr(obj[:40]) + ("..." if len(obj) > 40 else "")
+    if type(obj) is int and obj.bit_length() <= 64:
+        return str(obj)
+    if isinstance(obj, np.dtype) and obj.fields is None and obj.subdtype is None:
+        return repr(str(obj))
+    return f"a {type(obj).__name__}"
 
 
 # ------------------------------------------------------------------ what the pickle may call
@@ -79,7 +93,7 @@ def _dtype_spec(spec) -> str:
     if isinstance(spec, bytes):  # Python 2's pickles, read with encoding="bytes"
         spec = spec.decode("latin1")
     if type(spec) is not str or not _DTYPE_SPEC.fullmatch(spec):
-        raise _Refused(f"a dtype {str(spec)[:40]!r} other than a plain number type")
+        raise _Refused(f"a dtype {brief(spec)} other than a plain number type")
     return spec
 
 
@@ -95,7 +109,7 @@ def _check_dtype(dtype) -> np.dtype:
         and dtype.fields is None
         and dtype.subdtype is None
     ):
-        raise _Refused(f"an array or scalar of dtype {str(dtype)[:40]!r}")
+        raise _Refused(f"an array or scalar of dtype {brief(dtype)}")
     return dtype
 
 
@@ -130,7 +144,7 @@ def _pickled_frombuffer(buf, dtype, shape, order):
     # protocol 5: _frombuffer(data, dtype, shape, order), the data in-band in the file
     _check_data(buf, _check_shape(shape), _check_dtype(dtype), (bytes, bytearray))
     if order not in ("C", "F"):
-        raise _Refused(f"array order {str(order)[:10]!r}")
+        raise _Refused(f"array order {brief(order)}")
     return _numpy_modules()[1]._frombuffer(buf, dtype, shape, order)
 
 
@@ -144,7 +158,7 @@ def _latin1_encode(text, encoding="latin1"):
     # codec pickle itself uses, no lookup of arbitrary codecs by name
     if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
         raise _Refused(
-            f"_codecs.encode with encoding {str(encoding)[:20]!r}; only 'latin1' (what "
+            f"_codecs.encode with encoding {brief(encoding)}; only 'latin1' (what "
             f"pickle writes) is accepted"
         )
     return text.encode("latin1")
