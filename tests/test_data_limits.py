@@ -108,7 +108,7 @@ def test_binarized_mnist_bounds_each_split(tmp_path):
             f.write(_amat_text(_rows(2, 784)))
     path = d / "binarized_mnist_valid.amat.gz"
     _gzip_bomb(path)
-    msg = _refused(lambda: binarized_mnist(d), path, peak=80 * MB)  # not 256 MB
+    msg = _refused(lambda: binarized_mnist(d), path, peak=40 * MB)  # the limit, not 256 MB
     assert "31,360,000 bytes that 10,000 rows of 784 0/1 values" in msg
 
 

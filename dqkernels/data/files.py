@@ -58,26 +58,24 @@ def read_at_most(f: BinaryIO, limit: int, path: str, what: str) -> bytes:
     ``what`` names what the limit is, e.g. ``"50,000 rows of 784 0/1 values"``."""
     if not isinstance(f, gzip.GzipFile):
         size = os.fstat(f.fileno()).st_size - f.tell()
-        if size > limit:
-            raise DataFileError(
-                f"{path}: {size:,} bytes, more than the {limit:,} that {what} can take"
-            )
-        data = f.read(size + 1)  # one more: a file that grew since is caught below
-    else:
-        chunks, total = [], 0
-        while total <= limit:
-            chunk = f.read(min(_CHUNK, limit + 1 - total))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
-        data = b"".join(chunks)
-    if len(data) > limit:
+        if size <= limit:
+            data = f.read(size + 1)  # one more: a file that grew since is caught below
+            if len(data) <= limit:
+                return data
         raise DataFileError(
-            f"{path}: decompresses to more than the {limit:,} bytes that {what} can take "
-            f"(stopped reading there)"
+            f"{path}: {max(size, limit + 1):,} bytes, more than the {limit:,} that {what} can take"
         )
-    return data
+    chunks, total = [], 0
+    while total <= limit:
+        chunk = f.read(min(_CHUNK, limit + 1 - total))
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        total += len(chunk)
+    raise DataFileError(
+        f"{path}: decompresses to more than the {limit:,} bytes that {what} can take "
+        f"(stopped reading there)"
+    )
 
 
 def read_bounded(path: str, limit: int, what: str) -> bytes:
