@@ -270,6 +270,14 @@ def test_truncated_gzip_loaders(tmp_path):
     _refused(lambda: mnist(tmp_path), tmp_path / "t10k-images-idx3-ubyte.gz")
 
 
+@pytest.mark.parametrize("fmt", ["py2", "py3-2", "py3-5"])
+def test_truncated_cifar_pickle(tmp_path, fmt):
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(_pickle_batch(_cifar_batch(3, 0), fmt))
+    _truncate(path)
+    _refused(lambda: read_cifar_pickle(path), path, r"not a CIFAR-10 python batch: unpickling")
+
+
 def test_cli_reports_a_truncated_file_in_one_line(tmp_path):
     """``dqk train`` with a truncated data file: one line naming the file, status 2."""
     for split in ("train", "valid", "test"):
