@@ -13,6 +13,7 @@ import torch
 
 from dqkernels.data import (
     BinaryVectors,
+    DataFileError,
     TokenBatch,
     TokenPairDataset,
     TokenPairs,
@@ -144,15 +145,15 @@ def test_read_amat_malformed_row(tmp_path, bad_line, message):
     path = tmp_path / "bad.amat.gz"
     with gzip.open(path, "wt") as f:
         f.write("\n".join(lines) + "\n")
-    with pytest.raises(ValueError, match=message) as info:
+    with pytest.raises(DataFileError, match=message) as info:
         read_amat(path)
-    assert "bad.amat.gz" in str(info.value)
+    assert str(info.value).startswith(str(path))
 
 
 def test_read_amat_empty_file(tmp_path):
     path = tmp_path / "empty.amat"
     path.write_text("\n")
-    with pytest.raises(ValueError, match="empty.amat: no rows"):
+    with pytest.raises(DataFileError, match="empty.amat: no rows"):
         read_amat(path)
 
 
@@ -371,23 +372,23 @@ def test_cifar_pickle_refuses_code(tmp_path):
 def test_cifar_pickle_malformed(tmp_path, content, message):
     path = tmp_path / "data_batch_1"
     path.write_bytes(content)
-    with pytest.raises(ValueError, match=message) as info:
+    with pytest.raises(DataFileError, match=message) as info:
         read_cifar_pickle(path)
-    assert "data_batch_1" in str(info.value)
+    assert str(info.value).startswith(str(path))
 
 
 def test_cifar_binary_malformed(tmp_path):
     path = tmp_path / "data_batch_1.bin"
     path.write_bytes(bytes(3073 * 2 - 5))
-    with pytest.raises(ValueError, match=r"size 6141 bytes is not a positive multiple of 3073"):
+    with pytest.raises(DataFileError, match=r"size 6141 bytes is not a positive multiple of 3073"):
         read_cifar_binary(path)
     path.write_bytes(b"")
-    with pytest.raises(ValueError, match=r"size 0 bytes"):
+    with pytest.raises(DataFileError, match=r"size 0 bytes"):
         read_cifar_binary(path)
     rec = bytearray(3073 * 2)
     rec[3073] = 42
     path.write_bytes(bytes(rec))
-    with pytest.raises(ValueError, match=r"record 1 has label byte 42.*CIFAR-100"):
+    with pytest.raises(DataFileError, match=r"record 1 has label byte 42.*CIFAR-100"):
         read_cifar_binary(path)
 
 
@@ -464,10 +465,11 @@ def test_read_idx_malformed(tmp_path):
         (good[:6], r"truncated idx header"),
     ]:
         path.write_bytes(content)
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(DataFileError, match=message) as info:
             read_idx(path)
+        assert str(info.value).startswith(str(path))
     path.write_bytes(_idx_bytes(np.zeros(3)))
-    with pytest.raises(ValueError, match="idx file of 1 dimensions; expected 3"):
+    with pytest.raises(DataFileError, match="idx file of 1 dimensions; expected 3"):
         read_idx(path, ndim=3)
     assert read_idx(path).shape == (3,)
 
@@ -549,14 +551,14 @@ def test_read_parallel(tmp_path, gz):
 def test_read_parallel_errors(tmp_path):
     _write_lines(tmp_path / "train.en", ["a", "b"])
     _write_lines(tmp_path / "train.de", ["a"])
-    with pytest.raises(ValueError, match="has 2 lines but .*train.de has 1"):
+    with pytest.raises(DataFileError, match="has 2 lines but .*train.de has 1"):
         read_parallel(str(tmp_path), "train", "en", "de")
     with pytest.raises(FileNotFoundError, match="neither val.en nor val.en.gz found"):
         read_parallel(str(tmp_path), "val", "en", "de")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_parallel(str(tmp_path / "nowhere"), "train", "en", "de")
     (tmp_path / "bad.txt").write_bytes(b"fine\nnot \xff utf-8\n")
-    with pytest.raises(ValueError, match=r"bad.txt, line 2: not UTF-8 text"):
+    with pytest.raises(DataFileError, match=r"bad.txt, line 2: not UTF-8 text"):
         read_text_lines(str(tmp_path / "bad.txt"))
 
 

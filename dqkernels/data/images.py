@@ -20,16 +20,17 @@ its splits hand out int64 levels. Models see grid values ``2k/(L-1) - 1`` in ``[
 
 from __future__ import annotations
 
-import gzip
 import io
+import math
 import os
-import pickle
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from dqkernels.data.examples import TensorSplits
+from dqkernels.data.examples import DataFileError, TensorSplits
+from dqkernels.data.files import open_data_file, read_bounded
+from dqkernels.data.safepickle import UnsafePickleError, brief, load_batch_pickle
 
 __all__ = [
     "LevelDataset",
@@ -158,14 +159,11 @@ def digits(test_size: int = 360, seed: int = 0) -> LevelDataset:
 
 _AMAT_SPLITS = ("train", "valid", "test")
 _MNIST_PIXELS = 28 * 28
-
-
-def _open_bytes(path: str) -> bytes:
-    if path.endswith(".gz"):
-        with gzip.open(path, "rb") as f:
-            return f.read()
-    with open(path, "rb") as f:
-        return f.read()
+#: the rows of binarized MNIST's splits: the most a file of each may hold
+_AMAT_ROWS = {"train": 50_000, "valid": 10_000, "test": 10_000}
+#: bytes a file may take per value (decompressed): the standard layout takes 2 (a value and
+#: a space or the newline); twice that leaves room for CRLF line ends and wider spacing
+_AMAT_BYTES_PER_VALUE = 4
 
 
 def _parse_amat_fast(content: bytes, num_values: int) -> np.ndarray | None:
@@ -185,38 +183,55 @@ def _parse_amat_fast(content: bytes, num_values: int) -> np.ndarray | None:
     return values - np.uint8(ord("0"))
 
 
-def _parse_amat_slow(content: bytes, num_values: int, path: str) -> np.ndarray:
-    """Any whitespace, blank lines skipped; every row validated, errors name the line."""
-    rows = []
-    for lineno, line in enumerate(content.splitlines(), start=1):
-        tokens = line.split()
-        if not tokens:
-            continue
-        if len(tokens) != num_values:
-            raise ValueError(
-                f"{path}, line {lineno}: expected {num_values} space-separated "
-                f"0/1 values, found {len(tokens)}"
+def _parse_amat_slow(content: bytes, num_values: int, max_rows: int, path: str) -> np.ndarray:
+    """Any whitespace, blank lines skipped; every row validated, errors name the line.
+    Reads a line at a time: no line longer than a row can be is split into tokens, and
+    no more than ``max_rows`` rows are kept."""
+    rows: list[np.ndarray] = []
+    max_line = _AMAT_BYTES_PER_VALUE * num_values
+    lineno = 0
+    for piece in io.BytesIO(content):  # pieces end in "\n"; splitlines() then splits at "\r"
+        if len(piece) > max_line:
+            raise DataFileError(
+                f"{path}, line {lineno + 1}: longer than {max_line:,} bytes, the most a row "
+                f"of {num_values} whitespace-separated 0/1 values takes"
             )
-        try:
-            vals = np.array([float(t) for t in tokens])
-        except ValueError:
-            bad = next(t for t in tokens if not _is_float(t))
-            raise ValueError(
-                f"{path}, line {lineno}: value {bad.decode(errors='replace')!r} "
-                f"is not a number (expected 0 or 1)"
-            ) from None
-        wrong = (vals != 0) & (vals != 1)
-        if wrong.any():
-            col = int(np.argmax(wrong))
-            raise ValueError(
-                f"{path}, line {lineno}: value "
-                f"{tokens[col].decode(errors='replace')!r} in column {col + 1} "
-                f"is not 0 or 1"
-            )
-        rows.append(vals.astype(np.uint8))
+        for line in piece.splitlines():
+            lineno += 1
+            tokens = line.split()
+            if not tokens:
+                continue
+            if len(rows) == max_rows:
+                raise DataFileError(
+                    f"{path}, line {lineno}: more than {max_rows:,} rows, the most this "
+                    f"file may hold"
+                )
+            rows.append(_parse_amat_row(tokens, num_values, f"{path}, line {lineno}"))
     if not rows:
-        raise ValueError(f"{path}: no rows (expected lines of {num_values} 0/1 values)")
+        raise DataFileError(f"{path}: no rows (expected lines of {num_values} 0/1 values)")
     return np.stack(rows)
+
+
+def _parse_amat_row(tokens: list[bytes], num_values: int, where: str) -> np.ndarray:
+    if len(tokens) != num_values:
+        raise DataFileError(
+            f"{where}: expected {num_values} space-separated 0/1 values, found {len(tokens)}"
+        )
+    try:
+        vals = np.array([float(t) for t in tokens])
+    except ValueError:
+        bad = next(t for t in tokens if not _is_float(t))
+        raise DataFileError(
+            f"{where}: value {bad.decode(errors='replace')!r} is not a number (expected 0 or 1)"
+        ) from None
+    wrong = (vals != 0) & (vals != 1)
+    if wrong.any():
+        col = int(np.argmax(wrong))
+        raise DataFileError(
+            f"{where}: value {tokens[col].decode(errors='replace')!r} in column {col + 1} "
+            f"is not 0 or 1"
+        )
+    return vals.astype(np.uint8)
 
 
 def _is_float(token: bytes) -> bool:
@@ -227,17 +242,31 @@ def _is_float(token: bytes) -> bool:
         return False
 
 
-def read_amat(path: str, num_values: int = _MNIST_PIXELS) -> torch.Tensor:
+def read_amat(
+    path: str, num_values: int = _MNIST_PIXELS, max_rows: int = _AMAT_ROWS["train"]
+) -> torch.Tensor:
     """Read a binarized-MNIST ``.amat`` file (``.gz`` is decompressed): one image per
     line, ``num_values`` space-separated 0/1 values. Returns ``uint8 [N, num_values]``.
 
-    Raises ValueError naming the file and the line for a malformed row.
+    At most ``max_rows`` rows (default 50,000, binarized MNIST's training set) are
+    accepted, and at most ``4 * num_values * max_rows`` bytes are decompressed (twice the
+    standard layout's size): a larger file is refused before more is read. Raises
+    :class:`~dqkernels.data.DataFileError` naming the file (and the line, for a malformed
+    row) for a file that is malformed, truncated or larger than that.
     """
     path = os.fspath(path)
-    content = _open_bytes(path)
+    content = read_bounded(
+        path,
+        _AMAT_BYTES_PER_VALUE * num_values * max_rows,
+        f"{max_rows:,} rows of {num_values} 0/1 values",
+    )
     arr = _parse_amat_fast(content, num_values)
     if arr is None:
-        arr = _parse_amat_slow(content, num_values, path)
+        arr = _parse_amat_slow(content, num_values, max_rows, path)
+    elif arr.shape[0] > max_rows:
+        raise DataFileError(
+            f"{path}: {arr.shape[0]:,} rows, more than the {max_rows:,} this file may hold"
+        )
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
@@ -277,7 +306,9 @@ def binarized_mnist(data_dir: str | None = None) -> LevelDataset:
     """
     data_dir = DEFAULT_BINARIZED_MNIST_DIR if data_dir is None else os.fspath(data_dir)
     paths = {s: _amat_path(data_dir, s) for s in _AMAT_SPLITS}  # all checked up front
-    splits = {s: read_amat(p).reshape(-1, 1, 28, 28) for s, p in paths.items()}
+    splits = {
+        s: read_amat(p, max_rows=_AMAT_ROWS[s]).reshape(-1, 1, 28, 28) for s, p in paths.items()
+    }
     return LevelDataset(
         "binarized_mnist", splits["train"], splits["test"], num_levels=2, valid=splits["valid"]
     )
@@ -289,71 +320,20 @@ _CIFAR_TRAIN_BATCHES = 5
 _CIFAR_PIXELS = 3 * 32 * 32
 _CIFAR_RECORD = 1 + _CIFAR_PIXELS  # binary version: one label byte, then the pixels
 _CIFAR_SUBDIRS = ("cifar-10-batches-py", "cifar-10-batches-bin")
-
-
-class UnsafePickleError(pickle.UnpicklingError, ValueError):
-    """A pickle asked for a global outside the few a CIFAR-10 batch needs (it was refused,
-    nothing from it ran). Also a ValueError, like every other malformed-file error."""
-
-
-def _numpy_pickle_globals() -> dict:
-    """The globals a pickled numpy array needs, under the module names numpy 1.x and 2.x
-    write (``numpy.core`` became ``numpy._core``), mapped to the real objects, so that
-    nothing is imported by name while unpickling."""
-    try:
-        from numpy._core import multiarray, numeric
-    except ImportError:  # numpy 1.x
-        from numpy.core import multiarray, numeric
-    table = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
-    for core in ("numpy.core", "numpy._core"):
-        table[(core + ".multiarray", "_reconstruct")] = multiarray._reconstruct
-        table[(core + ".multiarray", "scalar")] = multiarray.scalar
-        if hasattr(numeric, "_frombuffer"):  # protocol-5 pickles of arrays
-            table[(core + ".numeric", "_frombuffer")] = numeric._frombuffer
-    # Python 3 writes bytes objects under protocol 2 as _codecs.encode(str, "latin1")
-    table[("_codecs", "encode")] = _latin1_encode
-    return table
-
-
-def _latin1_encode(text, encoding="latin1"):
-    # only the codec pickle itself uses: no lookup of arbitrary codecs by name
-    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
-        raise UnsafePickleError(
-            f"_codecs.encode called with encoding {encoding!r}; only "
-            f"'latin1' (what pickle writes) is accepted"
-        )
-    return text.encode("latin1")
-
-
-class _CifarUnpickler(pickle.Unpickler):
-    """An unpickler that rebuilds numpy arrays, dtypes and plain Python data (dicts, lists,
-    bytes, str, numbers) and refuses every other global: a CIFAR-10 batch needs nothing
-    else, and a pickle that asks for more (``os.system``, ``builtins.eval``, ...) is not one."""
-
-    def __init__(self, file, path: str):
-        # encoding="bytes": the official batches were pickled by Python 2, whose str
-        # (the keys, the filenames and the array data) must come back as bytes
-        super().__init__(file, encoding="bytes")
-        self._path = path
-        self._allowed = _numpy_pickle_globals()
-
-    def find_class(self, module: str, name: str):
-        obj = self._allowed.get((module, name))
-        if obj is None:
-            raise UnsafePickleError(
-                f"{self._path}: refused to unpickle the global {module}.{name}: a CIFAR-10 "
-                f"batch holds only numpy arrays and plain data, so this file is not one (or "
-                f"has been tampered with); nothing from it was run"
-            )
-        return obj
+#: images per batch file (5 training batches and the test batch): the most a file may hold
+_CIFAR_BATCH_ROWS = 10_000
+#: the most bytes a python batch's pickle may take: its pixels are 30.7 MB, which Python 3
+#: under protocol 2 writes as a latin-1 string in UTF-8 (up to 2 bytes a pixel), plus the
+#: labels and the file names (under 1 MB); three times the pixels leaves room for both
+_CIFAR_PICKLE_MAX_BYTES = 3 * _CIFAR_BATCH_ROWS * _CIFAR_PIXELS
 
 
 def _batch_field(batch: dict, key: str, path: str):
     for k in (key.encode(), key):
         if k in batch:
             return batch[k]
-    present = ", ".join(repr(k) for k in list(batch)[:8])
-    raise ValueError(
+    present = ", ".join(brief(k) for k in list(batch)[:8])
+    raise DataFileError(
         f"{path}: not a CIFAR-10 python batch: no {key.encode()!r} entry (entries: {present})"
     )
 
@@ -361,33 +341,27 @@ def _batch_field(batch: dict, key: str, path: str):
 def read_cifar_pickle(path) -> tuple[torch.Tensor, torch.Tensor]:
     """One batch of CIFAR-10's python version: a pickled dict with ``b"data"`` (uint8
     ``[N, 3072]``: 1024 red, 1024 green, 1024 blue values per image, each plane row-major)
-    and ``b"labels"`` (N ints in 0..9). Returns ``(images uint8 [N, 3, 32, 32], labels
-    int64 [N])``.
+    and ``b"labels"`` (a list of N ints in 0..9), N at most 10,000 (a batch's size).
+    Returns ``(images uint8 [N, 3, 32, 32], labels int64 [N])``.
 
-    The pickle is read through a restricted unpickler (numpy arrays and plain data only);
-    anything else raises :class:`UnsafePickleError` before it can run. Malformed content
-    raises ValueError naming the file.
+    The pickle is read by :func:`dqkernels.data.safepickle.load_batch_pickle` (numpy arrays
+    and plain data only, nothing called that a file could make allocate more than its own
+    size); anything else raises :class:`UnsafePickleError` before it can run. A file larger
+    than a batch can be, or malformed content, raises
+    :class:`~dqkernels.data.DataFileError` naming the file.
     """
     path = os.fspath(path)
-    with open(path, "rb") as f:
-        content = f.read()
-    try:
-        batch = _CifarUnpickler(io.BytesIO(content), path).load()
-    except UnsafePickleError:
-        raise
-    except Exception as exc:  # truncated or not a pickle at all
-        raise ValueError(
-            f"{path}: not a CIFAR-10 python batch: unpickling failed ({type(exc).__name__}: {exc})"
-        ) from None
-    if not isinstance(batch, dict):
-        raise ValueError(
+    content = read_bounded(path, _CIFAR_PICKLE_MAX_BYTES, "a CIFAR-10 python batch")
+    batch = load_batch_pickle(content, path)
+    if type(batch) is not dict:
+        raise DataFileError(
             f"{path}: not a CIFAR-10 python batch: expected a pickled dict, "
             f"found {type(batch).__name__}"
         )
     data = _batch_field(batch, "data", path)
     labels = _batch_field(batch, "labels", path)
     if not (
-        isinstance(data, np.ndarray)
+        type(data) is np.ndarray
         and data.dtype == np.uint8
         and data.ndim == 2
         and data.shape[1] == _CIFAR_PIXELS
@@ -397,30 +371,71 @@ def read_cifar_pickle(path) -> tuple[torch.Tensor, torch.Tensor]:
             if isinstance(data, np.ndarray)
             else type(data).__name__
         )
-        raise ValueError(
+        raise DataFileError(
             f"{path}: b'data' must be a uint8 array [N, {_CIFAR_PIXELS}]; found {what}"
         )
-    labels = np.asarray(labels)
-    if labels.shape != (data.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(
-            f"{path}: b'labels' must be {data.shape[0]} integers (one per row of "
-            f"b'data'); found {labels.dtype} values of shape {labels.shape}"
+    if not 0 < data.shape[0] <= _CIFAR_BATCH_ROWS:
+        raise DataFileError(
+            f"{path}: b'data' holds {data.shape[0]:,} images; a CIFAR-10 batch holds "
+            f"1..{_CIFAR_BATCH_ROWS:,}"
         )
-    if labels.size and (labels.min() < 0 or labels.max() > 9):
-        raise ValueError(f"{path}: labels must be in 0..9; found {labels.min()}..{labels.max()}")
+    # the arrays the unpickler builds are contiguous copies or views of the file's bytes;
+    # checked again here, as what guards against a small buffer seen through strides
+    if not (data.flags.c_contiguous or data.flags.f_contiguous) or data.nbytes > len(content):
+        raise DataFileError(
+            f"{path}: b'data' is not backed by {data.nbytes:,} bytes of the file "
+            f"(strides {data.strides}, file of {len(content):,} bytes)"
+        )
+    n = data.shape[0]
+    labels = _cifar_labels(labels, n, path)
     images = np.ascontiguousarray(data.reshape(-1, 3, 32, 32))
-    return torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
+    return torch.from_numpy(images), torch.from_numpy(labels)
+
+
+def _cifar_labels(labels, n: int, path: str) -> np.ndarray:
+    """The ``n`` labels of a batch as int64: a flat list (or tuple) of ints, or a 1-D
+    integer array, in 0..9; only the flat structure is accepted, so nothing nested (which
+    the memo can share, doubling the work of walking it per level) is ever walked."""
+    if type(labels) is np.ndarray and labels.shape == (n,) and labels.dtype.kind in "iu":
+        values = labels
+    elif type(labels) in (list, tuple) and len(labels) == n:
+        bad = next((x for x in labels if not isinstance(x, (int, np.integer))), None)
+        if bad is not None:
+            raise DataFileError(
+                f"{path}: b'labels' must be {n} integers (one per row of b'data'); found "
+                f"an element of type {type(bad).__name__}"
+            )
+        values = labels
+    else:
+        if isinstance(labels, np.ndarray):
+            what = f"{labels.dtype} values of shape {labels.shape}"
+        elif type(labels) in (list, tuple):
+            what = f"a {type(labels).__name__} of {len(labels)}"
+        else:
+            what = f"a {type(labels).__name__}"
+        raise DataFileError(
+            f"{path}: b'labels' must be {n} integers (one per row of b'data'); found {what}"
+        )
+    low, high = min(values), max(values)  # n >= 1; Python ints of any size compare
+    if low < 0 or high > 9:
+        raise DataFileError(f"{path}: labels must be in 0..9; found {low}..{high}")
+    return np.array(values, dtype=np.int64)
 
 
 def read_cifar_binary(path) -> tuple[torch.Tensor, torch.Tensor]:
     """One batch of CIFAR-10's binary version: records of 3073 bytes, a label byte (0..9)
-    followed by the 3072 pixel bytes in the python version's order. Returns
-    ``(images uint8 [N, 3, 32, 32], labels int64 [N])``."""
+    followed by the 3072 pixel bytes in the python version's order, at most 10,000
+    records. Returns ``(images uint8 [N, 3, 32, 32], labels int64 [N])``. Raises
+    :class:`~dqkernels.data.DataFileError` naming the file for any other size (a larger
+    file is refused before it is read) or label."""
     path = os.fspath(path)
-    with open(path, "rb") as f:
-        content = f.read()
+    content = read_bounded(
+        path,
+        _CIFAR_BATCH_ROWS * _CIFAR_RECORD,
+        f"a CIFAR-10 binary batch ({_CIFAR_BATCH_ROWS:,} records)",
+    )
     if not content or len(content) % _CIFAR_RECORD:
-        raise ValueError(
+        raise DataFileError(
             f"{path}: size {len(content)} bytes is not a positive multiple of "
             f"{_CIFAR_RECORD} (one label byte + {_CIFAR_PIXELS} pixel bytes per "
             f"image); not a CIFAR-10 binary batch, or a truncated one"
@@ -429,7 +444,7 @@ def read_cifar_binary(path) -> tuple[torch.Tensor, torch.Tensor]:
     labels = records[:, 0]
     if labels.max() > 9:
         bad = int(np.argmax(labels > 9))
-        raise ValueError(
+        raise DataFileError(
             f"{path}: record {bad} has label byte {labels[bad]}; CIFAR-10 labels "
             f"are 0..9 (is this CIFAR-100's binary version?)"
         )
@@ -497,38 +512,72 @@ def cifar10(data_dir: str | None = None) -> LevelDataset:
 # -------------------------------------------------------------------------------- MNIST
 
 _IDX_UBYTE = 0x08
+#: the most data bytes :func:`read_idx` reads without an expected shape: MNIST's largest
+#: file (60,000 images of 28x28)
+_IDX_MAX_BYTES = 60_000 * _MNIST_PIXELS
+#: MNIST's image files: the most images each may hold, and their size
+_MNIST_IMAGES = {"train": 60_000, "t10k": 10_000}
+_MNIST_SIZE = (28, 28)
 
 
-def read_idx(path, ndim: int | None = None) -> torch.Tensor:
-    """An idx file of unsigned bytes (MNIST's format; ``.gz`` is decompressed): a 4-byte
-    magic ``00 00 08 <ndim>``, ``ndim`` big-endian uint32 sizes, then the data. Returns a
-    ``uint8`` tensor of those sizes; ``ndim``, when given, is checked."""
+def read_idx(path, ndim: int | None = None, shape: tuple[int, ...] | None = None) -> torch.Tensor:
+    """An idx file of unsigned bytes (MNIST's format; ``.gz`` is decompressed as it is
+    read): a 4-byte magic ``00 00 08 <ndim>``, ``ndim`` big-endian uint32 sizes, then the
+    data. Returns a ``uint8`` tensor of those sizes; ``ndim``, when given, is checked.
+
+    ``shape``, when given, is what the header must declare: ``shape[0]`` is the most items
+    (e.g. 60,000 images), the other sizes are exact (e.g. 28, 28). Without it the data may
+    take at most 47,040,000 bytes (MNIST's largest file). The header is checked before the
+    data is read; a file whose header or size differs raises
+    :class:`~dqkernels.data.DataFileError` naming the file.
+    """
     path = os.fspath(path)
-    content = _open_bytes(path)
-    if len(content) < 4 or content[0] != 0 or content[1] != 0:
-        raise ValueError(
-            f"{path}: not an idx file (its first bytes {content[:4].hex()} are "
-            f"not the magic 0000<type><ndim>)"
-        )
-    if content[2] != _IDX_UBYTE:
-        raise ValueError(
-            f"{path}: idx element type 0x{content[2]:02x}; only unsigned bytes "
-            f"(0x08, what MNIST uses) are supported"
-        )
-    n = content[3]
-    if ndim is not None and n != ndim:
-        raise ValueError(f"{path}: idx file of {n} dimensions; expected {ndim}")
-    header = 4 + 4 * n
-    if len(content) < header:
-        raise ValueError(f"{path}: truncated idx header ({len(content)} bytes, need {header})")
-    dims = tuple(int(d) for d in np.frombuffer(content, dtype=">u4", count=n, offset=4))
-    expected = header + int(np.prod(dims, dtype=np.int64))
-    if len(content) != expected:
-        raise ValueError(
-            f"{path}: size {len(content)} bytes does not match its header "
-            f"(sizes {'x'.join(map(str, dims))} need {expected} bytes)"
-        )
-    arr = np.frombuffer(content, dtype=np.uint8, offset=header).reshape(dims)
+    with open_data_file(path) as f:
+        magic = f.read(4)
+        if len(magic) < 4 or magic[0] != 0 or magic[1] != 0:
+            raise DataFileError(
+                f"{path}: not an idx file (its first bytes {magic.hex()} are "
+                f"not the magic 0000<type><ndim>)"
+            )
+        if magic[2] != _IDX_UBYTE:
+            raise DataFileError(
+                f"{path}: idx element type 0x{magic[2]:02x}; only unsigned bytes "
+                f"(0x08, what MNIST uses) are supported"
+            )
+        n = magic[3]
+        if ndim is not None and n != ndim:
+            raise DataFileError(f"{path}: idx file of {n} dimensions; expected {ndim}")
+        header = 4 + 4 * n
+        sizes = f.read(4 * n)
+        if len(sizes) < 4 * n:
+            raise DataFileError(
+                f"{path}: truncated idx header ({4 + len(sizes)} bytes, need {header})"
+            )
+        dims = tuple(int(d) for d in np.frombuffer(sizes, dtype=">u4"))
+        declared = "x".join(map(str, dims))
+        if shape is not None and (
+            len(dims) != len(shape) or dims[0] > shape[0] or dims[1:] != tuple(shape[1:])
+        ):
+            expected = "x".join(map(str, shape[1:]))
+            raise DataFileError(
+                f"{path}: idx sizes {declared}; expected at most {shape[0]:,} items"
+                + (f" of {expected}" if expected else "")
+            )
+        count = math.prod(dims)
+        limit = _IDX_MAX_BYTES if shape is None else math.prod(shape)
+        if count > limit:
+            raise DataFileError(
+                f"{path}: idx sizes {declared} declare {count:,} bytes of data, more than "
+                f"the {limit:,} this file may hold"
+            )
+        data = f.read(count + 1)
+        if len(data) != count:
+            size = f"{header + len(data)} bytes" if len(data) < count else "more bytes"
+            raise DataFileError(
+                f"{path}: size {size} does not match its header "
+                f"(sizes {declared} need {header + count} bytes)"
+            )
+    arr = np.frombuffer(data, dtype=np.uint8).reshape(dims)
     return torch.from_numpy(arr.copy())
 
 
@@ -553,18 +602,16 @@ def _idx_path(data_dir: str, stem: str) -> str:
 
 
 def mnist(data_dir: str | None = None) -> LevelDataset:
-    """MNIST as ``uint8 [N, 1, 28, 28]`` levels 0..255 (``num_levels=256``): 60,000 train
-    and 10,000 test images from ``train-images-idx3-ubyte`` and ``t10k-images-idx3-ubyte``
-    (plain or ``.gz``) in ``data_dir`` (default ``../shared/data/mnist``). Any image size
-    in the files is accepted (Fashion-MNIST ships the same files)."""
+    """MNIST as ``uint8 [N, 1, 28, 28]`` levels 0..255 (``num_levels=256``): up to 60,000
+    train and 10,000 test images of 28x28 from ``train-images-idx3-ubyte`` and
+    ``t10k-images-idx3-ubyte`` (plain or ``.gz``) in ``data_dir`` (default
+    ``../shared/data/mnist``); Fashion-MNIST ships the same files. A file declaring other
+    sizes raises :class:`~dqkernels.data.DataFileError` before its data is read."""
     data_dir = DEFAULT_MNIST_DIR if data_dir is None else os.fspath(data_dir)
-    paths = {s: _idx_path(data_dir, f"{s}-images-idx3-ubyte") for s in ("train", "t10k")}
-    train, test = (read_idx(paths[s], ndim=3) for s in ("train", "t10k"))
-    if train.shape[1:] != test.shape[1:]:
-        raise ValueError(
-            f"mnist: train images are {tuple(train.shape[1:])} but test images "
-            f"are {tuple(test.shape[1:])}"
-        )
+    paths = {s: _idx_path(data_dir, f"{s}-images-idx3-ubyte") for s in _MNIST_IMAGES}
+    train, test = (
+        read_idx(paths[s], ndim=3, shape=(_MNIST_IMAGES[s], *_MNIST_SIZE)) for s in _MNIST_IMAGES
+    )
     return LevelDataset("mnist", train[:, None], test[:, None], num_levels=256)
 
 

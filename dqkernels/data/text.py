@@ -12,13 +12,14 @@
 
 from __future__ import annotations
 
-import gzip
 import os
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
 
+from dqkernels.data.examples import DataFileError
+from dqkernels.data.files import read_bounded
 from dqkernels.data.images import _find_data_file, default_data_dir
 
 __all__ = [
@@ -35,27 +36,46 @@ __all__ = [
 
 #: Multi30k (task 1) file stems of our split names
 MULTI30K_SPLITS = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
+#: the most (decompressed bytes, lines) a Multi30k file of each split may hold: about four
+#: times the real files' (train: 2.1 MB and 29,000 lines in German, 1.8 MB in English;
+#: val and test_2016_flickr: 76 KB / 1,014 lines and 71 KB / 1,000 lines at the most)
+_MULTI30K_LIMITS = {
+    "train": (8 << 20, 116_000),
+    "valid": (320 << 10, 4_056),
+    "test": (320 << 10, 4_000),
+}
 
 
 # ----------------------------------------------------------------------------- raw text
 
 
-def read_text_lines(path: str) -> list[str]:
-    """The lines of a UTF-8 text file (``.gz`` is decompressed), without line endings.
-    Raises ValueError naming the file and the line for bytes that are not UTF-8."""
+#: the most bytes (decompressed) and lines :func:`read_text_lines` accepts from a file by
+#: default: a generic cap; the loaders of a known corpus pass their own
+_TEXT_MAX_BYTES = 256 << 20
+_TEXT_MAX_LINES = 4_000_000
+
+
+def read_text_lines(
+    path: str, max_bytes: int = _TEXT_MAX_BYTES, max_lines: int = _TEXT_MAX_LINES
+) -> list[str]:
+    """The lines of a UTF-8 text file (``.gz`` is decompressed as it is read), without
+    line endings. A file of more than ``max_bytes`` bytes (decompressed; reading stops
+    there) or ``max_lines`` lines, a truncated or corrupt gzip stream, or bytes that are
+    not UTF-8 raise :class:`~dqkernels.data.DataFileError` naming the file (and the line,
+    for bad UTF-8)."""
     path = os.fspath(path)
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    lines = raw.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
+    raw = read_bounded(path, max_bytes, "this text file")
+    lines = raw.count(b"\n") + (not raw.endswith(b"\n") and bool(raw))
+    if lines > max_lines:
+        raise DataFileError(
+            f"{path}: {lines:,} lines, more than the {max_lines:,} this file may hold"
+        )
     out = []
-    for lineno, line in enumerate(lines, start=1):
+    for lineno, line in enumerate(raw.split(b"\n")[:lines], start=1):
         try:
             out.append(line.decode("utf-8").rstrip("\r"))
         except UnicodeDecodeError as exc:
-            raise ValueError(
+            raise DataFileError(
                 f"{path}, line {lineno}: not UTF-8 text ({exc.reason} at byte {exc.start})"
             ) from None
     return out
@@ -66,17 +86,24 @@ def _text_path(data_dir: str, stem: str, lang: str, what: str) -> str:
 
 
 def read_parallel(
-    data_dir: str, stem: str, src_lang: str, tgt_lang: str, what: str = "parallel text"
+    data_dir: str,
+    stem: str,
+    src_lang: str,
+    tgt_lang: str,
+    what: str = "parallel text",
+    max_bytes: int = _TEXT_MAX_BYTES,
+    max_lines: int = _TEXT_MAX_LINES,
 ) -> list[tuple[str, str]]:
     """Sentence pairs from ``<stem>.<src_lang>[.gz]`` and ``<stem>.<tgt_lang>[.gz]`` in
-    ``data_dir``; the two files must have the same number of lines."""
+    ``data_dir``; the two files must have the same number of lines, each at most
+    ``max_lines`` lines and ``max_bytes`` bytes (see :func:`read_text_lines`)."""
     src_path = _text_path(data_dir, stem, src_lang, what)
     tgt_path = _text_path(data_dir, stem, tgt_lang, what)
-    src, tgt = read_text_lines(src_path), read_text_lines(tgt_path)
+    src, tgt = (read_text_lines(p, max_bytes, max_lines) for p in (src_path, tgt_path))
     if len(src) != len(tgt):
-        raise ValueError(
-            f"{what}: {src_path} has {len(src)} lines but {tgt_path} has "
-            f"{len(tgt)}; the lines of a parallel corpus must align"
+        raise DataFileError(
+            f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}; the lines of "
+            f"a parallel corpus ({what}) must align"
         )
     return list(zip(src, tgt))
 
@@ -95,10 +122,11 @@ def multi30k(
     data_dir: str | None = None, src_lang: str = "en", tgt_lang: str = "de"
 ) -> ParallelText:
     """Multi30k task 1 (29,000 / 1,014 / 1,000 pairs: train / val / test_2016_flickr) from
-    ``data_dir`` (default ``../shared/data/multi30k``), raw and untokenised."""
+    ``data_dir`` (default ``../shared/data/multi30k``), raw and untokenised. A file larger
+    than about four times the real one raises :class:`~dqkernels.data.DataFileError`."""
     data_dir = default_data_dir("multi30k") if data_dir is None else os.fspath(data_dir)
     splits = {
-        name: read_parallel(data_dir, stem, src_lang, tgt_lang, what="multi30k")
+        name: read_parallel(data_dir, stem, src_lang, tgt_lang, "multi30k", *_MULTI30K_LIMITS[name])
         for name, stem in MULTI30K_SPLITS.items()
     }
     return ParallelText("multi30k", src_lang, tgt_lang, splits)
