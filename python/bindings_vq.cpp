@@ -1,6 +1,7 @@
 // pybind11 bindings of the VQ kernels (csrc/vq/vq.h). Tensors arrive as TensorArg
 // (python/binding.h) and must be contiguous: z [N, D], codebook [K, D], indices int64, the
-// accumulate-dtype sqdist and u, and the EMA state (float32 or float64).
+// accumulate-dtype sqdist and u, and the EMA state (float32 or float64). vq_nearest_cuda
+// also takes its scratch, a uint8 workspace of vq_nearest_workspace_cuda(...) bytes.
 #include <pybind11/pybind11.h>
 
 #include <string>
@@ -93,6 +94,26 @@ void run_cpu(ArgCheck&, const A& a, int nt, int isa) {
   Kernel(a, nt, isa);
 }
 
+#ifdef DQK_WITH_CUDA
+// vq_nearest_workspace_cuda: the bytes of scratch vq_nearest_cuda needs for these tensors
+int64_t nearest_workspace(ArgCheck&, const vq::NearestArgs& a) {
+  return vq::nearest_cuda_workspace(a);
+}
+
+// vq_nearest_cuda(..., workspace, stream): workspace a uint8 tensor on z's device with at
+// least vq_nearest_workspace_cuda's bytes (the caller takes it from torch's allocator)
+void nearest_cuda_launch(ArgCheck& c, const vq::NearestArgs& a, const TensorArg& workspace,
+                         uintptr_t stream) {
+  c.tensor("workspace", workspace, {kAny}, DType::kUInt8);
+  c.contiguous("workspace", workspace);
+  const int64_t need = vq::nearest_cuda_workspace(a);
+  c.require(workspace.size(0) >= need, "workspace has " + std::to_string(workspace.size(0)) +
+                                           " bytes; these tensors need " + std::to_string(need) +
+                                           " (vq_nearest_workspace_cuda)");
+  vq::nearest_cuda(a, workspace.data, workspace.size(0), cuda_stream(stream));
+}
+#endif
+
 }  // namespace
 
 void bind_vq(py::module_& m) {
@@ -107,7 +128,9 @@ void bind_vq(py::module_& m) {
   auto ema = entry(m, "vq_ema_update", ema_args, "cluster_size, embed_sum, z, indices, decay");
   ema.cpu<int>(cpu_launch<vq::EmaArgs, vq::ema_update_cpu>, "num_threads");
 #ifdef DQK_WITH_CUDA
-  nearest.cuda<uintptr_t>(cuda_launch<vq::NearestArgs, vq::nearest_cuda>, "stream");
+  nearest.cuda<const TensorArg&, uintptr_t>(nearest_cuda_launch, "workspace, stream");
+  entry(m, "vq_nearest_workspace", nearest_args, "z, codebook, indices, sqdist")
+      .cuda<>(nearest_workspace, "");
   sample.cuda<uintptr_t>(cuda_launch<vq::SampleArgs, vq::sample_cuda>, "stream");
   ema.cuda<uintptr_t>(cuda_launch<vq::EmaArgs, vq::ema_update_cuda>, "stream");
 #endif

@@ -586,6 +586,7 @@ def test_cuda_entry_points_refuse_cpu_tensors():
         e,
         on_device(torch.zeros(7, dtype=torch.int64), 0),
         on_device(Z(7), 0),
+        on_device(torch.zeros(1, dtype=torch.uint8), 0),
         0,
     )
     x4 = on_device(Z(2, 1, 3, 4), 0)
@@ -631,3 +632,23 @@ def test_cuda_entry_points_refuse_cpu_tensors():
         True,
         1,
     )
+
+
+@pytest.mark.skipif(not _ext.has_cuda_kernels(), reason="dqkernels._C built without CUDA")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a CUDA build without a usable GPU")
+def test_vq_cuda_entry_points_need_a_device_for_z():
+    """The vq kernels make z's device current; when the CUDA runtime cannot place z (here:
+    no usable driver) that is a clear error before any launch, not a silent guess of the
+    device (the GPU test suite checks host memory posing as cuda:0)."""
+    z, e, idx, d = Z(8, 4), Z(3, 4), torch.zeros(8, dtype=torch.int64), Z(8)
+    ws = torch.zeros(1 << 16, dtype=torch.uint8)
+    u, out = torch.rand(8, 2).sort(1).values, torch.zeros(8, 2, dtype=torch.int64)
+    calls = [
+        (C.vq_nearest_workspace_cuda, (z, e, idx, d)),
+        (C.vq_nearest_cuda, (z, e, idx, d, ws, 0)),
+        (C.vq_sample_cuda, (z, e, u, out, 1.0, 0)),
+        (C.vq_ema_update_cuda, (Z(3), Z(3, 4), z, idx.view(8, 1), 0.9, 0)),
+    ]
+    for fn, args in calls:
+        tensors = [on_device(a, 0) if isinstance(a, torch.Tensor) else a for a in args]
+        raises(RuntimeError, r"^vq cuda: cannot tell which CUDA device holds z", fn, *tensors)

@@ -454,6 +454,34 @@ def test_cuda_matches_cpp_bitwise_close():
     assert rel_err(b, a) < 1e-6
 
 
+@pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cuda_empty_shapes(dtype):
+    """Empty inputs on the cuda backend, every dtype and channel count: empty results and
+    gradients, no launch (a launch of 0 blocks is a CUDA error: the ops skip the kernels,
+    the binding refuses empty tensors with a clear message, and the kernels' launchers
+    return before launching), and no CUDA error left behind."""
+    require("cuda", "cuda", dtype)
+    for C, per in ((1, 3), (3, 10)):
+        for B, H, W in [(0, 4, 4), (2, 0, 3), (2, 3, 0)]:
+            x = torch.zeros(B, C, H, W, device="cuda", dtype=dtype)
+            p = torch.zeros(B, 2 * per, H, W, device="cuda", dtype=dtype, requires_grad=True)
+            out = dmol_nll(x, p, backend="cuda")
+            assert out.shape == (B, H, W)
+            out.sum().backward()
+            assert p.grad.shape == p.shape
+            assert dmol_sample(p, C, backend="cuda").shape == (B, C, H, W)
+    from dqkernels.kernels.dmol import cuda as dmol_cuda
+
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    x = torch.zeros(0, 3, 4, 4, device="cuda", dtype=dtype)
+    p = torch.zeros(0, 20, 4, 4, device="cuda", dtype=dtype)
+    with pytest.raises(ValueError, match="the kernels take no empty tensors"):
+        dmol_cuda.nll_forward(x, p, torch.zeros(0, 4, 4, device="cuda", dtype=acc), 256, -7.0)
+    torch.cuda.synchronize()
+
+
 def test_nll_is_normalised():
     """Sanity of the definition: level probabilities of a pixel sum to one."""
     for C, L in [(1, 7), (3, 4)]:

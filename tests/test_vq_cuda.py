@@ -1,14 +1,27 @@
 """The ``cuda`` backend of the VQ ops (csrc/vq/vq_cuda.cu) against the float64 reference
 (dqkernels.reference.vq): nearest on odd and multi-block shapes (the K split for small N,
 vector and scalar loads, the tensor-core path for 16-bit inputs), duplicated codebook rows
-and exact ties (lowest index), near ties below float resolution (the re-scoring screen),
-agreement with the ``torch`` backend at a large N; sample draws checked one by one against
-the reference CDF on the same uniforms; the EMA update in float32 and float64 state.
+and exact ties (lowest index), near ties below float resolution (the re-scoring screen, on
+the tensor cores too), agreement with the ``torch`` backend at a large N; sample draws
+checked one by one against the reference CDF on the same uniforms; the EMA update in
+float32 and float64 state.
+
+Then the findings of issue 12 (a static review of the kernel), each with the test that
+would have caught it: 64-bit row counters at N near 2^31 and the size limit; no screen
+once the rounding bound is vacuous (huge D); scratch from torch's caching allocator (under
+memory pressure); an error for pointers off the device; double accumulation in the
+sampler (the ``cpp`` backend's draws on the same uniforms); NaN codebook rows never chosen.
 
 GPU only: every test skips cleanly without CUDA or without the compiled cuda kernels.
 """
 
 from __future__ import annotations
+
+import gc
+import math
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -309,3 +322,298 @@ def test_ema_update_matches_reference(state, dtype, S, decay):
     assert cs.dtype == state and es.dtype == state
     assert rel_err(cs, want_cs) <= tol, f"seed={seed}: cluster_size {rel_err(cs, want_cs)}"
     assert rel_err(es, want_es) <= tol, f"seed={seed}: embed_sum {rel_err(es, want_es)}"
+
+
+# ----------------------------------------------------------------------------- issue 12
+
+# The kernels' size limit (csrc/vq/vq_cuda.cu, kMaxExtent): int arithmetic of a size plus a
+# tile or lane offset cannot overflow below it
+MAX_EXTENT = 2**31 - 1024
+
+
+def _release_cached():
+    gc.collect()
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+
+
+def _need_free_gib(gib: float) -> None:
+    _release_cached()
+    if torch.cuda.mem_get_info()[0] < gib * 2**30:
+        pytest.skip(f"needs {gib} GiB of free GPU memory")
+
+
+def test_nearest_rows_near_the_int_limit():
+    """N = 2^31 - 1024 (the largest N the kernels take), D = 1, bf16 (tensor-core scan):
+    the grid-stride loops over rows step past 2^31 - 1 near the end (their stride is the
+    grid, tens of thousands of warps); with int counters a row wrapped to a negative index
+    that passed ``row < N`` (reads and writes far out of bounds). Every row must get its
+    code. About 70 GB of GPU memory (z 4 GB, indices 17 GB, sqdist 9 GB, scratch 34 GB)."""
+    require("cuda", DEV, torch.bfloat16)
+    _need_free_gib(72)
+    N = MAX_EXTENT
+    try:
+        z = torch.zeros(N, 1, dtype=torch.bfloat16, device=DEV)
+        z[::999_983] = 1  # code 1 for a spread of rows and for the last ones
+        z[-5000:] = 1
+        e = torch.tensor([[0.0], [1.0]], dtype=torch.bfloat16, device=DEV)
+        idx, dist = vq_nearest(z, e, backend="cuda")
+        want1 = z[:, 0] == 1
+        del z
+        assert bool(((idx == 0) | (idx == 1)).all()), "an index unwritten or out of range"
+        bad = ((idx == 1) != want1).nonzero()[:5, 0].tolist()
+        assert not bad, f"rows {bad} got the wrong code"
+        assert bool((dist == 0).all()), "sqdist of a vector on its code must be 0"
+    finally:
+        _release_cached()
+
+
+def test_sizes_past_the_limit_are_refused():
+    """N = 2^31 - 1023: a clear error before any launch (the old check let everything up
+    to 2^31 - 1 through, into the overflow above)."""
+    require("cuda", DEV, torch.bfloat16)
+    _need_free_gib(80)
+    message = r"N = 2147482625 exceeds the CUDA kernels' limit of 2\^31 - 1024"
+    try:
+        z = torch.zeros(MAX_EXTENT + 1, 1, dtype=torch.bfloat16, device=DEV)
+        e = torch.zeros(2, 1, dtype=torch.bfloat16, device=DEV)
+        with pytest.raises(ValueError, match=message):
+            vq_nearest(z, e, backend="cuda")
+        gc.collect()  # the traceback's frames held the outputs
+        with pytest.raises(ValueError, match=message):
+            vq_sample(z, e, 1, backend="cuda")
+    finally:
+        _release_cached()
+
+
+def test_nearest_exact_path_when_the_bound_is_vacuous():
+    """D = 2^27 on the tensor cores: n u = (D + 4) 2^-22 = 32, where the rounding bound
+    gamma_n = n u / (1 - n u) means nothing (the old screen, 2 gamma (1 + gamma) = 0.067,
+    still let rows through); every row must take the exact path.
+
+    z = (A, t, ..., t), codes c0 = (A, 0, ..., 0) and c1 = z, A = 2^15, t = 1.875: c1 is at
+    distance 0, c0 at (D - 1) t^2. In float, A^2 = 2^30 swallows every later term of the
+    dot product (16 t^2 = 56.25 per mma step, below half an ulp of 2^30), so the expansion
+    scores c0 below c1 by ~31/32 (D - 1) t^2: a gap of 0.10 of the bound's scale
+    max|e|^2 + 2 |z| max|e|, above 0.067, so the old kernel returned c0 unflagged.
+    About 1 GB; the exact path reads D elements per code serially (a second or so)."""
+    require("cuda", DEV, torch.bfloat16)
+    D, A, t = 2**27, 2.0**15, 1.875
+    try:
+        z = torch.full((1, D), t, dtype=torch.bfloat16, device=DEV)
+        z[0, 0] = A
+        e = torch.zeros(2, D, dtype=torch.bfloat16, device=DEV)
+        e[0, 0] = A
+        e[1] = z[0]
+        d64 = ((z.double() - e.double()) ** 2).sum(1)
+        assert d64.tolist() == [(D - 1) * t * t, 0.0]
+        idx, dist = vq_nearest(z, e, backend="cuda")
+        assert idx.tolist() == [1], "the float expansion's choice was not re-scored"
+        assert dist.tolist() == [0.0]
+    finally:
+        _release_cached()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=DT_IDS)
+@pytest.mark.parametrize("D", [256, 512, 1024])
+def test_nearest_near_ties_on_tensor_cores(dtype, D):
+    """Code pairs one ulp (of the 16-bit dtype) apart in one coordinate, vectors near the
+    pairs, D from 256 to 1024 (the tensor-core scan): within a pair the distances differ by
+    ~1e-4 relative, mostly inside the screen's bound, so the rows are settled by the exact
+    re-score and must equal the argmin of the float64 distances. All values are multiples
+    of 2^-10 below 16 in magnitude: exact in both dtypes, and the float64 distances exact."""
+    require("cuda", DEV, dtype)
+    seed = fresh_seed()
+    g = torch.Generator(device=DEV).manual_seed(seed)
+    pairs, N = 100, 2000
+
+    def q(x):  # multiples of 1/16
+        return (x * 16).round() / 16
+
+    a = q(torch.randn(pairs, D, generator=g, device=DEV, dtype=torch.float64)).clamp(-8, 8)
+    a = a.to(dtype)
+    col = a.float().abs().argmax(1)  # |a| >= ~2.5 there: its ulp is 2^-6 (bf16), 2^-9 (fp16)
+    rows = torch.arange(pairs, device=DEV)
+    b = a.clone()
+    bits = b.view(torch.int16)
+    bits[rows, col] += 1  # the next value away from zero (sign and magnitude)
+    gap = (b.double() - a.double()).abs()
+    assert bool((gap.sum(1) == gap.max(1).values).all()) and bool((gap.max(1).values > 0).all())
+    e = torch.stack([a, b], 1).reshape(2 * pairs, D)  # pairs at 2j, 2j + 1
+    pick = torch.randint(0, 2 * pairs, (N,), generator=g, device=DEV)
+    noise = 0.5 * torch.randn(N, D, generator=g, device=DEV, dtype=torch.float64)
+    z = q(e[pick].double() + noise).clamp(-15, 15).to(dtype)
+    info = f"seed={seed} {dtype} D={D} near ties"
+    idx = check_nearest(z, e, info=info)
+    top2 = dists(z, e).topk(2, largest=False).values
+    near = (top2[:, 1] - top2[:, 0]) < 0.25
+    assert near.sum().item() > 0.9 * N, f"{info}: the test needs near-tied rows"
+    assert bool((idx % 2 == 1).any()) and bool((idx % 2 == 0).any()), info
+
+
+def test_nearest_scratch_from_the_torch_allocator():
+    """The O(N + K) scratch (2 GiB here) comes from torch's caching allocator: with all the
+    device's free memory held by torch (allocated, freed, kept cached), nearest still
+    runs. The old kernel took it from cudaMallocAsync on the driver's pool: out of memory
+    while torch held gigabytes of free blocks."""
+    require("cuda", DEV)
+    seed = fresh_seed()
+    g = torch.Generator(device=DEV).manual_seed(seed)
+    N, K, D = 2**27, 16, 4
+    z = torch.randint(-3, 4, (N, D), generator=g, device=DEV).float()
+    e = torch.randint(-3, 4, (K, D), generator=g, device=DEV).float()
+    leave, step = 256 * 2**20, 128 * 2**20
+    try:
+        _release_cached()
+        free = torch.cuda.mem_get_info()[0]
+        for extra in range(6):  # all but `leave` bytes, or as close as the driver allows
+            try:
+                hog = torch.empty(free - leave - extra * step, dtype=torch.uint8, device=DEV)
+                break
+            except torch.cuda.OutOfMemoryError:
+                continue
+        else:
+            pytest.fail("could not take the GPU's free memory into torch's cache")
+        del hog  # cached by torch, not returned to the driver
+        left = torch.cuda.mem_get_info()[0]
+        assert left < 2**30, f"the driver still has {left} bytes free"
+        idx, dist = vq_nearest(z, e, backend="cuda")
+        torch.cuda.synchronize()
+    finally:
+        _release_cached()
+    rows = torch.randint(0, N, (4096,), generator=g, device=DEV)
+    check = torch.argmin(dists(z[rows], e), 1)  # integers: exact ties go to the first code
+    assert torch.equal(idx[rows], check), f"seed={seed}"
+    assert bool((dist[rows] == dists(z[rows], e).min(1).values).all()), f"seed={seed}"
+
+
+def test_pointer_off_the_device_is_an_error():
+    """The kernels make the device that holds z current; memory that no device holds (host
+    memory handed to a CUDA entry point as if it were on cuda:0) is a clear error before
+    any launch. The old guard kept the current device when it could not place the pointer
+    and launched on it. In a subprocess: a launch on host memory can break the context."""
+    require("cuda", DEV)
+    script = textwrap.dedent(
+        """
+        import torch
+        from dqkernels._ext import _C
+        from dqkernels.kernels._cext import tensor_arg
+
+        def on0(t):  # t's argument as if t were on cuda:0
+            a = tensor_arg(t)
+            return (a[0], a[1], 0) + a[3:]
+
+        z, e = torch.zeros(8, 4), torch.zeros(3, 4)
+        idx, d = torch.zeros(8, dtype=torch.int64), torch.zeros(8)
+        u, out = torch.rand(8, 2).sort(1).values, torch.zeros(8, 2, dtype=torch.int64)
+        cs, es = torch.zeros(3), torch.zeros(3, 4)
+        ws = torch.zeros(1 << 20, dtype=torch.uint8)
+        calls = {
+            "vq_sample_cuda": (on0(z), on0(e), on0(u), on0(out), 1.0, 0),
+            "vq_ema_update_cuda": (on0(cs), on0(es), on0(z), on0(idx.view(8, 1)), 0.9, 0),
+            "vq_nearest_workspace_cuda": (on0(z), on0(e), on0(idx), on0(d)),
+            "vq_nearest_cuda": (on0(z), on0(e), on0(idx), on0(d), on0(ws), 0),
+        }
+        for name, args in calls.items():
+            try:
+                getattr(_C, name)(*args)
+                print(name, "ran")
+            except ValueError as exc:
+                print(name, "refused:", exc)
+        torch.cuda.synchronize()
+        print("context ok")
+        """
+    )
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for name in ("vq_sample_cuda", "vq_ema_update_cuda", "vq_nearest_workspace_cuda"):
+        assert f"{name} refused: vq cuda: z is not in CUDA device memory" in r.stdout, r.stdout
+    assert "vq_nearest_cuda refused: vq cuda: z is not in CUDA device memory" in r.stdout
+    assert "context ok" in r.stdout
+
+
+def test_sample_accumulates_in_double_like_cpp():
+    """Code 0 at distance 0 and 65535 codes at distance 1 of weight w = 1.4 2^-28
+    (1 / T = -ln w): the tail holds 3.4e-4 of the mass in steps far below float's
+    resolution at 1. In float, each 32-code tile added 1.4 ulp of 1 to the running CDF
+    and kept 1 ulp: tail targets went to codes ~1.4x too far, or past the end to the last
+    code (58 of these 60 uniforms in a float emulation of the old kernel). In double, as
+    on the CPU path, the draws equal the ``cpp`` backend's and the float64 inverse CDF's
+    for the same uniforms (each at least 1% of a step from a CDF boundary)."""
+    require("cuda", DEV)
+    require("cpp", "cpu")
+    K = 65536
+    inv_t = -math.log(1.4 * 2.0**-28)
+    w = math.exp(-inv_t)
+    Z = 1 + (K - 1) * w  # cumulative weights: 1 + k w up to code k
+    draws = {0.5: 0, 0.999: 0}  # uniform -> code; before the tail: code 0
+    for i in range(1, 60):
+        u = float(torch.tensor(1 - 2.0**-24 * round(i * 5730 / 60), dtype=torch.float32))
+        x = (u * Z - 1) / w  # the first code k with 1 + k w > u Z is floor(x) + 1
+        if x >= 0 and 0.01 < x - math.floor(x) < 0.99:
+            draws[u] = math.floor(x) + 1
+    assert len(draws) >= 40
+    us = sorted(draws)
+    want = [draws[u] for u in us]
+    u = torch.tensor([us] * 3, dtype=torch.float32)  # sorted along each row
+    z = torch.zeros(3, 1)
+    e = torch.ones(K, 1)
+    e[0] = 0
+    cpp = torch.ops.dqk.vq_sample(z, e, u, inv_t, "cpp")
+    assert cpp.tolist() == [want] * 3, "the cpp backend is the reference here"
+    got = torch.ops.dqk.vq_sample(z.to(DEV), e.to(DEV), u.to(DEV), inv_t, "cuda").cpu()
+    bad = (got[0] != cpp[0]).nonzero()[:5, 0].tolist()
+    assert not bad, f"u={[us[i] for i in bad]}: cuda {got[0, bad].tolist()}, cpp {want}"
+    assert torch.equal(got, cpp)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+def test_nan_codes_are_never_chosen(dtype):
+    """The NaN rule of every backend (nearest and sample): a NaN distance counts as +inf, so
+    a code at NaN distance (a NaN entry in the code) is never chosen nor drawn while some
+    code has a finite distance, and a row with no finite distance (a NaN entry in the row)
+    gets code 0. Code 0 is one of the NaN codes here."""
+    require("cuda", DEV, dtype)
+    seed = fresh_seed()
+    g = torch.Generator(device=DEV).manual_seed(seed)
+    N, K, D = 300, 50, 16
+    e = torch.randn(K, D, generator=g, device=DEV).to(dtype)
+    nan_codes = [0, 7, 8, 49]
+    e[nan_codes, 3] = float("nan")
+    z = torch.randn(N, D, generator=g, device=DEV).to(dtype)
+    z[nan_codes] = e[nan_codes].nan_to_num()  # rows whose nearest code would be a NaN one
+    nan_rows = [5, 9, 100]
+    z[nan_rows, 0] = float("nan")
+    d = dists(z, e)
+    want = torch.where(d.isnan(), torch.full_like(d, float("inf")), d).argmin(1)
+    want[nan_rows] = 0
+    idx, dist = vq_nearest(z, e, backend="cuda")
+    info = f"seed={seed} {dtype}"
+    assert torch.equal(idx, want), f"{info}: {(idx != want).nonzero()[:5, 0].tolist()}"
+    clean = torch.ones(N, dtype=torch.bool, device=DEV)
+    clean[nan_rows] = False
+    assert not bool(torch.isin(idx[clean], torch.tensor(nan_codes, device=DEV)).any()), info
+    assert bool(dist[clean].isfinite().all()), info
+    s = vq_sample(z, e, 20, temperature=50.0, backend="cuda", generator=g)
+    assert not bool(torch.isin(s[clean], torch.tensor(nan_codes, device=DEV)).any()), info
+    assert bool((s[nan_rows] == 0).all()), info
+    e_all = e.clone()
+    e_all[:, 1] = float("nan")  # every code NaN: code 0 everywhere
+    assert bool((vq_nearest(z, e_all, backend="cuda")[0] == 0).all()), info
+    assert bool((vq_sample(z, e_all, 3, backend="cuda", generator=g) == 0).all()), info
+
+
+def test_no_finite_distance_gets_code_0():
+    """float64 rows far out (1e200): every distance overflows to inf, and code 0's is NaN.
+    A NaN distance counts as +inf, so the row has no finite distance and gets code 0 (as
+    on the cpp backend), with its distance."""
+    require("cuda", DEV, torch.float64)
+    z = torch.full((3, 4), 1e200, dtype=torch.float64, device=DEV)
+    e = torch.zeros(5, 4, dtype=torch.float64, device=DEV)
+    e[0, 1] = float("nan")
+    idx, dist = vq_nearest(z, e, backend="cuda")
+    assert idx.tolist() == [0, 0, 0]
+    assert bool(torch.isnan(dist).all())
+    e[0, 1] = 0.0  # every distance inf: the first code
+    idx, dist = vq_nearest(z, e, backend="cuda")
+    assert idx.tolist() == [0, 0, 0] and bool(torch.isinf(dist).all())

@@ -45,9 +45,13 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const Args a) {
   for_each_pixel(a, [&](int64_t n) { sample_pixel<DScalar<S>, S>(a, g, n); });
 }
 
+inline int64_t num_pixels(const Args& a) { return a.B * a.H * a.W; }
+
+// Blocks of a launch over the pixels, at least 1: a launch of 0 blocks is an error, so the
+// launchers below return before launching when there are no pixels.
 inline unsigned grid_for(const Args& a) {
-  const int64_t N = a.B * a.H * a.W;
-  int64_t blocks = (N + kThreads - 1) / kThreads;
+  int64_t blocks = (num_pixels(a) + kThreads - 1) / kThreads;
+  if (blocks < 1) blocks = 1;
   if (blocks > 0x7fffffffLL) blocks = 0x7fffffffLL;
   return unsigned(blocks);
 }
@@ -62,16 +66,19 @@ inline void check_launch(const char* what) {
 
 template <typename S>
 void launch_forward(const Args& a, cudaStream_t s) {
+  if (num_pixels(a) <= 0) return;  // empty input: nothing to do, no launch
   forward_kernel<S><<<grid_for(a), kThreads, 0, s>>>(a);
   check_launch("dmol_nll forward");
 }
 template <typename S>
 void launch_backward(const Args& a, cudaStream_t s) {
+  if (num_pixels(a) <= 0) return;  // empty input: nothing to do, no launch
   backward_kernel<S><<<grid_for(a), kThreads, 0, s>>>(a);
   check_launch("dmol_nll backward");
 }
 template <typename S>
 void launch_sample(const Args& a, cudaStream_t s) {
+  if (num_pixels(a) <= 0) return;  // empty input: nothing to do, no launch
   sample_kernel<S><<<grid_for(a), kThreads, 0, s>>>(a);
   check_launch("dmol_sample");
 }

@@ -63,8 +63,13 @@ void sample_cpu(const SampleArgs& a, int num_threads, int isa = kIsaAuto);
 void ema_update_cpu(const EmaArgs& a, int num_threads);
 
 #ifdef DQK_WITH_CUDA
-// `stream` is a cudaStream_t; throws std::runtime_error on a launch error.
-void nearest_cuda(const NearestArgs& a, void* stream);
+// `stream` is a cudaStream_t; throws std::runtime_error on a launch error. Sizes up to
+// 2^31 - 1024 (larger ones throw std::invalid_argument).
+// nearest_cuda's scratch comes from the caller (torch's caching allocator, on the stream):
+// `workspace` holds at least nearest_cuda_workspace(a) bytes (O(N + K); 0 when every row
+// takes the exact path), 16-byte aligned, on z's device.
+int64_t nearest_cuda_workspace(const NearestArgs& a);
+void nearest_cuda(const NearestArgs& a, void* workspace, int64_t workspace_bytes, void* stream);
 void sample_cuda(const SampleArgs& a, void* stream);
 void ema_update_cuda(const EmaArgs& a, void* stream);
 #endif

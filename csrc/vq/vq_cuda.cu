@@ -1,9 +1,11 @@
 // CUDA kernels of the vector-quantisation ops (csrc/vq/vq.h has the contract).
 //
 // nearest (float32, float16, bfloat16 inputs): a fused GEMM-argmin that never builds the
-// N x K matrix. Kernels, in stream order, on scratch from cudaMallocAsync (O(N + K)):
+// N x K matrix. Kernels, in stream order, on a workspace of O(N + K) bytes that the caller
+// allocates (dqkernels/kernels/vq/cuda.py: torch's caching allocator, on the stream;
+// nearest_cuda_workspace gives its size):
 //   1. norms_kernel: |e_k|^2 in float into a K-float buffer, and max_k |e_k|^2 (atomicMax
-//      on the bits of a non-negative float).
+//      on the bits of a non-negative float; NaN norms left out).
 //   2. the scan: blocks of 128 rows x (all code tiles of their K split), 128 codes per tile,
 //      256 threads. Per tile, the dot products z.e_k of the 128 x 128 tile, then the
 //      epilogue: score s = fma(-2, z.e, |e|^2) (the row's |z|^2 is left out: it does not
@@ -29,12 +31,17 @@
 //      float rounding of |z|^2 and max|e|^2). So if second - best > 2B, the chosen code is
 //      the unique exact minimiser. Otherwise (including NaN or overflow) the row goes to a
 //      flag list (device counter); unflagged rows get sqdist = sum((z - e_best)^2) from explicit
-//      differences, accumulated in float.
+//      differences, accumulated in float. The bound needs n u < 1: for larger D (millions)
+//      there is no screen and every row goes straight to step 4 (no scan, no workspace).
 //   4. rescore_kernel (a warp per flagged row, grid-stride over the list): every code's
 //      distance from explicit differences accumulated in double, lanes over codes, first
 //      minimum wins (strict < in code order per lane, lower index on equal values across
 //      lanes): duplicated codebook rows give bit-equal sums and resolve to the lowest
 //      index. It then writes the index and sqdist.
+//   NaN (the rule of every backend, dqkernels/ops/vq.py): a NaN distance counts as +inf, so
+//   a code at NaN distance is never chosen while some code has a finite distance (its scan
+//   scores are skipped, its norm is left out of the maximum, the re-score passes it over),
+//   and a row with no finite distance gets code 0.
 //   u = 2^-24 for FFMA accumulation (products of 16-bit values are exact in float). For the
 //   tensor cores u = 2^-22: their fp32 accumulation is not IEEE round-to-nearest (it may
 //   truncate after aligning to the largest addend), a 4x margin on the per-addition error.
@@ -43,13 +50,20 @@
 //
 // sample: sample_kernel, 32 rows per block (4 per warp), lanes over the codes of a 32-code
 //   tile; distances from explicit differences (float accumulation, double for float64),
-//   z rows and codes staged through shared memory in D chunks of 64. Pass 1: per lane an
+//   z rows and codes staged through shared memory in D chunks of 64. Weights, the
+//   normaliser and the cumulative weights are in double, as on the CPU path (in float, a
+//   running sum near 1 drops weights below 2^-24 and rounds larger ones by up to 2^-24
+//   each: far enough in the tail, whole stretches of the CDF shift and draws change code).
+//   Codes of NaN (or inf) distance get weight 0. Pass 1: per lane an
 //   online (min m, Z = sum exp(-(d - m) / T)) with rescaling, merged across the warp.
 //   Pass 2: the same distances again, tile by tile in code order; weights
 //   exp(-(d - m) / T), an inclusive warp scan plus the running prefix gives the cumulative
 //   weights; each sorted target u * Z, in order, takes the first lane whose cumulative
 //   weight exceeds it (ballot); targets never reached take the last code of positive
 //   weight.
+//
+// Sizes: N, K, D, S at most 2^31 - 1024 (as_int): int arithmetic of a size plus a tile,
+// chunk or lane offset cannot overflow; grid-stride counters are 64-bit.
 //
 // ema_update: a decay kernel over the state, then a warp per (row, sample) adding
 //   (1 - decay) / S to the count and times z to the sum with atomicAdd in the state's type
@@ -115,9 +129,10 @@ __device__ __forceinline__ void merge_lanes(Best& b) {
   }
 }
 
-// One new score s of code c, codes visited in increasing order.
+// One new score s of code c, codes visited in increasing order. A NaN score (a code with a
+// NaN entry, or a NaN row) changes nothing: such a code is never chosen.
 __device__ __forceinline__ void push_score(float& best, float& second, int& idx, float s, int c) {
-  second = fminf(second, fmaxf(best, s));
+  second = fminf(second, s < best ? best : s);  // fminf drops a NaN s
   if (s < best) {
     best = s;
     idx = c;
@@ -144,17 +159,25 @@ __device__ __forceinline__ float warp_sqnorm(const T* row, int D, int lane) {
   return warp_sum(s);
 }
 
+// Index of the calling thread's warp in the grid and the number of warps in it: the
+// counters of the grid-stride loops over rows or codes, 64-bit (a counter plus the grid's
+// warp count can pass 2^31 when N is near it).
+__device__ __forceinline__ int64_t grid_warp() {
+  return (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+}
+__device__ __forceinline__ int64_t grid_warps() { return (int64_t(gridDim.x) * blockDim.x) >> 5; }
+
 // |e_k|^2 in float (a warp per code) and max_k into *emax_bits (float bits, values >= 0).
+// A NaN norm (a code with a NaN entry: never chosen) is left out of the maximum.
 template <typename T>
 __global__ void norms_kernel(const T* __restrict__ e, int K, int D, float* __restrict__ norms,
                              unsigned* __restrict__ emax_bits) {
   const int lane = threadIdx.x & 31;
-  const int warps = (gridDim.x * blockDim.x) >> 5;
-  for (int k = (blockIdx.x * blockDim.x + threadIdx.x) >> 5; k < K; k += warps) {
-    const float s = warp_sqnorm(e + int64_t(k) * D, D, lane);
+  for (int64_t k = grid_warp(); k < K; k += grid_warps()) {
+    const float s = warp_sqnorm(e + k * D, D, lane);
     if (lane == 0) {
       norms[k] = s;
-      atomicMax(emax_bits, __float_as_uint(s));
+      if (!isnan(s)) atomicMax(emax_bits, __float_as_uint(s));
     }
   }
 }
@@ -507,20 +530,20 @@ __global__ void finish_kernel(const T* __restrict__ z, const T* __restrict__ e, 
                               float* __restrict__ sqdist, int* __restrict__ flagged,
                               int* __restrict__ nflagged) {
   const int lane = threadIdx.x & 31;
-  const int warps = (gridDim.x * blockDim.x) >> 5;
   const float emax = __uint_as_float(*emax_bits);
-  for (int n = (blockIdx.x * blockDim.x + threadIdx.x) >> 5; n < N; n += warps) {
+  for (int64_t n = grid_warp(); n < N; n += grid_warps()) {
     Best b{INFINITY, INFINITY, INT_MAX};
     if (lane < splits) {
-      const int64_t o = int64_t(lane) * N + n;
+      const int64_t o = lane * int64_t(N) + n;
       b = Best{part.best[o], part.second[o], part.idx[o]};
     }
     merge_lanes<16>(b);
-    const T* zr = z + int64_t(n) * D;
+    const T* zr = z + n * D;
     const float zn = warp_sqnorm(zr, D, lane);
     const float bound = screen * (emax + 2.f * sqrtf(zn) * sqrtf(emax));
-    if (!(b.second - b.best > bound)) {  // close, tied, NaN or overflowed: re-score
-      if (lane == 0) flagged[atomicAdd(nflagged, 1)] = n;
+    // close, tied, no finite best (NaN row, every code NaN), overflowed: re-score
+    if (!(b.second - b.best > bound)) {
+      if (lane == 0) flagged[atomicAdd(nflagged, 1)] = static_cast<int>(n);
       continue;
     }
     const T* er = e + int64_t(b.idx) * D;
@@ -540,20 +563,21 @@ __global__ void finish_kernel(const T* __restrict__ z, const T* __restrict__ e, 
 // ----------------------------------------------------------------------------- rescore
 
 // A warp per listed row (all rows when `flagged` is null): every code's distance from
-// explicit differences in double, first minimum; then sqdist in Acc.
+// explicit differences in double, first minimum by a strict < from (+inf, none): a NaN
+// distance never compares below, so it counts as +inf (the NaN rule of the VQ ops), and a
+// row with no finite distance gets code 0; then sqdist in Acc.
 template <typename T, typename Acc>
 __global__ void rescore_kernel(const T* __restrict__ z, const T* __restrict__ e, int N, int K,
                                int D, const int* __restrict__ flagged,
                                const int* __restrict__ nflagged, int64_t* __restrict__ indices,
                                Acc* __restrict__ sqdist) {
   const int lane = threadIdx.x & 31;
-  const int warps = (gridDim.x * blockDim.x) >> 5;
-  const int count = flagged ? *nflagged : N;
-  for (int f = (blockIdx.x * blockDim.x + threadIdx.x) >> 5; f < count; f += warps) {
-    const int n = flagged ? flagged[f] : f;
-    const T* zr = z + int64_t(n) * D;
+  const int64_t count = flagged ? *nflagged : N;
+  for (int64_t f = grid_warp(); f < count; f += grid_warps()) {
+    const int64_t n = flagged ? flagged[f] : f;
+    const T* zr = z + n * D;
     double best = INFINITY;
-    int bi = INT_MAX;
+    int bi = INT_MAX;  // none yet
     for (int k = lane; k < K; k += 32) {
       const T* er = e + int64_t(k) * D;
       double s = 0.0;
@@ -575,7 +599,7 @@ __global__ void rescore_kernel(const T* __restrict__ z, const T* __restrict__ e,
         bi = oi;
       }
     }
-    if (bi == INT_MAX) bi = 0;  // no finite distance (NaN or overflow): the first code
+    if (bi == INT_MAX) bi = 0;  // no finite distance (NaN or overflow): code 0
     const T* er = e + int64_t(bi) * D;
     Acc s = Acc(0);
     for (int d = lane; d < D; d += 32) {
@@ -592,16 +616,18 @@ __global__ void rescore_kernel(const T* __restrict__ z, const T* __restrict__ e,
 
 // ----------------------------------------------------------------------------- sample
 
+// exp(-(d - m) / T) for distances d >= m (the difference is exact in double)
 template <typename Acc>
-__device__ __forceinline__ Acc weight(Acc delta, Acc inv_t) {  // exp(-delta / T), delta >= 0
-  return delta == Acc(0) ? Acc(1) : exp(-delta * inv_t);
+__device__ __forceinline__ double weight(Acc d, Acc m, double inv_t) {
+  return d == m ? 1.0 : exp(-(double(d) - double(m)) * inv_t);
 }
 
-// 32 rows per block, 4 per warp; lanes over the 32 codes of a tile.
+// 32 rows per block, 4 per warp; lanes over the 32 codes of a tile. Distances in Acc;
+// weights, the normaliser Z and the cumulative weights in double, as on the CPU path.
 template <typename T, typename Acc>
 __global__ void __launch_bounds__(256, 2)
     sample_kernel(const T* __restrict__ z, const T* __restrict__ e, const Acc* __restrict__ u,
-                  int N, int K, int D, int S, Acc inv_t, int64_t* __restrict__ out) {
+                  int N, int K, int D, int S, double inv_t, int64_t* __restrict__ out) {
   constexpr int RPW = 4, SR = 32, SC = 32, DC = 64;
   static_assert(SR == SC && SR == 8 * RPW, "one loader loop fills both tiles; 8 warps");
   __shared__ Acc zs[SR][DC];
@@ -637,11 +663,12 @@ __global__ void __launch_bounds__(256, 2)
   };
 
   // pass 1: per lane (m, Z) online, then merged across the warp
-  Acc m[RPW], Z[RPW];
+  Acc m[RPW];
+  double Z[RPW];
 #pragma unroll
   for (int r = 0; r < RPW; ++r) {
     m[r] = Acc(INFINITY);
-    Z[r] = Acc(0);
+    Z[r] = 0.0;
   }
   for (int c0 = 0; c0 < K; c0 += SC) {
     Acc dist[RPW];
@@ -652,10 +679,10 @@ __global__ void __launch_bounds__(256, 2)
         const Acc d = dist[r];
         if (!(d < Acc(INFINITY))) continue;  // overflow or NaN: weight 0
         if (d < m[r]) {
-          Z[r] = Z[r] * weight(m[r] - d, inv_t) + Acc(1);
+          Z[r] = m[r] < Acc(INFINITY) ? Z[r] * weight(m[r], d, inv_t) + 1.0 : 1.0;
           m[r] = d;
         } else {
-          Z[r] += weight(d - m[r], inv_t);
+          Z[r] += weight(d, m[r], inv_t);
         }
       }
     }
@@ -665,17 +692,17 @@ __global__ void __launch_bounds__(256, 2)
     Acc mw = m[r];
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) mw = min(mw, __shfl_xor_sync(kFull, mw, o));
-    Z[r] = warp_sum(m[r] < Acc(INFINITY) ? Z[r] * weight(m[r] - mw, inv_t) : Acc(0));
+    Z[r] = warp_sum(m[r] < Acc(INFINITY) ? Z[r] * weight(m[r], mw, inv_t) : 0.0);
     m[r] = mw;
   }
 
   // pass 2: cumulative weights in code order; sorted targets u * Z take the first code
   // whose cumulative weight exceeds them
-  Acc prefix[RPW];
+  double prefix[RPW];
   int next[RPW], last_pos[RPW];
 #pragma unroll
   for (int r = 0; r < RPW; ++r) {
-    prefix[r] = Acc(0);
+    prefix[r] = 0.0;
     next[r] = 0;
     last_pos[r] = 0;
   }
@@ -687,22 +714,21 @@ __global__ void __launch_bounds__(256, 2)
       const int row = row0 + warp * RPW + r;
       if (row >= N) continue;  // warp-uniform
       const Acc d = dist[r];
-      const Acc w = c0 + lane < K && d < Acc(INFINITY) && m[r] < Acc(INFINITY)
-                        ? weight(d - m[r], inv_t)
-                        : Acc(0);
-      Acc cum = w;
+      const double w =
+          c0 + lane < K && d < Acc(INFINITY) && m[r] < Acc(INFINITY) ? weight(d, m[r], inv_t) : 0.0;
+      double cum = w;
 #pragma unroll
       for (int o = 1; o < 32; o <<= 1) {
-        const Acc v = __shfl_up_sync(kFull, cum, o);
+        const double v = __shfl_up_sync(kFull, cum, o);
         if (lane >= o) cum += v;
       }
       cum += prefix[r];
-      const unsigned pos = __ballot_sync(kFull, w > Acc(0));
+      const unsigned pos = __ballot_sync(kFull, w > 0.0);
       if (pos) last_pos[r] = c0 + 31 - __clz(pos);
       const Acc* ur = u + int64_t(row) * S;
       int64_t* orow = out + int64_t(row) * S;
       while (next[r] < S) {
-        const Acc t = ur[next[r]] * Z[r];
+        const double t = double(ur[next[r]]) * Z[r];
         const unsigned hit = __ballot_sync(kFull, cum > t);
         if (!hit) break;
         if (lane == 0) orow[next[r]] = c0 + __ffs(hit) - 1;
@@ -763,18 +789,27 @@ void check_launch(const char* what) {
                              " launch failed: " + cudaGetErrorString(err));
 }
 
-// Makes the device holding `ptr` current for the scope (the stream belongs to it).
+// Makes the device holding `ptr` (z) current for the scope (the stream belongs to it). A
+// pointer the runtime cannot place on a device is an error, never a silent guess.
 class DeviceGuard {
  public:
   explicit DeviceGuard(const void* ptr) {
     cudaPointerAttributes at{};
-    if (cudaPointerGetAttributes(&at, ptr) != cudaSuccess) {
-      (void)cudaGetLastError();
-      return;
+    const cudaError_t err = cudaPointerGetAttributes(&at, ptr);
+    if (err != cudaSuccess) {
+      (void)cudaGetLastError();  // not sticky: clear it
+      throw std::runtime_error(
+          std::string("vq cuda: cannot tell which CUDA device holds z: cudaPointerGetAttributes "
+                      "failed: ") +
+          cudaGetErrorString(err));
     }
+    if (at.type != cudaMemoryTypeDevice && at.type != cudaMemoryTypeManaged)
+      throw std::invalid_argument(
+          "vq cuda: z is not in CUDA device memory (cudaPointerGetAttributes reports host or "
+          "unregistered memory); the CUDA kernels take tensors on a CUDA device");
     int cur = 0;
     check_cuda(cudaGetDevice(&cur), "cudaGetDevice");
-    if (at.type == cudaMemoryTypeDevice && at.device != cur) {
+    if (at.device != cur) {
       check_cuda(cudaSetDevice(at.device), "cudaSetDevice");
       prev_ = cur;
     }
@@ -787,22 +822,6 @@ class DeviceGuard {
 
  private:
   int prev_ = -1;
-};
-
-// Stream-ordered scratch, freed (stream-ordered) when the scope ends.
-class Scratch {
- public:
-  Scratch(size_t bytes, cudaStream_t s) : stream_(s) {
-    check_cuda(cudaMallocAsync(&p_, bytes, s), "cudaMallocAsync of the scratch");
-  }
-  ~Scratch() { (void)cudaFreeAsync(p_, stream_); }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  char* get() const { return static_cast<char*>(p_); }
-
- private:
-  void* p_ = nullptr;
-  cudaStream_t stream_;
 };
 
 struct DeviceInfo {
@@ -818,10 +837,16 @@ DeviceInfo device_info() {
   return d;
 }
 
+// Every size (N, K, D, S) is at most kMaxExtent, so that the kernels' int arithmetic of a
+// size plus a tile, chunk or lane offset (at most 1024) cannot overflow; the grid-stride
+// counters, whose stride is the whole grid, are 64-bit.
+constexpr int64_t kMaxExtent = int64_t(INT_MAX) - 1023;
+
 int as_int(int64_t v, const char* name) {
-  if (v > INT_MAX)
-    throw std::invalid_argument(std::string("vq cuda: ") + name + " = " + std::to_string(v) +
-                                " exceeds the kernels' limit of 2^31 - 1");
+  if (v > kMaxExtent)
+    throw std::invalid_argument(
+        std::string("vq cuda: ") + name + " = " + std::to_string(v) +
+        " exceeds the CUDA kernels' limit of 2^31 - 1024 = " + std::to_string(kMaxExtent));
   return static_cast<int>(v);
 }
 
@@ -834,84 +859,107 @@ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) ==
 
 size_t round_up(size_t v) { return (v + 255) & ~size_t(255); }
 
-template <typename T>
-void nearest_float_acc(const NearestArgs& a, cudaStream_t stream) {
-  const int N = as_int(a.N, "N"), D = as_int(a.D, "D");
-  const int K = as_int(a.K + kTileCodes, "K + 128") - kTileCodes;  // tile indices fit int
-  const T* z = static_cast<const T*>(a.z);
-  const T* e = static_cast<const T*>(a.codebook);
-  const DeviceInfo dev = device_info();
+// How nearest runs for given sizes on the current device, and the layout of its workspace.
+struct NearestPlan {
+  int N = 0, K = 0, D = 0;
+  bool exact_only = false;  // every row straight to rescore_kernel (no scan, no workspace)
+  bool mma = false;         // the tensor-core scan (16-bit inputs, sm_80+)
+  float screen = 0.f;       // 2 gamma_n (1 + gamma_n), see the top of the file
+  int splits = 1, tiles_per_split = 1;
+  size_t part = 0;   // bytes of one of the three [splits, N] partial arrays
+  size_t bytes = 0;  // of the workspace: norms [K], partials, flag list [N], counter, max
+};
 
-  const int row_blocks = (N + kTileRows - 1) / kTileRows;
-  const int ntiles = (K + kTileCodes - 1) / kTileCodes;
+NearestPlan plan_nearest(const NearestArgs& a, const DeviceInfo& dev) {
+  NearestPlan p;
+  p.N = as_int(a.N, "N");
+  p.K = as_int(a.K, "K");
+  p.D = as_int(a.D, "D");
+  if (a.dtype == DType::kFloat64) {  // explicit differences in double for every row
+    p.exact_only = true;
+    return p;
+  }
+  p.mma = a.dtype != DType::kFloat32 && dev.major >= 8;
+  // u: FFMA accumulation 2^-24; tensor cores 2^-22 (see the top of the file)
+  const double u = p.mma ? 1.0 / (1 << 22) : 1.0 / (1 << 24);
+  const double nu = double(p.D + 4) * u;
+  if (!(nu < 1.0)) {  // gamma_n needs n u < 1: beyond (D in the millions) no bound, no screen
+    p.exact_only = true;
+    return p;
+  }
+  // 2 gamma_n, times (1 + gamma_n) for the rounding of |z|^2 and max|e|^2 themselves
+  const double gamma = nu / (1.0 - nu);
+  p.screen = static_cast<float>(2.0 * gamma * (1.0 + gamma));
+
+  const int row_blocks = (p.N + kTileRows - 1) / kTileRows;
+  const int ntiles = (p.K + kTileCodes - 1) / kTileCodes;
   int splits = (2 * dev.sms + row_blocks - 1) / row_blocks;  // 2 resident blocks per SM
   splits = splits < 1 ? 1 : (splits > kMaxSplits ? kMaxSplits : splits);
   splits = splits > ntiles ? ntiles : splits;
-  const int tiles_per_split = (ntiles + splits - 1) / splits;
-  splits = (ntiles + tiles_per_split - 1) / tiles_per_split;  // no empty split
+  p.tiles_per_split = (ntiles + splits - 1) / splits;
+  p.splits = (ntiles + p.tiles_per_split - 1) / p.tiles_per_split;  // no empty split
+  p.part = round_up(size_t(p.splits) * size_t(p.N) * 4);
+  p.bytes = round_up(size_t(p.K) * 4) + 3 * p.part + round_up(size_t(p.N) * 4) + 256;
+  return p;
+}
 
-  // scratch: norms [K], partials 3 x [splits, N], flag list [N], counter, max norm
-  const size_t part = round_up(size_t(splits) * N * 4);
-  const size_t bytes = round_up(size_t(K) * 4) + 3 * part + round_up(size_t(N) * 4) + 256;
-  Scratch scratch(bytes, stream);
-  char* p = scratch.get();
-  float* norms = reinterpret_cast<float*>(p);
-  p += round_up(size_t(K) * 4);
-  ScanOut out{reinterpret_cast<float*>(p), reinterpret_cast<float*>(p + part),
-              reinterpret_cast<int*>(p + 2 * part)};
-  p += 3 * part;
-  int* flagged = reinterpret_cast<int*>(p);
-  p += round_up(size_t(N) * 4);
-  int* nflagged = reinterpret_cast<int*>(p);
-  unsigned* emax_bits = reinterpret_cast<unsigned*>(p + 4);
-  check_cuda(cudaMemsetAsync(p, 0, 8, stream), "cudaMemsetAsync");
+// every row by explicit differences in double (float64 inputs; a vacuous screen)
+template <typename T, typename Acc>
+void nearest_exact(const NearestPlan& p, const NearestArgs& a, const DeviceInfo& dev,
+                   cudaStream_t stream) {
+  rescore_kernel<T, Acc><<<grid_for(p.N, 8, 32u * dev.sms), 256, 0, stream>>>(
+      static_cast<const T*>(a.z), static_cast<const T*>(a.codebook), p.N, p.K, p.D, nullptr,
+      nullptr, a.indices, static_cast<Acc*>(a.sqdist));
+  check_launch("nearest (exact)");
+}
+
+template <typename T>
+void nearest_float_acc(const NearestPlan& p, const NearestArgs& a, const DeviceInfo& dev, char* ws,
+                       cudaStream_t stream) {
+  const int N = p.N, K = p.K, D = p.D;
+  const T* z = static_cast<const T*>(a.z);
+  const T* e = static_cast<const T*>(a.codebook);
+
+  char* q = ws;
+  float* norms = reinterpret_cast<float*>(q);
+  q += round_up(size_t(K) * 4);
+  ScanOut out{reinterpret_cast<float*>(q), reinterpret_cast<float*>(q + p.part),
+              reinterpret_cast<int*>(q + 2 * p.part)};
+  q += 3 * p.part;
+  int* flagged = reinterpret_cast<int*>(q);
+  q += round_up(size_t(N) * 4);
+  int* nflagged = reinterpret_cast<int*>(q);
+  unsigned* emax_bits = reinterpret_cast<unsigned*>(q + 4);
+  check_cuda(cudaMemsetAsync(q, 0, 8, stream), "cudaMemsetAsync");
 
   const unsigned warp_blocks_cap = 32u * dev.sms;
   norms_kernel<T><<<grid_for(K, 8, warp_blocks_cap), 256, 0, stream>>>(e, K, D, norms, emax_bits);
   check_launch("norms");
 
-  const dim3 grid{unsigned(row_blocks), unsigned(splits), 1u};
-  double u = 1.0 / (1 << 24);  // FFMA accumulation
+  const dim3 grid{unsigned((N + kTileRows - 1) / kTileRows), unsigned(p.splits), 1u};
+  const int tps = p.tiles_per_split;
   if constexpr (std::is_same<T, float>::value) {
     if (D % 4 == 0 && aligned16(z) && aligned16(e))
-      scan_simt_kernel<T, true>
-          <<<grid, kScanThreads, 0, stream>>>(z, e, norms, N, K, D, tiles_per_split, out);
+      scan_simt_kernel<T, true><<<grid, kScanThreads, 0, stream>>>(z, e, norms, N, K, D, tps, out);
     else
-      scan_simt_kernel<T, false>
-          <<<grid, kScanThreads, 0, stream>>>(z, e, norms, N, K, D, tiles_per_split, out);
-  } else if (dev.major >= 8) {
-    u = 1.0 / (1 << 22);  // tensor-core accumulation (see the header)
+      scan_simt_kernel<T, false><<<grid, kScanThreads, 0, stream>>>(z, e, norms, N, K, D, tps, out);
+  } else if (p.mma) {
     if (D % 8 == 0 && aligned16(z) && aligned16(e))
-      scan_mma_kernel<T, true>
-          <<<grid, kScanThreads, 0, stream>>>(z, e, norms, N, K, D, tiles_per_split, out);
+      scan_mma_kernel<T, true><<<grid, kScanThreads, 0, stream>>>(z, e, norms, N, K, D, tps, out);
     else
-      scan_mma_kernel<T, false>
-          <<<grid, kScanThreads, 0, stream>>>(z, e, norms, N, K, D, tiles_per_split, out);
+      scan_mma_kernel<T, false><<<grid, kScanThreads, 0, stream>>>(z, e, norms, N, K, D, tps, out);
   } else {
-    scan_simt_kernel<T, false>
-        <<<grid, kScanThreads, 0, stream>>>(z, e, norms, N, K, D, tiles_per_split, out);
+    scan_simt_kernel<T, false><<<grid, kScanThreads, 0, stream>>>(z, e, norms, N, K, D, tps, out);
   }
   check_launch("nearest scan");
 
-  // 2 gamma_n, times (1 + gamma_n) for the rounding of |z|^2 and max|e|^2 themselves
-  const double nu = double(D + 4) * u, gamma = nu / (1.0 - nu);
-  const float screen = static_cast<float>(2.0 * gamma * (1.0 + gamma));
   finish_kernel<T><<<grid_for(N, 8, warp_blocks_cap), 256, 0, stream>>>(
-      z, e, N, D, splits, out, emax_bits, screen, a.indices, static_cast<float*>(a.sqdist), flagged,
-      nflagged);
+      z, e, N, D, p.splits, out, emax_bits, p.screen, a.indices, static_cast<float*>(a.sqdist),
+      flagged, nflagged);
   check_launch("nearest finish");
   rescore_kernel<T, float><<<grid_for(N, 8, 8u * dev.sms), 256, 0, stream>>>(
       z, e, N, K, D, flagged, nflagged, a.indices, static_cast<float*>(a.sqdist));
   check_launch("nearest rescore");
-}
-
-void nearest_double(const NearestArgs& a, cudaStream_t stream) {
-  const int N = as_int(a.N, "N"), K = as_int(a.K, "K"), D = as_int(a.D, "D");
-  const DeviceInfo dev = device_info();
-  rescore_kernel<double, double><<<grid_for(N, 8, 32u * dev.sms), 256, 0, stream>>>(
-      static_cast<const double*>(a.z), static_cast<const double*>(a.codebook), N, K, D, nullptr,
-      nullptr, a.indices, static_cast<double*>(a.sqdist));
-  check_launch("nearest (float64)");
 }
 
 template <typename T>
@@ -922,7 +970,7 @@ void sample_impl(const SampleArgs& a, cudaStream_t stream) {
   const unsigned blocks = static_cast<unsigned>((int64_t(N) + 31) / 32);
   sample_kernel<T, Acc><<<blocks, 256, 0, stream>>>(
       static_cast<const T*>(a.z), static_cast<const T*>(a.codebook), static_cast<const Acc*>(a.u),
-      N, K, D, S, static_cast<Acc>(a.inv_temperature), a.out);
+      N, K, D, S, a.inv_temperature, a.out);
   check_launch("sample");
 }
 
@@ -950,13 +998,29 @@ void dispatch(DType dt, F&& f) {
 
 }  // namespace
 
-void nearest_cuda(const NearestArgs& a, void* stream) {
+int64_t nearest_cuda_workspace(const NearestArgs& a) {
+  DeviceGuard guard(a.z);
+  const NearestPlan p = plan_nearest(a, device_info());
+  return p.exact_only ? 0 : static_cast<int64_t>(p.bytes);
+}
+
+void nearest_cuda(const NearestArgs& a, void* workspace, int64_t workspace_bytes, void* stream) {
   DeviceGuard guard(a.z);
   auto s = static_cast<cudaStream_t>(stream);
+  const DeviceInfo dev = device_info();
+  const NearestPlan p = plan_nearest(a, dev);
+  if (!p.exact_only && (workspace_bytes < static_cast<int64_t>(p.bytes) || !aligned16(workspace)))
+    throw std::invalid_argument("vq cuda: nearest needs a 16-byte aligned workspace of " +
+                                std::to_string(p.bytes) + " bytes (nearest_cuda_workspace); got " +
+                                std::to_string(workspace_bytes) + " bytes");
   dispatch(a.dtype, [&](auto v) {
     using T = decltype(v);
-    if constexpr (std::is_same<T, double>::value) nearest_double(a, s);
-    else nearest_float_acc<T>(a, s);
+    if constexpr (std::is_same<T, double>::value) {
+      nearest_exact<double, double>(p, a, dev, s);
+    } else {
+      if (p.exact_only) nearest_exact<T, float>(p, a, dev, s);
+      else nearest_float_acc<T>(p, a, dev, static_cast<char*>(workspace), s);
+    }
   });
 }
 
