@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 
 import torch
+
+from dqkernels._atomic import atomic_write
 
 __all__ = [
     "KEEP_CHECKPOINTS",
@@ -25,25 +26,14 @@ _CKPT_RE = re.compile(r"^checkpoint-(\d+)\.pt$")
 
 def save_atomic(obj, path: str) -> None:
     """``torch.save`` to a temporary file in ``path``'s directory, then ``os.replace``:
-    a reader never sees a half-written file, and a crash leaves the old one intact."""
-    directory, name = os.path.split(os.path.abspath(path))
-    # open(..., "x") rather than mkstemp, so the file gets the usual umask permissions
-    tmp = os.path.join(directory, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    a reader never sees a half-written file, and a crash leaves the old one intact (its
+    temporary file is removed by the next run into the folder)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def checkpoint_path(out_dir: str, step: int) -> str:
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"a checkpoint's step must be an int >= 0; got {step!r}")
     return os.path.join(out_dir, f"checkpoint-{step}.pt")
 
 
@@ -69,11 +59,15 @@ def load_checkpoint(path: str) -> dict:
 
 
 def write_checkpoint(out_dir: str, step: int, payload: dict, keep: int = KEEP_CHECKPOINTS) -> str:
-    """Write ``payload`` as ``checkpoint-<step>.pt`` atomically, then delete all but the
-    newest ``keep``; returns its path."""
+    """Write ``payload`` as ``checkpoint-<step>.pt`` atomically, then delete the older
+    checkpoints (lower steps) but the newest ``keep - 1``; returns its path. The file
+    just written is never deleted, nor are checkpoints of higher steps (a later point of
+    the run, when it was resumed from an earlier checkpoint): the run folder holds this
+    run's checkpoints only (see :mod:`dqkernels.trainer.rundir`)."""
     path = checkpoint_path(out_dir, step)
     save_atomic(payload, path)
-    for _, old in list_checkpoints(out_dir)[:-keep]:
+    older = [p for s, p in list_checkpoints(out_dir) if s < step]
+    for old in older[: max(0, len(older) - (keep - 1))]:
         try:
             os.unlink(old)
         except FileNotFoundError:

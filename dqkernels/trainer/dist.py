@@ -59,6 +59,13 @@ class Dist:
             dist.all_reduce(t)
         return t
 
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """Whether ``flag`` is true on some rank (every rank must call it)."""
+        if not self.enabled:
+            return flag
+        t = torch.tensor([float(flag)], dtype=torch.float64, device=device)
+        return self.all_reduce(t).item() > 0
+
     def gather_objects(self, obj) -> list:
         """Every rank's ``obj`` (picklable), in rank order, on every rank."""
         if not self.enabled:

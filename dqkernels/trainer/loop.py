@@ -26,12 +26,12 @@ from dqkernels.trainer.args import check_common_args, merge_resumed_args, run_ar
 from dqkernels.trainer.checkpoint import (
     checkpoint_path,
     latest_checkpoint,
-    list_checkpoints,
     load_checkpoint,
     write_checkpoint,
 )
 from dqkernels.trainer.dist import Dist, pick_device
 from dqkernels.trainer.metrics import MetricsLog
+from dqkernels.trainer.rundir import RunDir, locked_run_dir, new_run_id
 from dqkernels.trainer.schedule import WarmupCosine
 from dqkernels.trainer.signals import StopRequest
 from dqkernels.trainer.state import RunState
@@ -61,10 +61,11 @@ def train(task: Task, args) -> int:
                 args.out = os.path.join("runs", f"{task.name}-{args.dataset}")
         device = pick_device(args.device, dist)
         dist.init(device)
-        run = Run(task, args, dist, device)
-        with run.stop:
-            status = run.fit()
-            return status if status is not None else run.finish()
+        with locked_run_dir(args.out, dist, device) as run_dir:
+            run = Run(task, args, dist, device, run_dir)
+            with run.stop:
+                status = run.fit()
+                return status if status is not None else run.finish()
     except UsageError as exc:
         if dist.main:
             print(f"dqk train: error: {exc}", file=sys.stderr, flush=True)
@@ -106,9 +107,9 @@ class Run:
 
     # ================================================================= set up
 
-    def __init__(self, task: Task, args, dist: Dist, device: torch.device):
+    def __init__(self, task: Task, args, dist: Dist, device: torch.device, run_dir: RunDir):
         self.task, self.args, self.dist, self.device = task, args, dist, device
-        self.out = args.out
+        self.out, self.run_dir = args.out, run_dir
         self.stop = StopRequest()
         self.metrics = MetricsLog(self.out)
 
@@ -156,17 +157,20 @@ class Run:
 
     def _resume_checkpoint(self) -> dict | None:
         """The checkpoint to continue (``--resume``), its flags merged into ``args``; or
-        None for a fresh run, which must not overwrite another run's checkpoints."""
+        None for a fresh run. Sets the run's identity (``run_id``) and whether the outputs
+        in --out are to be replaced (``replace_outputs``): a fresh run must not overwrite
+        an earlier run's outputs, nor a resumed run another run's (without --overwrite)."""
         args, task = self.args, self.task
         self.changed: list[str] = []
+        self.resume_path: str | None = None
+        held = self.run_dir.outputs()
         if args.resume is None:
-            found = list_checkpoints(self.out)
-            if found and not args.overwrite:
+            if held and not args.overwrite:
                 raise UsageError(
-                    f"{self.out!r} holds checkpoints of an earlier run "
-                    f"({os.path.basename(found[-1][1])}); pass --resume to continue it, "
-                    f"--overwrite to start afresh there, or another --out"
+                    f"{self.out!r} holds {held[0]} of an earlier run ({held[1]}); pass "
+                    f"--resume to continue it, --overwrite to start afresh there, or another --out"
                 )
+            self.run_id, self.replace_outputs = new_run_id(), True
             return None
         path = args.resume or latest_checkpoint(self.out)
         if not path:
@@ -185,9 +189,34 @@ class Run:
                 f"--resume: {path!r} is a checkpoint of model "
                 f"{ckpt.get('task')!r}, not {task.name!r}"
             )
+        self.run_id, self.replace_outputs = self._continued_run(path, ckpt.get("run_id"), held)
         self.changed = merge_resumed_args(args, ckpt["args"], task)
         self.resume_path = path
         return ckpt
+
+    def _continued_run(
+        self, path: str, ckpt_run: str | None, held: tuple[str, str] | None
+    ) -> tuple[str, bool]:
+        """``(run id, replace outputs)`` of a run resumed from checkpoint ``path`` of run
+        ``ckpt_run`` (None: a checkpoint older than run ids) into --out, which holds
+        ``held``. Into its own run's folder it continues that run; into an empty folder
+        it branches off as a new run; another run's folder is refused without
+        --overwrite."""
+        if held is None:
+            return new_run_id(), False
+        owner = self.run_dir.owner()
+        own_folder = self.run_dir.is_folder_of(path)
+        if ckpt_run is not None and (owner == ckpt_run or (owner is None and own_folder)):
+            return ckpt_run, False
+        if ckpt_run is None and own_folder:  # (no id to compare: the folder decides)
+            return owner or new_run_id(), False
+        if not self.args.overwrite:
+            raise UsageError(
+                f"--resume: --out {self.out!r} holds {held[0]} of another run ({held[1]}: run "
+                f"{owner or 'without id'}; {path!r} is of run {ckpt_run or 'without id'}); "
+                f"pass --overwrite to replace them, or another --out"
+            )
+        return ckpt_run or new_run_id(), True
 
     def _select_backend(self) -> str:
         """The dqkernels backend of the run (``--backend``, else the one in force)."""
@@ -244,14 +273,12 @@ class Run:
         """Prepare --out (rank 0) and say what this run is."""
         args, dist, state = self.args, self.dist, self.state
         if dist.main:
-            os.makedirs(self.out, exist_ok=True)
             if self.changed:
                 print("note: resumed with " + ", ".join(self.changed), flush=True)
-            if args.resume is None:
-                for _, old in list_checkpoints(self.out):  # --overwrite
-                    os.unlink(old)
-                self.metrics.reset()
-            else:
+            if self.replace_outputs:  # a fresh start, or --overwrite
+                self.run_dir.clear(keep=self.resume_path)
+            self.run_dir.write_record(self.run_id, self.task.name)
+            if args.resume is not None:
                 self.metrics.trim(state.history, state.epoch)
         for note in state.notes:
             self._print(note)
@@ -530,6 +557,7 @@ class Run:
         payload = {
             "format": CHECKPOINT_FORMAT,
             "task": self.task.name,
+            "run_id": self.run_id,
             "args": run_args(self.args),
             "model": self.model.state_dict(),
             "optimizer": self.opt.state_dict(),
@@ -547,8 +575,7 @@ class Run:
         return write_checkpoint(self.out, self.state.step, payload)
 
     def _stop_requested(self) -> bool:
-        flag = torch.tensor([float(self.stop.signum != 0)], dtype=torch.float64, device=self.device)
-        return self.dist.all_reduce(flag).item() > 0
+        return self.dist.any(self.stop.signum != 0, self.device)
 
     def _resume_hint(self) -> str:
         cmd = f"dqk train {self.task.name} --out {self.out} --resume"

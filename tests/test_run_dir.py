@@ -1,0 +1,249 @@
+"""A run folder belongs to one run (dqkernels.trainer.rundir): the lock, the run's identity
+and what --resume may write over, pruning, the cleanup of killed writes' temporary files;
+and ``dqk bench`` never shrinking a result file."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from train_runs import ROOT, checkpoint_names, final_checkpoint, subprocess_env
+
+import dqkernels.cli
+from dqkernels import bench, trainer
+from dqkernels.trainer.checkpoint import write_checkpoint
+
+# a tiny PixelCNN on 40 digits: 3 steps per epoch
+TINY = (
+    "--limit 40 --batch-size 16 --width 4 --blocks 0 --mixtures 1 --grid 0 --no-progress "
+    "--device cpu"
+).split()
+
+
+def _cli(out, *extra):
+    return dqkernels.cli.main(["train", "pixelcnn", *TINY, "--out", str(out), *extra])
+
+
+def _snapshot(folder) -> dict:
+    """Every file of ``folder`` and its bytes."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def _dqk(*argv, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dqkernels.cli", *map(str, argv)],
+        cwd=ROOT,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+# ----------------------------------------------------------------------------- the lock
+
+
+def test_second_run_into_a_locked_folder_is_refused_at_once(tmp_path):
+    """Two real processes: while the first trains into --out (holding its lock), a second
+    run into the same folder fails fast with one line naming the folder and the holder's
+    pid, and touches nothing; the first goes on and stops normally."""
+    out = tmp_path / "run"
+    flags = ["--epochs", "10000", "--limit", "16", "--batch-size", "8", "--checkpoint-every", "1"]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "dqkernels.cli", "train", "pixelcnn", *TINY, *flags, "--out", out],
+        cwd=ROOT,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not trainer.list_checkpoints(str(out)):
+            assert first.poll() is None, first.communicate()
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.05)
+        for argv in (["--epochs", "1"], ["--resume"]):
+            t0 = time.monotonic()
+            second = _dqk("train", "pixelcnn", "--out", out, "--no-progress", *argv)
+            assert second.returncode == 2, second.stderr
+            assert time.monotonic() - t0 < 60
+            lines = second.stderr.strip().splitlines()
+            assert lines == [
+                f"dqk train: error: --out {str(out)!r} is in use by another run "
+                f"(pid {first.pid}); wait for it to end, or choose another --out"
+            ]
+            assert (out / ".lock").read_text().strip() == str(first.pid)
+        assert first.poll() is None  # undisturbed
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 143
+    # the lock went with the process: the folder can be resumed now
+    step = final_checkpoint(out)["run"]["step"]
+    resume = ["--out", str(out), "--resume", "--max-steps", str(step + 1), "--no-progress"]
+    assert dqkernels.cli.main(["train", "pixelcnn", *resume]) == 0
+
+
+def test_lock_is_released_and_an_empty_folder_is_not_left_behind(tmp_path):
+    out = tmp_path / "new"
+    assert _cli(out, "--batch-size", "0") == 2
+    assert not out.exists()  # created for the lock, then removed: nothing was written
+    assert _cli(out, "--epochs", "1", "--max-steps", "1") == 0
+    assert _cli(out, "--epochs", "1", "--resume") == 0  # the first run let go of the lock
+
+
+# ----------------------------------------------------------------------------- identity
+
+
+def test_resume_into_another_runs_folder_is_refused(tmp_path, capsys):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    assert _cli(a, "--epochs", "1", "--max-steps", "2") == 0
+    assert _cli(b, "--epochs", "2") == 0
+    id_a = json.loads((a / "run.json").read_text())["run_id"]
+    id_b = json.loads((b / "run.json").read_text())["run_id"]
+    assert id_a != id_b and final_checkpoint(a)["run_id"] == id_a
+    assert final_checkpoint(b)["run_id"] == id_b
+    capsys.readouterr()
+    before = _snapshot(b)
+    assert _cli(b, "--resume", str(a / "checkpoint-2.pt")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"--resume: --out {str(b)!r} holds checkpoints of another run (checkpoint-6.pt" in err
+    assert id_a in err and id_b in err and "--overwrite" in err
+    assert _snapshot(b) == before  # untouched
+    # into an empty folder: a branch of the run, with its own identity
+    assert _cli(c, "--resume", str(a / "checkpoint-2.pt")) == 0
+    ck = final_checkpoint(c)
+    assert ck["run"]["step"] == 3 and ck["run_id"] not in (id_a, id_b)
+    # into its own folder: the same run
+    assert _cli(a, "--resume") == 0
+    assert final_checkpoint(a)["run_id"] == id_a
+    assert checkpoint_names(a) == ["checkpoint-2.pt", "checkpoint-3.pt"]
+    # --overwrite: the other run's checkpoints and metrics are replaced
+    assert _cli(b, "--resume", str(a / "checkpoint-2.pt"), "--overwrite") == 0
+    assert checkpoint_names(b) == ["checkpoint-3.pt"]
+    assert final_checkpoint(b)["run_id"] == id_a
+    assert [json.loads(x)["epoch"] for x in (b / "metrics.jsonl").read_text().splitlines()] == [1]
+
+
+def test_checkpoints_without_run_id_resume_only_into_their_own_folder(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _cli(a, "--epochs", "1", "--max-steps", "2") == 0
+    assert _cli(b, "--epochs", "1", "--max-steps", "1") == 0
+    for folder in (a, b):  # as written before run ids
+        path = trainer.latest_checkpoint(str(folder))
+        ck = trainer.load_checkpoint(path)
+        del ck["run_id"]
+        trainer.save_atomic(ck, path)
+        os.unlink(folder / "run.json")
+    capsys.readouterr()
+    assert _cli(b, "--resume", str(a / "checkpoint-2.pt")) == 2
+    assert "holds checkpoints of another run (checkpoint-1.pt: run without id" in (
+        capsys.readouterr().err
+    )
+    assert checkpoint_names(b) == ["checkpoint-1.pt"]
+    assert _cli(a, "--resume") == 0
+    assert json.loads((a / "run.json").read_text())["run_id"] == final_checkpoint(a)["run_id"]
+
+
+def test_fresh_run_refuses_a_folder_with_metrics(tmp_path, capsys):
+    """Metrics without checkpoints are an earlier run's outputs too."""
+    assert _cli(tmp_path, "--epochs", "1") == 0
+    for _, path in trainer.list_checkpoints(str(tmp_path)):
+        os.unlink(path)
+    capsys.readouterr()
+    assert _cli(tmp_path, "--epochs", "1") == 2
+    assert "holds metrics of an earlier run (metrics.jsonl)" in capsys.readouterr().err
+    assert _cli(tmp_path, "--epochs", "1", "--overwrite") == 0
+
+
+# ----------------------------------------------------------------------------- pruning
+
+
+def test_pruning_keeps_the_checkpoint_just_written(tmp_path):
+    """Checkpoints of higher steps (a later point of the run) are never pruned in favour
+    of the one just written; of the lower ones the newest stays."""
+    for step in (10, 12):
+        write_checkpoint(str(tmp_path), step, {"step": step})
+    write_checkpoint(str(tmp_path), 3, {"step": 3})
+    assert checkpoint_names(tmp_path) == ["checkpoint-3.pt", "checkpoint-10.pt", "checkpoint-12.pt"]
+    write_checkpoint(str(tmp_path), 4, {"step": 4})
+    write_checkpoint(str(tmp_path), 5, {"step": 5})
+    assert checkpoint_names(tmp_path) == [
+        "checkpoint-4.pt",
+        "checkpoint-5.pt",
+        "checkpoint-10.pt",
+        "checkpoint-12.pt",
+    ]
+    write_checkpoint(str(tmp_path), 13, {"step": 13})
+    assert checkpoint_names(tmp_path) == ["checkpoint-12.pt", "checkpoint-13.pt"]
+    for bad in (-1, 2.0, True):
+        with pytest.raises(ValueError, match="step must be an int >= 0"):
+            write_checkpoint(str(tmp_path), bad, {})
+    assert not list(tmp_path.glob("checkpoint--*"))
+
+
+# ----------------------------------------------------------------------------- temp files
+
+
+def test_temporary_files_of_killed_writes_are_cleaned(tmp_path):
+    assert _cli(tmp_path, "--epochs", "1", "--max-steps", "1") == 0
+    left = [
+        f".checkpoint-1.pt.{os.getpid()}.0123abcd.tmp",  # even a live pid: the lock says
+        ".metrics.jsonl.4194305.deadbeef.tmp",
+        ".run.json.77.00000000.tmp",
+    ]
+    kept = [".notes.tmp", "mine.tmp", ".checkpoint-1.pt.12.xyz.tmp"]
+    for name in left + kept:
+        (tmp_path / name).write_bytes(b"partial")
+    assert _cli(tmp_path, "--epochs", "1", "--resume") == 0
+    names = {p.name for p in tmp_path.iterdir()}
+    assert not names & set(left)
+    assert set(kept) <= names
+
+
+# ----------------------------------------------------------------------------- bench
+
+QUICK = "--quick --device cpu --no-compile --no-progress --no-memory --no-check".split()
+
+
+def test_bench_never_shrinks_a_result_file(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("DQK_BENCH_CASES", raising=False)
+    out = ["--out", str(tmp_path), "--ops", "vq_nearest"]
+    assert bench.main([*QUICK, *out, "--backends", "torch,cpp"]) == 0
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    result = folder / "vq_nearest.json"
+    n = len(json.loads(result.read_text())["records"])
+    before = _snapshot(folder)
+    capsys.readouterr()
+    # a case pattern that matches nothing: nothing runs, nothing is written
+    assert bench.main([*QUICK, *out, "--cases", "nope*"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no quick cpu case matches vq_nearest/nope*" in err
+    # fewer cases x dtypes: refused before running
+    assert bench.main([*QUICK, *out, "--dtypes", "fp32"]) == 2
+    err = capsys.readouterr().err
+    assert f"{result} holds results of 2 cases x dtypes, this run would measure 1" in err
+    assert "--replace" in err
+    # fewer rows (one backend fewer): refused after running, the file kept
+    assert bench.main([*QUICK, *out, "--backends", "torch"]) == 2
+    err = capsys.readouterr().err
+    assert f"not replacing {result} ({n} records) with {n - 2} records" in err
+    assert _snapshot(folder) == before
+    # a killed write's leftover goes; --replace replaces
+    (folder / ".vq_nearest.json.4194305.0123abcd.tmp").write_text("{")
+    assert bench.main([*QUICK, *out, "--backends", "torch", "--replace"]) == 0
+    assert len(json.loads(result.read_text())["records"]) == n - 2
+    assert sorted(p.name for p in folder.iterdir()) == sorted(before)
+
+
+def test_bench_help_documents_replace(capsys):
+    with pytest.raises(SystemExit):
+        dqkernels.cli.main(["bench", "--help"])
+    assert "--replace" in capsys.readouterr().out
