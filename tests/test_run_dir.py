@@ -2,6 +2,7 @@
 and what --resume may write over, pruning, the cleanup of killed writes' temporary files;
 and ``dqk bench`` never shrinking a result file."""
 
+import copy
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import sys
 import time
 
 import pytest
+import torch
 from train_runs import ROOT, checkpoint_names, final_checkpoint, subprocess_env
 
 import dqkernels.cli
@@ -247,3 +249,142 @@ def test_bench_help_documents_replace(capsys):
     with pytest.raises(SystemExit):
         dqkernels.cli.main(["bench", "--help"])
     assert "--replace" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+@pytest.fixture(scope="module")
+def good_checkpoint(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("good")
+    assert _cli(out, "--epochs", "2", "--max-steps", "1") == 0
+    return trainer.load_checkpoint(str(out / "checkpoint-1.pt"))
+
+
+def _refused(capsys, out, *argv) -> str:
+    """The one line of ``dqk train pixelcnn --out out argv`` that exits 2."""
+    capsys.readouterr()
+    assert dqkernels.cli.main(["train", "pixelcnn", "--out", str(out), *argv]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dqk train: error: "), captured.err
+    return lines[0]
+
+
+def test_checkpoint_checksum_is_verified(tmp_path, capsys):
+    assert _cli(tmp_path, "--epochs", "2", "--max-steps", "1") == 0
+    path = tmp_path / "checkpoint-1.pt"
+    outer = torch.load(path, weights_only=True)  # the envelope needs no dqkernels to read
+    assert outer["envelope"] == 1 and len(outer["sha256"]) == 64
+    data = bytearray(path.read_bytes())
+    start = len(data) // 3
+    for i in range(start, start + 200):  # the issue's 200 flipped bytes
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+    line = _refused(capsys, tmp_path, "--resume")
+    assert f"--resume: {path}: " in line
+    assert "checksum mismatch" in line or "not a readable checkpoint" in line
+    with pytest.raises(trainer.CheckpointError, match=f"^{path}: "):
+        trainer.load_checkpoint(str(path))
+
+
+def _crafted(good: dict, change) -> object:
+    ck = copy.deepcopy(good)
+    return change(ck)
+
+
+def _set(ck, keys, value):
+    d = ck
+    for k in keys[:-1]:
+        d = d[k]
+    d[keys[-1]] = value
+    return ck
+
+
+CRAFTED = {
+    "a list": (lambda ck: [ck], "not a trainer checkpoint: a list, not a dict"),
+    "no optimizer": (lambda ck: ck.pop("optimizer") and ck, "no 'optimizer'"),
+    "no run step": (lambda ck: ck["run"].pop("step") and ck, "no 'step'"),
+    "negative step": (
+        lambda ck: _set(ck, ["run", "step"], -1),
+        "an impossible position: step -1, epoch 0, batch 1",
+    ),
+    "step off the epoch": (lambda ck: _set(ck, ["run", "step"], 7), "impossible position"),
+    "bad torch RNG state": (
+        lambda ck: _set(ck, ["run", "rng", 0, "torch"], torch.zeros(5, dtype=torch.uint8)),
+        "does not fit this run",
+    ),
+    "bad numpy RNG state": (
+        lambda ck: _set(ck, ["run", "rng", 0, "numpy", "name"], "PCG64"),
+        "does not fit this run",
+    ),
+    "no RNG states": (lambda ck: _set(ck, ["run", "rng"], []), "'rng' is not a list"),
+    "model of other shapes": (
+        lambda ck: _set(ck, ["model"], {k: v[:1] for k, v in ck["model"].items()}),
+        "does not fit this run: Error(s) in loading state_dict",
+    ),
+    "optimizer moment of another shape": (
+        lambda ck: _set(ck, ["optimizer", "state", 0, "exp_avg"], torch.zeros(1)),
+        "optimizer state 'exp_avg' has shape (1,)",
+    ),
+    "optimizer moment off by 1e34": (
+        lambda ck: _set(
+            ck,
+            ["optimizer", "state", 0, "exp_avg_sq"],
+            ck["optimizer"]["state"][0]["exp_avg_sq"] - 1e38 * 1e38,
+        ),
+        "optimizer state 'exp_avg_sq' is not finite",
+    ),
+    "width a string": (
+        lambda ck: _set(ck, ["args", "width"], "1e9"),
+        "--resume: the checkpoint's --width '1e9' is refused: invalid literal for int()",
+    ),
+    "width a float": (
+        lambda ck: _set(ck, ["args", "width"], 8.5),
+        "--resume: the checkpoint's --width 8.5 is refused",
+    ),
+    "width 0": (lambda ck: _set(ck, ["args", "width"], 0), "--width must be >= 1; got 0"),
+    "unknown argument": (
+        lambda ck: _set(ck, ["args", "hack"], 1),
+        "--resume: the checkpoint's arguments hold 'hack', not a flag",
+    ),
+    "bad choice": (
+        lambda ck: _set(ck, ["args", "dataset"], "../etc"),
+        "--resume: the checkpoint's --dataset '../etc' is not one of digits",
+    ),
+    "a flag of the wrong kind": (
+        lambda ck: _set(ck, ["args", "bf16"], "yes"),
+        "--resume: the checkpoint's --bf16 'yes' is not true or false",
+    ),
+    "epochs None": (
+        lambda ck: _set(ck, ["args", "epochs"], None),
+        "--resume: the checkpoint's --epochs None is not a value of this flag",
+    ),
+    "width 1e9": (
+        lambda ck: _set(ck, ["args", "width"], 10**9),
+        "model does not fit in memory",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", CRAFTED)
+def test_crafted_checkpoints_are_refused_in_one_line(tmp_path, capsys, good_checkpoint, case):
+    change, message = CRAFTED[case]
+    write_checkpoint(str(tmp_path), 1, _crafted(good_checkpoint, change))
+    line = _refused(capsys, tmp_path, "--resume", "--no-progress")
+    assert message in line
+    assert "Traceback" not in line
+
+
+def test_checkpoint_without_checksum_resumes_with_a_warning(tmp_path, capsys):
+    assert _cli(tmp_path, "--epochs", "2", "--max-steps", "1") == 0
+    path = str(tmp_path / "checkpoint-1.pt")
+    trainer.save_atomic(trainer.load_checkpoint(path), path)  # a bare dict, as before
+    capsys.readouterr()
+    assert _cli(tmp_path, "--resume", "--max-steps", "2") == 0
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        f"warning: {path} has no checksum (written before checkpoints carried one); "
+        "resuming from it unverified"
+    ]
+    assert torch.load(tmp_path / "checkpoint-2.pt", weights_only=True)["envelope"] == 1

@@ -23,7 +23,8 @@ evaluation and outputs. The trainer owns everything else:
   writes there (a second run into it is refused), a fresh run refuses a folder holding an
   earlier run's outputs and ``--resume`` one holding another run's (``--overwrite``
   replaces them), and temporary files of killed writes are removed;
-* checkpoints written atomically at the end of every epoch, every ``--checkpoint-every``
+* checkpoints written atomically, each with a SHA-256 of its contents verified on load,
+  at the end of every epoch, every ``--checkpoint-every``
   steps, at ``--max-steps``, and on SIGINT/SIGTERM; they hold everything a run depends on
   (model, optimizer, schedule and the :class:`RunState`: position, shuffle state, every
   rank's RNG states, partial-epoch sums, history), so that ``--resume`` continues bit for
@@ -45,6 +46,7 @@ Exit status of :func:`train`: 0 done (or stopped at ``--max-steps``), 1 non-fini
 from dqkernels.trainer.args import check_at_least, check_common_args, configure_parser
 from dqkernels.trainer.checkpoint import (
     KEEP_CHECKPOINTS,
+    CheckpointError,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
@@ -58,6 +60,7 @@ from dqkernels.trainer.task import EXTRA_KEY, SAMPLE_KEY, OutputContext, Task, U
 __all__ = [
     "EXTRA_KEY",
     "KEEP_CHECKPOINTS",
+    "CheckpointError",
     "SAMPLE_KEY",
     "OutputContext",
     "Run",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from dqkernels.trainer.task import Task, UsageError
+from dqkernels.trainer.task import Task, UsageError, one_line
 
 __all__ = [
     "check_at_least",
@@ -179,12 +179,10 @@ def configure_parser(parser: argparse.ArgumentParser, task: Task) -> None:
     defaults = dict(getattr(task, "defaults", None) or {})
     if defaults:
         parser.set_defaults(**defaults)
+    actions = {a.dest: a for a in parser._actions if a.dest != argparse.SUPPRESS}
+    # (for --resume: the defaults tell a flag left out, the actions check a restored value)
     parser.set_defaults(
-        _defaults={
-            a.dest: parser.get_default(a.dest)
-            for a in parser._actions
-            if a.dest != argparse.SUPPRESS
-        }
+        _defaults={dest: parser.get_default(dest) for dest in actions}, _actions=actions
     )
 
 
@@ -230,19 +228,24 @@ def run_args(args) -> dict:
 
 def merge_resumed_args(args, saved: dict, task: Task) -> list[str]:
     """Take the run's settings from the checkpoint: flags left at their default get the
-    saved value; an explicitly different value of a defining flag is an error. Returns
-    the runtime flags that were changed (for a note)."""
+    saved value, which must be one the command line could give (:func:`restored_value`);
+    an explicitly different value of a defining flag is an error, and so is a saved entry
+    that is no flag. Returns the runtime flags that were changed (for a note)."""
     defaults = getattr(args, "_defaults", {})
+    actions = getattr(args, "_actions", {})
     runtime = RESUME_RUNTIME | task.runtime_flags()
     changed, conflicts = [], []
     for name, old in saved.items():
-        if name in RESUME_FREE or name.startswith("_") or not hasattr(args, name):
+        if not isinstance(name, str) or not hasattr(args, name) or name.startswith("_"):
+            raise UsageError(f"--resume: the checkpoint's arguments hold {name!r}, not a flag")
+        if name in RESUME_FREE:
             continue
         new = getattr(args, name)
-        if new == old:
+        if new == old and type(new) is type(old):
             continue
         if name in defaults and new == defaults[name]:
-            setattr(args, name, old)  # not given now: the run's own value
+            # not given now: the run's own value
+            setattr(args, name, restored_value(actions[name], old) if name in actions else old)
         elif name in runtime:
             changed.append(f"--{name.replace('_', '-')} {new} (was {old})")
         else:
@@ -256,3 +259,35 @@ def merge_resumed_args(args, saved: dict, task: Task) -> list[str]:
             "run in another --out)."
         )
     return changed
+
+
+def restored_value(action: argparse.Action, value):
+    """``value``, a flag's value restored from a checkpoint, as the command line would
+    give it: through the flag's argparse type (its ranges included) and choices; else a
+    :class:`UsageError` naming the flag."""
+    flag = action.option_strings[0] if action.option_strings else action.dest
+
+    def refuse(why: str):
+        raise UsageError(f"--resume: the checkpoint's {flag} {value!r} {why}")
+
+    if value is None and action.default is None:
+        return None  # left unset, as the command line leaves it
+    if action.nargs == 0:  # store_true / store_false
+        if not isinstance(value, bool):
+            refuse("is not true or false")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        refuse("is not a value of this flag")
+    if action.type is not None:
+        try:
+            parsed = action.type(str(value))  # (str of a float is its shortest round trip)
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
+            refuse(f"is refused: {one_line(exc)}")
+        if parsed != value:
+            refuse("is not a value of this flag")
+        value = parsed
+    elif not isinstance(value, str):
+        refuse("is not a value of this flag")
+    if action.choices is not None and value not in action.choices:
+        refuse(f"is not one of {', '.join(map(str, action.choices))}")
+    return value

@@ -24,18 +24,19 @@ import torch
 from dqkernels.trainer import rng
 from dqkernels.trainer.args import check_common_args, merge_resumed_args, run_args
 from dqkernels.trainer.checkpoint import (
+    CheckpointError,
     checkpoint_path,
     latest_checkpoint,
-    load_checkpoint,
+    read_checkpoint,
     write_checkpoint,
 )
-from dqkernels.trainer.dist import Dist, pick_device
+from dqkernels.trainer.dist import Dist, available_memory, pick_device
 from dqkernels.trainer.metrics import MetricsLog
 from dqkernels.trainer.rundir import RunDir, locked_run_dir, new_run_id
 from dqkernels.trainer.schedule import WarmupCosine
 from dqkernels.trainer.signals import StopRequest
 from dqkernels.trainer.state import RunState
-from dqkernels.trainer.task import OutputContext, Task, UsageError
+from dqkernels.trainer.task import OutputContext, Task, UsageError, one_line
 
 __all__ = ["Run", "train"]
 
@@ -133,6 +134,7 @@ class Run:
                 f"{n} training examples cannot give each of the {W} processes an example per batch"
             )
 
+        self._check_model_size()
         # the initial model is the same on every rank: seeded with --seed alone
         rng.seed_all(args.seed)
         self.model = self._build_model()
@@ -181,9 +183,15 @@ class Run:
         if not os.path.isfile(path):
             raise UsageError(f"--resume: checkpoint {path!r} does not exist")
         try:
-            ckpt = load_checkpoint(path)
-        except Exception as exc:
-            raise UsageError(f"--resume: cannot read {path!r}: {exc}") from None
+            ckpt, verified = read_checkpoint(path)
+        except CheckpointError as exc:
+            raise UsageError(f"--resume: {exc}") from None
+        if not verified:
+            self._print(
+                f"warning: {path} has no checksum (written before checkpoints carried one); "
+                "resuming from it unverified",
+                file=sys.stderr,
+            )
         if ckpt.get("task") != task.name:
             raise UsageError(
                 f"--resume: {path!r} is a checkpoint of model "
@@ -236,8 +244,41 @@ class Run:
         except (FileNotFoundError, ValueError) as exc:
             raise UsageError(str(exc)) from None
 
+    def _check_model_size(self) -> None:
+        """Refuse a model whose parameters with their gradients and Adam's two moments
+        would not fit in the memory available on the device, counted on the model built on
+        the meta device (which allocates nothing; a task whose build cannot run there is
+        not checked)."""
+        try:
+            with torch.device("meta"):
+                meta = self.task.build(self.args, self.data)
+            size = sum(p.numel() * p.element_size() for p in meta.parameters())
+            count = sum(p.numel() for p in meta.parameters())
+        except Exception:  # noqa: BLE001 - the real build says what is wrong
+            return
+        need, free = 4 * size, available_memory(self.device)
+        if free is not None and need > free:
+            where = "the sizes restored by --resume" if self.resume_path else "its size flags"
+            raise UsageError(
+                f"the {self.task.name} model would have {count:,} parameters, "
+                f"{need / 2**30:.3g} GiB with gradients and Adam's moments, more than the "
+                f"{free / 2**30:.3g} GiB available on {self.device}; check {where} "
+                f"(e.g. --width)"
+            )
+
     def _build_model(self) -> torch.nn.Module:
-        model = self.task.build(self.args, self.data)
+        try:
+            model = self.task.build(self.args, self.data)
+        except (MemoryError, RuntimeError) as exc:
+            if not isinstance(exc, (MemoryError, torch.OutOfMemoryError)) and (
+                "can't allocate memory" not in str(exc)
+            ):
+                raise
+            where = "the sizes restored by --resume" if self.resume_path else "its size flags"
+            raise UsageError(
+                f"the {self.task.name} model does not fit in memory ({one_line(exc)[:200]}); "
+                f"check {where} (e.g. --width)"
+            ) from None
         if not isinstance(model, torch.nn.Module):
             raise TypeError(
                 f"{type(self.task).__name__}.build must return a torch.nn.Module; "
@@ -251,11 +292,17 @@ class Run:
                 f"--resume: the checkpoint has {ckpt['steps_per_epoch']} steps per epoch, this "
                 f"run {self.steps_per_epoch} (other data, --limit or number of processes)"
             )
-        self.model.load_state_dict(ckpt["model"])
-        self.opt.load_state_dict(ckpt["optimizer"])
-        self.sched.load_state_dict(ckpt["scheduler"])
-        # format 1 kept the run's state at the top level, under the same names
-        self.state.load_state_dict(ckpt.get("run", ckpt))
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.opt.load_state_dict(ckpt["optimizer"])
+            _check_optimizer_state(self.opt)
+            self.sched.load_state_dict(ckpt["scheduler"])
+            # format 1 kept the run's state at the top level, under the same names
+            self.state.load_state_dict(ckpt.get("run", ckpt))
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+            raise UsageError(
+                f"--resume: {self.resume_path}: does not fit this run: {one_line(exc)}"
+            ) from None
 
     def _wrap_for_training(self, module: torch.nn.Module) -> torch.nn.Module:
         """DistributedDataParallel under torchrun, then ``torch.compile`` with --compile."""
@@ -681,6 +728,23 @@ class Run:
             return
         path = path.replace("{rank}", str(self.dist.rank))
         torch.save({k: v.detach().cpu() for k, v in self.model.state_dict().items()}, path)
+
+
+def _check_optimizer_state(opt: torch.optim.Optimizer) -> None:
+    """A ValueError unless every tensor of the optimizer's restored state (Adam's moments)
+    has the shape of its parameter and finite values (``step`` counts are scalars)."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            for name, value in opt.state.get(p, {}).items():
+                if not isinstance(value, torch.Tensor):
+                    continue
+                if value.dim() > 0 and value.shape != p.shape:
+                    raise ValueError(
+                        f"optimizer state {name!r} has shape {tuple(value.shape)}, its "
+                        f"parameter {tuple(p.shape)}"
+                    )
+                if value.is_floating_point() and not torch.isfinite(value).all():
+                    raise ValueError(f"optimizer state {name!r} is not finite")
 
 
 # ----------------------------------------------------------------------------- statistics
