@@ -344,6 +344,14 @@ CRAFTED = {
         "--resume: the checkpoint's --width 8.5 is refused",
     ),
     "width 0": (lambda ck: _set(ck, ["args", "width"], 0), "--width must be >= 1; got 0"),
+    "lr 1e300": (
+        lambda ck: _set(ck, ["args", "lr"], 1e300),
+        "--resume: the checkpoint's --lr 1e+300 is refused: must be a finite number > 0",
+    ),
+    "seed 2**70": (
+        lambda ck: _set(ck, ["args", "seed"], 2**70),
+        "--resume: the checkpoint's --seed 1180591620717411303424 is refused: must be in [0, ",
+    ),
     "unknown argument": (
         lambda ck: _set(ck, ["args", "hack"], 1),
         "--resume: the checkpoint's arguments hold 'hack', not a flag",

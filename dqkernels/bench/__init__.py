@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dqkernels.cli import SEED, Parser, float_in, int_in
+
 __all__ = ["add_arguments", "run", "main"]
 
 DEFAULT_OUT = "benchmarks/results"
@@ -84,7 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--budget",
-        type=float,
+        type=float_in(0),
         default=None,
         help="CPU seconds of timed repeats per fwd+bwd measurement, half that "
         "for fwd (default 0.5, quick 0.02)",
@@ -100,7 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=int_in(1),
         default=None,
         help="torch.set_num_threads for CPU runs (default: torch's default)",
     )
@@ -122,7 +124,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print the selected op/case names and shapes, run nothing",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    parser.add_argument("--seed", type=SEED, default=0, help="seed of the random inputs")
     parser.add_argument(
         "--no-progress", dest="progress", action="store_false", help="no progress bar"
     )
@@ -219,9 +221,6 @@ def run(args: argparse.Namespace) -> int:
     )
 
     if args.threads is not None:
-        if args.threads < 1:
-            print("dqk bench: --threads must be >= 1", file=sys.stderr)
-            return 2
         torch.set_num_threads(args.threads)
     env = environment(device)
     if not args.replace:
@@ -277,6 +276,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dqk bench", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="dqk bench", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     return int(run(parser.parse_args(argv)) or 0)

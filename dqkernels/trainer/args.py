@@ -4,8 +4,8 @@ them with the checkpoint's."""
 from __future__ import annotations
 
 import argparse
-import math
 
+from dqkernels.cli import SEED, float_in
 from dqkernels.trainer.task import Task, UsageError, one_line
 
 __all__ = [
@@ -32,8 +32,14 @@ RESUME_RUNTIME = frozenset(
 )
 
 
+# Adam's step is lr / (1 - beta1^t) <= 10 lr, a float32 scalar (at most 3.4e38)
+LR_MAX = 3.4e37
+
+
 def configure_parser(parser: argparse.ArgumentParser, task: Task) -> None:
-    """Add the common flags, then ``task``'s own, then ``task.defaults``."""
+    """Add the common flags, then ``task``'s own, then ``task.defaults``. Their types
+    check ranges (finite floats, a seed every generator accepts); lower bounds of ints are
+    :func:`check_common_args`'s."""
     from dqkernels.backends import CHOICES
 
     g = parser.add_argument_group("data")
@@ -74,7 +80,7 @@ def configure_parser(parser: argparse.ArgumentParser, task: Task) -> None:
     )
     g.add_argument(
         "--lr",
-        type=float,
+        type=float_in(0, LR_MAX),
         default=1e-3,
         help="Adam learning rate; linear warm-up over --warmup-steps, then cosine "
         "decay to 0 at the end of the last epoch (default %(default)s)",
@@ -88,12 +94,12 @@ def configure_parser(parser: argparse.ArgumentParser, task: Task) -> None:
     )
     g.add_argument(
         "--grad-clip",
-        type=float,
+        type=float_in(0),
         default=None,
         metavar="NORM",
         help="clip the global gradient norm to NORM (default: no clipping)",
     )
-    g.add_argument("--seed", type=int, default=0, help="default %(default)s")
+    g.add_argument("--seed", type=SEED, default=0, help="in [0, 2^63 - 1] (default %(default)s)")
     g.add_argument(
         "--bf16",
         action="store_true",
@@ -200,11 +206,7 @@ def check_common_args(args, world: int) -> None:
     check_at_least(
         args, 1, "epochs", "batch_size", "eval_batch_size", "eval_every", "limit", "max_steps"
     )
-    check_at_least(args, 0, "warmup_steps", "checkpoint_every", "seed")
-    if not (args.lr > 0 and math.isfinite(args.lr)):
-        raise UsageError(f"--lr must be a positive number; got {args.lr}")
-    if args.grad_clip is not None and not (args.grad_clip > 0 and math.isfinite(args.grad_clip)):
-        raise UsageError(f"--grad-clip must be a positive number; got {args.grad_clip}")
+    check_at_least(args, 0, "warmup_steps", "checkpoint_every")
     if args.compile:
         import torch._dynamo
 

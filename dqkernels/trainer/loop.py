@@ -239,10 +239,17 @@ class Run:
         return name
 
     def _load_data(self) -> Any:
+        """The task's data; a missing, unreadable or malformed file is a UsageError (a
+        ``DataFileError``'s message starts with the file's path)."""
         try:
             return self.task.load_data(self.args)
-        except (FileNotFoundError, ValueError) as exc:
-            raise UsageError(str(exc)) from None
+        except (OSError, ValueError) as exc:
+            raise UsageError(one_line(exc)) from None
+        except EOFError as exc:  # (a truncated compressed file)
+            raise UsageError(
+                f"--data-dir {self.args.data_dir}: a file of {self.args.dataset} ended early: "
+                f"{one_line(exc)}"
+            ) from None
 
     def _check_model_size(self) -> None:
         """Refuse a model whose parameters with their gradients and Adam's two moments
