@@ -7,21 +7,17 @@ import math
 import os
 import pickle
 import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 from train_runs import (
-    ROOT,
     checkpoint_names,
     ddp_against_one_process,
     final_checkpoint,
     records,
     strip_times,
-    subprocess_env,
+    training_process,
 )
 
 import dqkernels.cli
@@ -412,21 +408,8 @@ def test_sigterm_subprocess_checkpoints_and_exits_143(tmp_path):
         f"--epochs 10000 --limit 16 --batch-size 8 {SMALLEST} --grid 0 --no-progress "
         "--device cpu --checkpoint-every 1"
     ).split()
-    cmd = [sys.executable, "-m", "dqkernels.cli", "train", "pixelcnn", *flags, "--out", str(out)]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        env=subprocess_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = training_process(out, *flags)
     try:
-        deadline = time.monotonic() + 120
-        while not trainer.list_checkpoints(str(out)):  # the first step is done
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no checkpoint appeared"
-            time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=120)
     finally:
