@@ -75,6 +75,16 @@ def test_bad_train_flags(tmp_path, capsys, case):
     assert not (tmp_path / "out").exists()  # nothing was left behind
 
 
+def test_model_too_large_for_memory_is_refused_before_allocating(tmp_path, capsys):
+    """Counted on the meta device (the VQ-VAE builds there): 16 TB of parameters with
+    their gradients and Adam's moments are refused before anything is allocated."""
+    argv = ["train", "vqvae", *TINY[:4], "--epochs", "1", "--grid", "0", "--no-progress"]
+    line = _one_line_error(capsys, [*argv, "--device", "cpu", "--width", 10**5, "--out", tmp_path])
+    assert (
+        "the vqvae model would have " in line and " GiB available on cpu; check its size " in line
+    )
+
+
 def test_bad_out(tmp_path, capsys):
     afile = tmp_path / "afile"
     afile.write_text("not a folder")
