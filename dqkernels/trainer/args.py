@@ -34,6 +34,8 @@ RESUME_RUNTIME = frozenset(
 
 # Adam's step is lr / (1 - beta1^t) <= 10 lr, a float32 scalar (at most 3.4e38)
 LR_MAX = 3.4e37
+# the types of the flags whose ranges argparse checks (check_common_args checks them too)
+RANGED = {"lr": float_in(0, LR_MAX), "grad_clip": float_in(0), "seed": SEED}
 
 
 def configure_parser(parser: argparse.ArgumentParser, task: Task) -> None:
@@ -80,7 +82,7 @@ def configure_parser(parser: argparse.ArgumentParser, task: Task) -> None:
     )
     g.add_argument(
         "--lr",
-        type=float_in(0, LR_MAX),
+        type=RANGED["lr"],
         default=1e-3,
         help="Adam learning rate; linear warm-up over --warmup-steps, then cosine "
         "decay to 0 at the end of the last epoch (default %(default)s)",
@@ -94,12 +96,14 @@ def configure_parser(parser: argparse.ArgumentParser, task: Task) -> None:
     )
     g.add_argument(
         "--grad-clip",
-        type=float_in(0),
+        type=RANGED["grad_clip"],
         default=None,
         metavar="NORM",
         help="clip the global gradient norm to NORM (default: no clipping)",
     )
-    g.add_argument("--seed", type=SEED, default=0, help="in [0, 2^63 - 1] (default %(default)s)")
+    g.add_argument(
+        "--seed", type=RANGED["seed"], default=0, help="in [0, 2^63 - 1] (default %(default)s)"
+    )
     g.add_argument(
         "--bf16",
         action="store_true",
@@ -207,6 +211,13 @@ def check_common_args(args, world: int) -> None:
         args, 1, "epochs", "batch_size", "eval_batch_size", "eval_every", "limit", "max_steps"
     )
     check_at_least(args, 0, "warmup_steps", "checkpoint_every")
+    for name, parse in RANGED.items():  # (set by argparse, these passed already)
+        value = getattr(args, name)
+        if value is not None:
+            try:
+                parse(str(value))
+            except argparse.ArgumentTypeError as exc:
+                raise UsageError(f"--{name.replace('_', '-')} {exc}") from None
     if args.compile:
         import torch._dynamo
 
