@@ -1,9 +1,10 @@
 """Checkpoint files: ``<out>/checkpoint-<step>.pt``, written atomically, the newest
 :data:`KEEP_CHECKPOINTS` kept, read back without running code and verified.
 
-A file holds ``{"envelope": 1, "sha256": hex, "payload": bytes}`` (``torch.save``; loadable
-with ``torch.load(weights_only=True)``), ``payload`` being the ``torch.save`` bytes of the
-checkpoint's dict and ``sha256`` their digest. :func:`read_checkpoint` verifies the digest
+A file holds ``{"envelope": 1, "sha256": hex, "payload": uint8 tensor}`` (``torch.save``;
+loadable with ``torch.load(weights_only=True)``), ``payload`` holding the ``torch.save``
+bytes of the checkpoint's dict (a tensor: stored as raw bytes, where a pickled ``bytes``
+object grows by half) and ``sha256`` their digest. :func:`read_checkpoint` verifies the digest
 and the dict's structure (:func:`check_structure`) and raises :class:`CheckpointError`,
 whose message starts with the file's path, for anything else. Files written before the
 envelope (a bare dict, checkpoint formats 1 and 2) are still read, reported as unverified.
@@ -106,12 +107,18 @@ def read_checkpoint(path: str) -> tuple[dict, bool]:
     verified = isinstance(obj, dict) and "payload" in obj
     if verified:
         payload, digest = obj.get("payload"), obj.get("sha256")
-        if obj.get("envelope") != ENVELOPE or not isinstance(payload, bytes):
+        if (
+            obj.get("envelope") != ENVELOPE
+            or not isinstance(payload, torch.Tensor)
+            or payload.dtype != torch.uint8
+            or payload.dim() != 1
+        ):
             raise CheckpointError(f"{path}: not a checkpoint of this version of dqkernels")
-        if not isinstance(digest, str) or hashlib.sha256(payload).hexdigest() != digest:
+        data = payload.numpy()
+        if not isinstance(digest, str) or hashlib.sha256(data).hexdigest() != digest:
             raise CheckpointError(f"{path}: checksum mismatch (the file is damaged)")
         try:
-            obj = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as exc:
             raise CheckpointError(f"{path}: not a readable checkpoint ({one_line(exc)})") from None
     problem = check_structure(obj)
@@ -161,11 +168,13 @@ def write_checkpoint(out_dir: str, step: int, payload: dict, keep: int = KEEP_CH
     path = checkpoint_path(out_dir, step)
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    data = buffer.getvalue()
-    del buffer
-    save_atomic(
-        {"envelope": ENVELOPE, "sha256": hashlib.sha256(data).hexdigest(), "payload": data}, path
-    )
+    data = buffer.getbuffer()
+    envelope = {
+        "envelope": ENVELOPE,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "payload": torch.frombuffer(data, dtype=torch.uint8),
+    }
+    save_atomic(envelope, path)
     older = [p for s, p in list_checkpoints(out_dir) if s < step]
     for old in older[: max(0, len(older) - (keep - 1))]:
         try:
