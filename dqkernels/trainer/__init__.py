@@ -24,8 +24,8 @@ evaluation and outputs. The trainer owns everything else:
   earlier run's outputs and ``--resume`` one holding another run's (``--overwrite``
   replaces them), and temporary files of killed writes are removed;
 * checkpoints written atomically, each with a SHA-256 of its contents verified on load,
-  at the end of every epoch, every ``--checkpoint-every``
-  steps, at ``--max-steps``, and on SIGINT/SIGTERM; they hold everything a run depends on
+  at the end of every epoch, every ``--checkpoint-every`` steps, at ``--max-steps``, and
+  on SIGINT/SIGTERM; they hold everything a run depends on
   (model, optimizer, schedule and the :class:`RunState`: position, shuffle state, every
   rank's RNG states, partial-epoch sums, history), so that ``--resume`` continues bit for
   bit;
@@ -39,7 +39,8 @@ Modules: :mod:`.task` (the contract), :mod:`.loop` (the loop, top to bottom), :m
 :mod:`.signals`, :mod:`.schedule`.
 
 Exit status of :func:`train`: 0 done (or stopped at ``--max-steps``), 1 non-finite loss,
-2 bad arguments or input, 128 + signal number when stopped by SIGINT (130) or SIGTERM
+2 bad arguments or input (one line: flags, flags restored by ``--resume``, ``--out``,
+checkpoints, data files, a model too large for memory), 128 + signal number when stopped by SIGINT (130) or SIGTERM
 (143).
 """
 
