@@ -40,8 +40,8 @@ Modules: :mod:`.task` (the contract), :mod:`.loop` (the loop, top to bottom), :m
 
 Exit status of :func:`train`: 0 done (or stopped at ``--max-steps``), 1 non-finite loss,
 2 bad arguments or input (one line: flags, flags restored by ``--resume``, ``--out``,
-checkpoints, data files, a model too large for memory), 128 + signal number when stopped by SIGINT (130) or SIGTERM
-(143).
+checkpoints, data files, a model too large for memory), 128 + signal number when
+stopped by SIGINT (130) or SIGTERM (143).
 """
 
 from dqkernels.trainer.args import check_at_least, check_common_args, configure_parser
