@@ -33,6 +33,7 @@ __all__ = [
     "CHOICES",
     "BackendUnavailableError",
     "available",
+    "environment_backend",
     "get_backend",
     "resolve",
     "set_backend",
@@ -76,10 +77,14 @@ def get_backend() -> str:
         return ctx
     if _global_default is not None:
         return _global_default
+    return environment_backend() or "auto"
+
+
+def environment_backend() -> str | None:
+    """The backend named by the environment variable ``DQK_BACKEND`` (None when unset or
+    empty); a ValueError naming the variable when it names none."""
     env = os.environ.get("DQK_BACKEND")
-    if env:
-        return _check_name(env, "environment variable DQK_BACKEND")
-    return "auto"
+    return _check_name(env, "environment variable DQK_BACKEND") if env else None
 
 
 @contextlib.contextmanager

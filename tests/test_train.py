@@ -8,6 +8,7 @@ import torch
 from conftest import fresh_seed, require
 
 import dqkernels.cli
+from dqkernels import trainer
 from dqkernels.models import PixelCNN, pixel_mask
 from dqkernels.nn import MaskedConv2d
 from dqkernels.reference.masked_conv2d import masked_conv2d_reference
@@ -209,7 +210,7 @@ def test_train_pixelcnn_smoke(tmp_path, capsys):
     assert 0 < rec["test_bpd"] < 20
     for name in ("samples.png", "learning_curve.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    ckpt = torch.load(tmp_path / "checkpoint-1.pt", weights_only=True)
+    ckpt = trainer.load_checkpoint(str(tmp_path / "checkpoint-1.pt"))
     assert ckpt["run"]["epoch"] == 1 and ckpt["args"]["width"] == 8
     assert ckpt["task"] == "pixelcnn"
     # the training module holds the PixelCNN as .net

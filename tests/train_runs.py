@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import torch
 
@@ -40,6 +41,32 @@ def subprocess_env(**extra) -> dict:
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env.pop("WORLD_SIZE", None)
     return env
+
+
+def training_process(out, *flags) -> subprocess.Popen:
+    """``dqk train pixelcnn flags --out out`` in a subprocess (text pipes), returned once
+    its first checkpoint is in ``out``; the test fails (the process killed) if it exits or
+    takes over 120 s before."""
+    cmd = [sys.executable, "-m", "dqkernels.cli", "train", "pixelcnn", *flags, "--out", str(out)]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not trainer.list_checkpoints(str(out)):  # the first step is done
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.05)
+    except BaseException:
+        if proc.poll() is None:
+            proc.kill()
+        raise
+    return proc
 
 
 def torchrun(*argv, nproc: int = 2, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -1,6 +1,8 @@
 """``dqk bench``: sweep ops over shapes, dtypes and backends against the eager and
 ``torch.compile`` references, with the device's measured copy bandwidth and matmul rate
-as ceilings. Results: ``<out>/<device-slug>/<op>.{json,md,png}``.
+as ceilings. Results: ``<out>/<device-slug>/<op>.{json,md,png}``, written atomically; a
+result file is never replaced by one with fewer records unless ``--replace``, and a
+selection that matches no case writes nothing (exit status 2).
 
 Also reachable as ``python benchmarks/run.py`` (same arguments). Heavy imports (the
 runner, matplotlib, tqdm, triton) happen inside :func:`run`, so building the ``dqk``
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+
+from dqkernels.cli import SEED, Parser, float_in, int_in
 
 __all__ = ["add_arguments", "run", "main"]
 
@@ -60,6 +64,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"output folder; files go to OUT/<device-slug>/ (default: {DEFAULT_OUT})",
     )
     parser.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace an op's result file even when it holds more records than the new "
+        "result (without it, such a file is kept and the run ends with status 2)",
+    )
+    parser.add_argument(
         "--no-compile", dest="compile", action="store_false", help="skip the torch.compile baseline"
     )
     parser.add_argument(
@@ -76,7 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--budget",
-        type=float,
+        type=float_in(0),
         default=None,
         help="CPU seconds of timed repeats per fwd+bwd measurement, half that "
         "for fwd (default 0.5, quick 0.02)",
@@ -92,7 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=int_in(1),
         default=None,
         help="torch.set_num_threads for CPU runs (default: torch's default)",
     )
@@ -114,7 +124,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print the selected op/case names and shapes, run nothing",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    parser.add_argument("--seed", type=SEED, default=0, help="seed of the random inputs")
     parser.add_argument(
         "--no-progress", dest="progress", action="store_false", help="no progress bar"
     )
@@ -171,11 +181,25 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    cases = {name: sel.cases(get_op(name), device_type) for name in ops}
     if args.list:
         for name in ops:
-            for case in sel.cases(get_op(name), device_type):
+            for case in cases[name]:
                 print(f"{name}/{case.name}\t{case.label}")
         return 0
+    if not any(cases.values()):
+        tier = "quick" if args.quick else "full"
+        print(
+            f"dqk bench: error: no {tier} {device_type} case matches {', '.join(sel.patterns)}; "
+            "nothing was run and no result file was touched (dqk bench --list shows the cases)",
+            file=sys.stderr,
+        )
+        return 2
+    for name in [n for n in ops if not cases[n]]:
+        print(
+            f"dqk bench: {name}: no case matches; its results are left as they are", file=sys.stderr
+        )
+    ops = [n for n in ops if cases[n]]
 
     timing = TimingConfig()
     if args.quick:
@@ -197,11 +221,21 @@ def run(args: argparse.Namespace) -> int:
     )
 
     if args.threads is not None:
-        if args.threads < 1:
-            print("dqk bench: --threads must be >= 1", file=sys.stderr)
-            return 2
         torch.set_num_threads(args.threads)
     env = environment(device)
+    if not args.replace:
+        for name in ops:
+            path = report.result_path(args.out, env["device_slug"], name)
+            held = {(r.get("case"), r.get("dtype")) for r in report.records_held(path)}
+            planned = len(cases[name]) * len(dtypes)
+            if planned < len(held):
+                print(
+                    f"dqk bench: error: {path} holds results of {len(held)} cases x dtypes, "
+                    f"this run would measure {planned}; pass --replace to replace it, or "
+                    "another --out",
+                    file=sys.stderr,
+                )
+                return 2
     load, ncpu = env.get("loadavg_1m_at_start"), env.get("cpu_count")
     if device_type == "cpu" and load is not None and ncpu and load > 0.5 * ncpu:
         print(
@@ -215,11 +249,16 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     ceilings = measure_ceilings(device, quick=args.quick)
-    failed = 0
+    failed = kept = 0
     for name in ops:
         result = finalize(run_benchmark(name, cfg, ceilings=ceilings, env=env))
-        paths = report.write_outputs(result, args.out)
         print(report.markdown_table(result))
+        try:
+            paths = report.write_outputs(result, args.out, replace=args.replace)
+        except report.ShrinkingResult as exc:
+            print(f"dqk bench: error: {exc}", file=sys.stderr)
+            kept += 1
+            continue
         print("wrote " + ", ".join(p for p in paths.values() if p), file=sys.stderr)
         bad = [r for r in result["records"] if r["status"] == "error"]
         for r in bad:
@@ -233,11 +272,10 @@ def run(args: argparse.Namespace) -> int:
             f"dqk bench: {failed} implementation(s) failed; see the error fields in the JSON",
             file=sys.stderr,
         )
-        return 1
-    return 0
+    return 2 if kept else 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dqk bench", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="dqk bench", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     return int(run(parser.parse_args(argv)) or 0)

@@ -17,10 +17,15 @@ evaluation and outputs. The trainer owns everything else:
   batches dealt round-robin to the ranks, the task's additive statistics summed over
   batches and ranks;
 * outputs in ``--out`` (rank 0 only): ``metrics.jsonl`` (one JSON object per epoch),
-  ``learning_curve.png``, the task's own files (samples, ...) and ``checkpoint-<step>.pt``
-  (the last two kept);
-* checkpoints written atomically at the end of every epoch, every ``--checkpoint-every``
-  steps, at ``--max-steps``, and on SIGINT/SIGTERM; they hold everything a run depends on
+  ``learning_curve.png``, the task's own files (samples, ...), ``checkpoint-<step>.pt``
+  (the last two kept) and ``run.json`` (the run's id);
+* a run folder belongs to one run (:mod:`.rundir`): a run holds ``<out>/.lock`` while it
+  writes there (a second run into it is refused), a fresh run refuses a folder holding an
+  earlier run's outputs and ``--resume`` one holding another run's (``--overwrite``
+  replaces them), and temporary files of killed writes are removed;
+* checkpoints written atomically, each with a SHA-256 of its contents verified on load,
+  at the end of every epoch, every ``--checkpoint-every`` steps, at ``--max-steps``, and
+  on SIGINT/SIGTERM; they hold everything a run depends on
   (model, optimizer, schedule and the :class:`RunState`: position, shuffle state, every
   rank's RNG states, partial-epoch sums, history), so that ``--resume`` continues bit for
   bit;
@@ -29,17 +34,20 @@ evaluation and outputs. The trainer owns everything else:
 * multi-process data parallel training under ``torchrun``: DistributedDataParallel.
 
 Modules: :mod:`.task` (the contract), :mod:`.loop` (the loop, top to bottom), :mod:`.state`
-(the run state), :mod:`.checkpoint`, :mod:`.rng`, :mod:`.metrics` (files), :mod:`.args`
-(common flags, resume rules), :mod:`.dist`, :mod:`.signals`, :mod:`.schedule`.
+(the run state), :mod:`.checkpoint`, :mod:`.rundir` (the ``--out`` folder), :mod:`.rng`,
+:mod:`.metrics` (files), :mod:`.args` (common flags, resume rules), :mod:`.dist`,
+:mod:`.signals`, :mod:`.schedule`.
 
 Exit status of :func:`train`: 0 done (or stopped at ``--max-steps``), 1 non-finite loss,
-2 bad arguments or input, 128 + signal number when stopped by SIGINT (130) or SIGTERM
-(143).
+2 bad arguments or input (one line: flags, flags restored by ``--resume``, ``--out``,
+checkpoints, data files, a model too large for memory), 128 + signal number when
+stopped by SIGINT (130) or SIGTERM (143).
 """
 
 from dqkernels.trainer.args import check_at_least, check_common_args, configure_parser
 from dqkernels.trainer.checkpoint import (
     KEEP_CHECKPOINTS,
+    CheckpointError,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
@@ -53,6 +61,7 @@ from dqkernels.trainer.task import EXTRA_KEY, SAMPLE_KEY, OutputContext, Task, U
 __all__ = [
     "EXTRA_KEY",
     "KEEP_CHECKPOINTS",
+    "CheckpointError",
     "SAMPLE_KEY",
     "OutputContext",
     "Run",

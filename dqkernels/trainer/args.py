@@ -4,9 +4,9 @@ them with the checkpoint's."""
 from __future__ import annotations
 
 import argparse
-import math
 
-from dqkernels.trainer.task import Task, UsageError
+from dqkernels.cli import SEED, float_in
+from dqkernels.trainer.task import Task, UsageError, one_line
 
 __all__ = [
     "check_at_least",
@@ -32,8 +32,16 @@ RESUME_RUNTIME = frozenset(
 )
 
 
+# Adam's step is lr / (1 - beta1^t) <= 10 lr, a float32 scalar (at most 3.4e38)
+LR_MAX = 3.4e37
+# the types of the flags whose ranges argparse checks (check_common_args checks them too)
+RANGED = {"lr": float_in(0, LR_MAX), "grad_clip": float_in(0), "seed": SEED}
+
+
 def configure_parser(parser: argparse.ArgumentParser, task: Task) -> None:
-    """Add the common flags, then ``task``'s own, then ``task.defaults``."""
+    """Add the common flags, then ``task``'s own, then ``task.defaults``. Their types
+    check ranges (finite floats, a seed every generator accepts); lower bounds of ints are
+    :func:`check_common_args`'s."""
     from dqkernels.backends import CHOICES
 
     g = parser.add_argument_group("data")
@@ -74,7 +82,7 @@ def configure_parser(parser: argparse.ArgumentParser, task: Task) -> None:
     )
     g.add_argument(
         "--lr",
-        type=float,
+        type=RANGED["lr"],
         default=1e-3,
         help="Adam learning rate; linear warm-up over --warmup-steps, then cosine "
         "decay to 0 at the end of the last epoch (default %(default)s)",
@@ -88,12 +96,14 @@ def configure_parser(parser: argparse.ArgumentParser, task: Task) -> None:
     )
     g.add_argument(
         "--grad-clip",
-        type=float,
+        type=RANGED["grad_clip"],
         default=None,
         metavar="NORM",
         help="clip the global gradient norm to NORM (default: no clipping)",
     )
-    g.add_argument("--seed", type=int, default=0, help="default %(default)s")
+    g.add_argument(
+        "--seed", type=RANGED["seed"], default=0, help="in [0, 2^63 - 1] (default %(default)s)"
+    )
     g.add_argument(
         "--bf16",
         action="store_true",
@@ -179,12 +189,10 @@ def configure_parser(parser: argparse.ArgumentParser, task: Task) -> None:
     defaults = dict(getattr(task, "defaults", None) or {})
     if defaults:
         parser.set_defaults(**defaults)
+    actions = {a.dest: a for a in parser._actions if a.dest != argparse.SUPPRESS}
+    # (for --resume: the defaults tell a flag left out, the actions check a restored value)
     parser.set_defaults(
-        _defaults={
-            a.dest: parser.get_default(a.dest)
-            for a in parser._actions
-            if a.dest != argparse.SUPPRESS
-        }
+        _defaults={dest: parser.get_default(dest) for dest in actions}, _actions=actions
     )
 
 
@@ -202,11 +210,14 @@ def check_common_args(args, world: int) -> None:
     check_at_least(
         args, 1, "epochs", "batch_size", "eval_batch_size", "eval_every", "limit", "max_steps"
     )
-    check_at_least(args, 0, "warmup_steps", "checkpoint_every", "seed")
-    if not (args.lr > 0 and math.isfinite(args.lr)):
-        raise UsageError(f"--lr must be a positive number; got {args.lr}")
-    if args.grad_clip is not None and not (args.grad_clip > 0 and math.isfinite(args.grad_clip)):
-        raise UsageError(f"--grad-clip must be a positive number; got {args.grad_clip}")
+    check_at_least(args, 0, "warmup_steps", "checkpoint_every")
+    for name, parse in RANGED.items():  # (set by argparse, these passed already)
+        value = getattr(args, name)
+        if value is not None:
+            try:
+                parse(str(value))
+            except argparse.ArgumentTypeError as exc:
+                raise UsageError(f"--{name.replace('_', '-')} {exc}") from None
     if args.compile:
         import torch._dynamo
 
@@ -230,19 +241,24 @@ def run_args(args) -> dict:
 
 def merge_resumed_args(args, saved: dict, task: Task) -> list[str]:
     """Take the run's settings from the checkpoint: flags left at their default get the
-    saved value; an explicitly different value of a defining flag is an error. Returns
-    the runtime flags that were changed (for a note)."""
+    saved value, which must be one the command line could give (:func:`restored_value`);
+    an explicitly different value of a defining flag is an error, and so is a saved entry
+    that is no flag. Returns the runtime flags that were changed (for a note)."""
     defaults = getattr(args, "_defaults", {})
+    actions = getattr(args, "_actions", {})
     runtime = RESUME_RUNTIME | task.runtime_flags()
     changed, conflicts = [], []
     for name, old in saved.items():
-        if name in RESUME_FREE or name.startswith("_") or not hasattr(args, name):
+        if not isinstance(name, str) or not hasattr(args, name) or name.startswith("_"):
+            raise UsageError(f"--resume: the checkpoint's arguments hold {name!r}, not a flag")
+        if name in RESUME_FREE:
             continue
         new = getattr(args, name)
-        if new == old:
+        if new == old and type(new) is type(old):
             continue
         if name in defaults and new == defaults[name]:
-            setattr(args, name, old)  # not given now: the run's own value
+            # not given now: the run's own value
+            setattr(args, name, restored_value(actions[name], old) if name in actions else old)
         elif name in runtime:
             changed.append(f"--{name.replace('_', '-')} {new} (was {old})")
         else:
@@ -256,3 +272,35 @@ def merge_resumed_args(args, saved: dict, task: Task) -> list[str]:
             "run in another --out)."
         )
     return changed
+
+
+def restored_value(action: argparse.Action, value):
+    """``value``, a flag's value restored from a checkpoint, as the command line would
+    give it: through the flag's argparse type (its ranges included) and choices; else a
+    :class:`UsageError` naming the flag."""
+    flag = action.option_strings[0] if action.option_strings else action.dest
+
+    def refuse(why: str):
+        raise UsageError(f"--resume: the checkpoint's {flag} {value!r} {why}")
+
+    if value is None and action.default is None:
+        return None  # left unset, as the command line leaves it
+    if action.nargs == 0:  # store_true / store_false
+        if not isinstance(value, bool):
+            refuse("is not true or false")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        refuse("is not a value of this flag")
+    if action.type is not None:
+        try:
+            parsed = action.type(str(value))  # (str of a float is its shortest round trip)
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
+            refuse(f"is refused: {one_line(exc)}")
+        if parsed != value:
+            refuse("is not a value of this flag")
+        value = parsed
+    elif not isinstance(value, str):
+        refuse("is not a value of this flag")
+    if action.choices is not None and value not in action.choices:
+        refuse(f"is not one of {', '.join(map(str, action.choices))}")
+    return value

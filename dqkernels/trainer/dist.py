@@ -8,7 +8,7 @@ import torch
 
 from dqkernels.trainer.task import UsageError
 
-__all__ = ["Dist", "pick_device"]
+__all__ = ["Dist", "available_memory", "pick_device"]
 
 
 class Dist:
@@ -59,6 +59,13 @@ class Dist:
             dist.all_reduce(t)
         return t
 
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """Whether ``flag`` is true on some rank (every rank must call it)."""
+        if not self.enabled:
+            return flag
+        t = torch.tensor([float(flag)], dtype=torch.float64, device=device)
+        return self.all_reduce(t).item() > 0
+
     def gather_objects(self, obj) -> list:
         """Every rank's ``obj`` (picklable), in rank order, on every rank."""
         if not self.enabled:
@@ -87,3 +94,18 @@ def pick_device(name: str | None, dist: Dist) -> torch.device:
         torch.cuda.set_device(dist.local_rank)
         return torch.device("cuda", dist.local_rank)
     return torch.device("cpu")
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for new allocations on ``device`` (CPU: the kernel's ``MemAvailable``),
+    or None when unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

@@ -24,18 +24,19 @@ import torch
 from dqkernels.trainer import rng
 from dqkernels.trainer.args import check_common_args, merge_resumed_args, run_args
 from dqkernels.trainer.checkpoint import (
+    CheckpointError,
     checkpoint_path,
     latest_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
+    read_checkpoint,
     write_checkpoint,
 )
-from dqkernels.trainer.dist import Dist, pick_device
+from dqkernels.trainer.dist import Dist, available_memory, pick_device
 from dqkernels.trainer.metrics import MetricsLog
+from dqkernels.trainer.rundir import RunDir, locked_run_dir, new_run_id
 from dqkernels.trainer.schedule import WarmupCosine
 from dqkernels.trainer.signals import StopRequest
 from dqkernels.trainer.state import RunState
-from dqkernels.trainer.task import OutputContext, Task, UsageError
+from dqkernels.trainer.task import OutputContext, Task, UsageError, one_line
 
 __all__ = ["Run", "train"]
 
@@ -61,10 +62,11 @@ def train(task: Task, args) -> int:
                 args.out = os.path.join("runs", f"{task.name}-{args.dataset}")
         device = pick_device(args.device, dist)
         dist.init(device)
-        run = Run(task, args, dist, device)
-        with run.stop:
-            status = run.fit()
-            return status if status is not None else run.finish()
+        with locked_run_dir(args.out, dist, device) as run_dir:
+            run = Run(task, args, dist, device, run_dir)
+            with run.stop:
+                status = run.fit()
+                return status if status is not None else run.finish()
     except UsageError as exc:
         if dist.main:
             print(f"dqk train: error: {exc}", file=sys.stderr, flush=True)
@@ -106,9 +108,9 @@ class Run:
 
     # ================================================================= set up
 
-    def __init__(self, task: Task, args, dist: Dist, device: torch.device):
+    def __init__(self, task: Task, args, dist: Dist, device: torch.device, run_dir: RunDir):
         self.task, self.args, self.dist, self.device = task, args, dist, device
-        self.out = args.out
+        self.out, self.run_dir = args.out, run_dir
         self.stop = StopRequest()
         self.metrics = MetricsLog(self.out)
 
@@ -132,6 +134,7 @@ class Run:
                 f"{n} training examples cannot give each of the {W} processes an example per batch"
             )
 
+        self._check_model_size()
         # the initial model is the same on every rank: seeded with --seed alone
         rng.seed_all(args.seed)
         self.model = self._build_model()
@@ -156,17 +159,20 @@ class Run:
 
     def _resume_checkpoint(self) -> dict | None:
         """The checkpoint to continue (``--resume``), its flags merged into ``args``; or
-        None for a fresh run, which must not overwrite another run's checkpoints."""
+        None for a fresh run. Sets the run's identity (``run_id``) and whether the outputs
+        in --out are to be replaced (``replace_outputs``): a fresh run must not overwrite
+        an earlier run's outputs, nor a resumed run another run's (without --overwrite)."""
         args, task = self.args, self.task
         self.changed: list[str] = []
+        self.resume_path: str | None = None
+        held = self.run_dir.outputs()
         if args.resume is None:
-            found = list_checkpoints(self.out)
-            if found and not args.overwrite:
+            if held and not args.overwrite:
                 raise UsageError(
-                    f"{self.out!r} holds checkpoints of an earlier run "
-                    f"({os.path.basename(found[-1][1])}); pass --resume to continue it, "
-                    f"--overwrite to start afresh there, or another --out"
+                    f"{self.out!r} holds {held[0]} of an earlier run ({held[1]}); pass "
+                    f"--resume to continue it, --overwrite to start afresh there, or another --out"
                 )
+            self.run_id, self.replace_outputs = new_run_id(), True
             return None
         path = args.resume or latest_checkpoint(self.out)
         if not path:
@@ -177,17 +183,48 @@ class Run:
         if not os.path.isfile(path):
             raise UsageError(f"--resume: checkpoint {path!r} does not exist")
         try:
-            ckpt = load_checkpoint(path)
-        except Exception as exc:
-            raise UsageError(f"--resume: cannot read {path!r}: {exc}") from None
+            ckpt, verified = read_checkpoint(path)
+        except CheckpointError as exc:
+            raise UsageError(f"--resume: {exc}") from None
+        if not verified:
+            self._print(
+                f"warning: {path} has no checksum (written before checkpoints carried one); "
+                "resuming from it unverified",
+                file=sys.stderr,
+            )
         if ckpt.get("task") != task.name:
             raise UsageError(
                 f"--resume: {path!r} is a checkpoint of model "
                 f"{ckpt.get('task')!r}, not {task.name!r}"
             )
+        self.run_id, self.replace_outputs = self._continued_run(path, ckpt.get("run_id"), held)
         self.changed = merge_resumed_args(args, ckpt["args"], task)
         self.resume_path = path
         return ckpt
+
+    def _continued_run(
+        self, path: str, ckpt_run: str | None, held: tuple[str, str] | None
+    ) -> tuple[str, bool]:
+        """``(run id, replace outputs)`` of a run resumed from checkpoint ``path`` of run
+        ``ckpt_run`` (None: a checkpoint older than run ids) into --out, which holds
+        ``held``. Into its own run's folder it continues that run; into an empty folder
+        it branches off as a new run; another run's folder is refused without
+        --overwrite."""
+        if held is None:
+            return new_run_id(), False
+        owner = self.run_dir.owner()
+        own_folder = self.run_dir.is_folder_of(path)
+        if ckpt_run is not None and (owner == ckpt_run or (owner is None and own_folder)):
+            return ckpt_run, False
+        if ckpt_run is None and own_folder:  # (no id to compare: the folder decides)
+            return owner or new_run_id(), False
+        if not self.args.overwrite:
+            raise UsageError(
+                f"--resume: --out {self.out!r} holds {held[0]} of another run ({held[1]}: run "
+                f"{owner or 'without id'}; {path!r} is of run {ckpt_run or 'without id'}); "
+                f"pass --overwrite to replace them, or another --out"
+            )
+        return ckpt_run or new_run_id(), True
 
     def _select_backend(self) -> str:
         """The dqkernels backend of the run (``--backend``, else the one in force)."""
@@ -202,13 +239,53 @@ class Run:
         return name
 
     def _load_data(self) -> Any:
+        """The task's data; a missing, unreadable or malformed file is a UsageError (a
+        ``DataFileError``'s message starts with the file's path)."""
         try:
             return self.task.load_data(self.args)
-        except (FileNotFoundError, ValueError) as exc:
-            raise UsageError(str(exc)) from None
+        except (OSError, ValueError) as exc:
+            raise UsageError(one_line(exc)) from None
+        except EOFError as exc:  # (a truncated compressed file)
+            raise UsageError(
+                f"--data-dir {self.args.data_dir}: a file of {self.args.dataset} ended early: "
+                f"{one_line(exc)}"
+            ) from None
+
+    def _check_model_size(self) -> None:
+        """Refuse a model whose parameters with their gradients and Adam's two moments
+        would not fit in the memory available on the device, counted on the model built on
+        the meta device (which allocates nothing; a task whose build cannot run there is
+        not checked)."""
+        try:
+            with torch.device("meta"):
+                meta = self.task.build(self.args, self.data)
+            size = sum(p.numel() * p.element_size() for p in meta.parameters())
+            count = sum(p.numel() for p in meta.parameters())
+        except Exception:  # noqa: BLE001 - the real build says what is wrong
+            return
+        need, free = 4 * size, available_memory(self.device)
+        if free is not None and need > free:
+            where = "the sizes restored by --resume" if self.resume_path else "its size flags"
+            raise UsageError(
+                f"the {self.task.name} model would have {count:,} parameters, "
+                f"{need / 2**30:.3g} GiB with gradients and Adam's moments, more than the "
+                f"{free / 2**30:.3g} GiB available on {self.device}; check {where} "
+                f"(e.g. --width)"
+            )
 
     def _build_model(self) -> torch.nn.Module:
-        model = self.task.build(self.args, self.data)
+        try:
+            model = self.task.build(self.args, self.data)
+        except (MemoryError, RuntimeError) as exc:
+            if not isinstance(exc, (MemoryError, torch.OutOfMemoryError)) and (
+                "can't allocate memory" not in str(exc)
+            ):
+                raise
+            where = "the sizes restored by --resume" if self.resume_path else "its size flags"
+            raise UsageError(
+                f"the {self.task.name} model does not fit in memory ({one_line(exc)[:200]}); "
+                f"check {where} (e.g. --width)"
+            ) from None
         if not isinstance(model, torch.nn.Module):
             raise TypeError(
                 f"{type(self.task).__name__}.build must return a torch.nn.Module; "
@@ -222,11 +299,17 @@ class Run:
                 f"--resume: the checkpoint has {ckpt['steps_per_epoch']} steps per epoch, this "
                 f"run {self.steps_per_epoch} (other data, --limit or number of processes)"
             )
-        self.model.load_state_dict(ckpt["model"])
-        self.opt.load_state_dict(ckpt["optimizer"])
-        self.sched.load_state_dict(ckpt["scheduler"])
-        # format 1 kept the run's state at the top level, under the same names
-        self.state.load_state_dict(ckpt.get("run", ckpt))
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.opt.load_state_dict(ckpt["optimizer"])
+            _check_optimizer_state(self.opt)
+            self.sched.load_state_dict(ckpt["scheduler"])
+            # format 1 kept the run's state at the top level, under the same names
+            self.state.load_state_dict(ckpt.get("run", ckpt))
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+            raise UsageError(
+                f"--resume: {self.resume_path}: does not fit this run: {one_line(exc)}"
+            ) from None
 
     def _wrap_for_training(self, module: torch.nn.Module) -> torch.nn.Module:
         """DistributedDataParallel under torchrun, then ``torch.compile`` with --compile."""
@@ -244,14 +327,12 @@ class Run:
         """Prepare --out (rank 0) and say what this run is."""
         args, dist, state = self.args, self.dist, self.state
         if dist.main:
-            os.makedirs(self.out, exist_ok=True)
             if self.changed:
                 print("note: resumed with " + ", ".join(self.changed), flush=True)
-            if args.resume is None:
-                for _, old in list_checkpoints(self.out):  # --overwrite
-                    os.unlink(old)
-                self.metrics.reset()
-            else:
+            if self.replace_outputs:  # a fresh start, or --overwrite
+                self.run_dir.clear(keep=self.resume_path)
+            self.run_dir.write_record(self.run_id, self.task.name)
+            if args.resume is not None:
                 self.metrics.trim(state.history, state.epoch)
         for note in state.notes:
             self._print(note)
@@ -530,6 +611,7 @@ class Run:
         payload = {
             "format": CHECKPOINT_FORMAT,
             "task": self.task.name,
+            "run_id": self.run_id,
             "args": run_args(self.args),
             "model": self.model.state_dict(),
             "optimizer": self.opt.state_dict(),
@@ -547,8 +629,7 @@ class Run:
         return write_checkpoint(self.out, self.state.step, payload)
 
     def _stop_requested(self) -> bool:
-        flag = torch.tensor([float(self.stop.signum != 0)], dtype=torch.float64, device=self.device)
-        return self.dist.all_reduce(flag).item() > 0
+        return self.dist.any(self.stop.signum != 0, self.device)
 
     def _resume_hint(self) -> str:
         cmd = f"dqk train {self.task.name} --out {self.out} --resume"
@@ -654,6 +735,23 @@ class Run:
             return
         path = path.replace("{rank}", str(self.dist.rank))
         torch.save({k: v.detach().cpu() for k, v in self.model.state_dict().items()}, path)
+
+
+def _check_optimizer_state(opt: torch.optim.Optimizer) -> None:
+    """A ValueError unless every tensor of the optimizer's restored state (Adam's moments)
+    has the shape of its parameter and finite values (``step`` counts are scalars)."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            for name, value in opt.state.get(p, {}).items():
+                if not isinstance(value, torch.Tensor):
+                    continue
+                if value.dim() > 0 and value.shape != p.shape:
+                    raise ValueError(
+                        f"optimizer state {name!r} has shape {tuple(value.shape)}, its "
+                        f"parameter {tuple(p.shape)}"
+                    )
+                if value.is_floating_point() and not torch.isfinite(value).all():
+                    raise ValueError(f"optimizer state {name!r} is not finite")
 
 
 # ----------------------------------------------------------------------------- statistics

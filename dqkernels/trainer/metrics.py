@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 
+from dqkernels._atomic import atomic_write
 from dqkernels.trainer.task import Units
 
 __all__ = ["MetricsLog"]
@@ -19,11 +20,6 @@ class MetricsLog:
         self.out_dir = out_dir
         self.path = os.path.join(out_dir, "metrics.jsonl")
         self.curve_path = os.path.join(out_dir, "learning_curve.png")
-
-    def reset(self) -> None:
-        """An empty file (a fresh run)."""
-        with open(self.path, "w"):
-            pass
 
     def append(self, record: dict) -> None:
         with open(self.path, "a") as f:
@@ -49,10 +45,7 @@ class MetricsLog:
                         kept.append(line if line.endswith("\n") else line + "\n")
         if len(kept) != len(history):
             kept = [json.dumps(r) + "\n" for r in history]
-        tmp = self.path + f".{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            f.writelines(kept)
-        os.replace(tmp, self.path)
+        atomic_write(self.path, lambda f: f.writelines(kept), binary=False)
 
     def plot(self, history: list[dict], units: Units, title: str) -> None:
         """The learning curve: train and test ``units`` against the epoch."""

@@ -19,7 +19,15 @@ from typing import Any, Callable, ContextManager
 
 import torch
 
-__all__ = ["EXTRA_KEY", "SAMPLE_KEY", "OutputContext", "Task", "Units", "UsageError"]
+__all__ = [
+    "EXTRA_KEY",
+    "SAMPLE_KEY",
+    "OutputContext",
+    "Task",
+    "Units",
+    "UsageError",
+    "one_line",
+]
 
 LN2 = math.log(2.0)
 # keys of forked RNG streams for outputs (OutputContext.fork_rng); the evaluation after
@@ -29,6 +37,11 @@ SAMPLE_KEY, EXTRA_KEY = 2**31 - 1, 2**31 - 2
 
 class UsageError(Exception):
     """A bad flag or input: reported in one line (``dqk train: error: ...``), exit status 2."""
+
+
+def one_line(exc: BaseException) -> str:
+    """``exc``'s message on one line (for a :class:`UsageError` built from it)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 @dataclass(frozen=True)

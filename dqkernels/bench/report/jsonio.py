@@ -8,11 +8,13 @@ import json
 import math
 from typing import Any
 
+from dqkernels._atomic import atomic_write
 from dqkernels.bench.records import RECORD_KEYS, SCHEMA_VERSION
 
 
 def write_json(result: dict, path: str) -> None:
-    """Write ``result``; non-finite floats become ``"inf"`` / ``"-inf"`` / null."""
+    """Write ``result`` (atomically); non-finite floats become ``"inf"`` / ``"-inf"`` /
+    null."""
 
     def clean(o):
         if isinstance(o, float) and not math.isfinite(o):
@@ -23,9 +25,11 @@ def write_json(result: dict, path: str) -> None:
             return [clean(v) for v in o]
         return o
 
-    with open(path, "w") as f:
+    def write(f) -> None:
         json.dump(clean(result), f, indent=1)
         f.write("\n")
+
+    atomic_write(path, write, binary=False)
 
 
 def read_result(path: str) -> dict:

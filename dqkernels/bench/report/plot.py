@@ -3,12 +3,15 @@ matplotlib is imported when a chart is drawn."""
 
 from __future__ import annotations
 
+from typing import IO
+
 from dqkernels.bench.modes import result_mode
 
 
-def plot_results(result: dict, path: str) -> None:
+def plot_results(result: dict, path: str | IO[bytes]) -> None:
     """Grouped bar chart: speedup of the timed call over the fastest eager row, per
-    implementation, per case (log scale when the bars span more than 20x)."""
+    implementation, per case (log scale when the bars span more than 20x); a PNG at
+    ``path`` (a file name or a binary file)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -65,5 +68,5 @@ def plot_results(result: dict, path: str) -> None:
     ax.legend(fontsize=8, ncol=min(n, 4))
     ax.grid(axis="y", alpha=0.3, which="both")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format="png")
     plt.close(fig)
