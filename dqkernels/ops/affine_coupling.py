@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from dqkernels.ops._checks import check_same, check_tensor
+from dqkernels.ops._second_order import refuse_second_order
 from dqkernels.ops._common import accumulate_dtype, kernels, new_output, resolve_backend
 
 __all__ = ["affine_coupling"]
@@ -88,6 +89,7 @@ def _backward(ctx, grad_y, grad_logdet):
 
 
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
+refuse_second_order(_backward_op, "affine_coupling")
 
 
 def affine_coupling(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from dqkernels.ops._checks import check_finite_float, check_int, check_same, check_tensor
+from dqkernels.ops._second_order import refuse_if_differentiated, refuse_second_order
 from dqkernels.ops._common import accumulate_dtype, kernels, new_output, resolve_backend
 from dqkernels.reference.dmol import params_per_mixture
 
@@ -104,6 +105,7 @@ def _backward(ctx, grad_out):
 
 
 _nll_op.register_autograd(_backward, setup_context=_setup_context)
+refuse_second_order(_nll_backward_op, "dmol_nll")
 
 
 # Backends whose kernels can produce the gradient in the forward sweep. On CPUs the
@@ -145,7 +147,10 @@ def _fused_backward(ctx, grad_out, _grad_of_grad_unit):
     (grad_unit,) = ctx.saved_tensors
     # scale in the accumulate dtype, round once to params' dtype
     grad = (grad_unit * grad_out.unsqueeze(1)).to(grad_unit.dtype)
-    return None, grad, None, None, None
+    # grad_unit is a constant of the forward sweep: differentiating this product would
+    # silently give a zero second derivative in params, so it is refused like the unfused
+    # backward op refuses it
+    return None, refuse_if_differentiated(grad, "dmol_nll"), None, None, None
 
 
 _nll_fused_op.register_autograd(_fused_backward, setup_context=_fused_setup_context)

@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 
 from dqkernels.ops._checks import check_int, check_same, check_tensor
+from dqkernels.ops._second_order import refuse_second_order
 from dqkernels.ops._common import kernels, new_output, resolve_backend
 from dqkernels.reference.masked_conv2d import MASK_TYPES
 
@@ -131,6 +132,7 @@ def _backward(ctx, grad_y):
 
 
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
+refuse_second_order(_backward_op, "masked_conv2d")
 
 
 def check_masked_conv2d_args(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from dqkernels.ops._checks import check_int_tensor, check_same, check_same_device, check_tensor
+from dqkernels.ops._second_order import refuse_second_order
 from dqkernels.ops._common import (
     accumulate_dtype,
     kernels,
@@ -151,6 +152,7 @@ def _backward(ctx, grad_y):
 
 
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
+refuse_second_order(_backward_op, "masked_linear")
 
 
 def _check_degrees(op: str, name: str, d, length: int, what: str, x: torch.Tensor) -> None:

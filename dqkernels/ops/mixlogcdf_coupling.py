@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from dqkernels.ops._checks import check_same, check_tensor
+from dqkernels.ops._second_order import refuse_second_order
 from dqkernels.ops._common import accumulate_dtype, kernels, new_output, resolve_backend
 
 __all__ = ["mixlogcdf_coupling"]
@@ -145,6 +146,7 @@ def _make_autograd(inverse: bool):
 for _op, _inverse in ((_forward_op, False), (_inverse_op, True)):
     _bw, _setup = _make_autograd(_inverse)
     _op.register_autograd(_bw, setup_context=_setup)
+refuse_second_order(_backward_op, "mixlogcdf_coupling")
 
 
 def _check(op: str, x, logits, means, log_scales, a, b) -> None:
