@@ -45,7 +45,11 @@ def _mixlog(backend, device, inverse):
 def _masked_linear(backend, device, _):
     def make():
         g = torch.Generator().manual_seed(2)
-        return [torch.randn(2, 4, generator=g), torch.randn(3, 4, generator=g), torch.randn(3, generator=g)]
+        return [
+            torch.randn(2, 4, generator=g),
+            torch.randn(3, 4, generator=g),
+            torch.randn(3, generator=g),
+        ]
 
     def run(x, weight, bias):
         d_in = torch.arange(4, device=x.device)
@@ -165,9 +169,7 @@ def test_vq_nearest_second_order_matches_reference(backend, device):
     for g, w in zip(got, want):
         torch.testing.assert_close(g.double(), w, rtol=tol, atol=tol)
     if dtype == torch.float64:
-        torch.autograd.gradgradcheck(
-            ours, (z.clone().requires_grad_(), e.clone().requires_grad_())
-        )
+        torch.autograd.gradgradcheck(ours, (z.clone().requires_grad_(), e.clone().requires_grad_()))
 
 
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICES)

@@ -138,7 +138,11 @@ def test_nan_rule_sample(backend, device, dtype):
     assert (got == ref).double().mean().item() >= 0.99
     # a huge temperature: uniform over the finite codes 1, 2, 4
     hot = vq_sample(
-        z, e, S, temperature=1e300, generator=torch.Generator(device).manual_seed(3),
+        z,
+        e,
+        S,
+        temperature=1e300,
+        generator=torch.Generator(device).manual_seed(3),
         backend=backend,
     ).cpu()
     finite = torch.tensor([1, 2, 4])

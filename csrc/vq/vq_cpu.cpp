@@ -43,10 +43,11 @@
 //
 // sample: two sweeps (engine passes) of the codes per row block, d = max(|z|^2 + s, 0):
 // (1) m = min d (NaN distances skipped) and Z = sum exp(-(d - m) / T) in double (rescaled
-// per code block as m falls; a NaN weight counts as 0: code_weight); (2) cumulative weights in double in code order: the sorted targets u * Z go to
-// the first code whose cumulative weight exceeds them, leftovers to the last code of
-// positive weight. Distances and weights are computed over the panel's rows in lanes
-// (a branch-free double exp that vectorises); the cumulative scan runs per row.
+// per code block as m falls; a NaN weight counts as 0: code_weight); (2) cumulative weights in
+// double in code order: the sorted targets u * Z go to the first code whose cumulative weight
+// exceeds them, leftovers to the last code of positive weight. Distances and weights are computed
+// over the panel's rows in lanes (a branch-free double exp that vectorises); the cumulative scan
+// runs per row.
 //
 // ema_update: the samples are sorted by code (a counting sort: O(N S + K) memory, row
 // order kept); each code then sums its rows in double and is updated once,

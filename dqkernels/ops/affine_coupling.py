@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 
 from dqkernels.ops._checks import check_same, check_tensor
-from dqkernels.ops._second_order import refuse_second_order
 from dqkernels.ops._common import accumulate_dtype, kernels, new_output, resolve_backend
+from dqkernels.ops._second_order import refuse_second_order
 
 __all__ = ["affine_coupling"]
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 
 from dqkernels.ops._checks import check_finite_float, check_int, check_same, check_tensor
-from dqkernels.ops._second_order import refuse_if_differentiated, refuse_second_order
 from dqkernels.ops._common import accumulate_dtype, kernels, new_output, resolve_backend
+from dqkernels.ops._second_order import refuse_if_differentiated, refuse_second_order
 from dqkernels.reference.dmol import params_per_mixture
 
 __all__ = ["dmol_nll", "dmol_sample", "num_mixtures"]

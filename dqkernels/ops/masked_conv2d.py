@@ -18,8 +18,8 @@ from typing import Optional
 import torch
 
 from dqkernels.ops._checks import check_int, check_same, check_tensor
-from dqkernels.ops._second_order import refuse_second_order
 from dqkernels.ops._common import kernels, new_output, resolve_backend
+from dqkernels.ops._second_order import refuse_second_order
 from dqkernels.reference.masked_conv2d import MASK_TYPES
 
 __all__ = ["masked_conv2d"]

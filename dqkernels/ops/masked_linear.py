@@ -13,7 +13,6 @@ from __future__ import annotations
 import torch
 
 from dqkernels.ops._checks import check_int_tensor, check_same, check_same_device, check_tensor
-from dqkernels.ops._second_order import refuse_second_order
 from dqkernels.ops._common import (
     accumulate_dtype,
     kernels,
@@ -21,6 +20,7 @@ from dqkernels.ops._common import (
     new_output,
     resolve_backend,
 )
+from dqkernels.ops._second_order import refuse_second_order
 
 __all__ = ["masked_linear"]
 
