@@ -130,6 +130,11 @@ def test_backward_ops_refuse_when_called_directly():
     grads = torch.ops.dqk.affine_coupling_backward(x, shift, logit, gy, gld, False, "torch")
     with pytest.raises(RuntimeError, match="^affine_coupling: second-order gradients"):
         grads[0].sum().backward()
+    x = torch.zeros(1, 1, 2, 2)
+    params = torch.randn(1, 6, 2, 2, requires_grad=True)
+    grad = torch.ops.dqk.dmol_nll_backward(x, params, torch.ones(1, 2, 2), 256, -7.0, "torch")
+    with pytest.raises(RuntimeError, match="^dmol_nll: second-order gradients"):
+        grad.sum().backward()
 
 
 def _vq_inputs(dtype, device, seed=5):

@@ -139,6 +139,9 @@ def _(x, params, num_levels, min_log_scale, backend):
     )
 
 
+# The second output (grad_unit, the gradient for a unit upstream) is internal: dmol_nll returns
+# only the NLL. A gradient arriving for it is ignored (opcheck differentiates every output);
+# differentiating the gradient dmol_nll returns is refused in _fused_backward.
 def _fused_setup_context(ctx, inputs, output):
     ctx.save_for_backward(output[1])
 
