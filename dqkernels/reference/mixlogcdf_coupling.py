@@ -44,16 +44,28 @@ def _logsigmoid_pair(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return F.logsigmoid(z), F.logsigmoid(-z)
 
 
+def _cdf_logs(x, logits, means, log_scales):
+    """``(z, lw, lsz, lsnz, log F, log(1 - F))``."""
+    z = (x.unsqueeze(-1) - means) * torch.exp(-log_scales)
+    lw = torch.log_softmax(logits, dim=-1)
+    lsz, lsnz = _logsigmoid_pair(z)
+    log_f = torch.logsumexp(lw + lsz, dim=-1)
+    log_1mf = torch.logsumexp(lw + lsnz, dim=-1)
+    return z, lw, lsz, lsnz, log_f, log_1mf
+
+
+def logit_f(x, logits, means, log_scales):
+    """``g = logit F(x)`` alone (what the bisection compares)."""
+    *_, log_f, log_1mf = _cdf_logs(x, logits, means, log_scales)
+    return log_f - log_1mf
+
+
 def mixture_logs(x, logits, means, log_scales):
     """The per-element quantities ``(z, lw, lsz, lsnz, log F, log(1 - F), l)``: ``z``,
     ``log_softmax(logits)`` and the log sigmoids per component, and
     ``l = log F' - log F - log(1 - F)`` formed without cancellation in the tails."""
-    z = (x.unsqueeze(-1) - means) * torch.exp(-log_scales)
-    lw = torch.log_softmax(logits, dim=-1)
-    lsz, lsnz = _logsigmoid_pair(z)
+    z, lw, lsz, lsnz, log_f, log_1mf = _cdf_logs(x, logits, means, log_scales)
     u_f, u_1mf = lw + lsz, lw + lsnz
-    log_f = torch.logsumexp(u_f, dim=-1)
-    log_1mf = torch.logsumexp(u_1mf, dim=-1)
     # log F' less the log of the larger of F and 1 - F, then less the smaller one
     upper = torch.logsumexp(torch.log_softmax(u_1mf, dim=-1) + lsz - log_scales, dim=-1) - log_f
     lower = torch.logsumexp(torch.log_softmax(u_f, dim=-1) + lsnz - log_scales, dim=-1) - log_1mf
@@ -92,7 +104,7 @@ def mixlogcdf_inverse_bisection(
     lo, hi = bracket(t, means, log_scales)
     for _ in range(steps):
         mid = 0.5 * (lo + hi)
-        below = logit_cdf(mid, logits, means, log_scales)[0] < t
+        below = logit_f(mid, logits, means, log_scales) < t
         lo = torch.where(below, mid, lo)
         hi = torch.where(below, hi, mid)
     return 0.5 * (lo + hi)
