@@ -65,11 +65,12 @@ def mixture_logs(x, logits, means, log_scales):
     ``log_softmax(logits)`` and the log sigmoids per component, and
     ``l = log F' - log F - log(1 - F)`` formed without cancellation in the tails."""
     z, lw, lsz, lsnz, log_f, log_1mf = _cdf_logs(x, logits, means, log_scales)
-    u_f, u_1mf = lw + lsz, lw + lsnz
-    # log F' less the log of the larger of F and 1 - F, then less the smaller one
-    upper = torch.logsumexp(torch.log_softmax(u_1mf, dim=-1) + lsz - log_scales, dim=-1) - log_f
-    lower = torch.logsumexp(torch.log_softmax(u_f, dim=-1) + lsnz - log_scales, dim=-1) - log_1mf
-    return z, lw, lsz, lsnz, log_f, log_1mf, torch.where(log_f >= log_1mf, upper, lower)
+    upper = log_f >= log_1mf  # F >= 1/2: the posteriors of 1 - F, times sigmoid(z)
+    side = upper.unsqueeze(-1)
+    post = torch.log_softmax(torch.where(side, lw + lsnz, lw + lsz), dim=-1)
+    other = torch.where(side, lsz, lsnz)
+    dlog = torch.logsumexp(post + other - log_scales, dim=-1) - torch.where(upper, log_f, log_1mf)
+    return z, lw, lsz, lsnz, log_f, log_1mf, dlog
 
 
 def logit_cdf(x, logits, means, log_scales):
