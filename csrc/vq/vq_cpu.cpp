@@ -42,11 +42,12 @@
 // differences, accumulated in float (double for float64 inputs).
 //
 // sample: two sweeps (engine passes) of the codes per row block, d = max(|z|^2 + s, 0):
-// (1) m = min d and Z = sum exp(-(d - m) / T) in double (rescaled per code block as m
-// falls); (2) cumulative weights in double in code order: the sorted targets u * Z go to
-// the first code whose cumulative weight exceeds them, leftovers to the last code of
-// positive weight. Distances and weights are computed over the panel's rows in lanes
-// (a branch-free double exp that vectorises); the cumulative scan runs per row.
+// (1) m = min d (NaN distances skipped) and Z = sum exp(-(d - m) / T) in double (rescaled
+// per code block as m falls; a NaN weight counts as 0: code_weight); (2) cumulative weights in
+// double in code order: the sorted targets u * Z go to the first code whose cumulative weight
+// exceeds them, leftovers to the last code of positive weight. Distances and weights are computed
+// over the panel's rows in lanes (a branch-free double exp that vectorises); the cumulative scan
+// runs per row.
 //
 // ema_update: the samples are sorted by code (a counting sort: O(N S + K) memory, row
 // order kept); each code then sums its rows in double and is updated once,
@@ -600,6 +601,11 @@ DQK_ALWAYS_INLINE double exp_nonpos(double x) {
   return p * s1 * s2;
 }
 
+// The weight exp(x) of a code, x = -(d - m) / T: 0 where x is NaN (a NaN distance, or an
+// infinite one against an infinite minimum or a 1/T that rounded to 0), so that such a code
+// is never drawn (the NaN rule of vq_nearest); branch-free (a select).
+DQK_ALWAYS_INLINE double code_weight(double x) { return x <= 0.0 ? exp_nonpos(x) : 0.0; }
+
 // Stores the scores of codes [kb, kb + nb) over a panel into buf[k - kb][TR].
 template <class P>
 struct StoreEp {
@@ -685,7 +691,7 @@ struct SampleOp : VqOp<P, T> {
           mb[r] = d < mb[r] ? d : mb[r];
         }
       for (int64_t k = 0; k < nb; ++k)
-        for (int r = 0; r < TR; ++r) acc[r] += exp_nonpos(-(wbuf[k * TR + r] - mb[r]) * it_);
+        for (int r = 0; r < TR; ++r) acc[r] += code_weight(-(wbuf[k * TR + r] - mb[r]) * it_);
       for (int r = 0; r < TR; ++r) {
         const double z0 = Z[t0 + r];
         const double kept = z0 > 0.0 ? z0 * exp_nonpos(-(mn[t0 + r] - mb[r]) * it_) : 0.0;
@@ -695,7 +701,7 @@ struct SampleOp : VqOp<P, T> {
     } else {  // weights, then per row the cumulative sum against its targets
       for (int64_t k = 0; k < nb; ++k)
         for (int r = 0; r < TR; ++r)
-          wbuf[k * TR + r] = exp_nonpos(-(wbuf[k * TR + r] - mn[t0 + r]) * it_);
+          wbuf[k * TR + r] = code_weight(-(wbuf[k * TR + r] - mn[t0 + r]) * it_);
       for (int64_t r = t0; r < std::min(rows, t0 + TR); ++r) {
         const Acc* ur = u + (r0 + r) * S;
         int64_t* o = j.out + (r0 + r) * S;

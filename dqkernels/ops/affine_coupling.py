@@ -19,6 +19,7 @@ from dqkernels.ops._common import (
     new_output,
     resolve_backend,
 )
+from dqkernels.ops._second_order import refuse_second_order
 
 __all__ = ["affine_coupling"]
 
@@ -129,6 +130,7 @@ def _backward(ctx, grad_y, grad_logdet):
 
 
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
+refuse_second_order(_backward_op, "affine_coupling")
 
 
 def affine_coupling(

@@ -26,6 +26,7 @@ from dqkernels.ops._common import (
     new_output,
     resolve_backend,
 )
+from dqkernels.ops._second_order import refuse_if_differentiated, refuse_second_order
 from dqkernels.reference.dmol import params_per_mixture
 
 __all__ = ["dmol_nll", "dmol_sample", "num_mixtures"]
@@ -177,6 +178,7 @@ def _backward(ctx, grad_out):
 
 
 _nll_op.register_autograd(_backward, setup_context=_setup_context)
+refuse_second_order(_nll_backward_op, "dmol_nll")
 
 
 # Backends whose kernels can produce the gradient in the forward sweep. On CPUs the
@@ -217,6 +219,9 @@ def _(x, params, num_levels, min_log_scale, backend):
     )
 
 
+# The second output (grad_unit, the gradient for a unit upstream) is internal: dmol_nll returns
+# only the NLL. A gradient arriving for it is ignored (opcheck differentiates every output);
+# differentiating the gradient dmol_nll returns is refused in _fused_backward.
 def _fused_setup_context(ctx, inputs, output):
     ctx.save_for_backward(output[1])
 
@@ -225,7 +230,10 @@ def _fused_backward(ctx, grad_out, _grad_of_grad_unit):
     (grad_unit,) = ctx.saved_tensors
     # scale in the accumulate dtype, round once to params' dtype
     grad = (grad_unit * grad_out.unsqueeze(1)).to(grad_unit.dtype)
-    return None, grad, None, None, None
+    # grad_unit is a constant of the forward sweep: differentiating this product would
+    # silently give a zero second derivative in params, so it is refused like the unfused
+    # backward op refuses it
+    return None, refuse_if_differentiated(grad, "dmol_nll"), None, None, None
 
 
 _nll_fused_op.register_autograd(_fused_backward, setup_context=_fused_setup_context)

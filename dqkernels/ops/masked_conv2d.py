@@ -19,6 +19,7 @@ import torch
 
 from dqkernels.ops._checks import check_int, check_like, check_same, check_tensor
 from dqkernels.ops._common import check_backend, kernels, new_output, resolve_backend
+from dqkernels.ops._second_order import refuse_second_order
 from dqkernels.reference.masked_conv2d import MASK_TYPES
 
 __all__ = ["masked_conv2d"]
@@ -142,6 +143,7 @@ def _backward(ctx, grad_y):
 
 
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
+refuse_second_order(_backward_op, "masked_conv2d")
 
 
 def check_masked_conv2d_args(

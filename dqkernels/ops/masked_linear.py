@@ -28,6 +28,7 @@ from dqkernels.ops._common import (
     new_output,
     resolve_backend,
 )
+from dqkernels.ops._second_order import refuse_second_order
 
 __all__ = ["masked_linear"]
 
@@ -168,6 +169,7 @@ def _backward(ctx, grad_y):
 
 
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
+refuse_second_order(_backward_op, "masked_linear")
 
 
 def _check_degrees(op: str, name: str, d, length: int, what: str, x: torch.Tensor) -> None:

@@ -22,6 +22,7 @@ from dqkernels.ops._common import (
     new_output,
     resolve_backend,
 )
+from dqkernels.ops._second_order import refuse_second_order
 
 __all__ = ["mixlogcdf_coupling"]
 
@@ -163,6 +164,7 @@ def _make_autograd(inverse: bool):
 for _op, _inverse in ((_forward_op, False), (_inverse_op, True)):
     _bw, _setup = _make_autograd(_inverse)
     _op.register_autograd(_bw, setup_context=_setup)
+refuse_second_order(_backward_op, "mixlogcdf_coupling")
 
 
 # The checks of the public function, run again at the top of each custom op's body (a direct

@@ -18,9 +18,17 @@ Kernel modules ``dqkernels.kernels.vq.<backend>`` provide, on contiguous 2-D ten
   ``u[n, s] * Z`` (``Z`` the total), or the last code of positive weight if none does.
 * ``ema_update(cluster_size [K], embed_sum [K, D], z [N, D], indices int64 [N, S], decay)``:
   in place, state float32 or float64; each of a row's ``S`` indices has weight ``1/S``.
+
+The NaN rule, the same on every backend (``nearest`` and ``sample``): a NaN distance (a NaN
+in a code or in ``z``) counts as ``+inf``. So a code at NaN distance is never chosen nor
+drawn while some code of the row has a finite distance (its weight is 0), and a row in which
+no code has a finite distance (every distance NaN or ``+inf``) gets code 0 (``nearest``
+then returns that code's distance, NaN or ``+inf``).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -308,7 +316,9 @@ def vq_nearest(
     Returns:
         ``(indices, sqdist)`` of shape ``[...]``: int64 indices of the nearest code (exact:
         for fp32 inputs the chosen code's float64 distance is within 1e-5 relative of the
-        true minimum; ties go to the lowest index) and its squared distance
+        true minimum; ties go to the lowest index; a code at NaN distance is never
+        chosen, and a row with no finite distance gets code 0: the NaN rule of
+        :mod:`dqkernels.ops.vq`) and its squared distance
         ``sum((z - e_k)^2)`` in float32 (float64 for float64 inputs). ``sqdist`` is
         differentiable in z and codebook. No ``N x K`` matrix is built on any backend.
     """
@@ -328,6 +338,40 @@ def _sorted_uniforms(shape, dtype, device, generator):
     return torch.sort(u, dim=-1)
 
 
+def _smallest_with_finite_reciprocal(dtype: torch.dtype) -> float:
+    top = torch.finfo(dtype).max
+    low = 1.0 / top  # subnormal for float64: its reciprocal rounds to inf
+    while not 1.0 / low <= top:
+        low = math.nextafter(low, math.inf)
+    return low
+
+
+_MIN_TEMPERATURE = {acc: _smallest_with_finite_reciprocal(acc) for acc in STATE_DTYPES}
+
+
+def min_temperature(acc: torch.dtype) -> float:
+    """The smallest temperature :func:`vq_sample` takes when its kernels compute in ``acc``
+    (float32 or float64): the smallest float whose reciprocal is finite in ``acc`` (a
+    smaller one would turn ``-(d - min d) / T`` into ``0 * inf = NaN`` at the nearest
+    code)."""
+    return _MIN_TEMPERATURE[acc]
+
+
+def check_temperature(op: str, temperature, acc: torch.dtype) -> float:
+    """The rule for ``temperature``: a number with ``0 < temperature < inf`` whose reciprocal
+    is finite in ``acc``, the dtype the kernels compute in; returns ``1 / temperature``."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise TypeError(f"{op}: temperature must be a float; got {type(temperature).__name__}")
+    low = min_temperature(acc)
+    # plain comparisons (not math.isfinite), so that torch.compile can trace it
+    if not low <= temperature < float("inf"):
+        raise ValueError(
+            f"{op}: temperature must be finite and >= {low:.6g} (> 0, with 1/temperature "
+            f"finite in {_dt(acc)}, the dtype the kernels compute in); got {temperature}"
+        )
+    return 1.0 / temperature
+
+
 def vq_sample(
     z: torch.Tensor,
     codebook: torch.Tensor,
@@ -341,12 +385,19 @@ def vq_sample(
 
     Draws ``num_samples`` independent codes per vector by inverse CDF on uniforms from
     ``generator`` (the same generator state gives the same draws on every backend, up to
-    rounding of the cumulative weights), without building an ``N x K`` matrix.
+    rounding of the cumulative weights), without building an ``N x K`` matrix. A code at
+    NaN distance has weight 0 (never drawn) and a row with no finite distance draws code
+    0 (the NaN rule of :mod:`dqkernels.ops.vq`, as in :func:`vq_nearest`).
 
     Args:
         z: ``[..., D]`` float tensor; codebook ``[K, D]`` with its dtype and device.
         num_samples: draws per vector, >= 1.
-        temperature: > 0.
+        temperature: finite and at least :func:`min_temperature` of the accumulate dtype
+            (about 2.9e-39 for float32, 5.6e-309 for float64): ``1/temperature`` must be
+            finite where the kernels compute it. The limits that remain are answered alike
+            on every backend: a tiny temperature draws the nearest code (the
+            :func:`vq_nearest` code) every time, a huge one (``1/temperature`` rounding to
+            0) draws uniformly over the codes at finite distance.
         generator: a ``torch.Generator`` on z's device, or None for the default one.
 
     Returns:
@@ -355,15 +406,11 @@ def vq_sample(
     op = "vq_sample"
     _check_pair(op, z, codebook)
     check_int(op, "num_samples", num_samples, 1)
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise TypeError(f"{op}: temperature must be a float; got {type(temperature).__name__}")
-    # plain comparisons (not math.isfinite), so that torch.compile can trace it
-    if not 0 < temperature < float("inf"):
-        raise ValueError(f"{op}: temperature must be > 0 and finite; got {temperature}")
-    backend = resolve_backend(op, z.device, z.dtype, backend, _FAMILY)
     acc = accumulate_dtype(z.dtype)
+    inv_temperature = check_temperature(op, temperature, acc)
+    backend = resolve_backend(op, z.device, z.dtype, backend, _FAMILY)
     u, order = _sorted_uniforms((*z.shape[:-1], num_samples), acc, z.device, generator)
-    drawn = _sample_op(z, codebook, u, 1.0 / temperature, backend)
+    drawn = _sample_op(z, codebook, u, inv_temperature, backend)
     # the kernels fill draws in sorted-uniform order; put each back where its uniform was
     return torch.empty_like(drawn).scatter_(-1, order, drawn)
 

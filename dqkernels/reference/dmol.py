@@ -17,11 +17,15 @@ all 256 levels exactly) are evaluated at their exact level.
 With ``d = 1/(L-1)``, ``s = exp(max(log_s, min_log_scale))``, ``a = (x + d - mean)/s`` and
 ``b = (x - d - mean)/s``, the log mass of a bin is, exactly in log space::
 
-    lowest bin  (k = 0):    log sigmoid(a)            = -softplus(-a)
-    highest bin (k = L-1):  log (1 - sigmoid(b))      = -softplus(b)
+    lowest bin  (k = 0):    log sigmoid(a)
+    highest bin (k = L-1):  log (1 - sigmoid(b))      = log sigmoid(-b)
     interior:               log(sigmoid(a) - sigmoid(b))
-                          = -softplus(-a) - softplus(b) + log(1 - exp(-delta)),
+                          = log sigmoid(a) + log sigmoid(-b) + log(1 - exp(-delta)),
                             delta = a - b = 2d/s, computed as exp(log(2d) - log_s)
+
+with ``log sigmoid(t) = min(t, 0) - log1p(exp(-|t|))`` (``F.logsigmoid``), exact to rounding
+for every ``t`` (``-softplus(-t)`` is not: PyTorch's softplus returns its argument above a
+threshold of 20, an absolute error up to ``exp(-20) = 2e-9``).
 
 For C == 3 the means are coupled to the (snapped) values of earlier channels::
 
@@ -105,8 +109,8 @@ def bin_log_prob(k, xs, means, log_scales, num_levels: int) -> torch.Tensor:
     centered = xs - means
     a = (centered + d) * inv_s
     b = (centered - d) * inv_s
-    log_cdf_a = -F.softplus(-a)  # log sigmoid(a): the lowest bin
-    log_sf_b = -F.softplus(b)  # log (1 - sigmoid(b)): the highest bin
+    log_cdf_a = F.logsigmoid(a)  # log sigmoid(a): the lowest bin
+    log_sf_b = F.logsigmoid(-b)  # log (1 - sigmoid(b)): the highest bin
     log_delta = math.log(2.0 * d) - log_scales
     interior = log_cdf_a + log_sf_b + log1mexp(torch.exp(log_delta), log_delta)
     return torch.where(k == 0, log_cdf_a, torch.where(k == num_levels - 1, log_sf_b, interior))

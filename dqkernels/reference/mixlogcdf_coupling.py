@@ -15,7 +15,16 @@ with every logarithm formed in log space::
     log (1 - F) = logsumexp_k(log w_k + log sigmoid(-z_k))
     log F'      = logsumexp_k(log w_k + log sigmoid(z_k) + log sigmoid(-z_k) - log_scales_k)
 
-so ``y`` and ``logdet`` stay finite for arguments far in the tails. ``y`` is strictly
+so ``y`` and ``logdet`` stay finite for arguments far in the tails. Far in a tail ``log F'``
+and ``log(1 - F)`` (or ``log F``) are both of size ``|z|`` and their difference would lose
+``eps |z|``, so ``log F' - log(1 - F)`` is formed on the side of the larger of ``F`` and
+``1 - F`` from the posteriors of the smaller one, with no cancellation (docs/INTERNALS.md)::
+
+    F >= 1/2:  log F' - log(1 - F) = logsumexp_k(log q_k + log sigmoid(z_k) - log_scales_k)
+    F <  1/2:  log F' - log F      = logsumexp_k(log p_k + log sigmoid(-z_k) - log_scales_k)
+
+    q = softmax_k(log w_k + log sigmoid(-z_k)),   p = softmax_k(log w_k + log sigmoid(z_k))
+ ``y`` is strictly
 increasing in ``x``, and because ``F`` lies between the smallest and largest component
 CDF, the root of ``g(x) = t`` lies in ``[min_k(means_k + scale_k t), max_k(...)]``
 (the *bracket*). The inverse here is bisection in that bracket: in float64, 100 halvings
@@ -35,15 +44,39 @@ def _logsigmoid_pair(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return F.logsigmoid(z), F.logsigmoid(-z)
 
 
-def logit_cdf(x, logits, means, log_scales):
-    """``(g, elementwise log dy/dx - a)``: ``g = logit F(x)`` and ``log F' - log F - log(1-F)``."""
+def _cdf_logs(x, logits, means, log_scales):
+    """``(z, lw, lsz, lsnz, log F, log(1 - F))``."""
     z = (x.unsqueeze(-1) - means) * torch.exp(-log_scales)
     lw = torch.log_softmax(logits, dim=-1)
     lsz, lsnz = _logsigmoid_pair(z)
     log_f = torch.logsumexp(lw + lsz, dim=-1)
     log_1mf = torch.logsumexp(lw + lsnz, dim=-1)
-    log_df = torch.logsumexp(lw + lsz + lsnz - log_scales, dim=-1)
-    return log_f - log_1mf, log_df - log_f - log_1mf
+    return z, lw, lsz, lsnz, log_f, log_1mf
+
+
+def logit_f(x, logits, means, log_scales):
+    """``g = logit F(x)`` alone (what the bisection compares)."""
+    *_, log_f, log_1mf = _cdf_logs(x, logits, means, log_scales)
+    return log_f - log_1mf
+
+
+def mixture_logs(x, logits, means, log_scales):
+    """The per-element quantities ``(z, lw, lsz, lsnz, log F, log(1 - F), l)``: ``z``,
+    ``log_softmax(logits)`` and the log sigmoids per component, and
+    ``l = log F' - log F - log(1 - F)`` formed without cancellation in the tails."""
+    z, lw, lsz, lsnz, log_f, log_1mf = _cdf_logs(x, logits, means, log_scales)
+    upper = log_f >= log_1mf  # F >= 1/2: the posteriors of 1 - F, times sigmoid(z)
+    side = upper.unsqueeze(-1)
+    post = torch.log_softmax(torch.where(side, lw + lsnz, lw + lsz), dim=-1)
+    other = torch.where(side, lsz, lsnz)
+    dlog = torch.logsumexp(post + other - log_scales, dim=-1) - torch.where(upper, log_f, log_1mf)
+    return z, lw, lsz, lsnz, log_f, log_1mf, dlog
+
+
+def logit_cdf(x, logits, means, log_scales):
+    """``(g, elementwise log dy/dx - a)``: ``g = logit F(x)`` and ``log F' - log F - log(1-F)``."""
+    _, _, _, _, log_f, log_1mf, dlog = mixture_logs(x, logits, means, log_scales)
+    return log_f - log_1mf, dlog
 
 
 def _batch_sum(t: torch.Tensor) -> torch.Tensor:
@@ -72,7 +105,7 @@ def mixlogcdf_inverse_bisection(
     lo, hi = bracket(t, means, log_scales)
     for _ in range(steps):
         mid = 0.5 * (lo + hi)
-        below = logit_cdf(mid, logits, means, log_scales)[0] < t
+        below = logit_f(mid, logits, means, log_scales) < t
         lo = torch.where(below, mid, lo)
         hi = torch.where(below, hi, mid)
     return 0.5 * (lo + hi)

@@ -8,6 +8,9 @@ computes the same things in bounded memory).
   and ``|z_n - e_k*|^2``.
 * sampling: ``P(k | z_n) = softmax_k(-|z_n - e_k|^2 / T)``; with uniforms ``u`` the
   inverse-CDF draw is the first ``k`` whose cumulative probability exceeds ``u``.
+* the NaN rule (both): a NaN distance (a NaN in the code or in ``z``) counts as ``+inf``, so
+  such a code is never chosen nor drawn while some code has a finite distance, and a row
+  in which no code has a finite distance (every distance NaN or ``+inf``) gets code 0.
 * EMA: ``cluster_size <- decay * cluster_size + (1 - decay) * counts`` and
   ``embed_sum <- decay * embed_sum + (1 - decay) * sums``, where a row of ``z`` with ``S``
   sampled indices adds ``1/S`` to each sampled code's count and ``z_n / S`` to its sum.
@@ -32,25 +35,36 @@ def sqdist_matrix(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     return ((z64[:, None, :] - e64[None, :, :]) ** 2).sum(-1)
 
 
+def _nan_as_inf(d: torch.Tensor) -> torch.Tensor:
+    return torch.where(torch.isnan(d), torch.inf, d)
+
+
 def vq_nearest_reference(z: torch.Tensor, codebook: torch.Tensor):
     """``(indices int64 [N], sqdist float64 [N])`` for ``z [N, D]``, ``codebook [K, D]``."""
     d = sqdist_matrix(z, codebook)
-    idx = torch.argmin(d, dim=1)  # documented: the first minimal value on ties
+    # documented: the first minimal value on ties (code 0 in a row of +inf: the NaN rule)
+    idx = torch.argmin(_nan_as_inf(d), dim=1)
     return idx, d.gather(1, idx[:, None])[:, 0]
 
 
 def vq_probs_reference(
     z: torch.Tensor, codebook: torch.Tensor, temperature: float = 1.0
 ) -> torch.Tensor:
-    """``[N, K]`` float64 probabilities ``softmax(-d / T)``."""
-    return torch.softmax(-sqdist_matrix(z, codebook) / temperature, dim=1)
+    """``[N, K]`` float64 probabilities ``softmax(-d / T)`` (0 for a code at NaN or infinite
+    distance; a row with no finite distance is all zeros)."""
+    d = _nan_as_inf(sqdist_matrix(z, codebook))
+    m = d.min(dim=1, keepdim=True).values
+    w = torch.exp(-(d - m) / temperature).nan_to_num(0.0)  # inf - inf: no finite distance
+    total = w.sum(dim=1, keepdim=True)
+    return torch.where(total > 0, w / total.clamp_min(torch.finfo(w.dtype).tiny), 0.0)
 
 
 def vq_sample_reference(
     z: torch.Tensor, codebook: torch.Tensor, u: torch.Tensor, temperature: float = 1.0
 ) -> torch.Tensor:
     """Inverse-CDF draws ``[N, S]`` for uniforms ``u [N, S]`` in ``[0, 1)``: the first
-    ``k`` with ``cumsum(p)[k] > u`` (clamped to the last code of positive probability)."""
+    ``k`` with ``cumsum(p)[k] > u`` (clamped to the last code of positive probability;
+    code 0 in a row without one)."""
     p = vq_probs_reference(z, codebook, temperature)
     cdf = torch.cumsum(p, dim=1)
     cdf = cdf / cdf[:, -1:]

@@ -6,13 +6,13 @@ the readable specification of what the compiled and Triton backwards compute."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from dqkernels.ops._common import accumulate_dtype
 from dqkernels.reference.mixlogcdf_coupling import (
     logit_cdf,
     mixlogcdf_forward_reference,
     mixlogcdf_inverse_bisection,
+    mixture_logs,
 )
 
 
@@ -42,17 +42,15 @@ def backward(x, logits, means, log_scales, a, b, grad_out, grad_logdet, grads, i
     x, logits, means, log_scales, a, b, gout = _acc(x, logits, means, log_scales, a, b, grad_out)
     gld = grad_logdet.to(x.dtype).reshape((-1,) + (1,) * (x.dim() - 1))
     inv_s = torch.exp(-log_scales)
-    z = (x.unsqueeze(-1) - means) * inv_s
-    lw = torch.log_softmax(logits, dim=-1)
-    lsz, lsnz = F.logsigmoid(z), F.logsigmoid(-z)
-    u1, u2, u3 = lw + lsz, lw + lsnz, lw + lsz + lsnz - log_scales
-    log_f, log_1mf, log_df = (torch.logsumexp(u, dim=-1, keepdim=True) for u in (u1, u2, u3))
-    p, q, r = torch.exp(u1 - log_f), torch.exp(u2 - log_1mf), torch.exp(u3 - log_df)
+    z, lw, lsz, lsnz, log_f, log_1mf, dlog = mixture_logs(x, logits, means, log_scales)
+    # the posteriors by softmax (exact where one component dominates far in a tail)
+    p, q = torch.softmax(lw + lsz, dim=-1), torch.softmax(lw + lsnz, dim=-1)
+    r = torch.softmax(lw + lsz + lsnz - log_scales, dim=-1)
     sz, snz = torch.sigmoid(z), torch.sigmoid(-z)
     A = p * snz + q * sz  # d g / d z_k,   g = logit F
     Bk = r * (snz - sz) - p * snz + q * sz  # d l / d z_k,   l = log F' - log F - log(1-F)
-    g = (log_f - log_1mf).squeeze(-1)
-    g_x = torch.exp(log_df - log_f - log_1mf).squeeze(-1)  # dg/dx
+    g = log_f - log_1mf
+    g_x = torch.exp(dlog)  # dg/dx = F' / (F (1 - F)), formed without cancellation
     l_x = (Bk * inv_s).sum(-1)  # dl/dx
     ea = torch.exp(a)
     if inverse:

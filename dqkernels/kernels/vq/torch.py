@@ -39,19 +39,26 @@ def _codes(K: int, step: int = CODES):
 
 
 def _exact_argmin(z64: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """First argmin of ``sum((z - e_k)^2)`` from explicit differences, in blocks."""
+    """First argmin of ``sum((z - e_k)^2)`` from explicit differences, in blocks; a NaN
+    distance counts as +inf (code 0 where no distance is finite)."""
     F, D = z64.shape
     K = codebook.shape[0]
     step = max(1, EXACT_ELEMS // max(1, F * D))
     best = torch.full((F,), math.inf, dtype=torch.float64, device=z64.device)
     best_i = torch.zeros(F, dtype=torch.int64, device=z64.device)
     for c0, c1 in _codes(K, step):
-        d = ((z64[:, None, :] - codebook[c0:c1].double()[None]) ** 2).sum(-1)
+        d = _nan_to_inf(((z64[:, None, :] - codebook[c0:c1].double()[None]) ** 2).sum(-1))
         v, i = d.min(dim=1)  # first minimum within the block
         better = v < best  # strict: an equal later block keeps the lower index
         best = torch.where(better, v, best)
         best_i = torch.where(better, i + c0, best_i)
     return best_i
+
+
+def _nan_to_inf(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with NaN read as +inf, in place: the NaN rule of the VQ ops (a code at NaN
+    distance is never chosen over one at finite distance)."""
+    return t.masked_fill_(torch.isnan(t), math.inf)
 
 
 def _norms(codebook):
@@ -69,7 +76,10 @@ def nearest(z, codebook, indices, sqdist):
     K = codebook.shape[0]
     dev = z.device
     norms = _norms(codebook)
-    emax = float(norms.max())
+    finite = torch.isfinite(norms)
+    # codes of NaN or infinite norm score NaN or +inf (read as +inf): the bound is over the
+    # others
+    emax = float(norms[finite].max()) if bool(finite.any()) else 0.0
     gamma = (D + 2) * _U64 / (1 - (D + 2) * _U64)
     for r0, r1 in _rows(N):
         zr = z[r0:r1].double()
@@ -79,6 +89,7 @@ def nearest(z, codebook, indices, sqdist):
         best_i = torch.zeros(r1 - r0, dtype=torch.int64, device=dev)
         for c0, c1 in _codes(K):
             s = torch.addmm(norms[c0:c1][None], zr, codebook[c0:c1].double().T, alpha=-2.0)
+            _nan_to_inf(s)
             v, i = s.min(dim=1)
             if c1 - c0 > 1:
                 s.scatter_(1, i[:, None], math.inf)
@@ -91,7 +102,8 @@ def nearest(z, codebook, indices, sqdist):
             best = torch.where(better, v, best)
         # rounding bound of a score |e|^2 - 2 z.e, for the two compared scores
         bound = 2 * gamma * (emax + 2 * torch.sqrt(zn * emax))
-        close = (second - best) <= bound
+        # rows with no finite score (NaN or overflowing codes, or z) are re-scored too
+        close = ((second - best) <= bound) | ~torch.isfinite(best)
         if bool(close.any()):
             rows = close.nonzero()[:, 0]
             best_i[rows] = _exact_argmin(zr[rows], codebook)
@@ -102,7 +114,14 @@ def nearest(z, codebook, indices, sqdist):
 
 def _sqdist_tile(zr, zn, codebook, norms, c0, c1):
     e = codebook[c0:c1].double()
-    return torch.addmm(norms[c0:c1][None] + zn[:, None], zr, e.T, alpha=-2.0).clamp_min_(0.0)
+    d = torch.addmm(norms[c0:c1][None] + zn[:, None], zr, e.T, alpha=-2.0)
+    return _nan_to_inf(d).clamp_min_(0.0)
+
+
+def _weights(d, m, inv_temperature):
+    """``exp(-(d - m) / T)``; 0 where that is NaN (a code at infinite distance when ``m`` is
+    infinite too, or when ``1/T`` rounds to 0)."""
+    return torch.exp(-(d - m[:, None]) * inv_temperature).nan_to_num_(0.0)
 
 
 def sample(z, codebook, u, inv_temperature, out):
@@ -121,8 +140,8 @@ def sample(z, codebook, u, inv_temperature, out):
         for c0, c1 in _codes(K, CODES // 2):
             d = _sqdist_tile(zr, zn, codebook, norms, c0, c1)
             m_new = torch.minimum(m, d.min(1).values)
-            Z = Z * torch.exp(-(m - m_new) * inv_temperature).nan_to_num(0.0) + torch.exp(
-                -(d - m_new[:, None]) * inv_temperature
+            Z = Z * torch.exp(-(m - m_new) * inv_temperature).nan_to_num(0.0) + _weights(
+                d, m_new, inv_temperature
             ).sum(1)
             m = m_new
         # pass 2: the first code whose cumulative weight exceeds u_s * Z
@@ -131,9 +150,7 @@ def sample(z, codebook, u, inv_temperature, out):
         last_pos = torch.zeros(R, dtype=torch.int64, device=dev)
         c_prev = torch.zeros(R, dtype=torch.float64, device=dev)
         for c0, c1 in _codes(K, CODES // 2):
-            w = torch.exp(
-                -(_sqdist_tile(zr, zn, codebook, norms, c0, c1) - m[:, None]) * inv_temperature
-            )
+            w = _weights(_sqdist_tile(zr, zn, codebook, norms, c0, c1), m, inv_temperature)
             cum = c_prev[:, None] + torch.cumsum(w, 1)
             k = torch.searchsorted(cum, t.contiguous(), right=True)
             new = (got < 0) & (k < c1 - c0)

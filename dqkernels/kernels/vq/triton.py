@@ -220,7 +220,8 @@ def _nearest_kernel(
         )
         nrm = tl.load(nrm_ptr + cols, mask=c_ok, other=0.0)
         emax = tl.maximum(emax, nrm)
-        s = tl.where(c_ok[None, :], nrm[None, :] - 2.0 * dots, float("inf"))
+        s = nrm[None, :] - 2.0 * dots
+        s = tl.where(c_ok[None, :] & (s == s), s, float("inf"))  # NaN counts as +inf
         t_min = tl.min(s, axis=1)
         t_arg = tl.min(tl.where(s == t_min[:, None], cols[None, :], K), axis=1)
         t_second = tl.min(tl.where(cols[None, :] == t_arg[:, None], float("inf"), s), axis=1)
@@ -294,7 +295,7 @@ def _rescore_kernel(
             ).to(tl.float64)
             diff = z[:, None, :] - e[None, :, :]
             acc += tl.sum(diff * diff, axis=2)
-        acc = tl.where(c_ok[None, :], acc, float("inf"))
+        acc = tl.where(c_ok[None, :] & (acc == acc), acc, float("inf"))  # NaN as +inf
         t_min = tl.min(acc, axis=1)
         t_arg = tl.min(tl.where(acc == t_min[:, None], cols[None, :], K), axis=1)
         better = t_min < best
@@ -325,7 +326,8 @@ def _dist_tile(
     IEEE: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
-    """``(cols, c_ok, d)``: squared distances of a code tile, inf for columns past K."""
+    """``(cols, c_ok, d)``: squared distances of a code tile, inf for columns past K and
+    for NaN distances (the NaN rule: such a code is never drawn)."""
     cols = k0 + tl.arange(0, BLOCK_K)
     c_ok = cols < K
     dots = _zdote(
@@ -345,8 +347,18 @@ def _dist_tile(
         UPCAST,
     )
     nrm = tl.load(nrm_ptr + cols, mask=c_ok, other=0.0)
-    d = tl.maximum(zn[:, None] + nrm[None, :] - 2.0 * dots, 0.0)
-    return cols, c_ok, tl.where(c_ok[None, :], d, float("inf"))
+    d = zn[:, None] + nrm[None, :] - 2.0 * dots
+    # NaN test before the clamp: the GPU's max returns the non-NaN operand
+    keep = c_ok[None, :] & (d == d)
+    return cols, c_ok, tl.where(keep, tl.maximum(d, 0.0), float("inf"))
+
+
+@triton.jit
+def _weights(m, d, inv_t):
+    """``exp(-(d - m) / T)``, 0 where that is NaN (``d`` and ``m`` infinite, or ``1/T``
+    rounded to 0 against an infinite ``d``)."""
+    x = (m[:, None] - d) * inv_t
+    return tl.where(x <= 0.0, tl.exp(x), 0.0)
 
 
 @triton.jit
@@ -401,7 +413,7 @@ def _sample_kernel(
         )
         m_new = tl.minimum(m, tl.min(d, axis=1))
         scale = tl.where(Z > 0.0, tl.exp((m_new - m) * inv_t), 0.0)
-        Z = Z * scale + tl.sum(tl.exp((m_new[:, None] - d) * inv_t), axis=1)
+        Z = Z * scale + tl.sum(_weights(m_new, d, inv_t), axis=1)
         m = m_new
     # pass 2: the first code whose cumulative weight exceeds t = u * Z
     sl = tl.arange(0, BLOCK_S)
@@ -434,7 +446,7 @@ def _sample_kernel(
             IEEE,
             UPCAST,
         )
-        w = tl.exp((m[:, None] - d) * inv_t)
+        w = _weights(m, d, inv_t)
         cum = carry[:, None] + tl.cumsum(w, axis=1)
         for s in range(s_cnt):
             t = tl.sum(tl.where(sl[None, :] == s, t_all, 0.0), axis=1)
