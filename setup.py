@@ -7,6 +7,8 @@ Environment switches:
   DQK_CUDA_ARCHS=90        CUDA architectures, comma or semicolon separated (default 75;80;90)
   DQK_REQUIRE_EXT=1        fail the install if the compiled module cannot be built
   DQK_BUILD_JOBS=N         parallel compile jobs (default: number of CPUs)
+  DQK_SANITIZE=address     a sanitizer build of the C++ kernels (also address,undefined);
+                           it loads only with the sanitizer runtime preloaded (.ci/asan)
 """
 
 from __future__ import annotations
@@ -73,6 +75,9 @@ class CMakeBuild(build_ext):
             "-DCMAKE_BUILD_TYPE=Release",
             f"-DDQK_CUDA={cuda}",
         ]
+        sanitize = os.environ.get("DQK_SANITIZE", "").strip()
+        if sanitize:
+            args.append(f"-DDQK_SANITIZE={sanitize}")
         archs = os.environ.get("DQK_CUDA_ARCHS", "").strip()
         if archs:
             args.append(f"-DCMAKE_CUDA_ARCHITECTURES={archs.replace(',', ';')}")

@@ -171,6 +171,9 @@ PYBIND11_MODULE(_C, m) {
     d["openmp"] = false;
 #endif
     d["compiler"] = std::string(DQK_CXX_COMPILER);
+#ifdef DQK_SANITIZE
+    d["sanitize"] = std::string(DQK_SANITIZE);
+#endif
     return d;
   });
   m.def(

@@ -5,6 +5,12 @@ devices, layout) or TypeError (dtypes) naming the entry point and the argument."
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -652,3 +658,36 @@ def test_vq_cuda_entry_points_need_a_device_for_z():
     for fn, args in calls:
         tensors = [on_device(a, 0) if isinstance(a, torch.Tensor) else a for a in args]
         raises(RuntimeError, r"^vq cuda: cannot tell which CUDA device holds z", fn, *tensors)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _load_in_child(ext_path: str) -> subprocess.CompletedProcess:
+    code = "from dqkernels import _ext\nprint(_ext._C.__file__, _ext.build_info())\n"
+    env = {**os.environ, "DQK_EXT_PATH": ext_path}
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env
+    )
+
+
+def test_ext_path_loads_the_module_from_that_file(tmp_path):
+    """DQK_EXT_PATH (how .ci/asan tests a sanitizer build) loads _C from the file named,
+    not the package's own, and says what it is."""
+    copy = tmp_path / Path(C.__file__).name
+    shutil.copy(C.__file__, copy)
+    r = _load_in_child(str(copy))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"{copy} {{"), r.stdout
+    assert repr(C.build_info()["compiler"]) in r.stdout
+
+
+def test_ext_path_that_does_not_load_is_an_error(tmp_path):
+    """A module file asked for must load: never a silent fallback to "not built" (a test run
+    would then skip the kernels it was meant to check)."""
+    for bad in (tmp_path / "missing.so", tmp_path / "_C.so"):
+        if bad.name == "_C.so":
+            bad.write_bytes(b"not an ELF file")
+        r = _load_in_child(str(bad))
+        assert r.returncode != 0
+        assert "ImportError" in r.stderr and str(bad) in r.stderr, r.stderr
