@@ -452,11 +452,14 @@ def test_bad_input_messages():
         r"non-empty; got 6",
     ):
         op(x, w, b, mask_type="A", groups=6)
-    with pytest.raises(ValueError, match=r"bias must have shape \[Cout\] = \(7,\); got \(5,\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"bias must have shape \(7,\) \(Cout, weight's output channels\); got \(5,\)",
+    ):
         op(x, w, torch.randn(5), mask_type="A")
     with pytest.raises(
         ValueError,
-        match=r"bias must have shape \[Cout\] = \(7,\); got "
+        match=r"bias must have shape \(7,\) \(Cout, weight's output channels\); got "
         r"\(1, 7\)",
     ):
         op(x, w, b[None], mask_type="A")

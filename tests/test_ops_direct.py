@@ -903,7 +903,8 @@ conv_case("even kernel", w=lambda: T.z(4, 3, 2, 2),
     match="the kernel size must be odd (centre tap at k // 2); got 2")
 conv_case("no output channels", w=lambda: T.z(0, 3, 3, 3), bias=lambda: None,
     match="weight must have at least one output channel")
-conv_case("short bias", bias=lambda: T.z(3), match="bias must have shape [Cout] = (4,); got (3,)")
+conv_case("short bias", bias=lambda: T.z(3),
+    match="bias must have shape (4,) (Cout, weight's output channels); got (3,)")
 conv_case("bias float64", bias=lambda: T.z(4, dtype=torch.float64), exc=TypeError,
     match="x and bias must have the same dtype")
 conv_case("mask type C", mask="C", match="mask_type must be 'A' or 'B'; got 'C'")

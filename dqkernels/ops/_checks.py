@@ -80,6 +80,17 @@ def check_bool(op: str, name: str, value) -> bool:
     return value
 
 
+def check_bias(op: str, bias, x: torch.Tensor, size: int, what: str) -> None:
+    """An optional ``bias`` of shape ``(size,)`` (``what``: where that size comes from), of
+    ``x``'s dtype and device."""
+    if bias is None:
+        return
+    check_tensor(op, "bias", bias)
+    check_same(op, "x", x, "bias", bias)
+    if tuple(bias.shape) != (size,):
+        raise ValueError(f"{op}: bias must have shape ({size},) ({what}); got {tuple(bias.shape)}")
+
+
 def check_int(op: str, name: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{op}: {name} must be an int; got {type(value).__name__}")

@@ -17,7 +17,7 @@ from typing import Optional
 
 import torch
 
-from dqkernels.ops._checks import check_int, check_like, check_same, check_tensor
+from dqkernels.ops._checks import check_bias, check_int, check_like, check_same, check_tensor
 from dqkernels.ops._common import check_backend, kernels, new_output, resolve_backend
 from dqkernels.ops._second_order import refuse_second_order
 from dqkernels.reference.masked_conv2d import MASK_TYPES
@@ -195,13 +195,7 @@ def _check_tensors(op: str, x, weight, bias) -> None:
         raise ValueError(
             f"{op}: weight must have at least one output channel; got shape {tuple(weight.shape)}"
         )
-    if bias is not None:
-        check_tensor(op, "bias", bias)
-        check_same(op, "x", x, "bias", bias)
-        if tuple(bias.shape) != (cout,):
-            raise ValueError(
-                f"{op}: bias must have shape [Cout] = ({cout},); got {tuple(bias.shape)}"
-            )
+    check_bias(op, bias, x, cout, "Cout, weight's output channels")
 
 
 def _check(op: str, x, weight, bias, mask_type, groups) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from dqkernels.ops._checks import (
+    check_bias,
     check_bool,
     check_int_tensor,
     check_like,
@@ -200,14 +201,7 @@ def _check(op: str, x, weight, bias, in_degrees, out_degrees, strict) -> None:
             f"{op}: x's last dimension must equal weight's in_features {n_in}; "
             f"got x {tuple(x.shape)} and weight {tuple(weight.shape)}"
         )
-    if bias is not None:
-        check_tensor(op, "bias", bias)
-        check_same(op, "x", x, "bias", bias)
-        if tuple(bias.shape) != (n_out,):
-            raise ValueError(
-                f"{op}: bias must have shape ({n_out},) (weight's out_features); "
-                f"got {tuple(bias.shape)}"
-            )
+    check_bias(op, bias, x, n_out, "weight's out_features")
     _check_degrees(op, "in_degrees", in_degrees, n_in, "in_features", x)
     _check_degrees(op, "out_degrees", out_degrees, n_out, "out_features", x)
     check_bool(op, "strict", strict)
