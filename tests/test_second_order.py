@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import BACKEND_DEVICES, require
 
-from dqkernels import ops
+from dqkernels import backends, ops
 from dqkernels.nn import VectorQuantizer
 from dqkernels.reference.vq import vq_nearest_reference
 
@@ -90,6 +90,21 @@ def _dmol(backend, device, _):
     return make, run
 
 
+def _bernoulli_flip(backend, device, _):
+    z = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+
+    def make():
+        g = torch.Generator().manual_seed(5)
+        return [torch.rand(2, 4, generator=g), torch.randn(2, 4, generator=g),
+                torch.randn(4, 3, generator=g)]  # fmt: skip
+
+    def run(x, logits, weight):
+        out = ops.bernoulli_flip_loglik(x, logits, weight, z.to(x.device), backend=backend)
+        return (out * out).sum()
+
+    return make, run
+
+
 REFUSED = {
     "affine_coupling": (_affine, False),
     "affine_coupling-inverse": (_affine, True),
@@ -98,7 +113,10 @@ REFUSED = {
     "masked_linear": (_masked_linear, None),
     "masked_conv2d": (_masked_conv2d, None),
     "dmol_nll": (_dmol, None),
+    "bernoulli_flip_loglik": (_bernoulli_flip, None),
 }
+# ops whose family does not ship every backend (the others' families do)
+FAMILY = {"bernoulli_flip_loglik": "bernoulli_flip"}
 
 
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
@@ -110,6 +128,10 @@ def test_second_order_refused_with_one_message(case, backend, device):
     builder, flag = REFUSED[case]
     make, run = builder(backend, device, flag)
     op = case.split("-")[0]
+    if op in FAMILY:
+        why = backends.why_unavailable(backend, device, torch.float32, FAMILY[op])
+        if why is not None:
+            pytest.skip(f"{backend} on {device}: {why}")
     plain = [t.to(device).requires_grad_() for t in make()]
     expected = torch.autograd.grad(run(*plain), plain)
     for i in range(len(plain)):
