@@ -40,19 +40,24 @@ namespace {
 constexpr int kMR = 4;       // forward tile: rows of b
 constexpr int64_t kNW = 32;  // forward tile: columns of h (H is padded to a multiple)
 constexpr int kDT = 4;       // backward tile: features d
+// below this many (b, h, d) elements a call runs on one thread: starting the OpenMP team
+// costs more than the work (and, on a loaded machine, a scheduler time slice per region)
+constexpr int64_t kSerialWork = int64_t(1) << 18;
+
+int threads_for(const Args& a, int nt) { return a.B * a.H * a.D < kSerialWork ? 1 : nt; }
 
 template <typename A>
 struct Math;
 template <>
 struct Math<float> {
   static DQK_VM float exp(float v) { return vm::exp(v); }
-  static DQK_VM float log1p(float v) { return vm::log1p(v); }
+  static DQK_VM float log1p(float v) { return log1p_unit(v); }  // v in [0, 1]
   static DQK_VM float abs(float v) { return vm::absf(v); }
 };
 template <>
 struct Math<double> {
   static DQK_VM double exp(double v) { return ::exp(v); }
-  static DQK_VM double log1p(double v) { return ::log1p(v); }
+  static DQK_VM double log1p(double v) { return ::log1p(v); }  // exact in float64
   static DQK_VM double abs(double v) { return ::fabs(v); }
 };
 
@@ -159,6 +164,7 @@ void forward_items_isa(const Packed<A>& p, int64_t i0, int64_t i1, A* out) {
 template <typename S>
 void forward(const Args& a, int nt) {
   using A = typename Scalar<S>::acc;
+  nt = threads_for(a, nt);
   const Packed<A> p = pack<S, A>(a, false, nt);
   A* out = static_cast<A*>(a.out);
   const int64_t items = (a.B + kMR - 1) / kMR * (p.Hp / kNW);
@@ -221,6 +227,7 @@ void store_run(const A* src, void* dst, int64_t offset, int64_t n) {
 template <typename S>
 void backward(const Args& a, int nt) {
   using A = typename Scalar<S>::acc;
+  nt = threads_for(a, nt);
   const Packed<A> p = pack<S, A>(a, true, nt);
   const int64_t B = a.B, D = a.D, H = a.H, Hp = p.Hp;
   // upstream g, g s and sum_h g per row, in fixed order

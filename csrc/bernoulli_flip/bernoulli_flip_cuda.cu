@@ -30,20 +30,9 @@ constexpr int kRI = 2, kCJ = 4;    // per thread: 2 "row" by 4 "column" elements
 constexpr int kTileR = kTY * kRI;  // 32
 constexpr int kTileC = kTX * kCJ;  // 64
 
-__device__ __forceinline__ float log1p_unit(float e) {  // e in [0, 1]
-  const float w = e / (2.0f + e);
-  const float w2 = w * w;
-  float p = 1.0f / 15.0f;
-  p = p * w2 + 1.0f / 13.0f;
-  p = p * w2 + 1.0f / 11.0f;
-  p = p * w2 + 1.0f / 9.0f;
-  p = p * w2 + 1.0f / 7.0f;
-  p = p * w2 + 1.0f / 5.0f;
-  p = p * w2 + 1.0f / 3.0f;
-  p = p * w2 + 1.0f;
-  return 2.0f * w * p;
-}
-__device__ __forceinline__ double log1p_unit(double e) { return log1p(e); }
+// log1p(e), e in [0, 1]: float by the series of bernoulli_flip.h, double by libdevice
+__device__ __forceinline__ float log1p_e(float e) { return log1p_unit(e); }
+__device__ __forceinline__ double log1p_e(double e) { return log1p(e); }
 __device__ __forceinline__ float d_exp(float v) { return __expf(v); }
 __device__ __forceinline__ double d_exp(double v) { return exp(v); }
 
@@ -77,7 +66,7 @@ __global__ void forward_kernel(Args a) {
       for (int j = 0; j < kCJ; ++j) {
         const A t = l[i] + s[i][j] * w[j];
         const A e = d_exp(-fabs(t));
-        acc[i][j] += flip_term(xv[i], A(1) - xv[i], t, log1p_unit(e));
+        acc[i][j] += flip_term(xv[i], A(1) - xv[i], t, log1p_e(e));
       }
   }
   A* out = static_cast<A*>(a.out);
