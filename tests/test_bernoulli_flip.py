@@ -332,3 +332,23 @@ def test_unavailable_backend_names_the_op():
     x, logits, w, z = inputs(2, 3, 4, seed=0, dtype=torch.float32)
     with pytest.raises(backends.BackendUnavailableError, match="bernoulli_flip_loglik: backend "):
         bernoulli_flip_loglik(x, logits, w, z, backend="cuda")
+
+
+def test_cpp_result_does_not_depend_on_the_thread_count():
+    """Every output and gradient element is summed by one thread in a fixed order: 1 and 2
+    threads agree bitwise (on a size above the kernels' one-thread threshold)."""
+    require("cpp", "cpu")
+    seed = fresh_seed()
+    x, logits, w, z = inputs(40, 90, 75, seed=seed, dtype=torch.float32)  # 270,000 elements
+    results = []
+    old = torch.get_num_threads()
+    try:
+        for nt in (1, 2):
+            torch.set_num_threads(nt)
+            leaves = [t.clone().requires_grad_() for t in (x, logits, w)]
+            out = bernoulli_flip_loglik(*leaves, z, backend="cpp")
+            results.append((out, *torch.autograd.grad(out, leaves, torch.ones_like(out))))
+    finally:
+        torch.set_num_threads(old)
+    for a, b in zip(*results):
+        assert torch.equal(a, b), seed

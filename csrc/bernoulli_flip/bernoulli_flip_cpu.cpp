@@ -268,30 +268,16 @@ void backward(const Args& a, int nt) {
   }
 }
 
-template <template <typename> class F>
-void dispatch(const Args& a, int nt) {
-  switch (a.dtype) {
-    case DType::kFloat32: F<float>::run(a, nt); break;
-    case DType::kFloat64: F<double>::run(a, nt); break;
-    case DType::kFloat16: F<Half>::run(a, nt); break;
-    case DType::kBFloat16: F<BFloat16>::run(a, nt); break;
-    default: throw std::invalid_argument("bernoulli_flip: unsupported dtype");
-  }
-}
-
-template <typename S>
-struct Forward {
-  static void run(const Args& a, int nt) { forward<S>(a, nt); }
-};
-template <typename S>
-struct Backward {
-  static void run(const Args& a, int nt) { backward<S>(a, nt); }
-};
-
 }  // namespace
 
-void forward_cpu(const Args& a, int num_threads) { dispatch<Forward>(a, num_threads); }
-void backward_cpu(const Args& a, int num_threads) { dispatch<Backward>(a, num_threads); }
+void forward_cpu(const Args& a, int num_threads) {
+  visit_dtype<Half, BFloat16>(a.dtype, "bernoulli_flip cpu kernels",
+                              [&](auto t) { forward<decltype(t)>(a, num_threads); });
+}
+void backward_cpu(const Args& a, int num_threads) {
+  visit_dtype<Half, BFloat16>(a.dtype, "bernoulli_flip cpu kernels",
+                              [&](auto t) { backward<decltype(t)>(a, num_threads); });
+}
 
 }  // namespace bernoulli_flip
 }  // namespace dqk
