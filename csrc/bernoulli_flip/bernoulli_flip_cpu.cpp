@@ -12,8 +12,9 @@
 //
 // Forward: work items are tiles of kMR rows of b by kNW columns of h; each keeps its
 // kMR x kNW sums in registers over d = 0..D-1 (per d: one weight row segment, kMR
-// broadcasts of logits[b, d] and x[b, d]). Each out element is summed by one thread in d
-// order: results do not depend on the thread count.
+// broadcasts of logits[b, d] and x[b, d]). In float the log1p(e) terms are summed as
+// log(prod (1 + e)) over chunks of kChunk features: one logarithm per kChunk elements. Each out
+// element is summed by one thread in d order: results do not depend on the thread count.
 //
 // Backward (one sweep for the three gradients): work items are tiles of kDT features d.
 // For each b and d of the tile, a vector loop over h forms r = x - sigmoid(t) and
@@ -37,9 +38,10 @@ namespace dqk {
 namespace bernoulli_flip {
 namespace {
 
-constexpr int kMR = 4;       // forward tile: rows of b
-constexpr int64_t kNW = 32;  // forward tile: columns of h (H is padded to a multiple)
-constexpr int kDT = 4;       // backward tile: features d
+constexpr int kMR = 4;          // forward tile: rows of b
+constexpr int64_t kNW = 32;     // forward tile: columns of h (H is padded to a multiple)
+constexpr int kDT = 4;          // backward tile: features d
+constexpr int64_t kChunk = 32;  // float forward: features per product of (1 + e)
 // below this many (b, h, d) elements a call runs on one thread: starting the OpenMP team
 // costs more than the work (and, on a loaded machine, a scheduler time slice per region)
 constexpr int64_t kSerialWork = int64_t(1) << 18;
@@ -121,15 +123,42 @@ DQK_VM void forward_tile(const Packed<A>& p, int64_t b0, int mr, int64_t h0, int
       sv[r][j] = p.s[b * Hp + h0 + j];
     }
   }
-  for (int64_t d = 0; d < D; ++d) {
-    const A* wr = &p.w[d * Hp + h0];
-    for (int r = 0; r < kMR; ++r) {
-      const A l = lg[r][d], xv = xs[r][d], xcv = xc[r][d];
+  if constexpr (std::is_same<A, float>::value) {
+    // sum_d log1p(e_d) as log(prod_d (1 + e_d)) per chunk of kChunk features (the product
+    // stays in [1, 2^kChunk]): one logarithm per kChunk elements instead of one each
+    for (int64_t c0 = 0; c0 < D; c0 += kChunk) {
+      const int64_t c1 = std::min(D, c0 + kChunk);
+      A prod[kMR][kNW];
+      for (int r = 0; r < kMR; ++r)
+        for (int64_t j = 0; j < kNW; ++j) prod[r][j] = A(1);
+      for (int64_t d = c0; d < c1; ++d) {
+        const A* wr = &p.w[d * Hp + h0];
+        for (int r = 0; r < kMR; ++r) {
+          const A l = lg[r][d], xv = xs[r][d], xcv = xc[r][d];
 #pragma omp simd
-      for (int64_t j = 0; j < kNW; ++j) {
-        const A t = l + sv[r][j] * wr[j];
-        const A e = M::exp(-M::abs(t));
-        acc[r][j] += flip_term(xv, xcv, t, M::log1p(e));
+          for (int64_t j = 0; j < kNW; ++j) {
+            const A t = l + sv[r][j] * wr[j];
+            const A e = M::exp(-M::abs(t));
+            acc[r][j] += flip_term(xv, xcv, t, A(0));
+            prod[r][j] *= A(1) + e;
+          }
+        }
+      }
+      for (int r = 0; r < kMR; ++r)
+#pragma omp simd
+        for (int64_t j = 0; j < kNW; ++j) acc[r][j] -= vm::log(prod[r][j]);
+    }
+  } else {
+    for (int64_t d = 0; d < D; ++d) {
+      const A* wr = &p.w[d * Hp + h0];
+      for (int r = 0; r < kMR; ++r) {
+        const A l = lg[r][d], xv = xs[r][d], xcv = xc[r][d];
+#pragma omp simd
+        for (int64_t j = 0; j < kNW; ++j) {
+          const A t = l + sv[r][j] * wr[j];
+          const A e = M::exp(-M::abs(t));
+          acc[r][j] += flip_term(xv, xcv, t, M::log1p(e));
+        }
       }
     }
   }
