@@ -50,7 +50,7 @@ DQK_HD T flip_term(T x, T xc, T t, T log1p_e) {
 }
 
 // log(1 + e) for e in [0, 1] (e = exp(-|t|)): 2 atanh(w), w = e / (2 + e) in [0, 1/3], by
-// its odd series cut after w^15 (truncation below 2e-9 relative; the float kernels' log1p,
+// its odd series cut after w^15 (truncation below 2e-9 relative; the CUDA float log1p,
 // as in the Triton kernels: one division and 8 FMAs, no logarithm).
 template <typename T>
 DQK_HD T log1p_unit(T e) {
