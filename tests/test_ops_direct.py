@@ -1275,6 +1275,11 @@ COMPILED = {  # op: (a call, its tensor arguments, the case whose message it rai
         lambda: (T.z(2, 3, 4, 5), T.z(4, 3, 3, 3), T.z(2, 3, 4, 5)),
         "masked_conv2d_backward: grad_y of other channels",
     ),
+    "bernoulli_flip_loglik": (
+        lambda x, lg, w, z: DQK.bernoulli_flip_loglik(x, lg, w, z, "torch"),
+        lambda: (Xf(), Lf(), Wf(), T.z(64, 5)),
+        "bernoulli_flip_loglik: z of other B",
+    ),
     "mixlogcdf_coupling_inverse": (
         lambda *t: DQK.mixlogcdf_coupling_inverse(*t, "torch"),
         lambda: (T.z(2, 3), T.z(2, 3, 4), T.z(2, 3, 3), T.z(2, 3, 4), T.z(2, 3), T.z(2, 3)),
