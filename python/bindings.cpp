@@ -132,6 +132,7 @@ void bind_dmol(py::module_& m) {
 
 // the other op families bind themselves (python/bindings_*.cpp)
 void bind_coupling(py::module_& m);
+void bind_bernoulli_flip(py::module_& m);
 void bind_masked_linear(py::module_& m);
 void bind_masked_conv2d(py::module_& m);
 void bind_vq(py::module_& m);
@@ -190,4 +191,5 @@ PYBIND11_MODULE(_C, m) {
   dqk::bind_masked_linear(m);
   dqk::bind_masked_conv2d(m);
   dqk::bind_vq(m);
+  dqk::bind_bernoulli_flip(m);
 }

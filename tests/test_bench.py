@@ -166,6 +166,7 @@ def test_unknown_op_and_dtype_are_rejected(tmp_path, capsys):
         "masked_linear",
         "masked_conv2d",
         "flow_train_step",
+        "bernoulli_flip_loglik",
     ],
 )
 def test_quick_sweep_coupling_ops(op, tmp_path):

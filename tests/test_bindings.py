@@ -302,6 +302,42 @@ def test_coupling_views_are_checked_as_views():
 # ----------------------------------------------------------------------------- masked
 
 
+def test_bernoulli_flip():
+    x, lg, w, z, out = Z(5, 4), Z(5, 4), Z(4, 3), Z(5, 3), Z(5, 3)
+    fwd = dict(x=x, logits=lg, weight=w, z=z, out=out, num_threads=1)
+    C.bernoulli_flip_forward_cpu(*call_args(fwd))  # agrees: runs
+    assert torch.isfinite(out).all()
+    f = C.bernoulli_flip_forward_cpu
+    raises(
+        ValueError,
+        r"^bernoulli_flip_forward_cpu: logits must have shape \(5, 4\); got \(5, 3\)$",
+        f,
+        *call_args(fwd, logits=Z(5, 3)),
+    )
+    raises(ValueError, r"weight must have shape \(4, \*\); got \(3, 3\)", f,
+           *call_args(fwd, weight=Z(3, 3)))  # fmt: skip
+    raises(ValueError, r"z must have shape \(5, 3\); got \(64, 3\)", f,
+           *call_args(fwd, z=Z(64, 3)))  # fmt: skip
+    raises(TypeError, r"z must have dtype float32; got float64", f,
+           *call_args(fwd, z=Z(5, 3, dtype=torch.float64)))  # fmt: skip
+    raises(TypeError, r"out must have dtype float32; got float16", f,
+           *call_args(fwd, out=Z(5, 3, dtype=torch.float16)))  # fmt: skip
+    raises(ValueError, r"out must be contiguous; got strides \(1, 5\) for shape \(5, 3\)", f,
+           *call_args(fwd, out=Z(3, 5).t()))  # fmt: skip
+    raises(ValueError, r"the kernels take no empty tensors; got \(B, D, H\) = \(0, 4, 3\)", f,
+           *call_args(fwd, x=Z(0, 4), logits=Z(0, 4), z=Z(0, 3), out=Z(0, 3)))  # fmt: skip
+    g = C.bernoulli_flip_backward_cpu
+    bwd = dict(x=x, logits=lg, weight=w, z=z, grad_out=out, grad_x=None, grad_logits=None,
+               grad_weight=None, num_threads=1)  # fmt: skip
+    C.bernoulli_flip_backward_cpu(*call_args(bwd, grad_weight=Z(4, 3)))
+    raises(ValueError, r"^bernoulli_flip_backward_cpu: grad_weight must have shape \(4, 3\); "
+           r"got \(3, 4\)$", g, *call_args(bwd, grad_weight=Z(3, 4)))  # fmt: skip
+    raises(ValueError, r"grad_out must have shape \(5, 3\); got \(5, 4\)", g,
+           *call_args(bwd, grad_out=x))  # fmt: skip
+    raises(ValueError, r"grad_logits must be contiguous", g,
+           *call_args(bwd, grad_logits=Z(4, 5).t()))  # fmt: skip
+
+
 def test_masked_linear():
     x, w, b, y = Z(5, 4), Z(3, 4), Z(3), Z(5, 3)
     di, do = torch.arange(4), torch.arange(3)

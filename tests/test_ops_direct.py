@@ -968,6 +968,112 @@ def conv_strided(b, dev):
 case("masked_conv2d: strided and stride-0 inputs", direct=conv_strided)
 
 
+# ----------------------------------------------------------------------------- bernoulli_flip
+
+FLIP_BACKENDS = tuple(registry.declared("bernoulli_flip"))  # the backends the family ships
+Xf = lambda: T.r(3, 4)  # noqa: E731
+Lf = lambda: T.r(3, 4, seed=1)  # noqa: E731
+Wf = lambda: T.r(4, 5, seed=2)  # noqa: E731
+Zf = lambda: T.z(3, 5)  # noqa: E731
+
+
+def flip_case(name, x=Xf, lg=Lf, w=Wf, z=Zf, exc=ValueError, match=""):
+    args = lambda: (x(), lg(), w(), z())  # noqa: E731
+    case(
+        f"bernoulli_flip_loglik: {name}",
+        direct=lambda b, dev: DQK.bernoulli_flip_loglik(*args(), b),
+        public=lambda b, dev: ops.bernoulli_flip_loglik(*args(), backend=b),
+        exc=exc,
+        match=f"bernoulli_flip_loglik: {match}",
+        backends=FLIP_BACKENDS,
+    )
+
+    def backward(b, dev):
+        xv, lv, wv, zv = args()
+        B = xv.shape[0] if xv.dim() else 3
+        H = wv.shape[-1] if wv.dim() else 5
+        return DQK.bernoulli_flip_loglik_backward(T.z(B, H), xv, lv, wv, zv, True, True, True, b)
+
+    case(
+        f"bernoulli_flip_loglik_backward: {name}",
+        direct=backward,
+        exc=exc,
+        match=f"bernoulli_flip_loglik_backward: {match}",
+        backends=FLIP_BACKENDS,
+    )
+
+
+# fmt: off
+flip_case("x of rank 3", x=lambda: T.z(3, 4, 1),
+    match="x must have 2 dimensions [B, D]; got shape (3, 4, 1)")
+flip_case("logits of other D", lg=lambda: T.z(3, 5),
+    match="logits must have x's shape [B, D] = (3, 4); got (3, 5)")
+flip_case("logits of other B", lg=lambda: T.z(2, 4),
+    match="logits must have x's shape [B, D] = (3, 4); got (2, 4)")
+flip_case("weight of other D", w=lambda: T.z(5, 5),
+    match="weight must have x's D = 4 rows [D, H]; got shape (5, 5)")
+flip_case("weight of rank 1", w=lambda: T.z(20),
+    match="weight must have 2 dimensions [D, H]; got shape (20,)")
+flip_case("z of other H", z=lambda: T.z(3, 4),
+    match="z must have shape [B, H] = (3, 5) (x's batch, weight's columns); got (3, 4)")
+flip_case("z of other B", z=lambda: T.z(64, 5),
+    match="z must have shape [B, H] = (3, 5) (x's batch, weight's columns); got (64, 5)")
+flip_case("integer z", z=lambda: T.z(3, 5, dtype=torch.int64), exc=TypeError,
+    match="z must be a floating tensor (float16, bfloat16, float32 or float64); got dtype int64")
+flip_case("weight float64", w=lambda: T.z(4, 5, dtype=torch.float64), exc=TypeError,
+    match="x and weight must have the same dtype; got x float32 and weight float64")
+flip_case("logits bfloat16", lg=lambda: T.z(3, 4, dtype=torch.bfloat16), exc=TypeError,
+    match="x and logits must have the same dtype; got x float32 and logits bfloat16")
+flip_case("z on another device", z=lambda: meta(Zf()),
+    match="x and z must be on the same device")
+# fmt: on
+for _name, _g, _exc, _match in (
+    ("short grad_out", lambda: T.z(3, 4), ValueError,
+     "grad_out must have shape (3, 5) (out's); got (3, 4)"),
+    ("grad_out float16", lambda: T.z(3, 5, dtype=torch.float16), TypeError,
+     "grad_out must have dtype float32 (out's); got float16"),
+    ("grad_out on another device", lambda: meta(T.z(3, 5)), ValueError, "grad_out must be on "),
+):  # fmt: skip
+    case(
+        f"bernoulli_flip_loglik_backward: {_name}",
+        direct=lambda b, dev, g=_g: DQK.bernoulli_flip_loglik_backward(
+            g(), Xf(), Lf(), Wf(), Zf(), True, True, True, b
+        ),
+        exc=_exc,
+        match=f"bernoulli_flip_loglik_backward: {_match}",
+        backends=FLIP_BACKENDS,
+    )
+bad_backends(
+    "bernoulli_flip_loglik",
+    lambda b: DQK.bernoulli_flip_loglik(Xf(), Lf(), Wf(), Zf(), b),
+    lambda b: ops.bernoulli_flip_loglik(Xf(), Lf(), Wf(), Zf(), backend=b),
+)
+bad_backends(
+    "bernoulli_flip_loglik_backward",
+    lambda b: DQK.bernoulli_flip_loglik_backward(T.z(3, 5), Xf(), Lf(), Wf(), Zf(), True, True,
+                                                 True, b),
+    None,
+)  # fmt: skip
+
+
+def flip_strided(b, dev):
+    x = T.r(4, 3).t()  # [3, 4], transposed
+    lg = T.r(3, 8, seed=1)[:, ::2]
+    w = T.r(1, 5, seed=2).expand(4, 5)  # stride 0 over D
+    z = (T.r(3, 1, seed=3) > 0).float().expand(3, 5)
+    c = [t.contiguous() for t in (x, lg, w, z)]
+    same(DQK.bernoulli_flip_loglik(x, lg, w, z, b), DQK.bernoulli_flip_loglik(*c, b))
+    g = T.r(1, 5, seed=4).expand(3, 5)
+    same(
+        DQK.bernoulli_flip_loglik_backward(g, x, lg, w, z, True, True, True, b),
+        DQK.bernoulli_flip_loglik_backward(g.contiguous(), *c, True, True, True, b),
+    )
+
+
+case("bernoulli_flip_loglik: strided and stride-0 inputs", direct=flip_strided,
+     backends=FLIP_BACKENDS)  # fmt: skip
+
+
 # ----------------------------------------------------------------------------- the runner
 #
 # A fork per case costs 30 ms of system time here (copying the page tables of a process that
@@ -1139,7 +1245,7 @@ def test_every_custom_op_has_cases():
 
     names = {n for n in dir(DQK) if not n.startswith("_") and isinstance(getattr(DQK, n),
              torch._ops.OpOverloadPacket)}  # fmt: skip
-    assert len(names) == 16, sorted(names)
+    assert len(names) == 18, sorted(names)
     covered = {n.split(":")[0] for n in CASES}
     assert names <= covered, sorted(names - covered)
 
@@ -1170,6 +1276,11 @@ COMPILED = {  # op: (a call, its tensor arguments, the case whose message it rai
         lambda x, w, g: DQK.masked_conv2d_backward(x, w, g, "A", 1, True, True, True, "torch"),
         lambda: (T.z(2, 3, 4, 5), T.z(4, 3, 3, 3), T.z(2, 3, 4, 5)),
         "masked_conv2d_backward: grad_y of other channels",
+    ),
+    "bernoulli_flip_loglik": (
+        lambda x, lg, w, z: DQK.bernoulli_flip_loglik(x, lg, w, z, "torch"),
+        lambda: (Xf(), Lf(), Wf(), T.z(64, 5)),
+        "bernoulli_flip_loglik: z of other B",
     ),
     "mixlogcdf_coupling_inverse": (
         lambda *t: DQK.mixlogcdf_coupling_inverse(*t, "torch"),

@@ -90,6 +90,21 @@ def _dmol(backend, device, _):
     return make, run
 
 
+def _bernoulli_flip(backend, device, _):
+    z = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+
+    def make():
+        g = torch.Generator().manual_seed(5)
+        return [torch.rand(2, 4, generator=g), torch.randn(2, 4, generator=g),
+                torch.randn(4, 3, generator=g)]  # fmt: skip
+
+    def run(x, logits, weight):
+        out = ops.bernoulli_flip_loglik(x, logits, weight, z.to(x.device), backend=backend)
+        return (out * out).sum()
+
+    return make, run
+
+
 REFUSED = {
     "affine_coupling": (_affine, False),
     "affine_coupling-inverse": (_affine, True),
@@ -98,6 +113,7 @@ REFUSED = {
     "masked_linear": (_masked_linear, None),
     "masked_conv2d": (_masked_conv2d, None),
     "dmol_nll": (_dmol, None),
+    "bernoulli_flip_loglik": (_bernoulli_flip, None),
 }
 
 

@@ -1,9 +1,9 @@
 """Second-order gradients of the ops: one refusal, the same on every backend.
 
 The backward of ``affine_coupling``, ``mixlogcdf_coupling`` (both directions),
-``masked_linear``, ``masked_conv2d`` and ``dmol_nll`` is a kernel of its own (a
-``*_backward`` custom op, or for ``dmol_nll`` on ``cpp`` a gradient computed in the forward
-sweep), which is not itself differentiable. Differentiating it would silently give zeros
+``masked_linear``, ``masked_conv2d``, ``bernoulli_flip_loglik`` and ``dmol_nll`` is a kernel of
+its own (a ``*_backward`` custom op, or for ``dmol_nll`` on ``cpp`` a gradient computed in the
+forward sweep), which is not itself differentiable. Differentiating it would silently give zeros
 (a constant gradient tensor) or a generic PyTorch error; instead every such path raises
 :func:`second_order_error` when the second backward reaches it. Taking a first gradient
 with ``create_graph=True`` still works (it is refused only when differentiated).
