@@ -14,6 +14,8 @@ import math
 import pytest
 import torch
 
+import dqkernels.cli
+from dqkernels import trainer
 from dqkernels.models.sbn import SBN, _flip_loglik, bernoulli_log_prob
 from dqkernels.models.sbn_estimators import ESTIMATORS, make_estimator
 
@@ -325,3 +327,81 @@ def test_bad_inputs():
         SBN(4, (3, 0))
     with pytest.raises(ValueError, match=r"SBN.iw_bound: num_samples must be a positive int"):
         model.iw_bound(X, 0)
+
+
+def test_stateful_estimators_update_in_training_mode_only():
+    model = tiny((3,))
+    x = X.repeat(8, 1)
+    rb = make_estimator("reinforce_baseline", model, decay=0.5).double()
+    nv = make_estimator("nvil", model).double()
+    f = model.elbo(x, model.draw_uniforms(16, x)).detach()
+    rb.eval()
+    nv.eval()
+    rb(model, x)
+    nv(model, x)
+    assert rb.baseline.item() == 0.0 and nv.mean.item() == 0.0 and nv.var.item() == 1.0
+    rb.train()
+    nv.train()
+    rb(model, x)  # the first step sets the baseline to the batch mean
+    assert rb.baseline.item() == pytest.approx(f.mean().item(), abs=1.5)
+    rb(model, x)
+    assert rb.baseline.item() == pytest.approx(f.mean().item(), abs=1.5)
+    nv(model, x)
+    assert nv.mean.item() != 0.0 and nv.var.item() != 1.0
+    # NVIL's baseline network is fitted by the same loss: its parameters get gradients
+    nv(model, x).loss.mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in nv.baseline_net.parameters())
+
+
+def _cli(capsys, argv) -> tuple[int, str, str]:
+    capsys.readouterr()
+    try:
+        rc = dqkernels.cli.main(list(map(str, argv)))
+    except SystemExit as exc:
+        rc = exc.code
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+TINY_RUN = "--limit 40 --batch-size 16 --epochs 1 --no-progress --device cpu --seed 1".split()
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--layers", "5,0"], "--layers must be comma-separated positive integers"),
+        (["--layers", "a"], "--layers must be comma-separated positive integers"),
+        (["--nonlinear", "--hidden", ""], "--hidden must be comma-separated positive integers"),
+        (["--temperature", "0.5"], "--temperature applies to --estimator gumbel only"),
+        (
+            ["--estimator", "gumbel", "--temperature", "0"],
+            "--temperature must be a positive number; got 0.0",
+        ),
+        (["--estimator", "bogus"], "argument --estimator: invalid choice: 'bogus'"),
+        (["--eval-samples", "0"], "--eval-samples must be >= 1; got 0"),
+    ],
+)
+def test_train_sbn_bad_flags(tmp_path, capsys, flags, message):
+    rc, _, err = _cli(capsys, ["train", "sbn", *TINY_RUN, "--out", tmp_path / "o", *flags])
+    assert rc == 2 and message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("estimator", ["nvil", "gumbel"])
+def test_train_sbn_runs_and_reports_nats(tmp_path, capsys, estimator):
+    out = tmp_path / "o"
+    flags = ["--layers", "6,4", "--estimator", estimator, "--eval-samples", "20"]
+    rc, stdout, err = _cli(capsys, ["train", "sbn", *TINY_RUN, "--out", out, *flags, "--nonlinear"])
+    assert rc == 0, err
+    assert f"estimator {estimator}" in stdout and "1000" not in stdout.split("\n")[1]
+    assert "IW bound with 50 samples per epoch, 20 at the end" in stdout
+    ck = trainer.load_checkpoint(str(sorted(out.glob("checkpoint-*.pt"))[-1]))
+    assert ck["model_config"] == {
+        "num_dims": 64,
+        "layers": [6, 4],
+        "nonlinear": True,
+        "hidden": [100, 100],
+        "estimator": estimator,
+    }
+    assert (out / "samples.png").exists()

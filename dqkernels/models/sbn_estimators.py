@@ -57,7 +57,7 @@ import torch.nn as nn
 
 from dqkernels.models.sbn import SBN, PosteriorSample, _flip_loglik, bernoulli_log_prob
 
-__all__ = ["ESTIMATORS", "Estimate", "Estimator", "make_estimator"]
+__all__ = ["ESTIMATORS", "Estimate", "Estimator", "SBNTraining", "make_estimator"]
 
 
 @dataclass
@@ -550,3 +550,30 @@ def make_estimator(name: str, model: SBN, **options) -> Estimator:
     if options:
         raise ValueError(f"estimator {name!r} takes no options; got {sorted(options)}")
     return cls()
+
+
+class SBNTraining(nn.Module):
+    """An :class:`SBN` and its estimator as one training module (the trainer's contract):
+    ``forward(x) -> {"loss": [B]}``, the loss valued at minus the one-sample ELBO in nats
+    and carrying the estimator's gradient; the estimator's state (moving averages, NVIL's
+    baseline network) is part of the module, so it is optimised and checkpointed with it."""
+
+    def __init__(self, sbn: SBN, estimator: Estimator):
+        super().__init__()
+        self.sbn = sbn
+        self.estimator = estimator
+
+    @property
+    def config(self) -> dict:
+        """The model's definition, stored in checkpoints (``model_config``)."""
+        s = self.sbn
+        return {
+            "num_dims": s.num_dims,
+            "layers": list(s.layers),
+            "nonlinear": s.nonlinear,
+            "hidden": list(s.hidden),
+            "estimator": self.estimator.name,
+        }
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"loss": self.estimator(self.sbn, x).loss}
