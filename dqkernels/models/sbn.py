@@ -12,8 +12,9 @@ Layers ``z_0 = x`` (``D`` binary units), ``z_1 .. z_L`` (``layers = (H_1, .., H_
 
 Each stochastic connection ``gen[k]``, ``rec[k]`` is one affine map (``nonlinear=False``: the
 "linear" SBN, e.g. ``SBN(784, (200, 200))`` is 200-200-784) or an MLP with ``tanh`` hidden
-layers (``nonlinear=True``, hidden widths ``hidden``, default two of 100, the nonlinear
-architecture of the NVIL/MuProp comparisons).
+layers (``nonlinear=True``, hidden widths ``hidden``, default two of 100: the nonlinear
+SBNs of the NVIL and MuProp comparisons put deterministic tanh layers between the stochastic
+ones; set ``hidden`` to the widths of the configuration you compare with).
 
 Sampling uses explicit uniforms so that common random numbers are possible:
 ``z_k = 1[u_k < sigmoid(a_k)]``, ``a_k = rec[k-1](z_{k-1})`` (:meth:`SBN.sample_posterior`).

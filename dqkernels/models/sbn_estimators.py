@@ -170,7 +170,7 @@ class ReinforceBaseline(Estimator):
 
 class NVIL(Estimator):
     """Neural variational inference and learning (Mnih & Gregor 2014, "Neural Variational
-    Inference and Learning in Belief Networks", Sec. 3): the learning signal
+    Inference and Learning in Belief Networks", ICML): the learning signal
     ``l = f - c - C_psi(x)`` with ``c`` a running mean and ``C_psi`` an input-dependent
     baseline network (an MLP, one tanh hidden layer of ``hidden`` units), divided by
     ``max(1, sqrt(v))``, ``v`` a running variance of ``f - C_psi(x)`` (variance
@@ -215,7 +215,7 @@ class NVIL(Estimator):
 
 class MuProp(Estimator):
     """MuProp (Gu, Levine, Sutskever & Mnih 2016, "MuProp: Unbiased Backpropagation for
-    Stochastic Neural Networks", Eq. 5-6 and Sec. 3.2): a deterministic mean-field pass
+    Stochastic Neural Networks", ICLR): a deterministic mean-field pass
     ``m_0 = x``, ``m_k = sigmoid(rec[k-1](m_{k-1}))`` gives ``f_bar = f(m)`` (``f`` extended
     to [0, 1]-valued z) and ``g_k = d f / d m_k`` (each layer an independent input). Layer k's
     likelihood-ratio term uses the first-order Taylor baseline
@@ -312,7 +312,8 @@ class LEG(_LocalEstimator):
 
 class Tokui(_LocalEstimator):
     """The reparameterisation trick for discrete variables (Tokui & Sato 2017, "Evaluating the
-    Variance of Likelihood-Ratio Gradient Estimators", ICML; the estimator of their Sec. 4).
+    Variance of Likelihood-Ratio Gradient Estimators", ICML; arXiv 2016 as "Reparameterization
+    Trick for Discrete Variables").
     Write the sample as ``z_l = 1[u_l < sigmoid(a_l)]``. For unit h of layer l, marginalise
     ``u_{l,h}`` analytically: ``E_{u_{l,h}}[f] = mu F(1) + (1 - mu) F(0)``, ``mu =
     sigmoid(a_{l,h})``, where ``F(v)`` is ``f`` with ``z_{l,h} = v``, the other units of layers
@@ -421,7 +422,7 @@ class _AntitheticEstimator(Estimator):
 
 class ARM(_AntitheticEstimator):
     """Augment-REINFORCE-merge (Yin & Zhou 2019, "ARM: Augment-REINFORCE-Merge Gradient for
-    Stochastic Binary Networks", ICLR; Theorem 1 and its multi-layer form):
+    Stochastic Binary Networks", ICLR), per layer:
     ``c_{l,h} = (f(1[u > sigmoid(-a)]) - f(1[u < sigmoid(a)])) (u_{l,h} - 1/2)``, i.e.
     ``(f~_l - f) (u_l - 1/2)`` with the sample ``z = 1[u < sigmoid(a)]``."""
 
@@ -433,7 +434,8 @@ class ARM(_AntitheticEstimator):
 
 class DisARM(_AntitheticEstimator):
     """DisARM (Dong, Mnih & Tucker 2020, "DisARM: An Antithetic Gradient Estimator for Binary
-    Latent Variables", NeurIPS; Eq. 5): averaging ARM over the antithetic pair analytically,
+    Latent Variables", NeurIPS): ARM with the augmenting uniforms integrated out given the
+    antithetic pair,
     ``c_{l,h} = 1/2 (f - f~_l) (-1)^{z~_{l,h}} 1[z_{l,h} != z~_{l,h}] sigmoid(|a_{l,h}|)``."""
 
     name = "disarm"
