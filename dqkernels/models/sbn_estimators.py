@@ -109,13 +109,19 @@ class Estimator(nn.Module):
     name = ""
     unbiased = True
 
-    def forward(self, model: SBN, x: torch.Tensor, u=None) -> Estimate:
+    def uniforms(self, model: SBN, x: torch.Tensor, u) -> list:
+        """Checks the model, ``x`` and ``u`` (messages name the estimator); returns ``u`` or,
+        when it is None, fresh uniforms."""
         who = f"estimator {self.name!r}"
         _check_model(model, who)
         model.check_input(x, who)
-        if u is not None:
-            model.check_uniforms(u, x.shape[0], who)
-        s = model.sample_posterior(x, u)
+        if u is None:
+            return model.draw_uniforms(x.shape[0], x)
+        model.check_uniforms(u, x.shape[0], who)
+        return u
+
+    def forward(self, model: SBN, x: torch.Tensor, u=None) -> Estimate:
+        s = model.sample_posterior(x, self.uniforms(model, x, u))
         log_p = model.log_joint(s.z)
         log_q = _layer_log_q(s)
         f = (log_p - sum(log_q)).detach()
@@ -247,7 +253,23 @@ class MuProp(Estimator):
         return out
 
 
-class _LocalEstimator(Estimator):
+class _PerUnitEstimator(Estimator):
+    """Estimators of the form ``sum_l sum_h c_{l,h} grad_phi a_{l,h}``: :meth:`coefficients`
+    gives layer l's ``c`` ``[B, H_l]`` (computed without gradient)."""
+
+    def coefficients(self, model: SBN, s: PosteriorSample, f: torch.Tensor, l: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def recognition_surrogate(self, model, s, f, log_q):
+        out = f.new_zeros(f.shape)
+        for l in range(1, model.num_layers + 1):
+            with torch.no_grad():
+                coef = self.coefficients(model, s, f, l)
+            out = out + (coef * s.logits[l]).sum(-1)
+        return out
+
+
+class _LocalEstimator(_PerUnitEstimator):
     """Shared pieces of the local-expectation estimators (LEG, Tokui): the change of ``f`` when
     one unit of layer l is flipped, per unit, in the terms that do not involve layers above."""
 
@@ -279,35 +301,31 @@ class LEG(_LocalEstimator):
 
     name = "leg"
 
-    def recognition_surrogate(self, model, s, f, log_q):
+    def coefficients(self, model, s, f, l):
         L = model.num_layers
-        out = f.new_zeros(f.shape)
-        for l in range(1, L + 1):
-            with torch.no_grad():
-                z, a = s.z[l], s.logits[l].detach()
-                sign = 1 - 2 * z  # flipped minus original value of each unit
-                ap = model.generative_logits(l, s.z[l + 1] if l < L else None)
-                below_o, below_f = self._below_terms(model, s, l)
-                delta = below_f - below_o[:, None] + sign * (ap - a)
-                log_w_flip = bernoulli_log_prob(1 - z, a)
-                log_w_orig = bernoulli_log_prob(z, a)
-                if l < L:
-                    above = s.z[l + 1]
-                    a_above = s.logits[l + 1].detach()
-                    above_o = bernoulli_log_prob(above, a_above).sum(-1)
-                    above_f = _flip_child_loglik(model.rec[l], above, a_above, z)
-                    delta = delta - (above_f - above_o[:, None])
-                    log_w_flip = log_w_flip + above_f
-                    log_w_orig = log_w_orig + above_o[:, None]
-                w_flip = torch.sigmoid(log_w_flip - log_w_orig)
-                f_orig, f_flip = f[:, None].expand_as(z), f[:, None] + delta
-                f1 = torch.where(z > 0.5, f_orig, f_flip)
-                f0 = torch.where(z > 0.5, f_flip, f_orig)
-                w1 = torch.where(z > 0.5, 1 - w_flip, w_flip)
-                mu = torch.sigmoid(a)
-                coef = w1 * (1 - mu) * f1 - (1 - w1) * mu * f0
-            out = out + (coef * s.logits[l]).sum(-1)
-        return out
+        z, a = s.z[l], s.logits[l].detach()
+        sign = 1 - 2 * z  # flipped minus original value of each unit
+        ap = model.generative_logits(l, s.z[l + 1] if l < L else None)
+        below_o, below_f = self._below_terms(model, s, l)
+        delta = below_f - below_o[:, None] + sign * (ap - a)
+        log_w_flip = bernoulli_log_prob(1 - z, a)
+        log_w_orig = bernoulli_log_prob(z, a)
+        if l < L:
+            above = s.z[l + 1]
+            a_above = s.logits[l + 1].detach()
+            above_o = bernoulli_log_prob(above, a_above).sum(-1)
+            above_f = _flip_child_loglik(model.rec[l], above, a_above, z)
+            delta = delta - (above_f - above_o[:, None])
+            log_w_flip = log_w_flip + above_f
+            log_w_orig = log_w_orig + above_o[:, None]
+        w_flip = torch.sigmoid(log_w_flip - log_w_orig)
+        f_orig, f_flip = f[:, None].expand_as(z), f[:, None] + delta
+        f1 = torch.where(z > 0.5, f_orig, f_flip)
+        f0 = torch.where(z > 0.5, f_flip, f_orig)
+        w1 = torch.where(z > 0.5, 1 - w_flip, w_flip)
+        mu = torch.sigmoid(a)
+        coef = w1 * (1 - mu) * f1 - (1 - w1) * mu * f0
+        return coef
 
 
 class Tokui(_LocalEstimator):
@@ -346,16 +364,10 @@ class Tokui(_LocalEstimator):
 
     name = "tokui"
 
-    def recognition_surrogate(self, model, s, f, log_q):
-        L = model.num_layers
-        out = f.new_zeros(f.shape)
-        for l in range(1, L + 1):
-            with torch.no_grad():
-                diff = self._flip_minus_sample(model, s, l)  # F(flip) - f, [B, H_l]
-                z = s.z[l]
-                coef = (1 - 2 * z) * diff  # F(1) - F(0)
-            out = out + (torch.sigmoid(s.logits[l]) * coef).sum(-1)
-        return out
+    def coefficients(self, model, s, f, l):
+        diff = self._flip_minus_sample(model, s, l)  # F(flip) - f, [B, H_l]
+        mu = torch.sigmoid(s.logits[l])
+        return mu * (1 - mu) * (1 - 2 * s.z[l]) * diff  # sigmoid'(a) (F(1) - F(0))
 
     def _flip_minus_sample(self, model: SBN, s: PosteriorSample, l: int) -> torch.Tensor:
         L = model.num_layers
@@ -395,7 +407,7 @@ class Tokui(_LocalEstimator):
         return below_f + flip.view(B, H) - orig[:, None]
 
 
-class _AntitheticEstimator(Estimator):
+class _AntitheticEstimator(_PerUnitEstimator):
     """ARM and DisARM: for each layer l the antithetic sample ``z~_l = 1[1 - u_l < sigmoid(a_l)]``
     (the sample's layers below l kept), layers above re-simulated with the same uniforms
     ``u_{l+1..L}``, and ``f~_l`` its full ELBO term. One extra forward pass above each layer."""
@@ -407,14 +419,8 @@ class _AntitheticEstimator(Estimator):
         zs = [*s.z[:l], zt, *ups]
         return model.log_joint(zs) - model.log_posterior(zs)
 
-    def recognition_surrogate(self, model, s, f, log_q):
-        out = f.new_zeros(f.shape)
-        for l in range(1, model.num_layers + 1):
-            with torch.no_grad():
-                ft = self._antithetic_f(model, s, l)
-                coef = self._coef(s, l, f, ft)
-            out = out + (coef * s.logits[l]).sum(-1)
-        return out
+    def coefficients(self, model, s, f, l):
+        return self._coef(s, l, f, self._antithetic_f(model, s, l))
 
     def _coef(self, s: PosteriorSample, l: int, f: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -449,48 +455,52 @@ class DisARM(_AntitheticEstimator):
         )
 
 
-class StraightThrough(Estimator):
+class _RelaxedEstimator(Estimator):
+    """Pathwise estimators through a relaxation of the sample (biased): layer by layer,
+    ``z_k = relax(a_k, u_k)``, ``a_k = rec[k-1](z_{k-1})``; the gradient is that of
+    ``log p(x, z) - log q(z | x)`` evaluated at these ``z`` (the Bernoulli log-probabilities
+    extended to [0, 1]), for the generative and recognition parameters alike, including the
+    direct dependence of ``log q`` on the recognition parameters. The loss's value is minus
+    the ELBO of the binary sample ``1[u < sigmoid(a)]`` drawn with the same uniforms."""
+
+    unbiased = False
+
+    def relax(self, a: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, model: SBN, x: torch.Tensor, u=None) -> Estimate:
+        u = self.uniforms(model, x, u)
+        zs = [x]
+        for k in range(1, model.num_layers + 1):
+            zs.append(self.relax(model.rec[k - 1](zs[-1]), u[k]))
+        value = model.log_joint(zs) - model.log_posterior(zs)
+        with torch.no_grad():
+            f = model.elbo(x, u)
+        return Estimate(-f - (value - value.detach()), f)
+
+
+class StraightThrough(_RelaxedEstimator):
     """Straight-through (Bengio, Léonard & Courville 2013; BIASED). The forward pass uses the
     binary sample ``z_k = 1[u_k < sigmoid(a_k)]``; the backward pass treats ``z_k`` as
     ``sigmoid(a_k)`` (``dz/da = sigmoid'(a)``), through every layer (``a_{k+1} = rec[k](z_k)``
-    is differentiated through ``z_k``). The gradient is that of
-    ``f(z) = log p(x, z) - log q(z | x)`` in this sense, including ``f``'s direct dependence on
-    ``phi`` through ``log q``; the generative gradient is exact at the sampled ``z``."""
+    is differentiated through ``z_k``): ``relax(a, u) = 1[u < sigmoid(a)] + sigmoid(a) -
+    stop_gradient(sigmoid(a))``. The generative gradient is exact at the sampled ``z``."""
 
     name = "straight_through"
-    unbiased = False
 
-    def forward(self, model: SBN, x: torch.Tensor, u=None) -> Estimate:
-        who = f"estimator {self.name!r}"
-        _check_model(model, who)
-        model.check_input(x, who)
-        u = model.draw_uniforms(x.shape[0], x) if u is None else u
-        model.check_uniforms(u, x.shape[0], who)
-        zs = [x]
-        log_q = x.new_zeros(x.shape[0])
-        for k in range(1, model.num_layers + 1):
-            a = model.rec[k - 1](zs[-1])
-            mu = torch.sigmoid(a)
-            z = (u[k] < mu.detach()).to(x.dtype) + mu - mu.detach()
-            log_q = log_q + bernoulli_log_prob(z, a).sum(-1)
-            zs.append(z)
-        value = model.log_joint(zs) - log_q
-        f = value.detach()
-        return Estimate(-f - (value - f), f)
+    def relax(self, a, u):
+        mu = torch.sigmoid(a)
+        return (u < mu.detach()).to(a.dtype) + mu - mu.detach()
 
 
-class Gumbel(Estimator):
+class Gumbel(_RelaxedEstimator):
     """The Concrete / Gumbel-softmax relaxation (Maddison, Mnih & Teh 2017; Jang, Gu & Poole
     2017; BIASED). Each unit is relaxed to the binary Concrete sample
-    ``z~_k = sigmoid((a_k - logit(u_k)) / tau)`` (``-> 1[u_k < sigmoid(a_k)]`` as tau -> 0),
-    ``a_k = rec[k-1](z~_{k-1})``, and the gradient is that of the relaxed objective
-    ``log p(x, z~) - log q(z~ | x)`` with the Bernoulli log-probabilities evaluated at the
-    continuous ``z~`` (generative and recognition parameters alike). The bias vanishes as
-    tau -> 0 while the variance grows. The loss's value is minus the ELBO of the binary
-    sample drawn with the same uniforms."""
+    ``relax(a, u) = sigmoid((a - logit(u)) / tau)`` (``-> 1[u < sigmoid(a)]`` as tau -> 0),
+    so the generative gradient too is taken at the relaxed ``z``. The bias vanishes as
+    tau -> 0 while the variance grows."""
 
     name = "gumbel"
-    unbiased = False
 
     def __init__(self, model: SBN, *, temperature: float = 0.5):
         super().__init__()
@@ -502,21 +512,8 @@ class Gumbel(Estimator):
             raise ValueError(f"gumbel: temperature must be a positive number; got {temperature!r}")
         self.temperature = float(temperature)
 
-    def forward(self, model: SBN, x: torch.Tensor, u=None) -> Estimate:
-        who = f"estimator {self.name!r}"
-        _check_model(model, who)
-        model.check_input(x, who)
-        u = model.draw_uniforms(x.shape[0], x) if u is None else u
-        model.check_uniforms(u, x.shape[0], who)
-        zs = [x]
-        for k in range(1, model.num_layers + 1):
-            a = model.rec[k - 1](zs[-1])
-            noise = torch.logit(u[k].clamp(1e-7, 1 - 1e-7))
-            zs.append(torch.sigmoid((a - noise) / self.temperature))
-        relaxed = model.log_joint(zs) - model.log_posterior(zs)
-        with torch.no_grad():
-            f = model.elbo(x, u)
-        return Estimate(-f - (relaxed - relaxed.detach()), f)
+    def relax(self, a, u):
+        return torch.sigmoid((a - torch.logit(u.clamp(1e-7, 1 - 1e-7))) / self.temperature)
 
 
 ESTIMATORS: dict[str, type[Estimator]] = {
