@@ -338,6 +338,20 @@ def test_estimators_run_on_nonlinear_deep_net_and_value_is_elbo():
         model.zero_grad()
 
 
+def test_empty_batch():
+    model = tiny((2, 2))
+    empty = X[:0]
+    for name in ESTIMATORS:
+        est = make_estimator(name, model).double().train()
+        state = {k: v.clone() for k, v in est.state_dict().items()}
+        out = est(model, empty)
+        assert out.loss.shape == (0,) and out.elbo.shape == (0,)
+        out.loss.sum().backward()
+        for k, v in est.state_dict().items():
+            assert torch.equal(v, state[k]), (name, k)
+    assert model.iw_bound(empty, 3).shape == (0,)
+
+
 def test_bad_inputs():
     model = tiny((3,))
     with pytest.raises(ValueError, match=r"unknown estimator 'bogus'; choose one of: arm, disarm"):

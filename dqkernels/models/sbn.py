@@ -206,7 +206,7 @@ class SBN(nn.Module):
             a = self.rec[k - 1](z) if (k > l + 1 or a_next is None) else a_next
             uk = u[k]
             assert uk is not None
-            copies = a.shape[0] // uk.shape[0]
+            copies = a.shape[0] // uk.shape[0] if uk.shape[0] else 1
             uk = uk.repeat_interleave(copies, dim=0)
             z = (uk < torch.sigmoid(a)).to(a.dtype)
             zs.append(z)

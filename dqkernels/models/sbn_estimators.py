@@ -86,7 +86,7 @@ def _flip_child_loglik(
     if isinstance(conn, nn.Linear):
         return _flip_loglik(child, child_logits, conn.weight, parent)
     B, H = parent.shape
-    logits = conn(_flipped_copies(parent)).view(B, H, -1)
+    logits = conn(_flipped_copies(parent)).view(B, H, child.shape[1])
     return bernoulli_log_prob(child[:, None, :].expand_as(logits), logits).sum(-1)
 
 
@@ -163,7 +163,7 @@ class ReinforceBaseline(Estimator):
     def recognition_surrogate(self, model, s, f, log_q):
         b = self.baseline.to(f.dtype)
         out = (f - b) * sum(log_q)
-        if self.training:
+        if self.training and f.numel() > 0:  # an empty batch leaves the state alone
             with torch.no_grad():
                 m = f.mean().to(self.baseline.dtype)
                 new = torch.where(
@@ -209,7 +209,7 @@ class NVIL(Estimator):
         c = self.mean.to(f.dtype)
         signal = (f - c - cx.detach()) / max(1.0, math.sqrt(float(self.var)))
         fit = (f - c - cx) ** 2
-        if self.training:
+        if self.training and f.numel() > 0:  # an empty batch leaves the state alone
             with torch.no_grad():
                 r = f - cx.detach()
                 a = self.decay
@@ -391,7 +391,7 @@ class Tokui(_LocalEstimator):
                 s.logits[l + 1].detach()[:, None, :]
                 + (1 - 2 * z)[:, :, None] * conn.weight.t()[None]
             )
-            a_next = a_next.reshape(B * H, -1)
+            a_next = a_next.reshape(B * H, conn.weight.shape[0])
         else:
             a_next = conn(copies)
         zs_up, as_up = model.resimulate(copies, l, s.u, a_next)
