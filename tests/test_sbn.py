@@ -260,6 +260,21 @@ def test_tokui_variance_not_above_optimal_baseline_reinforce_deep(nonlinear):
     assert (var_tok < 0.5 * var_lr).sum() > n_rec // 2
 
 
+def test_leg_equals_tokui_on_one_layer():
+    """One stochastic layer: no descendants to keep or re-simulate, and the Markov blanket
+    weights are q's own, so LEG and Tokui's estimator are the same function of the draw;
+    with two layers they differ."""
+    for layers, same in (((3,), True), ((2, 2), False)):
+        model = tiny(layers)
+        x = X.repeat(4, 1)
+        u = model.draw_uniforms(8, x)
+        g = [
+            flat_grad(model, make_estimator(n, model)(model, x, u).loss.mean())
+            for n in ("leg", "tokui")
+        ]
+        assert torch.allclose(g[0], g[1], rtol=1e-10, atol=1e-12) == same
+
+
 def test_flip_loglik_standin_matches_recomputation():
     torch.manual_seed(3)
     B, D, H = 3, 5, 4

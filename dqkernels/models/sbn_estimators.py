@@ -359,8 +359,9 @@ class Tokui(_LocalEstimator):
     layer l < L one flip-op call plus the forward and the log-densities of layers l+1..L on
     ``B * H_l`` copies, i.e. ``H_l`` times a forward pass of the part of the network above
     layer l: O(B H_l sum_{k>l} H_k H_{k+1}) work and O(B H_l sum_{k>l} H_k) memory.
-    For 200-200-784 and B = 24: layer 2 costs like one flip op, layer 1 like 200 forward
-    passes of the 200-200 top part (no 784-wide tensor per copy)."""
+    For 200-200-784 and B = 24: layer 2 is one flip op on the 200-wide layer 1; layer 1 is
+    one flip op on the 784-wide x plus the 200-200 top part evaluated on 24 * 200 copies (no
+    784-wide tensor per copy)."""
 
     name = "tokui"
 
