@@ -297,7 +297,17 @@ def _flat(grads, params) -> torch.Tensor:
 
 
 def _per_example_scores(sbn, zs: list[torch.Tensor]) -> torch.Tensor:
-    """``[B, n_rec]``: ``grad_phi log q(z_b | x_b)`` for each example (torch.func)."""
+    """``[B, n_rec]``: ``grad_phi log q(z_b | x_b)`` for each example, in the order of
+    ``sbn.recognition_parameters()``: in closed form for linear connections (``d log q / d a =
+    z - sigmoid(a)``, the weight's row the outer product with the parent), else by torch.func
+    (vmap of grad)."""
+    if all(isinstance(c, torch.nn.Linear) for c in sbn.rec):
+        B, parts = zs[0].shape[0], []
+        with torch.no_grad():
+            for k, conn in enumerate(sbn.rec):
+                d = zs[k + 1] - torch.sigmoid(conn(zs[k]))
+                parts += [(d[:, :, None] * zs[k][:, None, :]).reshape(B, -1), d]
+        return torch.cat(parts, dim=1)
     from torch.func import functional_call, grad, vmap
 
     from dqkernels.models.sbn import bernoulli_log_prob
@@ -332,10 +342,12 @@ def fit_optimal_baseline(sbn, x: torch.Tensor, draws: int, gen: torch.Generator)
     num = den = None
     for _ in range(draws):
         f, _, s = _sample_f_and_scores(sbn, x, uniforms(sbn, x.shape[0], gen, x))
-        s2 = s.to(torch.float64) ** 2
-        fs2 = f.to(torch.float64)[:, None] * s2
-        num = fs2 if num is None else num + fs2
-        den = s2 if den is None else den + s2
+        s2 = s.to(torch.float64)
+        s2.mul_(s2)
+        if num is None or den is None:
+            num, den = torch.zeros_like(s2), torch.zeros_like(s2)
+        den.add_(s2)
+        num.addcmul_(s2, f.to(torch.float64)[:, None])
     assert num is not None and den is not None
     return torch.where(den > 0, num / den.clamp_min(1e-300), torch.zeros_like(num))
 
