@@ -14,7 +14,12 @@ from test_sbn import X, _cli, all_configs, tiny
 from dqkernels import trainer
 from dqkernels.data import binary_vectors
 from dqkernels.models.sbn import SBN
-from dqkernels.sbn_variance import OPTIMAL, estimator_seed, fit_optimal_baseline
+from dqkernels.sbn_variance import (
+    OPTIMAL,
+    _per_example_scores,
+    estimator_seed,
+    fit_optimal_baseline,
+)
 
 MEASURE = "--batch-size 8 --batches 2 --draws 20 --baseline-draws 100 --fit-steps 10".split()
 MEASURE += ["--no-progress", "--device", "cpu", "--seed", "3"]
@@ -134,6 +139,21 @@ def test_fitted_baseline_matches_enumeration():
         assert (err[live] < 5 * se[live] + 1e-9).all(), (err / se)[live]
         assert (b_hat[j][~live] == 0).all()
         assert not math.isclose(float(b[live].std()), 0.0)  # per-parameter baselines differ
+
+
+@pytest.mark.parametrize("nonlinear", [False, True], ids=["linear", "nonlinear"])
+def test_per_example_scores(nonlinear):
+    """The scores (closed form on linear nets, torch.func on MLPs) equal one backward pass per
+    example, in the order of recognition_parameters()."""
+    model = tiny((3, 2), nonlinear)
+    x = torch.tensor([[1.0, 0.0, 1.0, 1.0], [0.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+    s = model.sample_posterior(x.double())
+    got = _per_example_scores(model, s.z)
+    rec = model.recognition_parameters()
+    for b in range(3):
+        lq = model.log_posterior([z[b : b + 1] for z in s.z]).sum()
+        want = torch.cat([g.reshape(-1) for g in torch.autograd.grad(lq, rec)])
+        torch.testing.assert_close(got[b], want)
 
 
 @pytest.mark.parametrize(
