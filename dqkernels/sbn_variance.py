@@ -380,6 +380,13 @@ def _measure(sbn, name: str, est, x: torch.Tensor, args, seed: int, bar) -> list
     return moments
 
 
+def _mean(values: list):
+    """The mean over minibatches (an int when they all agree on one: the parameter counts)."""
+    if all(isinstance(v, int) for v in values) and len(set(values)) == 1:
+        return values[0]
+    return sum(values) / len(values)
+
+
 def _summary(m: GradientMoments, active: torch.Tensor) -> dict:
     var = m.variance()
     act = var[active]
@@ -581,9 +588,7 @@ def _run(args) -> int:
             for k in range(args.batches):
                 active = torch.stack([per_batch[n][k][j].variance() > 0 for n in names]).any(0)
                 summaries.append(_summary(per_batch[name][k][j], active))
-            row[group] = {
-                key: sum(s[key] for s in summaries) / len(summaries) for key in summaries[0]
-            }
+            row[group] = {key: _mean([s[key] for s in summaries]) for key in summaries[0]}
             row[group]["per_batch"] = summaries
         rows.append(row)
     if "tokui" in names and OPTIMAL in names:
