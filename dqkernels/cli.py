@@ -1,4 +1,4 @@
-"""The ``dqk`` command: ``dqk info``, ``dqk bench``, ``dqk train``.
+"""The ``dqk`` command: ``dqk info``, ``dqk bench``, ``dqk train``, ``dqk sbn-variance``.
 
 Each subcommand lives in its own module exposing ``add_arguments(parser)`` and
 ``run(args) -> int``; they are imported only when used, so ``dqk info`` stays fast.
@@ -78,6 +78,10 @@ SUBCOMMANDS = {
     "info": ("dqkernels.info", "versions, what was built, which backends run here and why not"),
     "bench": ("dqkernels.bench", "benchmark ops against eager and torch.compile references"),
     "train": ("dqkernels.train", "train a model (on scikit-learn's digits by default)"),
+    "sbn-variance": (
+        "dqkernels.sbn_variance",
+        "gradient variance of every sigmoid-belief-network estimator at the same parameters",
+    ),
 }
 
 

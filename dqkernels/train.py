@@ -28,6 +28,7 @@ TASKS = {
     "pixelcnn": "dqkernels.tasks.pixelcnn",
     "flow": "dqkernels.tasks.flow",
     "vqvae": "dqkernels.tasks.vqvae",
+    "sbn": "dqkernels.tasks.sbn",
 }
 
 

@@ -22,8 +22,8 @@ from dqkernels import trainer
 
 # Every case: 40 (24 for the flow) training examples in batches of 16 (8) -> 3 steps per
 # epoch, and noise in the forward drawn from the global RNG, so that the RNG restore
-# matters: dropout (pixelcnn, toy tasks), dequantization noise (flow), sampled codes and
-# dead-code re-initialisation (vqvae).
+# matters: dropout (pixelcnn, toy tasks), dequantization noise (flow), the uniforms of the
+# posterior samples (sbn), sampled codes and dead-code re-initialisation (vqvae).
 CASES = {
     "pixelcnn": (
         "--limit 40 --batch-size 16 --width 8 --blocks 1 --mixtures 2 --grid 0 --dropout 0.3 "
@@ -38,6 +38,10 @@ CASES = {
         "--limit 40 --batch-size 16 --width 8 --blocks 1 --codes 8 --code-dim 4 --mixtures 1 "
         "--grid 0 --backend torch --em soft --samples 2 --reinit-dead --dead-threshold 0.9 "
         "--decay 0.5 --seed 5"
+    ).split(),
+    "sbn": (
+        "--limit 40 --batch-size 16 --layers 5,3 --estimator tokui --eval-samples 3 "
+        "--epoch-eval-samples 2 --seed 6"
     ).split(),
     "bernoulli": ["--limit", "40", "--batch-size", "16", "--dropout", "0.3", "--seed", "2"],
     "tokens": ["--limit", "40", "--batch-size", "16", "--dropout", "0.3", "--seed", "4"],
