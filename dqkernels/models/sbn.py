@@ -43,19 +43,6 @@ def bernoulli_log_prob(z: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     return -F.binary_cross_entropy_with_logits(logits, z, reduction="none")
 
 
-def _flip_loglik(
-    x: torch.Tensor, logits: torch.Tensor, weight: torch.Tensor, z: torch.Tensor
-) -> torch.Tensor:
-    """STAND-IN for :func:`dqkernels.ops.bernoulli_flip_loglik` (to be replaced by the op when
-    the op's branch is merged; same signature and semantics, see DESIGN.md).
-
-    ``out[b, h] = sum_d log Bern(x[b, d]; sigmoid(logits[b, d] + (1 - 2 z[b, h]) weight[d, h]))``:
-    the log-likelihood of the linear Bernoulli layer with bit ``h`` of ``z`` flipped. This
-    plain version builds the ``[B, H, D]`` tensor the fused op avoids."""
-    flipped = logits[:, None, :] + (1 - 2 * z)[:, :, None] * weight.t()[None]
-    return bernoulli_log_prob(x[:, None, :].expand_as(flipped), flipped).sum(-1)
-
-
 def _connection(n_in: int, n_out: int, hidden: Sequence[int]) -> nn.Module:
     """One stochastic connection: affine (``hidden == ()``) or an MLP with tanh hidden layers."""
     if not hidden:

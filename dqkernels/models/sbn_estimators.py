@@ -55,7 +55,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from dqkernels.models.sbn import SBN, PosteriorSample, _flip_loglik, bernoulli_log_prob
+from dqkernels.models.sbn import SBN, PosteriorSample, bernoulli_log_prob
+from dqkernels.ops import bernoulli_flip_loglik
 
 __all__ = ["ESTIMATORS", "Estimate", "Estimator", "SBNTraining", "make_estimator"]
 
@@ -84,7 +85,7 @@ def _flip_child_loglik(
     A linear connection uses the fused flip op (O(B (H + D)) extra memory); an MLP is run on
     the ``B * H`` flipped copies."""
     if isinstance(conn, nn.Linear):
-        return _flip_loglik(child, child_logits, conn.weight, parent)
+        return bernoulli_flip_loglik(child, child_logits, conn.weight, parent.detach())
     B, H = parent.shape
     logits = conn(_flipped_copies(parent)).view(B, H, child.shape[1])
     return bernoulli_log_prob(child[:, None, :].expand_as(logits), logits).sum(-1)
@@ -296,7 +297,7 @@ class LEG(_LocalEstimator):
     ``log p(z_{l-1} | z_l)`` and ``-log q(z_{l+1} | z_l)`` (the flip op on linear layers,
     ``[B, H_l]`` each) and the unit's own ``log p`` and ``log q`` terms (closed form).
     Cost per layer: two flip-loglik evaluations, O(B H_l (H_{l-1} + H_{l+1})) work and
-    O(B (H_l + H_{l-1} + H_{l+1})) extra memory with the fused op (the stand-in and MLP
+    O(B (H_l + H_{l-1} + H_{l+1})) extra memory with the fused op (MLP
     connections build ``[B, H_l, H_{l±1}]``)."""
 
     name = "leg"
