@@ -397,6 +397,18 @@ def test_bad_inputs():
         SBN(4, (3, 0))
     with pytest.raises(ValueError, match=r"SBN.iw_bound: num_samples must be a positive int"):
         model.iw_bound(X, 0)
+    with pytest.raises(
+        TypeError, match=r"estimator 'tokui': x must have the model's dtype torch.float64; got "
+    ):
+        est(model, X.float())
+    with pytest.raises(ValueError, match=r"estimator 'tokui': x must be on cpu \(the model's\)"):
+        est(model, X.to("meta"))
+    with pytest.raises(ValueError, match=r"estimator 'tokui': u\[1\] must be on cpu"):
+        est(model, X, [None, torch.rand(2, 3, dtype=torch.float64, device="meta")])
+    with pytest.raises(ValueError, match=r"SBN.iw_bound: x must have shape \[B, 4\]"):
+        model.iw_bound(X[:, :3], 5)
+    with pytest.raises(ValueError, match=r"SBN.resimulate: give z_l or a_next"):
+        model.resimulate(None, 1, [None, None])
 
 
 def test_stateful_estimators_update_in_training_mode_only():
@@ -475,3 +487,48 @@ def test_train_sbn_runs_and_reports_nats(tmp_path, capsys, estimator):
         "estimator": estimator,
     }
     assert (out / "samples.png").exists()
+
+
+@pytest.mark.parametrize(
+    "layers,nonlinear",
+    [((3,), False), ((3, 2), False), ((3, 2), True), ((3, 4, 2), False), ((2, 3, 2), True)],
+    ids=["linear1", "linear2", "nonlinear2", "linear3", "nonlinear3"],
+)
+def test_tokui_matches_the_resimulated_reference(layers, nonlinear):
+    """The fast path (fused flip op below, rank-one logits and no copies of the unchanged
+    terms above) gives the same ``F(flip) - f`` as re-simulating the whole network on the
+    ``B * H`` copies (the public code's way), for every layer, and the same gradients."""
+    from dqkernels.reference.sbn_tokui import TokuiResimulate, flip_minus_sample_resimulated
+
+    model = tiny(layers, nonlinear, seed=3)
+    x = torch.tensor(
+        [[1.0, 0.0, 1.0, 1.0], [0.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]], dtype=torch.float64
+    )
+    torch.manual_seed(9)
+    u = model.draw_uniforms(3, x)
+    s = model.sample_posterior(x, u)
+    est = make_estimator("tokui", model)
+    for l in range(1, model.num_layers + 1):
+        with torch.no_grad():
+            torch.testing.assert_close(
+                est._flip_minus_sample(model, s, l), flip_minus_sample_resimulated(model, s, l)
+            )
+    grads = []
+    for e in (est, TokuiResimulate()):
+        loss = e(model, x, u).loss.sum()
+        grads.append(torch.autograd.grad(loss, list(model.parameters())))
+    for g, r in zip(*grads):
+        torch.testing.assert_close(g, r)
+
+
+def test_sbn_backend_reaches_the_flip_op():
+    """``SBN(backend=...)`` routes the estimators' flip op; an unknown name is refused by the
+    op with the backend named."""
+    model = SBN(4, (3,), backend="torch").double()
+    est = make_estimator("tokui", model)
+    torch.manual_seed(0)
+    ref = est(model, X, model.draw_uniforms(2, X))
+    model.backend = "no_such_backend"
+    with pytest.raises(ValueError, match="no_such_backend"):
+        est(model, X)
+    assert torch.isfinite(ref.loss).all()

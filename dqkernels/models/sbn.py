@@ -76,6 +76,9 @@ class SBN(nn.Module):
         nonlinear: each connection an MLP with tanh hidden layers of widths ``hidden``
             instead of one affine map.
         hidden: the MLPs' hidden widths (only with ``nonlinear``).
+        backend: dqkernels backend of the fused flip op the local-expectation estimators
+            call on linear connections (None: the default dispatch, i.e. the trainer's
+            ``--backend``).
     """
 
     def __init__(
@@ -85,8 +88,10 @@ class SBN(nn.Module):
         *,
         nonlinear: bool = False,
         hidden: Sequence[int] = (100, 100),
+        backend: str | None = None,
     ):
         super().__init__()
+        self.backend = backend
         layers = tuple(layers)
         for name, v in [("num_dims", num_dims), *[("layers", h) for h in layers]]:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -134,6 +139,11 @@ class SBN(nn.Module):
         p = self.prior_logits
         if x.device != p.device:
             raise ValueError(f"{who}: x must be on {p.device} (the model's); got {x.device}")
+        if x.dtype != p.dtype:
+            raise TypeError(
+                f"{who}: x must have the model's dtype {p.dtype}; got {x.dtype} "
+                "(convert x or the model with .to())"
+            )
 
     # ------------------------------------------------------------------ recognition network
 
@@ -154,6 +164,11 @@ class SBN(nn.Module):
             if not isinstance(u[k], torch.Tensor) or tuple(u[k].shape) != (batch, h):
                 got = tuple(u[k].shape) if isinstance(u[k], torch.Tensor) else type(u[k]).__name__
                 raise ValueError(f"{who}: u[{k}] must have shape ({batch}, {h}); got {got}")
+            if u[k].device != self.prior_logits.device:
+                raise ValueError(
+                    f"{who}: u[{k}] must be on {self.prior_logits.device} (the model's); "
+                    f"got {u[k].device}"
+                )
 
     def sample_posterior(
         self, x: torch.Tensor, u: list[torch.Tensor | None] | None = None
@@ -177,7 +192,7 @@ class SBN(nn.Module):
 
     def resimulate(
         self,
-        z_l: torch.Tensor,
+        z_l: torch.Tensor | None,
         l: int,
         u: list[torch.Tensor | None],
         a_next: torch.Tensor | None = None,
@@ -185,8 +200,11 @@ class SBN(nn.Module):
         """Given layer ``l``'s values ``z_l`` (``[N, H_l]``, N a multiple of the uniforms'
         batch B: copies grouped per example, ``N = B * C``), re-samples layers ``l+1 .. L``
         with the same uniforms ``u`` (common random numbers). ``a_next`` optionally gives
-        ``rec[l](z_l)`` already computed. Returns ``(z, a)``: ``z[j]`` and ``a[j]`` the values
-        and recognition logits of layer ``l + 1 + j``."""
+        ``rec[l](z_l)`` already computed (``z_l`` may then be None: it is not needed).
+        Returns ``(z, a)``: ``z[j]`` and ``a[j]`` the values and recognition logits of layer
+        ``l + 1 + j``."""
+        if z_l is None and a_next is None:
+            raise ValueError("SBN.resimulate: give z_l or a_next")
         zs, logits = [], []
         z = z_l
         for k in range(l + 1, self.num_layers + 1):

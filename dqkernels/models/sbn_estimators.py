@@ -78,17 +78,30 @@ def _flipped_copies(z: torch.Tensor) -> torch.Tensor:
 
 
 def _flip_child_loglik(
-    conn: nn.Module, child: torch.Tensor, child_logits: torch.Tensor, parent: torch.Tensor
+    conn: nn.Module,
+    child: torch.Tensor,
+    child_logits: torch.Tensor,
+    parent: torch.Tensor,
+    backend: str | None = None,
 ) -> torch.Tensor:
     """``[B, H_parent]``: ``log p(child | parent with bit h flipped)`` summed over the child's
     units, for a connection ``conn: parent -> child logits`` (``child_logits = conn(parent)``).
     A linear connection uses the fused flip op (O(B (H + D)) extra memory); an MLP is run on
     the ``B * H`` flipped copies."""
     if isinstance(conn, nn.Linear):
-        return bernoulli_flip_loglik(child, child_logits, conn.weight, parent.detach())
+        return bernoulli_flip_loglik(
+            child, child_logits, conn.weight, parent.detach(), backend=backend
+        )
     B, H = parent.shape
     logits = conn(_flipped_copies(parent)).view(B, H, child.shape[1])
     return bernoulli_log_prob(child[:, None, :].expand_as(logits), logits).sum(-1)
+
+
+def _binary_log_prob_sum(z: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """``sum_i log Bern(z_i; sigmoid(logits_i))`` over the last dim for binary ``z``, as
+    ``z . logits - sum softplus(logits)`` (two passes over a large ``[N, H]``, where the
+    cross-entropy takes five); ``logits`` may be a vector broadcast over the rows."""
+    return (z * logits).sum(-1) - nn.functional.softplus(logits).sum(-1)
 
 
 def _layer_log_q(s: PosteriorSample) -> list[torch.Tensor]:
@@ -281,7 +294,7 @@ class _LocalEstimator(_PerUnitEstimator):
         below = s.z[l - 1]
         logits = model.gen[l - 1](s.z[l])
         orig = bernoulli_log_prob(below, logits).sum(-1)
-        return orig, _flip_child_loglik(model.gen[l - 1], below, logits, s.z[l])
+        return orig, _flip_child_loglik(model.gen[l - 1], below, logits, s.z[l], model.backend)
 
 
 class LEG(_LocalEstimator):
@@ -315,7 +328,7 @@ class LEG(_LocalEstimator):
             above = s.z[l + 1]
             a_above = s.logits[l + 1].detach()
             above_o = bernoulli_log_prob(above, a_above).sum(-1)
-            above_f = _flip_child_loglik(model.rec[l], above, a_above, z)
+            above_f = _flip_child_loglik(model.rec[l], above, a_above, z, model.backend)
             delta = delta - (above_f - above_o[:, None])
             log_w_flip = log_w_flip + above_f
             log_w_orig = log_w_orig + above_o[:, None]
@@ -375,38 +388,47 @@ class Tokui(_LocalEstimator):
         L = model.num_layers
         z, a = s.z[l], s.logits[l].detach()
         B, H = z.shape
+        sign = 1 - 2 * z  # flipped minus sampled value of each unit
         below_o, below_f = self._below_terms(model, s, l)
+        # the unit's own posterior term: log q changes by sign * a (closed form)
+        own = below_f - below_o[:, None] - sign * a
         if l == L:
-            return below_f - below_o[:, None] + (1 - 2 * z) * (model.prior_logits - a)
-        # the sample's own terms from layer l up
-        orig = below_o - bernoulli_log_prob(z, a).sum(-1)
-        for k in range(l, L + 1):
-            ap = model.generative_logits(k, s.z[k + 1] if k < L else None)
-            orig = orig + bernoulli_log_prob(s.z[k], ap.expand_as(s.z[k])).sum(-1)
-            if k > l:
-                orig = orig - bernoulli_log_prob(s.z[k], s.logits[k].detach()).sum(-1)
-        # the flipped copies, layers above re-simulated with the same uniforms
-        copies = _flipped_copies(z)  # [B*H, H]
+            return own + sign * model.prior_logits
+        # layer l+1's logits on the B*H flipped copies (copy (b, h) at row b*H + h)
         conn = model.rec[l]
-        if isinstance(conn, nn.Linear):
-            a_next = (
-                s.logits[l + 1].detach()[:, None, :]
-                + (1 - 2 * z)[:, :, None] * conn.weight.t()[None]
-            )
-            a_next = a_next.reshape(B * H, conn.weight.shape[0])
+        if isinstance(conn, nn.Linear):  # a rank-one change of the sample's logits
+            a_next = torch.addcmul(
+                s.logits[l + 1].detach()[:, None, :],
+                sign[:, :, None],
+                conn.weight.t().contiguous()[None],
+            ).view(B * H, conn.weight.shape[0])
         else:
-            a_next = conn(copies)
-        zs_up, as_up = model.resimulate(copies, l, s.u, a_next)
-        chain = [copies, *zs_up]  # layers l..L on the copies
-        a_l = a.repeat_interleave(H, dim=0)
-        flip = -bernoulli_log_prob(copies, a_l).sum(-1)
-        for j, zk in enumerate(chain):
-            k = l + j
-            ap = model.generative_logits(k, chain[j + 1] if k < L else None)
-            flip = flip + bernoulli_log_prob(zk, ap.expand_as(zk)).sum(-1)
-            if j > 0:
-                flip = flip - bernoulli_log_prob(zk, as_up[j - 1]).sum(-1)
-        return below_f + flip.view(B, H) - orig[:, None]
+            a_next = conn(_flipped_copies(z))
+        # layers l+1..L re-sampled with the sample's own uniforms (common random numbers)
+        zs_up, as_up = model.resimulate(None, l, s.u, a_next)
+        # log p(z_l' | z_{l+1}') with z_l' = z_l with bit h flipped, without building z_l'
+        ap = model.generative_logits(l, zs_up[0]).view(B, H, H)
+        flip = (
+            torch.bmm(ap, z[:, :, None]).view(B, H)
+            + sign * ap.diagonal(dim1=1, dim2=2)
+            - nn.functional.softplus(ap).sum(-1)
+        )
+        orig = _binary_log_prob_sum(z, model.generative_logits(l, s.z[l + 1]))
+        # layers above l: log p - log q, on the copies and on the sample
+        for j, zk in enumerate(zs_up):
+            k = l + 1 + j
+            up = zs_up[j + 1] if k < L else None
+            flip = flip + (
+                _binary_log_prob_sum(zk, model.generative_logits(k, up))
+                - _binary_log_prob_sum(zk, as_up[j])
+            ).view(B, H)
+            orig = orig + (
+                _binary_log_prob_sum(
+                    s.z[k], model.generative_logits(k, s.z[k + 1] if k < L else None)
+                )
+                - _binary_log_prob_sum(s.z[k], s.logits[k].detach())
+            )
+        return own + flip - orig[:, None]
 
 
 class _AntitheticEstimator(_PerUnitEstimator):
