@@ -67,6 +67,41 @@ TRAIN_FLAGS = {
 }
 
 
+# (argv after `dqk train sbn`, the line printed): checked before any data is read
+SBN_FLAGS = {
+    "unknown estimator": (
+        ["--estimator", "relax"],
+        "argument --estimator: invalid choice: 'relax' (choose from 'arm', 'disarm', 'gumbel'",
+    ),
+    "layers not integers": (
+        ["--layers", "200,x"],
+        "--layers must be comma-separated positive integers, e.g. 200,200; got '200,x'",
+    ),
+    "layers zero": (["--layers", "200,0"], "--layers must be comma-separated positive"),
+    "hidden empty": (["--nonlinear", "--hidden", ""], "--hidden must be comma-separated"),
+    "temperature without gumbel": (
+        ["--estimator", "tokui", "--temperature", "0.5"],
+        "--temperature applies to --estimator gumbel only",
+    ),
+    "temperature zero": (
+        ["--estimator", "gumbel", "--temperature", "0"],
+        "--temperature must be a positive number; got 0.0",
+    ),
+    "eval samples zero": (["--eval-samples", "0"], "--eval-samples must be >= 1"),
+}
+
+
+@pytest.mark.parametrize("case", SBN_FLAGS)
+def test_bad_sbn_flags(tmp_path, capsys, case):
+    argv, message = SBN_FLAGS[case]
+    out = tmp_path / "out"
+    line = _one_line_error(
+        capsys, ["train", "sbn", "--no-progress", "--device", "cpu", "--out", out, *argv]
+    )
+    assert message in line, line
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("case", TRAIN_FLAGS)
 def test_bad_train_flags(tmp_path, capsys, case):
     argv, message = TRAIN_FLAGS[case]
