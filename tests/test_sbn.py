@@ -519,6 +519,15 @@ def test_tokui_matches_the_resimulated_reference(layers, nonlinear):
         grads.append(torch.autograd.grad(loss, list(model.parameters())))
     for g, r in zip(*grads):
         torch.testing.assert_close(g, r)
+    empty = x[:0]  # an empty batch: empty coefficients on both paths
+    s0 = model.sample_posterior(empty, model.draw_uniforms(0, empty))
+    for l in range(1, model.num_layers + 1):
+        with torch.no_grad():
+            for got in (
+                est._flip_minus_sample(model, s0, l),
+                flip_minus_sample_resimulated(model, s0, l),
+            ):
+                assert got.shape == (0, model.layers[l - 1])
 
 
 def test_sbn_backend_reaches_the_flip_op():
@@ -532,3 +541,48 @@ def test_sbn_backend_reaches_the_flip_op():
     with pytest.raises(ValueError, match="no_such_backend"):
         est(model, X)
     assert torch.isfinite(ref.loss).all()
+
+
+@pytest.mark.parametrize("estimator", ["tokui", "nvil"])
+def test_train_sbn_ddp_two_gloo_processes(tmp_path, estimator):
+    """``dqk train sbn`` under torchrun with 2 CPU processes: each rank draws its own latent
+    samples for its half of the batch, DDP averages the gradients (NVIL's baseline network
+    and moving averages included: buffers follow rank 0), so both ranks end with identical
+    parameters."""
+    import torch.distributed as dist
+    from train_runs import assert_ranks_match, torchrun
+
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("no gloo")
+    torchrun(
+        "-m",
+        "dqkernels.cli",
+        "train",
+        "sbn",
+        "--estimator",
+        estimator,
+        "--layers",
+        "6,4",
+        "--limit",
+        "48",
+        "--batch-size",
+        "16",
+        "--epochs",
+        "2",
+        "--eval-samples",
+        "3",
+        "--epoch-eval-samples",
+        "2",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--out",
+        tmp_path / "ddp",
+        "--dump-params",
+        tmp_path / "rank{rank}.pt",
+    )
+    r0 = assert_ranks_match(tmp_path, single=None)
+    assert any(k.startswith("sbn.rec.") for k in r0)
+    if estimator == "nvil":  # the baseline network is trained and synchronised too
+        assert any(k.startswith("estimator.") for k in r0)
+    assert all(torch.isfinite(v).all() for v in r0.values() if v.is_floating_point())

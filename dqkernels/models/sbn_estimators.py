@@ -99,9 +99,10 @@ def _flip_child_loglik(
 
 def _binary_log_prob_sum(z: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """``sum_i log Bern(z_i; sigmoid(logits_i))`` over the last dim for binary ``z``, as
-    ``z . logits - sum softplus(logits)`` (two passes over a large ``[N, H]``, where the
-    cross-entropy takes five); ``logits`` may be a vector broadcast over the rows."""
-    return (z * logits).sum(-1) - nn.functional.softplus(logits).sum(-1)
+    ``sum_i logsigmoid((2 z_i - 1) logits_i)``: exact for binary z (no cancellation between
+    ``z . logits`` and ``sum softplus``) in fewer passes than the cross-entropy;
+    ``logits`` may be a vector broadcast over the rows."""
+    return nn.functional.logsigmoid((2 * z - 1) * logits).sum(-1)
 
 
 def _layer_log_q(s: PosteriorSample) -> list[torch.Tensor]:
@@ -370,9 +371,10 @@ class Tokui(_LocalEstimator):
       cancel in ``F(1) - F(0)`` and are never recomputed.
 
     Cost per step, linear connections: the top layer O(B H_L H_{L-1}) (one flip-op call);
-    layer l < L one flip-op call plus the forward and the log-densities of layers l+1..L on
-    ``B * H_l`` copies, i.e. ``H_l`` times a forward pass of the part of the network above
-    layer l: O(B H_l sum_{k>l} H_k H_{k+1}) work and O(B H_l sum_{k>l} H_k) memory.
+    layer l < L one flip-op call plus, on the ``B * H_l`` copies, the rank-one logits of
+    layer l+1, the generative logits of layer l (``[B H_l, H_l]``) and the forward and
+    log-densities of layers l+2..L: O(B H_l (H_{l+1} H_l + sum_{l<k<L} H_k H_{k+1})) work
+    and O(B H_l (H_l + sum_{k>l} H_k)) memory.
     For 200-200-784 and B = 24: layer 2 is one flip op on the 200-wide layer 1; layer 1 is
     one flip op on the 784-wide x plus the 200-200 top part evaluated on 24 * 200 copies (no
     784-wide tensor per copy)."""
@@ -406,12 +408,12 @@ class Tokui(_LocalEstimator):
             a_next = conn(_flipped_copies(z))
         # layers l+1..L re-sampled with the sample's own uniforms (common random numbers)
         zs_up, as_up = model.resimulate(None, l, s.u, a_next)
-        # log p(z_l' | z_{l+1}') with z_l' = z_l with bit h flipped, without building z_l'
+        # log p(z_l' | z_{l+1}') with z_l' = z_l with bit h flipped, without building z_l':
+        # every unit at its sampled value, then unit h's term corrected by
+        # logsigmoid(-t) - logsigmoid(t) = -t, t = (2 z_h - 1) ap_h, i.e. + sign_h ap_h
         ap = model.generative_logits(l, zs_up[0]).view(B, H, H)
-        flip = (
-            torch.bmm(ap, z[:, :, None]).view(B, H)
-            + sign * ap.diagonal(dim1=1, dim2=2)
-            - nn.functional.softplus(ap).sum(-1)
+        flip = nn.functional.logsigmoid(-sign[:, None, :] * ap).sum(-1) + sign * ap.diagonal(
+            dim1=1, dim2=2
         )
         orig = _binary_log_prob_sum(z, model.generative_logits(l, s.z[l + 1]))
         # layers above l: log p - log q, on the copies and on the sample

@@ -1,35 +1,55 @@
-"""The plain-PyTorch reference of Tokui & Sato's estimator, computed the way its public code
-(beam2d/sbn) does: for every unit of every layer, the whole sample is copied with that bit
-flipped, the layers above are re-sampled with the same uniforms, and the full ``f = log p(x,
-z) - log q(z | x)`` of the network is evaluated on the ``B * H_l`` copies, ``x``'s 784-wide
-likelihood included. ``dqkernels.models.sbn_estimators.Tokui`` computes the same
-coefficients without the copies' unchanged terms and with the fused flip op for the layer
-below; this is its oracle in the tests and the eager baseline of ``dqk bench
-sbn_train_step``."""
+"""A plain-PyTorch reference of Tokui & Sato's estimator that re-simulates the network on
+``B * H_l`` copies of the sample, one per unit of layer ``l`` with that bit flipped and the
+layers above re-sampled with the same uniforms, the way its public code (beam2d/sbn,
+Chainer) lays out the computation: the terms of ``f = log p(x, z) - log q(z | x)`` that
+involve layer ``l - 1`` and up are evaluated on every copy (for ``l = 1`` that is x's
+784-wide likelihood on ``B * H_1`` copies); the terms below cancel and are left out.
+(The public code also replaces ``-log q`` by marginalised entropies; this reference keeps
+``-log q``, so it gives exactly the coefficients of ``models.sbn_estimators.Tokui``.)
+
+``Tokui`` computes the same ``F(flip) - f`` with the fused flip op for the layer below and
+rank-one logit changes above (docs/INTERNALS.md, "Sigmoid belief networks"); this is its
+oracle in the tests and the eager row of ``dqk bench sbn_train_step``."""
 
 from __future__ import annotations
 
 import torch
 
-from dqkernels.models.sbn import SBN, PosteriorSample
+from dqkernels.models.sbn import SBN, PosteriorSample, bernoulli_log_prob
 from dqkernels.models.sbn_estimators import Tokui
 
 __all__ = ["TokuiResimulate", "flip_minus_sample_resimulated"]
 
 
+def _terms_from_layer(model: SBN, zs: list, rec_logits_l: torch.Tensor, l: int) -> torch.Tensor:
+    """The terms of ``f`` that involve layers ``>= l``, per row of ``zs = [z_0 .. z_L]``:
+    ``log p(z_{l-1} | z_l)`` and, for ``k >= l``, ``log p(z_k | z_{k+1}) - log q(z_k | z_{k-1})``
+    (``q``'s logits of layer ``l`` given: they do not depend on layer ``l`` itself)."""
+    L = model.num_layers
+    total = bernoulli_log_prob(zs[l - 1], model.gen[l - 1](zs[l])).sum(-1)
+    for k in range(l, L + 1):
+        p = model.generative_logits(k, zs[k + 1] if k < L else None)
+        q = rec_logits_l if k == l else model.rec[k - 1](zs[k - 1])
+        total = total + (
+            bernoulli_log_prob(zs[k], p.expand_as(zs[k])) - bernoulli_log_prob(zs[k], q)
+        ).sum(-1)
+    return total
+
+
 def flip_minus_sample_resimulated(model: SBN, s: PosteriorSample, l: int) -> torch.Tensor:
     """``[B, H_l]``: ``f`` of the sample with bit ``h`` of layer ``l`` flipped and layers
-    ``l+1..L`` re-sampled with the sample's uniforms, minus the sample's own ``f``; every
-    term of ``f`` evaluated on all ``B * H_l`` copies."""
+    ``l+1..L`` re-sampled with the sample's uniforms, minus the sample's own ``f``, from the
+    terms of layers ``>= l - 1`` evaluated on all ``B * H_l`` copies."""
     z = s.z[l]
     B, H = z.shape
     eye = torch.eye(H, dtype=z.dtype, device=z.device)
     copies = (z[:, None, :] + eye * (1 - 2 * z)[:, None, :]).reshape(B * H, H)
-    below = [zk.repeat_interleave(H, dim=0) for zk in s.z[:l]]
+    below = s.z[l - 1].repeat_interleave(H, dim=0)
     above, _ = model.resimulate(copies, l, s.u)
-    zs = [*below, copies, *above]
-    f_flip = model.log_joint(zs) - model.log_posterior(zs)
-    f = model.log_joint(s.z) - model.log_posterior(s.z)
+    zs = [None] * (l - 1) + [below, copies, *above]
+    a_l = s.logits[l].detach()
+    f_flip = _terms_from_layer(model, zs, a_l.repeat_interleave(H, dim=0), l)
+    f = _terms_from_layer(model, list(s.z), a_l, l)
     return f_flip.view(B, H) - f[:, None]
 
 
