@@ -105,6 +105,19 @@ def _binary_log_prob_sum(z: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     return nn.functional.logsigmoid((2 * z - 1) * logits).sum(-1)
 
 
+def _global_sums(*values: torch.Tensor) -> list[torch.Tensor]:
+    """The sums of the scalars ``values`` over the processes of a torch.distributed group
+    (this process's own when there is none): the estimators' moving averages are then
+    updated from the global batch on every rank alike, like synchronised batch norm. Every
+    rank calls it at the same point (each training forward), an empty local batch
+    included."""
+    stacked = torch.stack([v.double() for v in values])
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if torch.distributed.get_world_size() > 1:
+            torch.distributed.all_reduce(stacked)
+    return list(stacked.unbind())
+
+
 def _layer_log_q(s: PosteriorSample) -> list[torch.Tensor]:
     """``log q(z_k | z_{k-1})`` per example for k = 1..L (index k-1), with gradient into the
     recognition logits."""
@@ -178,14 +191,16 @@ class ReinforceBaseline(Estimator):
     def recognition_surrogate(self, model, s, f, log_q):
         b = self.baseline.to(f.dtype)
         out = (f - b) * sum(log_q)
-        if self.training and f.numel() > 0:  # an empty batch leaves the state alone
+        if self.training:
             with torch.no_grad():
-                m = f.mean().to(self.baseline.dtype)
-                new = torch.where(
-                    self.initialised, self.decay * self.baseline + (1 - self.decay) * m, m
-                )
-                self.baseline.copy_(new)
-                self.initialised.fill_(True)
+                total, n = _global_sums(f.sum(), f.new_tensor(float(f.numel())))
+                if n > 0:  # an empty (global) batch leaves the state alone
+                    m = (total / n).to(self.baseline.dtype)
+                    new = torch.where(
+                        self.initialised, self.decay * self.baseline + (1 - self.decay) * m, m
+                    )
+                    self.baseline.copy_(new)
+                    self.initialised.fill_(True)
         return out
 
 
@@ -224,13 +239,16 @@ class NVIL(Estimator):
         c = self.mean.to(f.dtype)
         signal = (f - c - cx.detach()) / max(1.0, math.sqrt(float(self.var)))
         fit = (f - c - cx) ** 2
-        if self.training and f.numel() > 0:  # an empty batch leaves the state alone
+        if self.training:
             with torch.no_grad():
-                r = f - cx.detach()
-                a = self.decay
-                self.mean.mul_(a).add_((1 - a) * r.mean().to(self.mean.dtype))
-                var = r.var(unbiased=False) if r.numel() > 1 else r.new_zeros(())
-                self.var.mul_(a).add_((1 - a) * var.to(self.var.dtype))
+                r = (f - cx.detach()).double()
+                s1, s2, n = _global_sums(r.sum(), (r * r).sum(), r.new_tensor(float(r.numel())))
+                if n > 0:  # an empty (global) batch leaves the state alone
+                    a = self.decay
+                    mean = s1 / n
+                    var = (s2 / n - mean * mean).clamp(min=0.0)  # population variance
+                    self.mean.mul_(a).add_((1 - a) * mean.to(self.mean.dtype))
+                    self.var.mul_(a).add_((1 - a) * var.to(self.var.dtype))
         return signal * sum(log_q) - (fit - fit.detach())
 
 
